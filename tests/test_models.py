@@ -1,0 +1,135 @@
+"""CIFAR ResNets, the attention zoo inside them, ASR, and errors."""
+import io
+
+import pytest
+import torch
+
+from stripe.asr import ASRNorm
+from stripe.attention import list_attn
+from stripe.models import build_model, create_model, list_models
+
+ATTNS = list_attn()
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# The paper's Table 1 (ResNet-164, 100 classes), millions of parameters rounded to 0.01.
+TABLE1 = {None: 1.73, "ie": 1.74, "srm": 1.76, "cbam": 1.93, "dia": 1.95, "se": 1.93, "spa": 3.86}
+
+
+@pytest.mark.parametrize("attn", list(TABLE1))
+def test_resnet164_parameter_counts_match_table1(attn):
+    m = create_model("cifar_resnet164", num_classes=100, attn=attn)
+    assert round(n_params(m) / 1e6, 2) == TABLE1[attn]
+
+
+def test_registry_names_and_unknown():
+    assert ATTNS == ["se", "eca", "cbam", "srm", "ie", "spa", "dia"]
+    with pytest.raises(ValueError, match="unknown attention 'foo'; known: se, eca"):
+        create_model("cifar_resnet20", num_classes=10, attn="foo")
+    assert "cifar_resnet164" in list_models()
+
+
+@pytest.mark.parametrize("name,block,n", [("cifar_resnet164", "bottleneck", 18), ("cifar_resnet164", "basic", 27),
+                                          ("cifar_resnet20", None, 2), ("cifar_resnet32", None, 5),
+                                          ("cifar_resnet8", None, 1), ("cifar_resnet11", None, 1)])
+def test_depths_and_block_choice(name, block, n):
+    m = create_model(name, num_classes=10, block=block)
+    assert m.layer1.num_blocks == m.layer2.num_blocks == m.layer3.num_blocks == n
+    expected_block = block or ("bottleneck" if (m.config.depth - 2) % 9 == 0 else "basic")
+    assert m.config.block == expected_block
+    assert m.fc.in_features == (256 if expected_block == "bottleneck" else 64)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="resnet50"), "unknown model 'resnet50'"),
+    (dict(name="cifar_resnet21"), "depth must be 9n\\+2"),
+    (dict(name="cifar_resnet2"), "depth must be"),
+    (dict(name="cifar_resnet11", block="basic"), "basic CIFAR ResNet needs depth 6n\\+2"),
+    (dict(name="cifar_resnet20", block="wide"), "unknown block 'wide'"),
+    (dict(name="cifar_resnet20", asr=True), "asr=True needs an attention module"),
+    (dict(name="cifar_resnet20", attn="se", both=True), "both=True .* needs asr=True"),
+    (dict(name="cifar_resnet20", attn="srm", asr=True, psi_size=1), "srm: ASR needs a ψ of spatial size >= 2"),
+    (dict(name="cifar_resnet20", num_classes=0), "num_classes must be >= 1"),
+])
+def test_invalid_combinations_raise_clear_errors(kwargs, match):
+    kwargs.setdefault("num_classes", 10)
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=match):
+        create_model(name, **kwargs)
+
+
+def _variants(attn):
+    return [dict(attn=attn), dict(attn=attn, asr=True), dict(attn=attn, asr=True, both=True)]
+
+
+def test_attention_multiplies_last_bn_before_residual():
+    m = create_model("cifar_resnet11", num_classes=10, attn="se").eval()
+    block = m.layer2.blocks()[0]
+    seen = {}
+    block.bn3.register_forward_hook(lambda mod, i, o: seen.__setitem__("bn3", o))
+    block.attn.register_forward_hook(lambda mod, i, o: seen.__setitem__("attn", (i[0], o)))
+    block.attn.tap.register_forward_hook(lambda mod, i, o: seen.__setitem__("a", o))
+    with torch.no_grad():
+        m(torch.randn(2, 3, 32, 32))
+    attn_in, attn_out = seen["attn"]
+    assert torch.equal(attn_in, seen["bn3"])
+    torch.testing.assert_close(attn_out, seen["bn3"] * seen["a"][:, :, None, None], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_training_step_every_variant(attn):
+    torch.manual_seed(0)
+    variants = [dict(), *_variants(attn)] if attn == "se" else _variants(attn)
+    for kw in variants:
+        m = create_model("cifar_resnet20", num_classes=10, block="bottleneck", **kw).train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        loss = torch.nn.functional.cross_entropy(m(x), y)
+        assert torch.isfinite(loss), kw
+        loss.backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None, f"{kw}: {name} received no gradient"
+            assert torch.isfinite(p.grad).all(), f"{kw}: {name} has a non-finite gradient"
+        opt.step()
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_builds_on_cpu_and_state_dict_round_trips(attn, tmp_path):
+    for kw in _variants(attn):
+        m = create_model("cifar_resnet20", num_classes=10, **kw)
+        assert all(p.device.type == "cpu" for p in m.parameters())
+        path = tmp_path / "m.pt"
+        torch.save(m.state_dict(), path)
+        sd = torch.load(path, weights_only=True)
+        m2 = build_model(m.config.to_dict())
+        m2.load_state_dict(sd, strict=True)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(m.eval()(x), m2.eval()(x))
+
+
+def test_asr_norm_replaces_last_bn_with_psi_shape():
+    m = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, psi_init=0.25)
+    norms = [mod for mod in m.modules() if isinstance(mod, ASRNorm)]
+    assert len(norms) == 6
+    assert all(n.psi.shape == (1, n.norm.num_features, 1, 1) and bool((n.psi == 0.25).all()) for n in norms)
+    srm = create_model("cifar_resnet20", num_classes=10, attn="srm", asr=True)
+    assert all(n.psi.shape[-1] == 2 for n in srm.modules() if isinstance(n, ASRNorm))
+
+
+def test_dia_cell_is_shared_and_tags_calls():
+    m = create_model("cifar_resnet32", num_classes=10, attn="dia").eval()
+    cell = m.layer1.attn
+    assert all(b.attn.cell is cell for b in m.layer1.blocks())
+    calls = []
+    cell.tap.register_forward_hook(lambda mod, i, o: calls.append(mod.index))
+    with torch.no_grad():
+        m(torch.randn(2, 3, 32, 32))
+    assert calls == [0, 1, 2, 3, 4]
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)  # the shared cell is stored once under layerK.attn
+    assert sum(k.startswith("layer1.attn.") for k in m.state_dict()) == 8
