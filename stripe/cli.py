@@ -93,6 +93,131 @@ def cmd_fold(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------- train / compare / bench
+def _int_list(text: str) -> tuple[int, ...] | None:
+    """'every' -> None; '0,5,10' -> (0, 5, 10)."""
+    if text == "every":
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'every' or a comma-separated list of epochs, got {text!r}")
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}")
+
+
+def _add_train_args(s: argparse.ArgumentParser, *, variant: bool = True) -> None:
+    from .train import COMPILE_MODES, PRECISIONS, TrainConfig
+
+    d = TrainConfig()
+    g = s.add_argument_group("model")
+    g.add_argument("--model", default=d.model, help="cifar_resnet{depth} (default %(default)s)")
+    g.add_argument("--attn", default=None, help="attention module (se, eca, cbam, srm, ie, spa, dia)")
+    if variant:
+        g.add_argument("--asr", action="store_true", help="ASR: feed the attention a learnable ψ and fold it")
+        g.add_argument("--both", action="store_true", help="with --asr, keep a normal attention as well")
+    g.add_argument("--block", default=None, choices=["basic", "bottleneck"])
+    g.add_argument("--psi-size", type=int, default=None)
+    g.add_argument("--psi-init", type=float, default=d.psi_init)
+    g = s.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, fashion-mnist, imagefolder")
+    g.add_argument("--data-root", default=None, help="where the data set lives (default: search the usual places)")
+    g.add_argument("--train-subset", type=int, default=None, help="class-stratified subset of the training split")
+    g.add_argument("--test-subset", type=int, default=None, help="class-stratified subset of the test split")
+    g = s.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--milestones", type=_float_list, default=d.milestones,
+                   help="lr decays after these fractions of training (default 0.5,0.75)")
+    g.add_argument("--gamma", type=float, default=d.gamma)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
+                   help="none, torch.compile, compile with CUDA graphs, or the whole step captured as a CUDA graph")
+    g.add_argument("--checkpoints", type=_int_list, default=None, help="'every' (default) or a list of epochs")
+    g.add_argument("--probe-n", type=int, default=d.probe_n, help="probe-set size (saved with the run)")
+    s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _train_config(args: argparse.Namespace, **over) -> "TrainConfig":
+    from .train import TrainConfig
+
+    kw = dict(model=args.model, attn=args.attn, asr=getattr(args, "asr", False), both=getattr(args, "both", False),
+              block=args.block, dataset=args.dataset, data_root=args.data_root, train_subset=args.train_subset,
+              test_subset=args.test_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+              milestones=args.milestones, gamma=args.gamma, momentum=args.momentum, weight_decay=args.weight_decay,
+              seed=args.seed, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+              checkpoints=args.checkpoints, probe_n=args.probe_n, psi_size=args.psi_size, psi_init=args.psi_init)
+    kw.update(over)
+    return TrainConfig(**kw)
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import default_data_dir
+    from .train import dist_from_env, train
+
+    cfg = _train_config(args)
+    out = args.out or default_data_dir() / "runs" / "latest"
+    rows = train(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
+                 progress=not args.no_progress)
+    if dist_from_env().rank != 0:
+        return 0
+    last = rows[-1]
+    print(f"run: {out}  epochs {last['epoch']}  final test top-1 {last['test_acc']:.2f}% "
+          f"(deployed model)  best {max(r['test_acc'] for r in rows[1:]) if len(rows) > 1 else float('nan'):.2f}%")
+    return 0
+
+
+@command("compare")
+def cmd_compare(args: argparse.Namespace) -> int:
+    import time
+
+    from .compare import run_comparison
+    from .data import default_data_dir
+
+    if args.attn is None:
+        raise ValueError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
+    base = _train_config(args)
+    out = args.out or default_data_dir() / "runs" / f"compare-{args.model}-{args.attn}"
+    t0 = time.perf_counter()
+    table = run_comparison(base, args.attn, list(range(args.seed, args.seed + args.seeds)), out,
+                           device=args.device, progress=not args.no_progress)
+    print((out / "results.md").read_text() if hasattr(out, "read_text") else open(f"{out}/results.md").read())
+    print(f"wrote {out}/results.csv and results.md in {time.perf_counter() - t0:.0f} s ({len(table)} variants)")
+    return 0
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    return BENCHES[args.what](args)
+
+
+def bench_train(args: argparse.Namespace) -> int:
+    from .bench import train_speed
+
+    cfg = _train_config(args, epochs=1)
+    r = train_speed(cfg, steps=args.steps, warmup=args.warmup, device=args.device)
+    print(f"{r['model']} attn={r['attn'] or '-'} asr={r['asr']} both={r['both']} on {r['device']}: "
+          f"batch {r['batch']}, {r['precision']}, channels_last={r['channels_last']}, compile={r['compile']}")
+    print(f"  training: {r['images_per_s']:.1f} images/s over {r['steps']} steps "
+          f"(warm-up {r['warmup_steps']} steps, {r['warmup_seconds']:.1f} s, not counted)")
+    return 0
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train}
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -111,6 +236,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", default=None, choices=["basic", "bottleneck"])
     s.add_argument("--num-classes", type=int, default=100)
     s.add_argument("--atol", type=float, default=1e-5)
+
+    s = sub.add_parser("train", help="train one model on real data with per-epoch checkpoints")
+    _add_train_args(s)
+    s.add_argument("--out", default=None, help="run directory (default data/runs/latest)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+
+    s = sub.add_parser("compare", help="train baseline, +att, +ASR(att), +ASR(att)+att over seeds; results table")
+    _add_train_args(s, variant=False)
+    s.add_argument("--seeds", type=int, default=1, help="seeds per variant (seed, seed+1, …)")
+    s.add_argument("--out", default=None, help="comparison folder (default data/runs/compare-MODEL-ATTN)")
+
+    s = sub.add_parser("bench", help="speed measurements")
+    bsub = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    b = bsub.add_parser("train", help="training images/s on this device (real data, augmentation included)")
+    _add_train_args(b)
+    b.add_argument("--steps", type=int, default=30)
+    b.add_argument("--warmup", type=int, default=5)
     return p
 
 
