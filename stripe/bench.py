@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -58,3 +58,100 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
             "compile": cfg.compile, "steps": steps, "warmup_steps": warmup, "warmup_seconds": warm_s,
             "seconds": secs, "images_per_s": steps * cfg.batch_size / secs,
             "finite": bool(torch.isfinite(torch.tensor(loss_sum)))}
+
+
+def _real_images(dataset: str, n: int, data_root: str | None = None):
+    from .data import load_dataset, stratified_indices, take
+
+    test = load_dataset(dataset, "test", root=data_root)
+    return take(test, stratified_indices(test.labels, n, 0))
+
+
+def collect_overhead(model_name: str = "cifar_resnet20", attn: str = "se", *, asr: bool = False, both: bool = False,
+                     dataset: str = "cifar10", images: int = 1000, batch_size: int = 500, repeats: int = 5,
+                     device: str | None = "auto", precision: str = "fp32", data_root: str | None = None) -> dict[str, Any]:
+    """Throughput of a forward pass under the Recorder (every tap, before and after, fp32 statistics)
+    against the plain eval forward of the same model, timed interleaved; medians over ``repeats``."""
+    import statistics
+
+    from .data import Loader
+    from .models import create_model
+    from .record import Recorder
+    from .train import autocast
+
+    dev = resolve_device(device)
+    ds = _real_images(dataset, images, data_root)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=ds.num_classes, attn=attn, asr=asr, both=both,
+                         in_chans=ds.in_chans).to(dev).eval()
+    batches = list(Loader(ds, batch_size, train=False, device=dev))
+
+    def plain() -> None:
+        with torch.no_grad():
+            for x, _ in batches:
+                with autocast(dev, precision):
+                    model(x)
+
+    def recorded() -> int:
+        with Recorder(model, "*", raw_n=256) as rec, torch.no_grad():
+            for x, _ in batches:
+                with autocast(dev, precision):
+                    model(x)
+            rec.stats()  # the merge and the one transfer count too
+        return len(rec.taps)
+
+    def timed(fn) -> float:
+        _sync(dev)
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - t0
+
+    plain(), recorded()  # warm-up
+    t_plain, t_rec = [], []
+    for _ in range(repeats):
+        t_plain.append(timed(plain))
+        t_rec.append(timed(recorded))
+    n_taps = recorded()
+    p, r = statistics.median(t_plain), statistics.median(t_rec)
+    return {"model": model_name, "attn": attn, "asr": asr, "device": str(dev), "images": len(ds),
+            "batch": batch_size, "taps": n_taps, "plain_images_per_s": len(ds) / p,
+            "recorded_images_per_s": len(ds) / r, "ratio": p / r, "overhead_pct": 100 * (r / p - 1)}
+
+
+def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = "cifar_resnet20", attn: str = "se",
+                   dataset: str = "cifar10", probe: int = 200, workdir: str | None = None) -> list[dict[str, Any]]:
+    """Peak resident memory of a ``stripe collect`` sweep over N checkpoints, each sweep in a fresh
+    process (so peaks are not shared); the checkpoints are one model saved N times."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from .checkpoint import checkpoint_path, save_checkpoint
+    from .models import create_model
+
+    root = Path(workdir or tempfile.mkdtemp(prefix="stripe-mem-"))
+    rows = []
+    for n in n_checkpoints:
+        run = root / f"run{n}"
+        torch.manual_seed(0)
+        ds = _real_images(dataset, 10)
+        model = create_model(model_name, num_classes=ds.num_classes, attn=attn, in_chans=ds.in_chans)
+        for e in range(n):
+            save_checkpoint(checkpoint_path(run, e), epoch=e, model=model)
+        (root / "model.json").write_text(json.dumps(model.config.to_dict()))
+        code = (
+            "import json, resource, sys, glob\n"
+            "from stripe.record import collect\n"
+            f"files = sorted(glob.glob({str(run / 'checkpoints' / '*.pt')!r}))\n"
+            f"r = collect(None, checkpoints=files, model_config=json.load(open({str(root / 'model.json')!r})), "
+            f"dataset={dataset!r}, out={str(run / 'recording')!r}, probe={str(probe)!r}, device='cpu', progress=False)\n"
+            "print(json.dumps({'recorded': len(r.recorded), 'maxrss_mib': "
+            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append({"checkpoints": n, **res})
+    return rows

@@ -215,7 +215,80 @@ def bench_train(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train}
+def bench_collect(args: argparse.Namespace) -> int:
+    from .bench import collect_memory, collect_overhead
+
+    r = collect_overhead(args.model, args.attn or "se", asr=args.asr, dataset=args.dataset, images=args.images,
+                         batch_size=args.batch_size, repeats=args.repeats, device=args.device,
+                         precision=args.precision, data_root=args.data_root)
+    print(f"{r['model']} + {r['attn']}{' (ASR)' if r['asr'] else ''} on {r['device']}, {r['images']} real images, "
+          f"batch {r['batch']}, {r['taps']} taps x (before, after):")
+    print(f"  plain eval forward : {r['plain_images_per_s']:.1f} images/s")
+    print(f"  recorded forward   : {r['recorded_images_per_s']:.1f} images/s")
+    print(f"  collection / plain : {r['ratio']:.3f}  (overhead {r['overhead_pct']:+.1f}%; median of {args.repeats}, "
+          "interleaved)")
+    if args.memory:
+        for row in collect_memory(args.memory, model_name=args.model, attn=args.attn or "se", dataset=args.dataset):
+            print(f"  sweep over {row['checkpoints']:3d} checkpoints: peak RSS {row['maxrss_mib']:.0f} MiB "
+                  f"({row['recorded']} recorded)")
+    return 0
+
+
+BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train, "collect": bench_collect}
+
+
+# --------------------------------------------------------------------------- collect / stats / ablate
+@command("collect")
+def cmd_collect(args: argparse.Namespace) -> int:
+    import json
+
+    from .record import collect
+
+    model_config = None
+    if args.model_config:
+        with open(args.model_config) as f:
+            model_config = json.load(f)
+    if args.run_dir is None and not args.files:
+        raise ValueError("give a RUN_DIR, or checkpoint files with --files, --model-config and --dataset")
+    r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
+                dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe, taps=args.taps,
+                raw_n=args.raw_n, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                progress=not args.no_progress)
+    from .train import dist_from_env
+
+    if dist_from_env().rank == 0:
+        print(f"recording: {r.out}  recorded {len(r.recorded)} checkpoint(s), skipped {len(r.skipped)} already done, "
+              f"{len(r.failed)} failed ({r.images / max(r.seconds, 1e-9):.0f} images/s overall, {r.seconds:.1f} s)")
+        for path, why in r.failed:
+            print(f"FAILED: {why}", file=sys.stderr)
+    return 1 if r.failed else 0
+
+
+@command("stats")
+def cmd_stats(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .stats import compute_tables, summary_text, write_tables
+
+    tables = compute_tables(args.recording, eps=args.eps, threshold=args.threshold)
+    out = Path(args.out) if args.out else Path(args.recording) / "tables"
+    written = write_tables(tables, out)
+    print(summary_text(tables))
+    print(f"wrote {len(written)} files to {out}")
+    return 0
+
+
+@command("ablate")
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import run_ablation
+
+    scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
+    table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
+                         device=args.device, progress=not args.no_progress)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.save:
+        print(f"saved the folded plain model to {args.save}")
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -254,6 +327,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(b)
     b.add_argument("--steps", type=int, default=30)
     b.add_argument("--warmup", type=int, default=5)
+    b = bsub.add_parser("collect", help="recording throughput / plain eval throughput; sweep memory")
+    b.add_argument("--model", default="cifar_resnet20")
+    b.add_argument("--attn", default="se")
+    b.add_argument("--asr", action="store_true")
+    b.add_argument("--dataset", default="cifar10")
+    b.add_argument("--data-root", default=None)
+    b.add_argument("--images", type=int, default=1000)
+    b.add_argument("--batch-size", type=int, default=500)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    b.add_argument("--device", default="auto")
+    b.add_argument("--memory", type=lambda t: [int(v) for v in t.split(",")], default=None,
+                   help="also measure peak memory of sweeps over these checkpoint counts, e.g. 5,50")
+
+    s = sub.add_parser("collect", help="record every attention tap over the probe set at each checkpoint")
+    s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files)")
+    s.add_argument("--checkpoints", default=None, help="all (default), last, every:K, or a list of epochs")
+    s.add_argument("--files", nargs="+", default=None, help="checkpoint files from elsewhere (with --model-config)")
+    s.add_argument("--model-config", default=None, help="JSON file with the model config, for --files")
+    s.add_argument("--dataset", default=None, help="data set of the probe images (default: the run's)")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--probe", default="run", help="run (the run's probe set), test, train, or a number of images")
+    s.add_argument("--taps", nargs="+", default=["*"], help="globs, attention types, stage:K, asr, attention")
+    s.add_argument("--raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (for heat maps)")
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", default=None, help="recording directory (default RUN_DIR/recording)")
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("stats", help="stripe statistics of a recording: tables (Parquet + CSV) and a summary")
+    s.add_argument("recording")
+    s.add_argument("--out", default=None, help="default RECORDING/tables")
+    s.add_argument("--eps", type=float, default=0.05, help="convergence: relative distance of μ to the final μ")
+    s.add_argument("--threshold", type=float, default=0.9, help="convergence: stripe index after attention")
+
+    s = sub.add_parser("ablate", help="replace attention by its probe-set mean (folded into BN); test accuracy")
+    s.add_argument("run_dir")
+    s.add_argument("--checkpoint", default="last", help="last (default) or an epoch")
+    s.add_argument("--scope", default="all,stage", help="comma list of all, stage, tap")
+    s.add_argument("--save", default=None, help="save the fully folded plain model (scope all) to this file")
+    s.add_argument("--out", default=None, help="default RUN_DIR/ablation")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
     return p
 
 

@@ -68,40 +68,45 @@ STATS_SCHEMA: pa.Schema = pa.schema(
 
 
 def batch_moments(a: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel moments of one [N, C] batch, computed on its device without a host sync."""
+    """Per-channel moments of one [N, C] batch, computed on its device without a host sync.
+
+    Leading axes batch independent matrices: [*T, N, C] gives moments of shape [*T, C] (one
+    reduction for many taps at once); ``count`` is the scalar N.
+    """
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"batch_moments expects a torch.Tensor, got {type(a).__name__}")
-    if a.ndim != 2:
-        raise ValueError(f"batch_moments expects a 2-D [N, C] tensor, got shape {tuple(a.shape)}")
+    if a.ndim < 2:
+        raise ValueError(f"batch_moments expects a [N, C] (or [*T, N, C]) tensor, got shape {tuple(a.shape)}")
     if a.is_complex():
         raise TypeError(f"batch_moments expects a real tensor, got {a.dtype}")
     a = a.detach()
     dtype = torch.promote_types(a.dtype, torch.float32) if a.is_floating_point() else torch.float64
     x = a.to(dtype)
-    n, c = x.shape
+    n = x.shape[-2]
+    out_shape = (*x.shape[:-2], x.shape[-1])  # [*T, C]
     count = torch.full((), n, dtype=torch.int64, device=x.device)
     if n == 0:  # shapes are known on the host: no sync needed to take this branch
-        zeros = x.new_zeros(c)
+        zeros = x.new_zeros(out_shape)
         return {
             "count": count,
             "mean": zeros,
             "m2": zeros.clone(),
-            "min": torch.full((c,), float("inf"), dtype=dtype, device=x.device),
-            "max": torch.full((c,), float("-inf"), dtype=dtype, device=x.device),
+            "min": torch.full(out_shape, float("inf"), dtype=dtype, device=x.device),
+            "max": torch.full(out_shape, float("-inf"), dtype=dtype, device=x.device),
             "unit_sum": zeros.clone(),
         }
-    mean = x.mean(dim=0)
-    m2 = (x - mean).square().sum(dim=0)
-    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    mean = x.mean(dim=-2)
+    m2 = (x - mean.unsqueeze(-2)).square().sum(dim=-2)
+    norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [*T, N, 1]
     # a row with zero norm is all zeros, so dividing it by 1 makes it contribute 0
     unit = x / torch.where(norms > 0, norms, torch.ones_like(norms))
     return {
         "count": count,
         "mean": mean,
         "m2": m2,
-        "min": x.amin(dim=0),
-        "max": x.amax(dim=0),
-        "unit_sum": unit.sum(dim=0),
+        "min": x.amin(dim=-2),
+        "max": x.amax(dim=-2),
+        "unit_sum": unit.sum(dim=-2),
     }
 
 

@@ -99,7 +99,7 @@ def test_batch_moments_zero_rows_and_empty() -> None:
     np.testing.assert_allclose(m["unit_sum"].numpy(), [0.6, 0.8])  # the zero row adds nothing
     e = batch_moments(torch.zeros(0, 3))
     assert int(e["count"]) == 0 and e["mean"].shape == (3,)
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match=r"expects a \[N, C\]"):
         batch_moments(torch.zeros(3))
 
 
@@ -365,3 +365,14 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="schema"):
         write_stats_parquet(tmp_path / "x.parquet", table.drop_columns(["unit_sum"]))
     assert sorted(os.listdir(tmp_path)) == ["epoch_0000.parquet"]
+
+
+def test_batch_moments_stacked_equals_per_matrix():
+    """[T, N, C] gives, for each t, exactly the moments of the [N, C] slice (the recorder reduces many taps at once)."""
+    a = torch.randn(5, 33, 7, dtype=torch.float64)
+    stacked = batch_moments(a)
+    for t in range(5):
+        one = batch_moments(a[t])
+        for k in ("mean", "m2", "min", "max", "unit_sum"):
+            torch.testing.assert_close(stacked[k][t], one[k], rtol=1e-12, atol=1e-12)
+        assert int(stacked["count"]) == int(one["count"]) == 33

@@ -1,0 +1,196 @@
+"""Constant-replacement ablation: a tap's attention replaced by its probe-set mean vector μ,
+folded into the BN before it (γ' = γ·μ, β' = β·μ), so the result runs as the plain backbone does.
+
+This is a post-hoc fold of a normally trained attention network: the practical pay-off of the
+Stripe Observation. Per module type:
+- after-BN modules (SE, ECA, SRM, SPA): the module is removed and μ folds into the last BN;
+- CBAM: the channel gate folds; the spatial gate (input-dependent) stays;
+- IE: the IEBN becomes a plain BN with γ' = γ·μ (β unchanged, as in IEBN's formula);
+- DIA: a stage's blocks share one recurrent cell, so only whole stages (or all) are replaced;
+- ASR taps: μ equals v exactly, so the replacement is the ASR fold itself (no change in accuracy).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .asr import ASRNorm, fold_norm
+from .attention import CBAM, DIAStep, IEBatchNorm
+
+SCOPES = ("all", "stage", "tap")
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial gate alone (the channel gate was folded): y ⊙ s(y)."""
+
+    def __init__(self, cbam: CBAM) -> None:
+        super().__init__()
+        self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        s = torch.cat([y.amax(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
+        return y * self.tap_spatial(torch.sigmoid(self.bn(self.conv(s))))
+
+
+def _last_norm_name(block: nn.Module) -> str:
+    return "bn3" if hasattr(block, "bn3") else "bn2"
+
+
+def _set(root: nn.Module, path: str, module: nn.Module | None) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def replace_with_constants(model: nn.Module, taps: Sequence[dict[str, Any]], means: dict[str, torch.Tensor]) -> nn.Module:
+    """A new model in which each tap in ``taps`` (manifest-style dicts: key, module, attn, asr, call)
+    has its attention replaced by ``means[key]`` and folded; ``model`` is untouched."""
+    new = copy.deepcopy(model)
+    by_module: dict[str, list[dict[str, Any]]] = {}
+    for t in taps:
+        by_module.setdefault(t["module"], []).append(t)
+    for module_path, group in by_module.items():
+        first = group[0]
+        if first["attn"] == "dia":
+            _replace_dia(new, module_path, group, means)
+        elif first["asr"]:  # the ASR gate of an ASRNorm at <block>.<norm>.attn: the ASR fold, v = μ
+            norm_path = module_path.rpartition(".")[0]
+            asr_norm = new.get_submodule(norm_path)
+            _set(new, norm_path, fold_norm(asr_norm.norm, means[first["key"]].to(asr_norm.norm.weight)))
+        else:
+            owner_path = module_path.rpartition(".")[0]
+            owner = new.get_submodule(owner_path)
+            mu = means[first["key"]]
+            if isinstance(owner, IEBatchNorm):  # IE: y = xhat·(γ·a) + β  ->  a plain BN with γ·μ
+                bn = nn.BatchNorm2d(owner.num_features, eps=owner.eps, momentum=owner.momentum)
+                bn.load_state_dict({k: v for k, v in owner.state_dict().items() if not k.startswith("attn.")})
+                with torch.no_grad():
+                    bn.weight.mul_(mu.to(bn.weight))
+                _set(new, owner_path, bn.to(owner.weight.device))
+            else:  # the block's attention slot
+                _fold_into_last_norm(owner, mu)
+                attn = owner.attn
+                owner.attn = SpatialGate(attn) if isinstance(attn, CBAM) and attn.spatial else None
+    return new
+
+
+def _replace_dia(model: nn.Module, cell_path: str, group: list[dict[str, Any]], means: dict[str, torch.Tensor]) -> None:
+    """Replace every call of a stage's DIA cell (normal or ASR) by its constant, block by block."""
+    stage_path, _, leaf = cell_path.rpartition(".")
+    stage = model.get_submodule(stage_path)
+    if sorted(t["call"] for t in group) != list(range(stage.num_blocks)):
+        raise ValueError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
+                         "stage (scope stage or all), not single blocks")
+    for t in group:
+        block = stage.blocks()[t["call"]]
+        mu = means[t["key"]]
+        if group[0]["asr"]:
+            name = _last_norm_name(block)
+            asr_norm = getattr(block, name)
+            setattr(block, name, fold_norm(asr_norm.norm, mu.to(asr_norm.norm.weight)))
+        else:
+            _fold_into_last_norm(block, mu)
+            block.attn = None
+    del stage._modules[leaf]
+
+
+def _fold_into_last_norm(block: nn.Module, mu: torch.Tensor) -> None:
+    name = _last_norm_name(block)
+    norm = getattr(block, name)
+    if isinstance(norm, ASRNorm):  # both=True: the ASR norm's output is what the attention multiplies
+        norm.norm = fold_norm(norm.norm, mu.to(norm.norm.weight))
+    else:
+        setattr(block, name, fold_norm(norm, mu.to(norm.weight)))
+
+
+@dataclass
+class AblationRow:
+    scope: str
+    target: str
+    n_taps: int
+    test_acc: float
+    delta: float
+
+
+def scope_groups(taps: list[dict[str, Any]], scopes: Sequence[str]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(scope, target, taps) for each requested scope: all taps; each stage; each tap (DIA: skipped)."""
+    out = []
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+        if scope == "all":
+            out.append(("all", "all", list(taps)))
+        elif scope == "stage":
+            for s in sorted({t["stage"] for t in taps}):
+                out.append(("stage", f"stage {s}", [t for t in taps if t["stage"] == s]))
+        else:
+            out.extend(("tap", t["key"], [t]) for t in taps if t["attn"] != "dia")  # DIA: whole stages only
+    return out
+
+
+def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Sequence[str] = ("all", "stage"),
+                 out: str | Path | None = None, save: str | Path | None = None, device: str | None = "auto",
+                 batch_size: int = 500, progress: bool = True) -> "pd.DataFrame":
+    """Test accuracy of a run's checkpoint with its attention replaced by probe-set means, per scope;
+    writes ``ablation.csv``/``ablation.md`` (default ``RUN_DIR/ablation``) and, with ``save``, the
+    fully folded model as a checkpoint of the plain backbone."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from . import fsio
+    from .checkpoint import list_checkpoints, load_weights, save_checkpoint
+    from .data import Loader, load_dataset, probe_indices, stratified_indices, take
+    from .models import ModelConfig, build_model
+    from .record import Recorder, parse_checkpoint_spec
+    from .train import deployed, evaluate, read_run, resolve_device
+
+    info = read_run(run_dir)
+    paths = dict(list_checkpoints(run_dir))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir}: the run has no checkpoints")
+    (epoch,) = parse_checkpoint_spec(checkpoint, sorted(paths))[-1:]
+    dev = resolve_device(device)
+    model, _ = load_weights(paths[epoch], info["model"])
+    model.to(dev).eval()
+    tc = info["train"]
+    test_full = load_dataset(tc["dataset"], "test", root=tc["data_root"])
+    test = test_full if tc["test_subset"] is None else take(
+        test_full, stratified_indices(test_full.labels, tc["test_subset"], tc["seed"]))
+    probe = take(test_full, probe_indices(test_full, n=info["probe"]["n"], seed=info["probe"]["seed"]))
+    with Recorder(model, "*") as rec, torch.no_grad():
+        for x, _ in Loader(probe, batch_size, train=False, device=dev):
+            model(x)
+    taps = [t.to_dict() for t in rec.taps]
+    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
+    test_loader = Loader(test, batch_size, train=False, device=dev)
+    base = evaluate(deployed(model), test_loader)[1]
+    rows = [AblationRow("none", "", 0, base, 0.0)]
+    groups = scope_groups(taps, scopes)
+    for scope, target, group in tqdm(groups, desc="ablate", unit="scope", disable=not progress):
+        acc = evaluate(replace_with_constants(model, group, means), test_loader)[1]
+        rows.append(AblationRow(scope, target, len(group), acc, acc - base))
+    table = pd.DataFrame([r.__dict__ for r in rows])
+    table.insert(0, "epoch", epoch)
+    out = Path(out) if out else Path(run_dir) / "ablation"
+    fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
+    md = ["| scope | target | taps replaced | test top-1 % | change (points) |", "|---|---|---:|---:|---:|"]
+    md += [f"| {r.scope} | {r.target or '-'} | {r.n_taps} | {r.test_acc:.2f} | {r.delta:+.2f} |" for r in rows]
+    fsio.write_text(out / "ablation.md", f"Constant-replacement ablation, {run_dir}, epoch {epoch}, "
+                    f"test set of {len(test)} images; μ from the {len(probe)}-image probe set.\n\n"
+                    + "\n".join(md) + "\n")
+    if save is not None:
+        folded = replace_with_constants(model, taps, means)
+        cfg = ModelConfig.from_dict(info["model"])
+        plain = build_model(ModelConfig.from_dict({**cfg.to_dict(), "attn": None, "asr": False, "both": False,
+                                                   "psi_size": 1, "psi_init": 0.1}))
+        try:
+            plain.load_state_dict(folded.state_dict(), strict=True)
+        except RuntimeError:
+            raise ValueError(f"{cfg.attn}: part of the attention is input-dependent (CBAM's spatial gate) and "
+                             "cannot fold into the plain backbone; nothing saved") from None
+        save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": rows[1].test_acc if len(rows) > 1 else base})
+    return table

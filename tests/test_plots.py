@@ -1,0 +1,387 @@
+"""Tests of stripe.plots on a hand-built recording and small realistic tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from PIL import Image
+from safetensors.numpy import save_file
+
+from stripe import plots
+from stripe.stats import Recording, compute_tables
+from stripe.streaming import ChannelStats, stats_to_table, write_stats_parquet
+
+EPOCHS = [0, 2, 4, 6]
+N = 96  # probe images per checkpoint (statistics)
+N_RAW = 24  # raw vectors kept per checkpoint
+STAGE_CHANNELS = {1: 16, 2: 32, 3: 64}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def tap_specs(asr_stage: int | None = None, taps_per_stage: int = 2) -> list[dict]:
+    """Manifest tap entries: 3 stages x taps_per_stage SE taps; asr_stage makes that stage's taps ASR."""
+    taps, depth = [], 0
+    for stage, c in STAGE_CHANNELS.items():
+        for block in range(taps_per_stage):
+            asr = stage == asr_stage
+            taps.append({"key": f"layer{stage}.{block}.attn.tap", "module": f"layer{stage}.{block}.attn",
+                         "attn": "se", "asr": asr, "stage": stage, "block": block, "depth": depth, "call": None,
+                         "channels": c})  # fmt: skip
+            depth += 1
+    return taps
+
+
+def make_matrices(taps: list[dict], epochs: list[int], seed: int = 0) -> dict[tuple[int, str, str], np.ndarray]:
+    """Sigmoid gates that converge to per-channel constants ('after') and noisy pooled inputs ('before')."""
+    rng = np.random.default_rng(seed)
+    mats = {}
+    last = max(epochs)
+    for t in taps:
+        c = t["channels"]
+        target = rng.normal(0.0, 1.5, size=c)  # per-channel logit the gate converges to
+        for e in epochs:
+            x = rng.normal(size=(N, c))
+            if t["asr"]:
+                logit = np.tile(target, (N, 1))  # constant by construction
+            elif e == 0:
+                logit = 0.05 * x  # untrained: ~0.5 for every image
+            else:
+                spread = 2.0 * (1.0 - e / (last + 1)) ** 2 + 0.02
+                logit = target + spread * x
+            mats[(e, t["key"], "after")] = 1.0 / (1.0 + np.exp(-logit))
+            mats[(e, t["key"], "before")] = np.maximum(rng.normal(0.4, 1.0, size=(N, c)), 0.0) * (1 + t["depth"])
+    return mats
+
+
+def write_recording(root: Path, taps: list[dict], epochs: list[int], mats: dict, *, before: bool = True,
+                    model: dict | None = None) -> Path:  # fmt: skip
+    """A recording directory as the recorder writes it (stats Parquet, raw safetensors, manifest)."""
+    (root / "stats").mkdir(parents=True)
+    (root / "raw").mkdir()
+    kinds = ("after", "before") if before else ("after",)
+    checkpoints = []
+    for e in epochs:
+        stats, raw = {}, {}
+        for t in taps:
+            for kind in kinds:
+                a = mats[(e, t["key"], kind)]
+                s = ChannelStats()
+                for lo in range(0, N, 32):
+                    s.update(a[lo : lo + 32])
+                stats[(t["key"], kind)] = s
+                raw[f"{t['key']}/{kind}"] = a[:N_RAW].astype(np.float16)
+        write_stats_parquet(root / f"stats/epoch_{e:04d}.parquet", stats_to_table(e, stats))
+        save_file(raw, str(root / f"raw/epoch_{e:04d}.safetensors"))
+        checkpoints.append({"epoch": e, "stats": f"stats/epoch_{e:04d}.parquet", "raw": f"raw/epoch_{e:04d}.safetensors"})
+    manifest = {
+        "format": "stripe-recording/1",
+        "stripe_version": "0.1.0",
+        "model": model or {"model": "cifar_resnet20", "attn": "se", "asr": False, "both": False, "num_classes": 10},
+        "probe": {"split": "test", "n": N, "seed": 0, "hash": "abc", "raw_n": N_RAW},
+        "taps": taps,
+        "checkpoints": checkpoints,
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def rec_se(tmp_path_factory) -> tuple[Path, dict]:
+    taps = tap_specs()
+    mats = make_matrices(taps, EPOCHS)
+    return write_recording(tmp_path_factory.mktemp("se"), taps, EPOCHS, mats), mats
+
+
+@pytest.fixture(scope="module")
+def rec_both(tmp_path_factory) -> Path:
+    """+ASR(SE)+SE: stage 2's taps are ASR taps."""
+    taps = tap_specs(asr_stage=2)
+    model = {"model": "cifar_resnet20", "attn": "se", "asr": True, "both": True, "num_classes": 10}
+    return write_recording(tmp_path_factory.mktemp("both"), taps, EPOCHS, make_matrices(taps, EPOCHS, 1), model=model)
+
+
+@pytest.fixture(scope="module")
+def rec_small(tmp_path_factory) -> Path:
+    """One checkpoint, one tap per stage, no 'before' data."""
+    taps = tap_specs(taps_per_stage=1)
+    return write_recording(tmp_path_factory.mktemp("small"), taps, [5], make_matrices(taps, [5], 2), before=False)
+
+
+@pytest.fixture(scope="module")
+def rec_asr(tmp_path_factory) -> Path:
+    """+ASR(SE): every tap is an ASR tap."""
+    taps = [dict(t, asr=True) for t in tap_specs()]
+    model = {"model": "cifar_resnet20", "attn": "se", "asr": True, "both": False, "num_classes": 10}
+    return write_recording(tmp_path_factory.mktemp("asr"), taps, [0, 3], make_matrices(taps, [0, 3], 3), model=model)
+
+
+def metrics_frame(seeds: tuple[int, ...] = (0, 1, 2), epochs: int = 8) -> pd.DataFrame:
+    """Long metrics of the four variants (epoch 0 = init, NaN train columns and lr)."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for k, variant in enumerate(["baseline", "+SE", "+ASR(SE)", "+ASR(SE)+SE"]):
+        for seed in seeds:
+            for e in range(epochs + 1):
+                acc = 10.0 + (70 + k) * (1 - np.exp(-e / 2.5)) + rng.normal(0, 0.8) * (e > 0)
+                init = e == 0
+                rows.append({"epoch": e, "lr": np.nan if init else 0.1 * 0.5 ** (e // 3),
+                             "train_loss": np.nan if init else 2.3 * np.exp(-e / 3) + 0.1 + rng.normal(0, 0.02),
+                             "train_acc": np.nan if init else acc + 5, "test_loss": 2.3 * np.exp(-e / 3) + 0.3,
+                             "test_acc": acc, "epoch_seconds": np.nan if init else 30.0,
+                             "train_seconds": np.nan if init else 27.0, "images_per_s": 1800.0,
+                             "variant": variant, "seed": seed})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def speed_frame() -> pd.DataFrame:
+    """Rows as `stripe bench speed` writes them: two (device, batch) settings, three modules."""
+    rows = []
+    for device, batch, base in (("cpu", 64, 420.0), ("cuda", 256, 9800.0)):
+        rows.append({"model": "cifar_resnet164", "attn": "", "variant": "baseline", "device": device, "batch": batch,
+                     "params": 1.727e6, "images_per_s": base, "slowdown_pct": 0.0})  # fmt: skip
+        for attn, p, slow in (("se", 1.93e6, 18.0), ("eca", 1.727e6, 9.5), ("cbam", 1.94e6, 41.0)):
+            rows.append({"model": "cifar_resnet164", "attn": attn, "variant": "attention", "device": device,
+                         "batch": batch, "params": p, "images_per_s": base * (1 - slow / 100), "slowdown_pct": slow})
+            rows.append({"model": "cifar_resnet164", "attn": attn, "variant": "asr-folded", "device": device,
+                         "batch": batch, "params": 1.727e6, "images_per_s": base * 1.003, "slowdown_pct": -0.3})
+    return pd.DataFrame(rows)
+
+
+def ablation_frame(n_taps: int = 6) -> pd.DataFrame:
+    """Rows as `stripe ablate` writes them."""
+    base = 93.4
+    rows = [{"scope": "none", "target": "", "n_taps": 0, "test_acc": base, "delta": 0.0}]
+    for i in range(n_taps):
+        acc = base - 0.05 * i - (0.6 if i == 1 else 0.0)
+        rows.append({"scope": "tap", "target": f"layer{1 + i // 2}.{i % 2}.attn.tap", "n_taps": 1, "test_acc": acc,
+                     "delta": acc - base})  # fmt: skip
+    for s in (1, 2, 3):
+        acc = base - 0.3 * s
+        rows.append({"scope": "stage", "target": f"stage {s}", "n_taps": 2, "test_acc": acc, "delta": acc - base})
+    rows.append({"scope": "all", "target": "all", "n_taps": n_taps, "test_acc": base - 1.4, "delta": -1.4})
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------
+
+
+def check_figure(fig: Figure, out: Path, name: str) -> None:
+    """Saved PNG/PDF exist with the right size; titles and axis labels are non-empty."""
+    assert isinstance(fig, Figure)
+    assert fig.get_dpi() == plots.DPI
+    paths = plots.save_figure(fig, out, name)
+    png, pdf = out / f"{name}.png", out / f"{name}.pdf"
+    assert paths == [png, pdf]
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    w, h = fig.get_size_inches()
+    with Image.open(png) as im:
+        im.verify()
+    with Image.open(png) as im:
+        assert im.size == (round(w * plots.DPI), round(h * plots.DPI))
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
+    assert fig._suptitle is not None and fig._suptitle.get_text().strip()
+    drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert drawn
+    for ax in drawn:  # in a grid, the top row carries titles and the first column the row labels
+        ss = ax.get_subplotspec()
+        if ss.is_first_row():
+            assert ax.get_title().strip(), f"{name}: top panel without a title"
+        if ss.is_first_col() and ax.has_data():
+            assert ax.get_ylabel().strip(), f"{name}: first-column panel without a y label"
+    assert any(ax.get_ylabel().strip() for ax in drawn)
+    assert any(ax.get_xlabel().strip() for ax in drawn)
+
+
+def images(fig: Figure) -> dict[str, np.ndarray]:
+    """The heat map's images by gid ('before', 'after')."""
+    return {im.get_gid(): np.ma.filled(im.get_array().astype(float), np.nan) for ax in fig.axes for im in ax.images}
+
+
+def test_module_constants() -> None:
+    assert plots.DPI == 150
+    assert set(plots.FIGURES) == set(plots.FIGSIZE)
+    assert all(callable(f) for f in plots.FIGURES.values())
+    with pytest.raises(TypeError):
+        plots.FIGURES["x"] = plots.ablation  # type: ignore[index]
+
+
+def test_heatmap_defaults(rec_se, tmp_path) -> None:
+    root, mats = rec_se
+    rec = Recording.open(root)
+    fig = plots.stripe_heatmap(rec, n_images=20, n_channels=40)
+    check_figure(fig, tmp_path, "heatmap")
+    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_heatmap"]
+    # default: the last tap of the last stage at the final checkpoint; images on y, channels on x
+    title = fig._suptitle.get_text()
+    assert "layer3.1.attn.tap" in title and "epoch 6" in title and "cifar_resnet20 +SE" in title
+    ims = images(fig)
+    want = mats[(6, "layer3.1.attn.tap", "after")][:20, :40].astype(np.float16).astype(np.float64)
+    np.testing.assert_array_equal(ims["after"], want)
+    # before: z-score per channel over the shown images
+    b = mats[(6, "layer3.1.attn.tap", "before")][:20, :40].astype(np.float16).astype(np.float64)
+    sd = b.std(0)
+    z = np.where(sd > 0, (b - b.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
+    np.testing.assert_allclose(ims["before"], z, atol=1e-5)
+    titles = " ".join(ax.get_title() for ax in fig.axes)
+    assert "z-scored per channel" in titles and "raw values" in titles
+    for ax in fig.axes:
+        if ax.images:
+            assert ax.get_xlabel() == "channel" and ax.get_ylabel() == "probe image"
+    assert "ASR" not in title
+
+
+def test_heatmap_explicit_tap_epoch0_and_clipping(rec_se, tmp_path) -> None:
+    root, mats = rec_se
+    fig = plots.stripe_heatmap(root, tap="layer1.0.attn.tap", epoch=0, n_images=500, n_channels=500)
+    check_figure(fig, tmp_path, "heatmap0")
+    ims = images(fig)
+    assert ims["after"].shape == (N_RAW, STAGE_CHANNELS[1])  # asked for more than there is
+    assert "init" in fig._suptitle.get_text()
+    with pytest.raises(KeyError):
+        plots.stripe_heatmap(root, tap="nope")
+    with pytest.raises(KeyError):
+        plots.stripe_heatmap(root, epoch=99)
+
+
+def test_heatmap_skips_asr_and_flags_asr_only(rec_both, rec_asr, tmp_path) -> None:
+    fig = plots.stripe_heatmap(rec_both, epoch=2)
+    assert "layer3.1.attn.tap" in fig._suptitle.get_text()
+    fig = plots.stripe_heatmap(rec_both, tap="layer2.0.attn.tap")
+    assert "ASR: constant by construction" in fig._suptitle.get_text()
+    fig = plots.stripe_heatmap(rec_asr)
+    check_figure(fig, tmp_path, "heatmap_asr")
+    assert "ASR: constant by construction" in fig._suptitle.get_text()
+
+
+def test_heatmap_without_before(rec_small, tmp_path) -> None:
+    fig = plots.stripe_heatmap(rec_small)
+    check_figure(fig, tmp_path, "heatmap_small")
+    assert set(images(fig)) == {"after"}
+    assert any("not recorded" in ax.get_title() for ax in fig.axes)
+
+
+def test_channel_std(rec_se, rec_both, rec_small, rec_asr, tmp_path) -> None:
+    tables = compute_tables(rec_se[0])
+    fig = plots.channel_std(tables)
+    check_figure(fig, tmp_path, "channel_std")
+    assert "epoch 6" in fig._suptitle.get_text()
+    assert fig.axes[0].get_yscale() == "log"
+    fig = plots.channel_std(tables, epoch=0)
+    assert "init" in fig._suptitle.get_text()
+    fig = plots.channel_std(compute_tables(rec_both))
+    assert "ASR" in fig._suptitle.get_text()
+    check_figure(plots.channel_std(compute_tables(rec_small)), tmp_path, "channel_std_small")
+    fig = plots.channel_std(compute_tables(rec_asr))  # only ASR taps: std exactly 0
+    check_figure(fig, tmp_path, "channel_std_asr")
+    assert "constant by construction" in fig._suptitle.get_text()
+    with pytest.raises(KeyError):
+        plots.channel_std(tables, epoch=5)
+
+
+def test_stripe_dynamics(rec_se, rec_both, rec_small, tmp_path) -> None:
+    t_se, t_both = compute_tables(rec_se[0]), compute_tables(rec_both)
+    fig = plots.stripe_dynamics(t_se)
+    check_figure(fig, tmp_path, "dynamics")
+    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
+    assert "+SE" in fig._suptitle.get_text()
+    legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
+    assert "init" in legend
+    # one line (or marker) per non-ASR tap plus a stage mean; epoch 0 not joined to the trained epochs
+    ax = fig.axes[0]
+    lines = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    assert len(lines) == 3  # 2 taps + mean in stage 1
+    assert all(0 not in ln.get_xdata() for ln in lines)
+    fig = plots.stripe_dynamics(None, runs={"+SE": t_se, "+ASR(SE)+SE": t_both})
+    check_figure(fig, tmp_path, "dynamics_runs")
+    w, h = plots.FIGSIZE["stripe_dynamics"]
+    assert tuple(fig.get_size_inches()) == (w, 2 * h)
+    legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
+    assert "ASR tap (constant by construction)" in legend
+    fig = plots.stripe_dynamics(t_se, runs={"+SE": t_se})  # not drawn twice
+    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
+    check_figure(plots.stripe_dynamics(compute_tables(rec_small)), tmp_path, "dynamics_small")
+
+
+def test_learning_curves(tmp_path) -> None:
+    m = metrics_frame()
+    fig = plots.learning_curves(m, label="cifar_resnet20")
+    check_figure(fig, tmp_path, "curves")
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "test top-1 (%)"
+    assert len(ax.collections) == 4  # a min-max band per variant
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["baseline (3 seeds)", "+SE (3 seeds)", "+ASR(SE) (3 seeds)", "+ASR(SE)+SE (3 seeds)"][: len(labels)]
+    # the mean line is the mean over seeds
+    se = m[(m["variant"] == "+SE") & (m["epoch"] > 0)].groupby("epoch")["test_acc"].mean()
+    line = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"][1]
+    np.testing.assert_allclose(line.get_ydata(), se.to_numpy())
+    # one seed, NaNs: no band
+    one = metrics_frame(seeds=(0,), epochs=3)
+    one.loc[5, "test_acc"] = np.nan
+    fig = plots.learning_curves(one)
+    check_figure(fig, tmp_path, "curves_one")
+    assert not fig.axes[0].collections
+    assert "one seed" in fig._suptitle.get_text()
+
+
+def test_speed(tmp_path) -> None:
+    s = speed_frame()
+    fig = plots.speed_table(s)
+    check_figure(fig, tmp_path, "speed")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2
+    texts = [t.get_text() for t in visible[0].texts]
+    assert "+18.0%" in texts and "-0.3%" in texts
+    one = plots.speed_table(s[s["device"] == "cpu"])
+    check_figure(one, tmp_path, "speed_one")
+    md = plots.speed_markdown(s)
+    lines = md.strip().splitlines()
+    assert len(lines) == 2 + len(s)
+    assert lines[0].startswith("| model |") and "params (M)" in lines[0] and "slowdown (%)" in lines[0]
+    assert "| cifar_resnet164 | cpu | 64 | baseline | 1.727 | 420 | — |" in lines
+    assert any("| +SE | 1.930 | 344 | +18.0 |" in ln for ln in lines)
+    assert any("ASR(CBAM) folded" in ln for ln in lines)
+
+
+def test_ablation(tmp_path) -> None:
+    a = ablation_frame()
+    fig = plots.ablation(a, label="cifar_resnet20 +SE")
+    check_figure(fig, tmp_path, "ablation")
+    for ax in fig.axes:
+        refs = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert refs and np.allclose(refs[0].get_ydata(), 93.4)
+    # without taps, without a 'none' row: still drawn, reference from acc - delta
+    b = a[a["scope"].isin(["stage", "all"])]
+    fig = plots.ablation(b)
+    check_figure(fig, tmp_path, "ablation_small")
+    refs = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "--"]
+    assert np.allclose(refs[0].get_ydata(), 93.4)
+
+
+def test_save_figure_rejects_paths(tmp_path) -> None:
+    fig = plots.ablation(ablation_frame(2))
+    for bad in ("", "a/b", ".."):
+        with pytest.raises(ValueError):
+            plots.save_figure(fig, tmp_path, bad)
+
+
+def test_no_pyplot_state(rec_se) -> None:
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    rc = dict(matplotlib.rcParams)
+    plots.stripe_heatmap(rec_se[0])
+    plots.stripe_dynamics(compute_tables(rec_se[0]))
+    assert plt.get_fignums() == before
+    assert dict(matplotlib.rcParams) == rc

@@ -1,0 +1,268 @@
+"""The Recorder, the checkpoint sweep, stripe tables from real recordings, and the ablation."""
+import json
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import stripe.checkpoint as C
+from stripe.ablate import run_ablation
+from stripe.attention import list_attn
+from stripe.checkpoint import list_checkpoints, load_weights
+from stripe.cli import main
+from stripe.models import create_model
+from stripe.record import Recorder, collect, find_taps, select_taps
+from stripe.stats import Recording, compute_tables
+from stripe.train import TrainConfig, train
+
+from helpers import real_dataset_name, tiny_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=None)
+def tiny_run(root: str, attn: str = "se", asr: bool = False, epochs: int = 3) -> Path:
+    run = Path(root) / f"run-{attn}-{asr}-{epochs}"
+    cfg = TrainConfig(model="cifar_resnet8", attn=attn, asr=asr, dataset=real_dataset_name(), train_subset=256,
+                      test_subset=200, epochs=epochs, batch_size=64, probe_n=300)
+    train(cfg, run, device="cpu", progress=False, data=tiny_data())
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("runs"))
+
+
+def _images(n=8):
+    return tiny_data()[1].images[:n].float().div(255)  # real images; normalisation does not matter here
+
+
+# ----------------------------------------------------------------------------- Recorder
+@pytest.mark.parametrize("attn", list_attn())
+def test_recorded_tap_reconstructs_module_output(attn):
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet14", num_classes=10, attn=attn, block="basic", in_chans=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    seen = []
+    for name, m in model.named_modules():
+        if name.endswith(".attn") or (attn == "ie" and name.endswith(".bn2")):
+            m.register_forward_hook(lambda mod, i, o: seen.append((mod, i[0], o)))
+    spatial = []
+    for name, m in model.named_modules():
+        if name.endswith("tap_spatial"):
+            m.register_forward_hook(lambda mod, i, o: spatial.append(o))
+    x = _images()
+    with Recorder(model, "*", raw_n=8, raw_dtype=torch.float32) as rec, torch.no_grad():
+        model(x)
+    raw = rec.raw()
+    taps = rec.taps
+    assert len(taps) == 6 and all(t.attn == attn and not t.asr for t in taps)
+    for t, (mod, xin, out) in zip(taps, seen):
+        a = torch.from_numpy(raw[f"{t.key}/after"])
+        if attn == "ie":
+            xhat = torch.nn.functional.batch_norm(xin, mod.running_mean, mod.running_var, None, None, False, 0, mod.eps)
+            expected = xhat * (mod.weight * a)[:, :, None, None] + mod.bias[None, :, None, None]
+        else:
+            expected = xin * a[:, :, None, None]
+            if attn == "cbam":
+                expected = expected * spatial.pop(0)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+        before = torch.from_numpy(raw[f"{t.key}/before"])
+        torch.testing.assert_close(before, xin.mean(dim=(2, 3)), rtol=0, atol=1e-6)
+    if attn == "dia":
+        assert [t.key for t in taps[:2]] == ["layer1.attn.tap[0]", "layer1.attn.tap[1]"]
+        assert [t.call for t in taps[:2]] == [0, 1]
+
+
+def test_recorder_statistics_equal_two_pass_on_what_it_saw():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet8", num_classes=10, attn="se")
+    x = torch.cat([_images(8)] * 3)
+    with Recorder(model, "*", raw_n=24, raw_dtype=torch.float32) as rec, torch.no_grad():
+        for chunk in x.split([5, 11, 8]):  # uneven batches
+            model(chunk)
+    for (key, kind), s in rec.stats().items():
+        a = rec.raw()[f"{key}/{kind}"].astype(np.float64)
+        np.testing.assert_allclose(s.mean_, a.mean(0), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(s.std_, a.std(0), rtol=1e-4, atol=1e-7)
+        assert s.count_ == 24
+
+
+def test_hooks_removed_user_hooks_kept_bn_untouched():
+    model = create_model("cifar_resnet8", num_classes=10, attn="se").train()
+    user = []
+    model.layer1.blocks()[0].attn.tap.register_forward_hook(lambda m, i, o: user.append(1))
+    count = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    hooks0 = count()
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    with Recorder(model) as rec, torch.no_grad():
+        model(_images())
+        assert count() > hooks0
+    assert count() == hooks0 and model.training
+    with pytest.raises(ZeroDivisionError):
+        with Recorder(model):
+            model(_images())
+            1 / 0
+    assert count() == hooks0 and model.training
+    for k, v in model.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    assert len(user) == 2 and len(rec.taps) == 3
+
+
+def test_tap_selection():
+    model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, both=True)
+    points = find_taps(model)
+    assert len(points) == 12 and sum(p.asr for p in points.values()) == 6
+    assert select_taps(points, "stage:2") == ["layer2.0.bn3.attn", "layer2.0.attn", "layer2.1.bn3.attn", "layer2.1.attn"]
+    assert select_taps(points, "attention") == [n for n, p in points.items() if not p.asr]
+    assert select_taps(points, "layer3.?.attn") == ["layer3.0.attn", "layer3.1.attn"]  # * also crosses dots
+    assert len(select_taps(points, ["asr", "layer1.0.attn"])) == 7
+    with pytest.raises(ValueError, match=r"no tap matches \['layer9\*'\]"):
+        select_taps(points, "layer9*")
+    with pytest.raises(ValueError, match="no tap matches"):
+        Recorder(create_model("cifar_resnet20", num_classes=10), "*")
+
+
+def test_wrapped_models():
+    model = create_model("cifar_resnet8", num_classes=10, attn="eca")
+    with Recorder(torch.nn.DataParallel(model)) as rec, torch.no_grad():
+        model(_images())
+    assert len(rec.taps) == 3
+    with pytest.raises(ValueError, match="torch.compile"):
+        Recorder(torch.compile(model))
+
+
+def test_asr_taps_are_exactly_constant():
+    model = create_model("cifar_resnet8", num_classes=10, attn="se", asr=True)
+    with Recorder(model) as rec, torch.no_grad():
+        model(_images())
+    for (key, kind), s in rec.stats().items():
+        assert s.count_ == 8 and np.all(s.m2_ == 0) and s.stripe_index() == 1.0
+    assert all(t.asr for t in rec.taps)
+
+
+# ----------------------------------------------------------------------------- sweep
+def _tables(out):
+    t = compute_tables(out)
+    return {k: v.reset_index(drop=True) for k, v in t.items()}
+
+
+def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypatch):
+    run = tiny_run(runs)
+    full = collect(run, out=tmp_path / "full", device="cpu", progress=False)
+    assert full.recorded == [0, 1, 2, 3] and not full.failed
+    manifest = json.loads((tmp_path / "full" / "manifest.json").read_text())
+    assert manifest["probe"]["hash"] == json.loads((run / "config.json").read_text())["probe"]["hash"]
+    assert [c["epoch"] for c in manifest["checkpoints"]] == [0, 1, 2, 3] and len(manifest["taps"]) == 3
+    rec = Recording.open(tmp_path / "full")
+    assert rec.raw(3, manifest["taps"][0]["key"]).shape == (256, 16)
+
+    real = C.load_weights
+    calls = {"n": 0}
+
+    def dies_on_third(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(C, "load_weights", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        collect(run, out=tmp_path / "part", device="cpu", progress=False)
+    monkeypatch.setattr(C, "load_weights", real)
+    assert [c["epoch"] for c in json.loads((tmp_path / "part" / "manifest.json").read_text())["checkpoints"]] == [0, 1]
+    again = collect(run, out=tmp_path / "part", device="cpu", progress=False)
+    assert again.skipped == [0, 1] and again.recorded == [2, 3]
+    a, b = _tables(tmp_path / "full"), _tables(tmp_path / "part")
+    for k in a:
+        pd.testing.assert_frame_equal(a[k], b[k])
+    assert not list((tmp_path / "part").rglob("*.tmp"))
+
+
+def test_truncated_checkpoint_reported_others_processed(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(tiny_run(runs), run)
+    bad = run / "checkpoints" / "epoch_0002.pt"
+    bad.write_bytes(bad.read_bytes()[:1000])
+    code = main(["collect", str(run), "--device", "cpu", "--no-progress", "--out", str(tmp_path / "rec")])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "epoch_0002.pt: corrupt or truncated checkpoint" in err
+    epochs = [c["epoch"] for c in json.loads((tmp_path / "rec" / "manifest.json").read_text())["checkpoints"]]
+    assert epochs == [0, 1, 3]
+
+
+def test_sweep_of_checkpoint_files_from_elsewhere(runs, tmp_path):
+    run = tiny_run(runs)
+    files = []
+    for epoch, path in list_checkpoints(run)[-2:]:
+        model, _ = load_weights(path)
+        files.append(tmp_path / f"weights_{epoch}.pt")
+        torch.save(model.state_dict(), files[-1])
+    cfg = json.loads((run / "config.json").read_text())["model"]
+    (tmp_path / "model.json").write_text(json.dumps(cfg))
+    assert main(["collect", "--files", *map(str, files), "--model-config", str(tmp_path / "model.json"),
+                 "--dataset", real_dataset_name(), "--probe", "300", "--device", "cpu", "--no-progress",
+                 "--out", str(tmp_path / "rec")]) == 0
+    ours = collect(run, checkpoints="2,3", out=tmp_path / "rec_run", device="cpu", progress=False)
+    assert ours.recorded == [2, 3]
+    a, b = _tables(tmp_path / "rec"), _tables(tmp_path / "rec_run")
+    pd.testing.assert_frame_equal(a["taps"], b["taps"])
+
+
+def test_torchrun_sweep_equals_one_process(runs, tmp_path):
+    run = tiny_run(runs)
+    one = collect(run, out=tmp_path / "one", device="cpu", progress=False)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stripe", "collect", str(run),
+                          "--device", "cpu", "--no-progress", "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = _tables(tmp_path / "one"), _tables(tmp_path / "two")
+    for k in a:
+        pd.testing.assert_frame_equal(a[k], b[k])
+    assert one.recorded == [0, 1, 2, 3]
+
+
+def test_stats_command(runs, tmp_path, capsys):
+    run = tiny_run(runs)
+    collect(run, out=tmp_path / "rec", device="cpu", progress=False)
+    assert main(["stats", str(tmp_path / "rec")]) == 0
+    out = capsys.readouterr().out
+    assert "Stripe index" in out and "stage 1" in out
+    taps = pd.read_csv(tmp_path / "rec" / "tables" / "taps.csv")
+    assert set(taps["epoch"]) == {0, 1, 2, 3} and taps["stripe_after"].between(0, 1).all()
+
+
+# ----------------------------------------------------------------------------- ablation
+def test_ablation_of_constant_attention_loses_exactly_nothing(runs):
+    table = run_ablation(tiny_run(runs, "se", asr=True), scopes=("all", "stage", "tap"), device="cpu",
+                         progress=False)
+    assert (table["delta"] == 0.0).all() and len(table) == 1 + 1 + 3 + 3
+
+
+@pytest.mark.parametrize("attn", ["se", "dia", "ie"])
+def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
+    run = tiny_run(runs, attn, epochs=2)
+    table = run_ablation(run, scopes=("all", "stage"), device="cpu", progress=False, save=tmp_path / "plain.pt")
+    assert table["scope"].tolist() == ["none", "all", "stage", "stage", "stage"]
+    model, _ = load_weights(tmp_path / "plain.pt")
+    assert model.config.attn is None and not find_taps(model)
+    from stripe.data import Loader
+    from stripe.train import evaluate
+
+    acc = evaluate(model, Loader(tiny_data()[1], 100, train=False))[1]
+    assert acc == pytest.approx(float(table.loc[table["scope"] == "all", "test_acc"].iloc[0]))
+    assert (run / "ablation" / "ablation.csv").exists()
