@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test fold data-system clean-venv
+.PHONY: install demo test fold lab notebooks data-system clean-venv
 
 install: $(STAMP)
 
@@ -24,8 +24,20 @@ data-system:
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
 	  || echo "warning: could not install dataset-fashion-mnist; its tests will be skipped"; }
 
+# the main job: real data -> 4 variants trained -> recordings -> stats -> ablation -> speed -> figures
 demo: install data-system
+	$(BIN)/stripe demo
+
+# fold + verify ResNet-164 with every attention module under ASR
+fold: install
 	$(BIN)/stripe fold --all
+
+# the notebooks in JupyterLab (notebooks/*.ipynb are generated from the jupytext .py sources)
+lab: install
+	$(BIN)/jupyter lab notebooks/
+
+notebooks: install
+	$(BIN)/jupytext --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
 test: install data-system
 	$(BIN)/python -m pytest -q

@@ -14,13 +14,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from .asr import ASRNorm, fold_norm
-from .attention import CBAM, DIAStep, IEBatchNorm
+from .attention import CBAM, IEBatchNorm
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCOPES = ("all", "stage", "tap")
 
@@ -175,6 +178,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         rows.append(AblationRow(scope, target, len(group), acc, acc - base))
     table = pd.DataFrame([r.__dict__ for r in rows])
     table.insert(0, "epoch", epoch)
+    table["n_test"] = len(test)
     out = Path(out) if out else Path(run_dir) / "ablation"
     fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
     md = ["| scope | target | taps replaced | test top-1 % | change (points) |", "|---|---|---:|---:|---:|"]

@@ -155,3 +155,65 @@ def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = 
         res = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append({"checkpoints": n, **res})
     return rows
+
+
+def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str] | None = None,
+                    batches: Sequence[int] = (1, 128), device: str | None = "auto", num_classes: int = 100,
+                    repeats: int = 5, min_seconds: float = 0.25, precision: str = "fp32",
+                    channels_last: bool = False, progress: bool = True):
+    """The paper's speed table: eval images/s of the baseline, each attention module, and its folded
+    ASR model, timed interleaved (every model once per repeat, medians reported) on random input."""
+    import statistics
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .asr import reparameterize
+    from .attention import list_attn
+    from .models import create_model
+    from .train import autocast
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    attns = list(attns) if attns is not None else list_attn()
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    models = [("", "baseline", create_model(model_name, num_classes=num_classes))]
+    for a in attns:
+        models.append((a, "attention", create_model(model_name, num_classes=num_classes, attn=a)))
+        models.append((a, "asr-folded", reparameterize(create_model(model_name, num_classes=num_classes, attn=a,
+                                                                     asr=True))))
+    models = [(a, v, m.to(dev, memory_format=fmt).eval()) for a, v, m in models]
+    rows = []
+    for batch in batches:
+        x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
+
+        def run(m, iters: int) -> float:
+            _sync(dev)
+            t0 = time.perf_counter()
+            with torch.no_grad(), autocast(dev, precision):
+                for _ in range(iters):
+                    m(x)
+            _sync(dev)
+            return time.perf_counter() - t0
+
+        iters = {}
+        for a, v, m in models:  # warm up, then pick iterations so one timing lasts >= min_seconds
+            run(m, 2)
+            once = max(run(m, 1), 1e-6)
+            iters[(a, v)] = max(1, int(min_seconds / once))
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in iters}
+        bar = tqdm(total=repeats * len(models), desc=f"speed b{batch}", unit="model", disable=not progress)
+        for _ in range(repeats):
+            for a, v, m in models:
+                times[(a, v)].append(batch * iters[(a, v)] / run(m, iters[(a, v)]))
+                bar.update()
+        bar.close()
+        base = statistics.median(times[("", "baseline")])
+        for a, v, m in models:
+            ips = statistics.median(times[(a, v)])
+            rows.append({"model": model_name, "attn": a, "variant": v, "device": str(dev), "batch": batch,
+                         "params": sum(p.numel() for p in m.parameters()), "images_per_s": ips,
+                         "slowdown_pct": 100.0 * (1.0 - ips / base), "repeats": repeats, "precision": precision})
+    return pd.DataFrame(rows)

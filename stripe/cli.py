@@ -149,7 +149,7 @@ def _add_train_args(s: argparse.ArgumentParser, *, variant: bool = True) -> None
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _train_config(args: argparse.Namespace, **over) -> "TrainConfig":
+def _train_config(args: argparse.Namespace, **over):
     from .train import TrainConfig
 
     kw = dict(model=args.model, attn=args.attn, asr=getattr(args, "asr", False), both=getattr(args, "both", False),
@@ -234,7 +234,8 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train, "collect": bench_collect}
+BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train, "collect": bench_collect,
+                                                           "speed": lambda a: bench_speed(a)}
 
 
 # --------------------------------------------------------------------------- collect / stats / ablate
@@ -291,6 +292,52 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- figures / demo
+@command("figures")
+def cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .figures import discover, execute_notebook
+
+    src = discover(args.source)  # fails early, with a clear message, when there is nothing to plot
+    out = Path(args.out) if args.out else Path("figures") / Path(args.source).resolve().name
+    print(src.describe())
+    execute_notebook("paper_figures", {"source": str(Path(args.source).resolve()), "out": str(out.resolve())},
+                     out / "paper_figures.ipynb", timeout=args.timeout)
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    print(f"{len(files)} files in {out}:")
+    for p in files:
+        print(f"  {p.relative_to(out)}")
+    return 0
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(epochs=args.epochs, train_subset=args.train_subset)
+    run_demo(args.out, cfg=cfg, data_root=args.data_root, device=args.device, progress=not args.no_progress)
+    return 0
+
+
+def bench_speed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import fsio, plots
+    from .bench import inference_speed
+
+    speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
+                            num_classes=args.num_classes, repeats=args.repeats, precision=args.precision,
+                            channels_last=args.channels_last, progress=not args.no_progress)
+    out = Path(args.out)
+    fsio.write_text(out / "speed.csv", speed.to_csv(index=False))
+    fsio.write_text(out / "speed.md", plots.speed_markdown(speed))
+    plots.save_figure(plots.speed_table(speed), out, "speed_table")
+    print(plots.speed_markdown(speed))
+    print(f"wrote {out}/speed.csv, speed.md, speed_table.png/.pdf")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
@@ -340,6 +387,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--memory", type=lambda t: [int(v) for v in t.split(",")], default=None,
                    help="also measure peak memory of sweeps over these checkpoint counts, e.g. 5,50")
+
+    b = bsub.add_parser("speed", help="the paper's speed table: baseline, each attention, its folded ASR")
+    b.add_argument("--model", default="cifar_resnet164")
+    b.add_argument("--attn", nargs="+", default=None, help="modules (default: all)")
+    b.add_argument("--batch", nargs="+", type=int, default=[1, 128])
+    b.add_argument("--num-classes", type=int, default=100)
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    b.add_argument("--channels-last", action="store_true")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--out", default="data/speed")
+    b.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("figures", help="execute notebooks/paper_figures headless: every figure (PNG + PDF) and table")
+    s.add_argument("source", help="a run, recording, comparison, or a folder holding them")
+    s.add_argument("--out", default=None, help="default figures/<name of SOURCE>")
+    s.add_argument("--timeout", type=int, default=1800, help="seconds per notebook cell")
+
+    s = sub.add_parser("demo", help="the main job: train 4 variants, collect, stats, ablate, speed, figures")
+    s.add_argument("--out", default="data/demo")
+    s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search; else Fashion-MNIST)")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--train-subset", type=int, default=6000)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("collect", help="record every attention tap over the probe set at each checkpoint")
     s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files)")

@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
+
+from . import fsio
 
 __all__ = [
     "DataNotFoundError",
@@ -374,20 +375,11 @@ def _load_cifar10_jpeg(folder: Path, split: str, cache_dir: Path) -> ImageSet:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside `path`, then os.replace; warn (don't fail) if the folder is unwritable."""
+    """Write the cache atomically; warn (don't fail) if its folder cannot be written."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fsio.torch_save(obj, path)
     except OSError as exc:
         warnings.warn(f"cannot write cache {path}: {exc}", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from stripe.stats import Recording
-from stripe.streaming import atomic_write
+from stripe.fsio import atomic_write
 
 __all__ = [
     "DPI",
@@ -54,6 +54,7 @@ __all__ = [
     "speed_table",
     "stripe_dynamics",
     "stripe_heatmap",
+    "tap_curve",
 ]
 
 #: resolution of every figure (dots per inch), on screen and on disk
@@ -69,6 +70,7 @@ FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
         "learning_curves": (12.0, 4.8),
         "speed_table": (12.0, 4.8),  # height per row of panels (2 panels a row)
         "ablation": (12.0, 5.6),
+        "tap_curve": (12.0, 3.6),
     }
 )
 
@@ -746,8 +748,9 @@ def speed_table(speed: pd.DataFrame) -> Figure:
         handles = [Patch(color=colors[v], label=names[v]) for v in present]
         if handles:
             fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
-        fig.suptitle("Inference throughput per attention module (Table 1); "
-                     "bar labels: slowdown vs baseline (%, + = slower)")  # fmt: skip
+        fig.suptitle("Inference throughput per attention module (Table 1); bar labels: slowdown vs baseline "
+                     "(%, + = slower)\nfolded ASR models have exactly the baseline's architecture: their spread "
+                     "around the baseline is this run's timing noise")  # fmt: skip
     return fig
 
 
@@ -772,6 +775,8 @@ def speed_markdown(speed: pd.DataFrame) -> str:
             "—" if r["variant"] == "baseline" else _md_num(r["slowdown_pct"], "+.1f"),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "Folded ASR models have exactly the baseline's architecture: their spread around the baseline "
+              "is the timing noise of this run (median of interleaved repeats)."]
     return "\n".join(lines) + "\n"
 
 
@@ -845,8 +850,42 @@ def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
         if handles:
             fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles),
                        fontsize="small")  # fmt: skip
+        n_test = int(df["n_test"].iloc[0]) if "n_test" in df and len(df) and pd.notna(df["n_test"].iloc[0]) else None
+        resolution = f"\ntest set of {n_test} images: one image = {100 / n_test:.2g} points" if n_test else ""
         fig.suptitle(f"Ablation{' of ' + label if label else ''}: test top-1 when the attention is replaced by "
-                     f"a constant vector, per scope")  # fmt: skip
+                     f"a constant vector, per scope{resolution}")  # fmt: skip
+    return fig
+
+
+def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: str | None = None) -> Figure:
+    """One tap over training: stripe index and mean per-channel std, after vs before, with the
+    selected checkpoint marked (the interactive notebook's third panel)."""
+    _require(taps, ["epoch", "tap", "stripe_after", "stripe_before", "std_after", "std_before"], "taps table")
+    df = taps[taps["tap"].astype(str) == tap].sort_values("epoch")
+    with _theme(), _warnings_off():
+        fig = _figure("tap_curve")
+        ax_s, ax_d = fig.subplots(1, 2)
+        if df.empty:
+            _empty(ax_s, f"no tap {tap!r}")
+            _empty(ax_d, f"no tap {tap!r}")
+        for kind in ("after", "before"):
+            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
+                      label=f"{kind} attention")
+            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
+                      label=f"{kind} attention")
+        ax_s.set_ylim(-0.05, 1.05)
+        ax_s.set_ylabel("stripe index S")
+        ax_d.set_ylabel("mean per-channel std across images")
+        for ax in (ax_s, ax_d):
+            ax.set_xlabel("epoch")
+            if len(df):
+                _epoch_axis(ax, df["epoch"].tolist())
+            if epoch is not None:
+                ax.axvline(epoch, color="0.2", lw=1.0, ls=":", label=f"shown: {_epoch_str(int(epoch))}")
+            ax.legend(fontsize="x-small", loc="best")
+        asr = bool(df["asr"].any()) if "asr" in df and len(df) else False
+        fig.suptitle(f"{label + ': ' if label else ''}{tap} over training"
+                     + (" (ASR: constant by construction, not a finding)" if asr else ""))
     return fig
 
 
@@ -879,5 +918,6 @@ FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
         "learning_curves": learning_curves,
         "speed_table": speed_table,
         "ablation": ablation,
+        "tap_curve": tap_curve,
     }
 )

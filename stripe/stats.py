@@ -33,11 +33,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stripe.fsio import atomic_write
 from stripe.streaming import (
     KINDS,
     STATS_SCHEMA,
     ChannelStats,
-    atomic_write,
     mean_cosine_from_moments,
     read_stats_parquet,
     stripe_index_from_moments,

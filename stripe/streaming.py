@@ -10,13 +10,11 @@ The storage schema :data:`STATS_SCHEMA` is fixed: one Parquet file per checkpoin
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,12 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from .fsio import atomic_write
+
 __all__ = [
     "KINDS",
     "MOMENT_KEYS",
     "STATS_SCHEMA",
     "ChannelStats",
-    "atomic_write",
     "batch_moments",
     "mean_cosine_from_moments",
     "read_stats_parquet",
@@ -410,31 +409,6 @@ def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple
             raise ValueError(f"epoch {epoch}, tap {tap!r}, kind {kind!r}: {e}") from None
         out.setdefault(int(epoch), {})[(str(tap), str(kind))] = stats
     return out
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file atomically: ``write(f)`` into a temp file in the same dir, fsync, os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
 
 
 def write_stats_parquet(path: str | os.PathLike[str], table: pa.Table) -> Path:

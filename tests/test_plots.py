@@ -347,7 +347,8 @@ def test_speed(tmp_path) -> None:
     check_figure(one, tmp_path, "speed_one")
     md = plots.speed_markdown(s)
     lines = md.strip().splitlines()
-    assert len(lines) == 2 + len(s)
+    assert len(lines) == 2 + len(s) + 2  # header, rule, one row per measurement, blank, the noise note
+    assert lines[-1].startswith("Folded ASR models have exactly the baseline's architecture")
     assert lines[0].startswith("| model |") and "params (M)" in lines[0] and "slowdown (%)" in lines[0]
     assert "| cifar_resnet164 | cpu | 64 | baseline | 1.727 | 420 | — |" in lines
     assert any("| +SE | 1.930 | 344 | +18.0 |" in ln for ln in lines)

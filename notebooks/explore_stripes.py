@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Explore the stripes
+#
+# Pick a recording (made by `stripe collect`), slide through its checkpoints and pick a tap: the heat
+# map (images x channels, before and after attention), the per-channel std across images, and the
+# tap's stripe-index curve update together. Open in JupyterLab (`make lab`).
+
+# %% tags=["parameters"]
+source = "data"  # folder searched for recordings
+recording = None  # a recording folder; default: the first one found under `source`
+out = None  # if set, the figures of the current view are also saved here (PNG + PDF)
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+import ipywidgets as W
+from IPython.display import display
+
+from stripe import figures, plots
+from stripe.stats import Recording, compute_tables
+
+found = [recording] if recording else [str(p) for p in figures.discover(source).recordings]
+if not found:
+    raise FileNotFoundError(f"no recording under {source}; run `stripe collect RUN_DIR` first")
+print(f"{len(found)} recording(s) found")
+
+# %%
+state = {}
+
+
+def load(path):
+    """Open a recording and compute its tables (cached per path)."""
+    if path not in state:
+        rec = Recording.open(path)
+        state[path] = (rec, compute_tables(rec))
+    return state[path]
+
+
+def tap_options(rec):
+    """Non-ASR taps first (ASR taps are constant by construction), in depth order."""
+    taps = rec.taps.sort_values(["asr", "depth"], kind="stable")
+    return [str(k) for k in taps["key"]]
+
+
+run_dd = W.Dropdown(options=found, value=found[0], description="recording", layout=W.Layout(width="90%"))
+epoch_sl = W.SelectionSlider(options=[0], description="checkpoint", continuous_update=False)
+tap_dd = W.Dropdown(options=[""], description="tap", layout=W.Layout(width="60%"))
+view = W.Output()
+busy = {"on": False}  # no redraws while a new recording's options are being set
+
+
+def on_run(*_):
+    rec, _ = load(run_dd.value)
+    busy["on"] = True
+    try:
+        epoch_sl.options = rec.epochs
+        epoch_sl.value = rec.epochs[-1]
+        options = tap_options(rec)
+        tap_dd.options = options
+        non_asr = [k for k in options if not rec.taps.set_index("key").loc[k, "asr"]]
+        tap_dd.value = non_asr[-1] if non_asr else options[0]  # the deepest non-ASR tap
+    finally:
+        busy["on"] = False
+    draw()
+
+
+def draw(*_):
+    if busy["on"]:
+        return
+    rec, tables = load(run_dd.value)
+    label = figures.recording_label(Path(run_dd.value))
+    figs = {
+        "explore_heatmap": plots.stripe_heatmap(rec, tap=tap_dd.value, epoch=epoch_sl.value),
+        "explore_channel_std": plots.channel_std(tables, epoch=epoch_sl.value, label=label),
+        "explore_tap_curve": plots.tap_curve(tables["taps"], tap_dd.value, epoch=epoch_sl.value, label=label),
+    }
+    with view:
+        view.clear_output(wait=True)
+        for name, fig in figs.items():
+            display(fig)
+            if out:
+                plots.save_figure(fig, out, name)
+
+
+run_dd.observe(on_run, "value")
+epoch_sl.observe(draw, "value")
+tap_dd.observe(draw, "value")
+display(W.VBox([run_dd, W.HBox([epoch_sl, tap_dd]), view]))
+on_run()

@@ -1,0 +1,123 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The paper's figures and tables, regenerated
+#
+# Reads the artifacts under `source` (training runs, a `stripe compare` folder, recordings made by
+# `stripe collect`, `speed.csv` from `stripe bench speed`, `ablation.csv` from `stripe ablate`) and
+# writes every figure as PNG and PDF, plus the tables, into `out`. Run headless with
+# `stripe figures SOURCE --out DIR`. Nothing here trains or records: it only reads.
+
+# %% tags=["parameters"]
+source = "data/demo"  # a run, recording, comparison or any folder holding them
+out = "figures/demo"  # where figures and tables go
+
+# %%
+# %matplotlib inline
+from pathlib import Path
+
+from IPython.display import Markdown, display
+
+from stripe import figures, plots
+
+src = figures.discover(source)
+out = Path(out)
+out.mkdir(parents=True, exist_ok=True)
+written = []
+print(src.describe())
+
+# %% [markdown]
+# ## Stripe heat maps (Fig. 1a) and per-channel std across images (Fig. 1b)
+# One pair per recorded model: images x channels of a deep tap at the final checkpoint, before
+# attention (pooled input, z-scored per channel) and after (the attention values).
+
+# %%
+tables = figures.recording_tables(src)
+for label, rec_dir in figures.recordings_by_label(src).items():
+    name = figures.slug(label)
+    fig = plots.stripe_heatmap(rec_dir)
+    written += plots.save_figure(fig, out, f"heatmap_{name}")
+    display(fig)
+    fig = plots.channel_std(tables[label], label=label)
+    written += plots.save_figure(fig, out, f"channel_std_{name}")
+    display(fig)
+
+# %% [markdown]
+# ## Stripe dynamics
+# Stripe index and mean per-channel std against epoch, one line per tap coloured by depth, one panel
+# per stage, for the models with attention (+att and +ASR(att)+att). ASR taps are constant by
+# construction (dashed) and never a finding; epoch 0 is the initialisation, where a sigmoid gate is
+# ≈0.5 for every image.
+
+# %%
+# models whose attention depends on the input (an ASR-only model has nothing but constant taps)
+dynamic = {label: t for label, t in tables.items() if not t["taps"]["asr"].all()}
+if dynamic:
+    fig = plots.stripe_dynamics(runs=dynamic)
+    written += plots.save_figure(fig, out, "stripe_dynamics")
+    display(fig)
+for label, t in tables.items():
+    name = figures.slug(label)
+    from stripe.stats import write_tables
+
+    written += write_tables(t, out / f"tables_{name}")
+    display(Markdown(f"**{label}**: stripe index per stage (non-ASR taps; ASR rows apart)"))
+    display(t["stages"].round(4))
+
+# %% [markdown]
+# ## Learning curves of the four variants, and the comparison table
+
+# %%
+# the comparison's runs when there is one (other runs may follow other schedules)
+runs = [r for r in src.runs if any(c in r.parents for c in src.comparisons)] or src.runs
+if runs:
+    fig = plots.learning_curves(figures.metrics_long(runs))
+    written += plots.save_figure(fig, out, "learning_curves")
+    display(fig)
+for comp in src.comparisons:
+    md = (comp / "results.md").read_text()
+    (out / "results.md").write_text(md)
+    (out / "results.csv").write_text((comp / "results.csv").read_text())
+    written += [out / "results.md", out / "results.csv"]
+    display(Markdown(md))
+
+# %% [markdown]
+# ## Speed (the paper's Table 1): baseline, each attention module, and its folded ASR
+
+# %%
+for path in src.speed:
+    speed = figures.read_table(path, ("attn",))
+    fig = plots.speed_table(speed)
+    written += plots.save_figure(fig, out, "speed_table")
+    (out / "speed_table.md").write_text(plots.speed_markdown(speed))
+    written.append(out / "speed_table.md")
+    display(fig)
+    display(Markdown(plots.speed_markdown(speed)))
+
+# %% [markdown]
+# ## Constant-replacement ablation
+# Test accuracy when a tap's attention is replaced by its probe-set mean vector (folded into BN).
+
+# %%
+for path in src.ablations:
+    label = figures.run_label(path.parent.parent)
+    name = "ablation" if len(src.ablations) == 1 else f"ablation_{figures.slug(label or path.parent.name)}"
+    fig = plots.ablation(figures.read_table(path, ("target",)), label=label)
+    written += plots.save_figure(fig, out, name)
+    display(fig)
+
+# %%
+print(f"{len(written)} files written to {out}:")
+for p in sorted({str(p) for p in written}):
+    print(" ", p)
