@@ -27,3 +27,11 @@ def tiny_data(n_train: int = 256, n_test: int = 200, seed: int = 0):
     train, test_full = load_dataset(name, "train"), load_dataset(name, "test")
     return (take(train, stratified_indices(train.labels, n_train, seed)),
             take(test_full, stratified_indices(test_full.labels, n_test, seed)), test_full)
+
+
+def data_model(name: str, **kw):
+    """A model shaped for the real data set in use (channels, image size, classes)."""
+    from stripe.models import create_model
+
+    test = tiny_data()[1]
+    return create_model(name, num_classes=test.num_classes, in_chans=test.in_chans, image_size=test.image_size, **kw)

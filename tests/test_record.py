@@ -21,7 +21,7 @@ from stripe.record import Recorder, collect, find_taps, select_taps
 from stripe.stats import Recording, compute_tables
 from stripe.train import TrainConfig, train
 
-from helpers import real_dataset_name, tiny_data
+from helpers import data_model, real_dataset_name, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def _images(n=8):
 @pytest.mark.parametrize("attn", list_attn())
 def test_recorded_tap_reconstructs_module_output(attn):
     torch.manual_seed(0)
-    model = create_model("cifar_resnet14", num_classes=10, attn=attn, block="basic", in_chans=3)
+    model = data_model("cifar_resnet14", attn=attn, block="basic")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -85,7 +85,7 @@ def test_recorded_tap_reconstructs_module_output(attn):
 
 def test_recorder_statistics_equal_two_pass_on_what_it_saw():
     torch.manual_seed(0)
-    model = create_model("cifar_resnet8", num_classes=10, attn="se")
+    model = data_model("cifar_resnet8", attn="se")
     x = torch.cat([_images(8)] * 3)
     with Recorder(model, "*", raw_n=24, raw_dtype=torch.float32) as rec, torch.no_grad():
         for chunk in x.split([5, 11, 8]):  # uneven batches
@@ -98,7 +98,7 @@ def test_recorder_statistics_equal_two_pass_on_what_it_saw():
 
 
 def test_hooks_removed_user_hooks_kept_bn_untouched():
-    model = create_model("cifar_resnet8", num_classes=10, attn="se").train()
+    model = data_model("cifar_resnet8", attn="se").train()
     user = []
     model.layer1.blocks()[0].attn.tap.register_forward_hook(lambda m, i, o: user.append(1))
     count = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -133,7 +133,7 @@ def test_tap_selection():
 
 
 def test_wrapped_models():
-    model = create_model("cifar_resnet8", num_classes=10, attn="eca")
+    model = data_model("cifar_resnet8", attn="eca")
     with Recorder(torch.nn.DataParallel(model)) as rec, torch.no_grad():
         model(_images())
     assert len(rec.taps) == 3
@@ -142,7 +142,7 @@ def test_wrapped_models():
 
 
 def test_asr_taps_are_exactly_constant():
-    model = create_model("cifar_resnet8", num_classes=10, attn="se", asr=True)
+    model = data_model("cifar_resnet8", attn="se", asr=True)
     with Recorder(model) as rec, torch.no_grad():
         model(_images())
     for (key, kind), s in rec.stats().items():

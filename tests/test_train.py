@@ -17,7 +17,7 @@ from stripe.cli import main
 from stripe.models import create_model
 from stripe.train import NonFiniteLossError, RunExistsError, SGD, TrainConfig, train
 
-from helpers import real_dataset_name, tiny_data
+from helpers import data_model, real_dataset_name, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,7 @@ def test_run_directory_contents(tmp_path):
     run = tmp_path / "run"
     info = json.loads((run / "config.json").read_text())
     assert info["train"]["attn"] == "se" and info["probe"]["n"] == 1000 and len(info["probe"]["hash"]) == 64
-    assert info["params"]["deployed"] == sum(p.numel() for p in create_model("cifar_resnet8", num_classes=10).parameters())
+    assert info["params"]["deployed"] == sum(p.numel() for p in data_model("cifar_resnet8").parameters())
     assert [e for e, _ in list_checkpoints(run)] == [0, 1, 2, 3]
     m = pd.read_csv(run / "metrics.csv")
     assert list(m.columns) == T.METRIC_COLUMNS and list(m["epoch"]) == [0, 1, 2, 3]
@@ -155,7 +155,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     cfg = tiny_cfg(epochs=2)
     train(cfg, tmp_path, device="cpu", progress=False, data=tiny_data())
     last = tmp_path / "checkpoints" / "epoch_0002.pt"
-    other = create_model("cifar_resnet8", num_classes=10, attn="eca").config
+    other = data_model("cifar_resnet8", attn="eca").config
     with pytest.raises(CheckpointError, match=f"{last}: weights do not match the model cifar_resnet8 attn=eca"):
         load_weights(last, other)
     data = last.read_bytes()
@@ -193,8 +193,8 @@ def test_compare_writes_results_table(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "results.csv")
     assert table["variant"].tolist() == ["baseline", "+SE", "+ASR(SE)", "+ASR(SE)+SE"]
     assert (table["seeds"] == 2).all() and table["final_top1_std"].notna().all()
-    plain = sum(p.numel() for p in create_model("cifar_resnet8", num_classes=10).parameters())
-    with_se = sum(p.numel() for p in create_model("cifar_resnet8", num_classes=10, attn="se").parameters())
+    plain = sum(p.numel() for p in data_model("cifar_resnet8").parameters())
+    with_se = sum(p.numel() for p in data_model("cifar_resnet8", attn="se").parameters())
     assert table["params_deployed"].tolist() == [plain, with_se, plain, with_se]
     md = (tmp_path / "results.md").read_text()
     assert "final-epoch top-1" in md and "best-epoch top-1" in md
