@@ -1,6 +1,7 @@
 """The paper's comparison: baseline, +att, +ASR(att), +ASR(att)+att, over seeds, as one table."""
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -11,21 +12,46 @@ from . import fsio
 from .train import TrainConfig, read_metrics, read_run, train
 
 
+def variant_label(attn: str | None, asr: bool = False, both: bool = False) -> str:
+    """The paper's name of a variant: 'baseline', '+SE', '+ASR(SE)' or '+ASR(SE)+SE'."""
+    if not attn or (isinstance(attn, float) and attn != attn):  # None, '' or NaN from a table
+        return "baseline"
+    a = str(attn).upper()
+    if not asr:
+        return f"+{a}"
+    return f"+ASR({a})+{a}" if both else f"+ASR({a})"
+
+
+def config_label(model: dict[str, Any]) -> str:
+    """:func:`variant_label` of a model config dict."""
+    return variant_label(model.get("attn"), bool(model.get("asr")), bool(model.get("both")))
+
+
+def variant_rank(label: str) -> tuple[int, str]:
+    """Sort key of the paper's order: baseline, +att, +ASR(att), +ASR(att)+att."""
+    if label == "baseline":
+        return 0, label
+    if label.startswith("+ASR("):
+        return (3 if ")+" in label else 2), label
+    return 1, label
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a variant label: '+ASR(SE)+SE' -> 'plus_asr_se_plus_se'."""
+    text = text.replace("+", "_plus_").replace("(", "_").replace(")", "_").lower()
+    return re.sub(r"[^a-z0-9]+", "_", text).strip("_") or "x"
+
+
 def variants(attn: str) -> dict[str, dict[str, Any]]:
     """Label -> config overrides of the four variants, in the paper's order."""
-    a = attn.upper()
-    return {
-        "baseline": dict(attn=None, asr=False, both=False),
-        f"+{a}": dict(attn=attn, asr=False, both=False),
-        f"+ASR({a})": dict(attn=attn, asr=True, both=False),
-        f"+ASR({a})+{a}": dict(attn=attn, asr=True, both=True),
-    }
+    overrides = [dict(attn=None, asr=False, both=False), dict(attn=attn, asr=False, both=False),
+                 dict(attn=attn, asr=True, both=False), dict(attn=attn, asr=True, both=True)]
+    return {variant_label(**o): o for o in overrides}
 
 
 def run_dir_of(out: Path, label: str, seed: int) -> Path:
     """Where one variant/seed run lives under a comparison folder (its config.json is the truth)."""
-    slug = label.replace("+", "plus_").replace("(", "_").replace(")", "").lower()
-    return out / "runs" / f"{slug}_seed{seed}"
+    return out / "runs" / f"{slug(label)}_seed{seed}"
 
 
 def run_comparison(base: TrainConfig, attn: str, seeds: list[int], out: str | Path, *, device: str | None = "auto",
@@ -77,8 +103,8 @@ def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:
     pm = lambda m, sd: f"{m:.2f} ± {sd:.2f}" if pd.notna(sd) else (f"{m:.2f}" if pd.notna(m) else "n/a")
     lines = [
         f"{base.model} on {base.dataset}"
-        + (f" (train subset {base.train_subset})" if base.train_subset else "")
-        + (f" (test subset {base.test_subset})" if base.test_subset else "")
+        + (f", train subset {base.train_subset}" if base.train_subset else "")
+        + (f", test subset {base.test_subset}" if base.test_subset else "")
         + f", {base.epochs} epochs, batch {base.batch_size}, lr {base.lr} (x{base.gamma} at "
         + ", ".join(str(int(m * base.epochs)) for m in base.milestones) + "), seeds per variant as listed.",
         "",

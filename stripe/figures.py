@@ -10,18 +10,12 @@ from typing import Any
 import pandas as pd
 
 from . import fsio
+from .compare import config_label, slug, variant_rank
+
+__all__ = ["NOTEBOOKS", "Sources", "config_label", "discover", "execute_notebook", "metrics_long", "notebook_path",
+           "read_table", "recording_label", "recording_tables", "recordings_by_label", "run_label", "slug"]
 
 NOTEBOOKS = ("explore_stripes", "paper_figures")
-
-
-def variant_label(model: dict[str, Any]) -> str:
-    """'baseline', '+SE', '+ASR(SE)' or '+ASR(SE)+SE' from a model config dict."""
-    a = (model.get("attn") or "").upper()
-    if not a:
-        return "baseline"
-    if model.get("asr"):
-        return f"+ASR({a})+{a}" if model.get("both") else f"+ASR({a})"
-    return f"+{a}"
 
 
 @dataclass
@@ -67,7 +61,7 @@ def discover(source: str | Path) -> Sources:
 
 def recording_label(path: Path) -> str:
     """Variant label of a recording, from its manifest."""
-    return variant_label(json.loads((path / "manifest.json").read_text())["model"])
+    return config_label(json.loads((path / "manifest.json").read_text())["model"])
 
 
 def metrics_long(runs: list[Path]) -> pd.DataFrame:
@@ -76,16 +70,9 @@ def metrics_long(runs: list[Path]) -> pd.DataFrame:
     for run in runs:
         info = json.loads((run / "config.json").read_text())
         m = pd.read_csv(run / "metrics.csv")
-        m["variant"], m["seed"] = variant_label(info["model"]), info["train"]["seed"]
+        m["variant"], m["seed"] = config_label(info["model"]), info["train"]["seed"]
         frames.append(m)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def variant_rank(label: str) -> tuple[int, str]:
-    """Sort key of the paper's order: baseline, +att, +ASR(att), +ASR(att)+att."""
-    rank = 0 if label == "baseline" else 3 if label.startswith("+ASR(") and ")+" in label else \
-        2 if label.startswith("+ASR(") else 1
-    return rank, label
 
 
 def recordings_by_label(src: Sources) -> dict[str, Path]:
@@ -113,15 +100,7 @@ def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataF
 def run_label(run: Path) -> str | None:
     """Variant label of a run directory (None if it is not one)."""
     cfg = run / "config.json"
-    return variant_label(json.loads(cfg.read_text())["model"]) if cfg.exists() else None
-
-
-def slug(text: str) -> str:
-    """A file-name-safe form of a variant label: '+ASR(SE)+SE' -> 'plus_asr_se_plus_se'."""
-    import re
-
-    text = text.replace("+", "_plus_").replace("(", "_").replace(")", "_").lower()
-    return re.sub(r"[^a-z0-9]+", "_", text).strip("_") or "x"
+    return config_label(json.loads(cfg.read_text())["model"]) if cfg.exists() else None
 
 
 def notebook_path(name: str) -> Path:
@@ -138,8 +117,11 @@ def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *
                      cwd: str | Path | None = None) -> Path:
     """Execute a bundled notebook headless (nbclient, kernel ``python3``) with ``params`` injected
     after its ``parameters`` cell; writes the executed notebook to ``out_ipynb``."""
+    import tempfile
+
     import jupytext
     import nbformat
+    from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     nb = jupytext.read(notebook_path(name))
@@ -150,12 +132,16 @@ def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, injected)
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd or Path.cwd())}})
     out_ipynb = Path(out_ipynb)
-    try:
-        client.execute()
-    finally:
-        out_ipynb.parent.mkdir(parents=True, exist_ok=True)
-        fsio.write_text(out_ipynb, nbformat.writes(nb))
+    with tempfile.TemporaryDirectory(prefix="stripe-kernel-") as sockets:
+        # a local kernel over IPC sockets in a private folder: nothing listens on the network
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "ipc"))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(cwd or Path.cwd())}})
+        try:
+            client.execute()
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=False)
+            fsio.write_text(out_ipynb, nbformat.writes(nb))
     return out_ipynb

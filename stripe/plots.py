@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from stripe.compare import config_label
 from stripe.stats import Recording
 from stripe.fsio import atomic_write
 
@@ -133,23 +134,13 @@ def _attn_name(attn: Any) -> str:
     return str(attn).upper()
 
 
-def _variant_label(attn: Any, asr: bool, both: bool) -> str:
-    """The comparison's variant name: 'baseline', '+SE', '+ASR(SE)' or '+ASR(SE)+SE'."""
-    name = _attn_name(attn)
-    if not name:
-        return "baseline"
-    if not asr:
-        return f"+{name}"
-    return f"+ASR({name})+{name}" if both else f"+ASR({name})"
-
-
 def _model_label(manifest: Mapping[str, Any]) -> str:
     """'cifar_resnet164 +SE' from a recording manifest's model config."""
     cfg = manifest.get("model") or {}
     if not isinstance(cfg, Mapping):
         return str(cfg)
     name = cfg.get("model") or cfg.get("name") or "model"
-    return f"{name} {_variant_label(cfg.get('attn'), bool(cfg.get('asr')), bool(cfg.get('both')))}"
+    return f"{name} {config_label(cfg)}"
 
 
 def _tables_label(taps: pd.DataFrame) -> str:
@@ -875,7 +866,7 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
                       label=f"{kind} attention")
         ax_s.set_ylim(-0.05, 1.05)
         ax_s.set_ylabel("stripe index S")
-        ax_d.set_ylabel("mean per-channel std across images")
+        ax_d.set_ylabel("mean per-channel std\n(across images)")
         for ax in (ax_s, ax_d):
             ax.set_xlabel("epoch")
             if len(df):

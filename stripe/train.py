@@ -428,6 +428,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwr
     init_distributed(info, dev)
     if cfg.batch_size % info.world_size:
         raise ValueError(f"global batch {cfg.batch_size} does not split over {info.world_size} ranks")
+    if info.enabled and cfg.compile == "cudagraph":
+        raise ValueError("compile='cudagraph' captures a single process's step; under torchrun use "
+                         "compile='reduce-overhead'")
     start, error = None, None
     if info.main:
         try:
