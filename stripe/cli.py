@@ -182,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
     import time
+    from pathlib import Path
 
     from .compare import run_comparison
     from .data import default_data_dir
@@ -189,18 +190,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.attn is None:
         raise ValueError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
     base = _train_config(args)
-    out = args.out or default_data_dir() / "runs" / f"compare-{args.model}-{args.attn}"
+    out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{args.model}-{args.attn}"
     t0 = time.perf_counter()
     table = run_comparison(base, args.attn, list(range(args.seed, args.seed + args.seeds)), out,
                            device=args.device, progress=not args.no_progress)
-    print((out / "results.md").read_text() if hasattr(out, "read_text") else open(f"{out}/results.md").read())
+    print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv and results.md in {time.perf_counter() - t0:.0f} s ({len(table)} variants)")
     return 0
 
 
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
-    return BENCHES[args.what](args)
+    return {"train": bench_train, "collect": bench_collect, "speed": bench_speed}[args.what](args)
 
 
 def bench_train(args: argparse.Namespace) -> int:
@@ -234,8 +235,6 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], int]] = {"train": bench_train, "collect": bench_collect,
-                                                           "speed": lambda a: bench_speed(a)}
 
 
 # --------------------------------------------------------------------------- collect / stats / ablate
