@@ -35,9 +35,10 @@ class SpatialGate(nn.Module):
         super().__init__()
         self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
 
+    spatial_map = CBAM.spatial_map  # the same computation, on these same submodules
+
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        s = torch.cat([y.amax(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
-        return y * self.tap_spatial(torch.sigmoid(self.bn(self.conv(s))))
+        return y * self.spatial_map(y)
 
 
 def _last_norm_name(block: nn.Module) -> str:
@@ -146,10 +147,10 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
 
     from . import fsio
     from .checkpoint import list_checkpoints, load_weights, save_checkpoint
-    from .data import Loader, load_dataset, probe_indices, stratified_indices, take
+    from .data import Loader
     from .models import ModelConfig, build_model
     from .record import Recorder, parse_checkpoint_spec
-    from .train import deployed, evaluate, read_run, resolve_device
+    from .train import TrainConfig, deployed, evaluate, load_test_data, read_run, resolve_device, run_probe
 
     info = read_run(run_dir)
     paths = dict(list_checkpoints(run_dir))
@@ -159,11 +160,8 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     dev = resolve_device(device)
     model, _ = load_weights(paths[epoch], info["model"])
     model.to(dev).eval()
-    tc = info["train"]
-    test_full = load_dataset(tc["dataset"], "test", root=tc["data_root"])
-    test = test_full if tc["test_subset"] is None else take(
-        test_full, stratified_indices(test_full.labels, tc["test_subset"], tc["seed"]))
-    probe = take(test_full, probe_indices(test_full, n=info["probe"]["n"], seed=info["probe"]["seed"]))
+    test, test_full = load_test_data(TrainConfig.from_dict(info["train"]))
+    probe = run_probe(info, test_full)
     with Recorder(model, "*") as rec, torch.no_grad():
         for x, _ in Loader(probe, batch_size, train=False, device=dev):
             model(x)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import torch
 
 from .data import Loader
-from .train import SGD, TrainConfig, TrainStep, load_run_data, resolve_device
+from .train import TrainConfig, TrainStep, build_training, load_run_data, resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -24,11 +24,7 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     train_ds = (data or load_run_data(replace(cfg, test_subset=1)))[0]
-    torch.manual_seed(cfg.seed)
-    model = cfg.build_model(train_ds.num_classes, train_ds.in_chans, train_ds.image_size).to(dev)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = SGD(list(model.named_parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
+    model, opt = build_training(cfg, train_ds, dev)
     step = TrainStep(model.train(), opt, cfg, dev)
     loader = Loader(train_ds, cfg.batch_size, train=True, device=dev, seed=cfg.seed, channels_last=cfg.channels_last)
     if len(loader) == 0:

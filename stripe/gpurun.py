@@ -73,14 +73,13 @@ def stage_train_speed(out: Path, sz: Sizes, base) -> None:
     """Training images/s at batch 128 on the fast path and in fp32 eager, augmentation included."""
     from .bench import train_speed
 
-    data = None
     for attn, asr in ((None, False), ("se", False), ("se", True)):
         for fast in (True, False):
             cfg = replace(base, model=sz.model, attn=attn, asr=asr, batch_size=sz.batch, epochs=1,
                           precision=sz.precision if fast else "fp32", channels_last=sz.channels_last and fast,
                           compile=sz.compile if fast else "none")
             t0 = time.perf_counter()
-            r = train_speed(cfg, steps=sz.bench_steps, warmup=sz.bench_warmup, device=sz.device, data=data)
+            r = train_speed(cfg, steps=sz.bench_steps, warmup=sz.bench_warmup, device=sz.device)
             r.update(stage="train-speed", path="fast" if fast else "fp32-eager", wall_s=time.perf_counter() - t0)
             _log(out, r)
 

@@ -40,6 +40,7 @@ from matplotlib.patches import Patch
 
 from stripe.compare import config_label
 from stripe.stats import Recording
+from stripe.streaming import ChannelStats
 from stripe.fsio import atomic_write
 
 __all__ = [
@@ -168,18 +169,12 @@ def _stage_name(stage: int) -> str:
 
 
 def _stripe_index(a: np.ndarray) -> float:
-    """Stripe index of a matrix [N, C] (NaNs ignored): 1 - within-channel SS / total SS."""
+    """Stripe index of a matrix [N, C] (rows with NaNs left out), by the streaming statistics' formula."""
     a = np.asarray(a, dtype=np.float64)
-    ok = np.isfinite(a)
-    if ok.sum() < 2:
+    a = a[np.isfinite(a).all(axis=1)] if a.ndim == 2 else a  # images with a missing value are left out
+    if a.ndim != 2 or a.shape[0] < 2:
         return float("nan")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mu_c = np.nanmean(np.where(ok, a, np.nan), axis=0)
-    mu_c = np.where(np.isfinite(mu_c), mu_c, 0.0)
-    within = np.where(ok, a - mu_c, 0.0)
-    total = np.where(ok, a - a[ok].mean(), 0.0)
-    tss = float(np.square(total).sum())
-    return 1.0 if tss == 0 else 1.0 - float(np.square(within).sum()) / tss
+    return ChannelStats().update(a).stripe_index()
 
 
 def _fmt_s(s: float) -> str:

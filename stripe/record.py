@@ -50,11 +50,11 @@ class TapInfo:
 
 
 def _unwrap_for_recording(model: nn.Module) -> nn.Module:
-    if hasattr(model, "_orig_mod"):
-        raise ValueError("Recorder: the model is wrapped by torch.compile, whose graphs skip Python hooks; "
-                         "record the original module (model._orig_mod) instead")
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
+    if hasattr(model, "_orig_mod"):  # unlike train.unwrap: hooks would not fire inside the compiled graph
+        raise ValueError("Recorder: the model is wrapped by torch.compile, whose graphs skip Python hooks; "
+                         "record the original module (model._orig_mod) instead")
     return model
 
 
@@ -289,7 +289,7 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
     from .checkpoint import CheckpointError, list_checkpoints, load_weights
     from .data import Loader, load_dataset, probe_hash, probe_indices, stratified_indices, take
     from .models import ModelConfig
-    from .train import autocast, dist_from_env, init_distributed, read_run, resolve_device
+    from .train import autocast, dist_from_env, init_distributed, read_run, resolve_device, run_probe
 
     t_start = time.perf_counter()
     info = dist_from_env()
@@ -323,13 +323,16 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
         out = Path(out)
 
     test_full = load_dataset(dataset, "test", root=data_root)
-    if probe == "run":
-        spec = run_info["probe"] if run_info else {"n": 1000, "seed": probe_seed}
-        idx = probe_indices(test_full, n=spec["n"], seed=spec["seed"])
-        probe_ds, probe_desc = take(test_full, idx), {"split": "test", "n": len(idx), "seed": spec["seed"]}
-        if run_info and probe_hash(test_full.source_hash, idx) != run_info["probe"]["hash"]:
-            raise ValueError(f"{run_dir}: the probe set differs from the one saved with the run "
-                             "(the data set's files changed?)")
+    if probe == "run" and run_info:
+        try:
+            probe_ds = run_probe(run_info, test_full)
+        except ValueError as e:
+            raise ValueError(f"{run_dir}: {e}") from None
+        idx = probe_indices(test_full, n=run_info["probe"]["n"], seed=run_info["probe"]["seed"])
+        probe_desc = {"split": "test", "n": len(idx), "seed": run_info["probe"]["seed"]}
+    elif probe == "run":  # checkpoint files from elsewhere: the default probe set
+        idx = probe_indices(test_full, n=1000, seed=probe_seed)
+        probe_ds, probe_desc = take(test_full, idx), {"split": "test", "n": len(idx), "seed": probe_seed}
     elif probe in ("test", "train"):
         probe_ds = test_full if probe == "test" else load_dataset(dataset, "train", root=data_root)
         idx = np.arange(len(probe_ds))

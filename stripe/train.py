@@ -230,16 +230,29 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- data
+def load_test_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
+    """(test set of the run, i.e. the test subset if any; the full test split) of a config."""
+    test_full = load_dataset(cfg.dataset, "test", root=cfg.data_root)
+    if cfg.test_subset is None:
+        return test_full, test_full
+    return take(test_full, stratified_indices(test_full.labels, cfg.test_subset, cfg.seed)), test_full
+
+
 def load_run_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet, ImageSet]:
     """(train, test, full test split) of a config, subsets applied to the first two."""
     train = load_dataset(cfg.dataset, "train", root=cfg.data_root)
-    test_full = load_dataset(cfg.dataset, "test", root=cfg.data_root)
-    test = test_full
     if cfg.train_subset is not None:
         train = take(train, stratified_indices(train.labels, cfg.train_subset, cfg.seed))
-    if cfg.test_subset is not None:
-        test = take(test_full, stratified_indices(test_full.labels, cfg.test_subset, cfg.seed))
-    return train, test, test_full
+    return (train, *load_test_data(cfg))
+
+
+def run_probe(run_info: dict[str, Any], test_full: ImageSet) -> ImageSet:
+    """The probe set saved with a run (``config.json``), checked against its hash."""
+    spec = run_info["probe"]
+    idx = probe_indices(test_full, n=spec["n"], seed=spec["seed"])
+    if probe_hash(test_full.source_hash, idx) != spec["hash"]:
+        raise ValueError("the probe set differs from the one saved with the run (the data set's files changed?)")
+    return take(test_full, idx)
 
 
 def autocast(device: torch.device, precision: str):
@@ -413,6 +426,15 @@ def _run_info(cfg: TrainConfig, train: ImageSet, test: ImageSet, test_full: Imag
 
 
 # --------------------------------------------------------------------------- train
+def build_training(cfg: TrainConfig, train_ds: ImageSet, device: torch.device) -> tuple[nn.Module, SGD]:
+    """The seeded model of ``cfg`` for ``train_ds`` on ``device`` (channels_last if asked) and its optimizer."""
+    torch.manual_seed(cfg.seed)
+    model = cfg.build_model(train_ds.num_classes, train_ds.in_chans, train_ds.image_size).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, SGD(list(model.named_parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           device: str | None = "auto", progress: bool = True,
           data: tuple[ImageSet, ImageSet, ImageSet] | None = None) -> list[dict[str, Any]]:
@@ -447,11 +469,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwr
             raise RuntimeError(message)
 
     train_ds, test_ds, test_full = data or load_run_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model = cfg.build_model(train_ds.num_classes, train_ds.in_chans, train_ds.image_size).to(dev)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = SGD(list(model.named_parameters()), cfg.lr, cfg.momentum, cfg.weight_decay)
+    model, opt = build_training(cfg, train_ds, dev)
     rows: list[dict[str, Any]] = []
     if start is not None:
         path = checkpoint_path(run_dir, start)

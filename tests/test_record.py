@@ -134,8 +134,9 @@ def test_tap_selection():
 
 def test_wrapped_models():
     model = data_model("cifar_resnet8", attn="eca")
-    with Recorder(torch.nn.DataParallel(model)) as rec, torch.no_grad():
-        model(_images())
+    wrapped = torch.nn.DataParallel(model)
+    with Recorder(wrapped) as rec, torch.no_grad():
+        wrapped(_images())
     assert len(rec.taps) == 3
     with pytest.raises(ValueError, match="torch.compile"):
         Recorder(torch.compile(model))
@@ -266,3 +267,38 @@ def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
     acc = evaluate(model, Loader(tiny_data()[1], 100, train=False))[1]
     assert acc == pytest.approx(float(table.loc[table["scope"] == "all", "test_acc"].iloc[0]))
     assert (run / "ablation" / "ablation.csv").exists()
+
+
+@pytest.mark.parametrize("attn", list_attn())
+@pytest.mark.parametrize("variant", [dict(), dict(asr=True, both=True)])
+def test_constant_replacement_equals_forcing_the_taps(attn, variant):
+    """The folded replacement gives the logits of the original model whose taps are forced to μ
+    by forward hooks (an independent reference: the hook replaces the attention, nothing is folded)."""
+    from stripe.ablate import replace_with_constants
+
+    torch.manual_seed(0)
+    model = data_model("cifar_resnet14", attn=attn, block="basic", **variant).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = _images()
+    with Recorder(model) as rec, torch.no_grad():
+        model(x)
+    taps = [t.to_dict() for t in rec.taps]
+    means = {t["key"]: torch.rand(t["channels"], dtype=torch.float64) for t in taps}
+    folded = replace_with_constants(model, taps, means).eval()
+
+    def force(module, inputs, output):
+        name = next(n for n, m in model.named_modules() if m is module).rsplit(".", 1)[0]
+        key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
+        return means[key].to(output).expand_as(output)
+
+    handles = [m.tap.register_forward_hook(force) for n, m in model.named_modules() if n in
+               {t["module"] for t in taps}]
+    with torch.no_grad():
+        forced = model(x)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), forced, rtol=1e-5, atol=1e-5)
+    assert not find_taps(folded)  # no channel attention left (CBAM keeps only its spatial gate)
