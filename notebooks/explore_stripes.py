@@ -19,7 +19,7 @@
 # tap's stripe-index curve update together. Open in JupyterLab (`make lab`).
 
 # %% tags=["parameters"]
-source = "data"  # folder searched for recordings
+source = None  # folder searched for recordings; default: $STRIPE_DATA_DIR, else the project's data/ folder
 recording = None  # a recording folder; default: the first one found under `source`
 out = None  # if set, the figures of the current view are also saved here (PNG + PDF)
 
@@ -30,13 +30,16 @@ from pathlib import Path
 import ipywidgets as W
 from IPython.display import display
 
-from stripe import figures, plots
-from stripe.stats import Recording, compute_tables
+from stripe.analysis import compute_tables
+from stripe.record import Recording
+from stripe.viz import figures as plots
+from stripe.viz import notebooks
 
-found = [recording] if recording else [str(p) for p in figures.discover(source).recordings]
+root = notebooks.resolve_source(source)
+found = [recording] if recording else [str(p) for p in notebooks.discover(root).recordings]
 if not found:
-    raise FileNotFoundError(f"no recording under {source}; run `stripe collect RUN_DIR` first")
-print(f"{len(found)} recording(s) found")
+    raise FileNotFoundError(f"no recording under {root}; run `make demo` or `stripe collect RUN_DIR` first")
+print(f"{len(found)} recording(s) found under {root}")
 
 # %%
 state = {}
@@ -82,7 +85,7 @@ def draw(*_):
     if busy["on"]:
         return
     rec, tables = load(run_dd.value)
-    label = figures.recording_label(Path(run_dd.value))
+    label = notebooks.recording_label(Path(run_dd.value))
     figs = {
         "explore_heatmap": plots.stripe_heatmap(rec, tap=tap_dd.value, epoch=epoch_sl.value),
         "explore_channel_std": plots.channel_std(tables, epoch=epoch_sl.value, label=label),

@@ -20,8 +20,9 @@
 # `stripe figures SOURCE --out DIR`. Nothing here trains or records: it only reads.
 
 # %% tags=["parameters"]
-source = "data/demo"  # a run, recording, comparison or any folder holding them
-out = "figures/demo"  # where figures and tables go
+source = None  # a run, recording, comparison or any folder holding them; default: <data folder>/demo
+out = None  # where figures and tables go; default: <data folder>/figures/<name of source>
+formats = ["png", "pdf"]  # figure file formats
 
 # %%
 # %matplotlib inline
@@ -29,10 +30,13 @@ from pathlib import Path
 
 from IPython.display import Markdown, display
 
-from stripe import figures, plots
+from stripe.analysis import write_tables
+from stripe.viz import figures as plots
+from stripe.viz import notebooks as figures
 
+source = figures.resolve_source(source, prefer="demo")
 src = figures.discover(source)
-out = Path(out)
+out = Path(out) if out else figures.default_figures_out(source)
 out.mkdir(parents=True, exist_ok=True)
 written = []
 print(src.describe())
@@ -47,10 +51,10 @@ tables = figures.recording_tables(src)
 for label, rec_dir in figures.recordings_by_label(src).items():
     name = figures.slug(label)
     fig = plots.stripe_heatmap(rec_dir)
-    written += plots.save_figure(fig, out, f"heatmap_{name}")
+    written += plots.save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
     display(fig)
     fig = plots.channel_std(tables[label], label=label)
-    written += plots.save_figure(fig, out, f"channel_std_{name}")
+    written += plots.save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
     display(fig)
 
 # %% [markdown]
@@ -65,12 +69,10 @@ for label, rec_dir in figures.recordings_by_label(src).items():
 dynamic = {label: t for label, t in tables.items() if not t["taps"]["asr"].all()}
 if dynamic:
     fig = plots.stripe_dynamics(runs=dynamic)
-    written += plots.save_figure(fig, out, "stripe_dynamics")
+    written += plots.save_figure(fig, out, formats=formats, name="stripe_dynamics")
     display(fig)
 for label, t in tables.items():
     name = figures.slug(label)
-    from stripe.stats import write_tables
-
     written += write_tables(t, out / f"tables_{name}")
     display(Markdown(f"**{label}**: stripe index per stage (non-ASR taps; ASR rows apart)"))
     display(t["stages"].round(4))
@@ -83,7 +85,7 @@ for label, t in tables.items():
 runs = [r for r in src.runs if any(c in r.parents for c in src.comparisons)] or src.runs
 if runs:
     fig = plots.learning_curves(figures.metrics_long(runs))
-    written += plots.save_figure(fig, out, "learning_curves")
+    written += plots.save_figure(fig, out, formats=formats, name="learning_curves")
     display(fig)
 for comp in src.comparisons:
     md = (comp / "results.md").read_text()
@@ -99,7 +101,7 @@ for comp in src.comparisons:
 for path in src.speed:
     speed = figures.read_table(path, ("attn",))
     fig = plots.speed_table(speed)
-    written += plots.save_figure(fig, out, "speed_table")
+    written += plots.save_figure(fig, out, formats=formats, name="speed_table")
     (out / "speed_table.md").write_text(plots.speed_markdown(speed))
     written.append(out / "speed_table.md")
     display(fig)
@@ -114,7 +116,7 @@ for path in src.ablations:
     label = figures.run_label(path.parent.parent)
     name = "ablation" if len(src.ablations) == 1 else f"ablation_{figures.slug(label or path.parent.name)}"
     fig = plots.ablation(figures.read_table(path, ("target",)), label=label)
-    written += plots.save_figure(fig, out, name)
+    written += plots.save_figure(fig, out, formats=formats, name=name)
     display(fig)
 
 # %%

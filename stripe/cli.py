@@ -1,8 +1,13 @@
-"""The ``stripe`` command: ``main(argv)`` is callable from tests."""
+"""The ``stripe`` command: parsing and dispatch only. ``main(argv)`` is callable from tests.
+
+Every handler turns its options into one call of the library and prints what it returned; the
+work itself lives in the subpackages. Errors the user can fix are one line on stderr, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
@@ -27,63 +32,42 @@ def _table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
+def _positive_int(option: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} expects a whole number, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{option} must be >= 1, got {value}")
+        return value
+    return parse
+
+
 # --------------------------------------------------------------------------- models / fold
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
-    from .attention import list_attn
-    from .models import create_model, list_models
+    from .nn import list_attn, list_models
+    from .nn.report import param_table
 
-    rows = []
-    for name in list_models() if args.model is None else [args.model]:
-        row = {"model": name}
-        for attn in [None, *list_attn()]:
-            m = create_model(name, num_classes=args.num_classes, attn=attn)
-            row[attn or "plain"] = f"{sum(p.numel() for p in m.parameters()) / 1e6:.3f}M"
-        rows.append(row)
-    print(f"Parameters with {args.num_classes} classes (attention modules: {', '.join(list_attn())}):")
+    rows = param_table(list_models() if args.model is None else [args.model], num_classes=args.num_classes,
+                       block=args.block)
+    print(f"Parameters with {args.num_classes} classes (attention modules: {', '.join(list_attn())}); "
+          "block: basic for 6n+2 depths, bottleneck for 164 and 1001 (override with --block):")
     print(_table(rows))
     return 0
 
 
 @command("fold")
 def cmd_fold(args: argparse.Namespace) -> int:
-    import torch
-    from tqdm.auto import tqdm
-
-    from .asr import reparameterize, verify_fold
-    from .attention import list_attn
-    from .models import create_model
+    from .nn import list_attn
+    from .nn.report import fold_table
 
     if not args.all and args.attn is None:
         raise ValueError("give --attn NAME (one of: " + ", ".join(list_attn()) + ") or --all")
-    attns = list_attn() if args.all else [args.attn]
-    variants = [False, True] if args.all else [args.both]
-    n = lambda m: sum(p.numel() for p in m.parameters())
-    plain = n(create_model(args.model, num_classes=args.num_classes, block=args.block))
-    rows, failed = [], 0
-    bar = tqdm(total=len(attns) * len(variants), desc="fold+verify", unit="model", disable=None)
-    for attn in attns:
-        for both in variants:
-            model = create_model(args.model, num_classes=args.num_classes, attn=attn, asr=True, both=both,
-                                 block=args.block)
-            attn_params = n(create_model(args.model, num_classes=args.num_classes, attn=attn, block=args.block))
-            folded = reparameterize(model)
-            row = {"attention": attn, "variant": "asr+both" if both else "asr", "plain": plain,
-                   "with attn": attn_params, "asr (train)": n(model), "folded": n(folded)}
-            try:
-                diff = verify_fold(model, atol=args.atol, dtype=torch.float64, perturb=0.1)
-                row["max|Δ| fp64"] = f"{diff:.1e}"
-                row["check"] = "ok"
-            except AssertionError as e:
-                row["max|Δ| fp64"], row["check"] = str(e), "FAIL"
-                failed += 1
-            row["max|Δ| fp32"] = f"{verify_fold(model, atol=float('inf'), dtype=torch.float32, perturb=0.1):.1e}"
-            want = attn_params if both else plain
-            if n(folded) != want:
-                row["check"], failed = f"FAIL: {n(folded)} params, expected {want}", failed + 1
-            rows.append(row)
-            bar.update()
-    bar.close()
+    rows, failed = fold_table(args.model, list_attn() if args.all else [args.attn],
+                              both_variants=[False, True] if args.all else [args.both], num_classes=args.num_classes,
+                              block=args.block, atol=args.atol, progress=not args.no_progress)
     print(f"{args.model}, {args.num_classes} classes: ASR models folded into plain BN. Every parameter "
           f"perturbed (N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {args.atol:g}; "
           f"the fp32 column is the same comparison in float32, where a deep network's own rounding shows.")
@@ -93,121 +77,76 @@ def cmd_fold(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-# --------------------------------------------------------------------------- train / compare / bench
-def _int_list(text: str) -> tuple[int, ...] | None:
-    """'every' -> None; '0,5,10' -> (0, 5, 10)."""
-    if text == "every":
-        return None
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'every' or a comma-separated list of epochs, got {text!r}")
+# --------------------------------------------------------------------------- train / compare
+def _online_recorder(args: argparse.Namespace):
+    from .record import OnlineRecorder
 
-
-def _float_list(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}")
-
-
-def _add_train_args(s: argparse.ArgumentParser, *, variant: bool = True) -> None:
-    from .train import COMPILE_MODES, PRECISIONS, TrainConfig
-
-    d = TrainConfig()
-    g = s.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help="cifar_resnet{depth} (default %(default)s)")
-    g.add_argument("--attn", default=None, help="attention module (se, eca, cbam, srm, ie, spa, dia)")
-    if variant:
-        g.add_argument("--asr", action="store_true", help="ASR: feed the attention a learnable ψ and fold it")
-        g.add_argument("--both", action="store_true", help="with --asr, keep a normal attention as well")
-    g.add_argument("--block", default=None, choices=["basic", "bottleneck"])
-    g.add_argument("--psi-size", type=int, default=None)
-    g.add_argument("--psi-init", type=float, default=d.psi_init)
-    g = s.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, fashion-mnist, imagefolder")
-    g.add_argument("--data-root", default=None, help="where the data set lives (default: search the usual places)")
-    g.add_argument("--train-subset", type=int, default=None, help="class-stratified subset of the training split")
-    g.add_argument("--test-subset", type=int, default=None, help="class-stratified subset of the test split")
-    g = s.add_argument_group("recipe")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--milestones", type=_float_list, default=d.milestones,
-                   help="lr decays after these fractions of training (default 0.5,0.75)")
-    g.add_argument("--gamma", type=float, default=d.gamma)
-    g.add_argument("--momentum", type=float, default=d.momentum)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--precision", default=d.precision, choices=PRECISIONS)
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
-                   help="none, torch.compile, compile with CUDA graphs, or the whole step captured as a CUDA graph")
-    g.add_argument("--checkpoints", type=_int_list, default=None, help="'every' (default) or a list of epochs")
-    g.add_argument("--probe-n", type=int, default=d.probe_n, help="probe-set size (saved with the run)")
-    s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
-    s.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _train_config(args: argparse.Namespace, **over):
-    from .train import TrainConfig
-
-    kw = dict(model=args.model, attn=args.attn, asr=getattr(args, "asr", False), both=getattr(args, "both", False),
-              block=args.block, dataset=args.dataset, data_root=args.data_root, train_subset=args.train_subset,
-              test_subset=args.test_subset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-              milestones=args.milestones, gamma=args.gamma, momentum=args.momentum, weight_decay=args.weight_decay,
-              seed=args.seed, precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-              checkpoints=args.checkpoints, probe_n=args.probe_n, psi_size=args.psi_size, psi_init=args.psi_init)
-    kw.update(over)
-    return TrainConfig(**kw)
+    taps = [t for t in args.record_taps.split(",") if t]
+    return OnlineRecorder(taps=taps, raw_n=args.record_raw_n, folds=args.record_folds)
 
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from .data import default_data_dir
-    from .train import dist_from_env, train
+    from .nn.variants import slug, variant_of
+    from .train import config_from_args, dist_from_env, list_checkpoints, train
 
-    cfg = _train_config(args)
-    out = args.out or default_data_dir() / "runs" / "latest"
+    cfg = config_from_args(args)
+    if args.out:
+        out = Path(args.out)
+    else:
+        m = cfg.model.resolved()
+        out = default_data_dir() / "runs" / f"{m.name}-{m.block}-{slug(variant_of(m).label)}-seed{cfg.seed}"
+    finished = args.resume and any(e >= cfg.epochs for e, _ in list_checkpoints(out))
+    callbacks = [_online_recorder(args)] if args.record else []
     rows = train(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, callbacks=callbacks, download=args.download)
     if dist_from_env().rank != 0:
         return 0
     last = rows[-1]
-    print(f"run: {out}  epochs {last['epoch']}  final test top-1 {last['test_acc']:.2f}% "
-          f"(deployed model)  best {max(r['test_acc'] for r in rows[1:]) if len(rows) > 1 else float('nan'):.2f}%")
+    trained = [r["test_acc"] for r in rows if r["epoch"] >= 1]
+    best = f"{max(trained):.2f}%" if trained else "n/a"
+    status = "already finished; nothing to train" if finished else "done"
+    print(f"run: {out}  {status}: epoch {last['epoch']}/{cfg.epochs}, final test top-1 {last['test_acc']:.2f}% "
+          f"(deployed model), best {best}" + (f"; recording: {out / 'recording'}" if args.record else ""))
     return 0
 
 
 @command("compare")
 def cmd_compare(args: argparse.Namespace) -> int:
     import time
-    from pathlib import Path
 
-    from .compare import run_comparison
     from .data import default_data_dir
+    from .experiments.compare import run_comparison
+    from .train import config_from_args
 
-    if args.attn is None:
+    base = config_from_args(args)
+    if base.model.attn is None:
         raise ValueError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
-    base = _train_config(args)
-    out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{args.model}-{args.attn}"
+    out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{base.model.name}-{base.model.attn}"
     t0 = time.perf_counter()
-    table = run_comparison(base, args.attn, list(range(args.seed, args.seed + args.seeds)), out,
-                           device=args.device, progress=not args.no_progress)
+    callbacks_for = (lambda label, seed: () if label == "baseline" else (_online_recorder(args),)) if args.record \
+        else None
+    table = run_comparison(base, base.model.attn, list(range(base.seed, base.seed + args.seeds)), out,
+                           device=args.device, progress=not args.no_progress, callbacks_for=callbacks_for)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv and results.md in {time.perf_counter() - t0:.0f} s ({len(table)} variants)")
     return 0
 
 
+# --------------------------------------------------------------------------- bench
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
     return {"train": bench_train, "collect": bench_collect, "speed": bench_speed}[args.what](args)
 
 
 def bench_train(args: argparse.Namespace) -> int:
-    from .bench import train_speed
+    from dataclasses import replace
 
-    cfg = _train_config(args, epochs=1)
+    from .experiments.bench import train_speed
+    from .train import config_from_args
+
+    cfg = replace(config_from_args(args), epochs=1)
     r = train_speed(cfg, steps=args.steps, warmup=args.warmup, device=args.device)
     print(f"{r['model']} attn={r['attn'] or '-'} asr={r['asr']} both={r['both']} on {r['device']}: "
           f"batch {r['batch']}, {r['precision']}, channels_last={r['channels_last']}, compile={r['compile']}")
@@ -217,7 +156,7 @@ def bench_train(args: argparse.Namespace) -> int:
 
 
 def bench_collect(args: argparse.Namespace) -> int:
-    from .bench import collect_memory, collect_overhead
+    from .experiments.bench import collect_memory, collect_overhead
 
     r = collect_overhead(args.model, args.attn or "se", asr=args.asr, dataset=args.dataset, images=args.images,
                          batch_size=args.batch_size, repeats=args.repeats, device=args.device,
@@ -235,43 +174,63 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_speed(args: argparse.Namespace) -> int:
+    from .experiments.bench import inference_speed, write_speed
+
+    speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
+                            num_classes=args.num_classes, repeats=args.repeats, precision=args.precision,
+                            channels_last=args.channels_last, progress=not args.no_progress)
+    written = write_speed(speed, args.out)
+    from .viz.figures import speed_markdown
+
+    print(speed_markdown(speed))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
 
 
 # --------------------------------------------------------------------------- collect / stats / ablate
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
-    import json
+    from .record import collect, read_model_config
+    from .train import dist_from_env
 
-    from .record import collect
-
-    model_config = None
-    if args.model_config:
-        with open(args.model_config) as f:
-            model_config = json.load(f)
+    model_config = read_model_config(args.model_config) if args.model_config else None
     if args.run_dir is None and not args.files:
         raise ValueError("give a RUN_DIR, or checkpoint files with --files, --model-config and --dataset")
     r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
-                dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe, taps=args.taps,
-                raw_n=args.raw_n, batch_size=args.batch_size, device=args.device, precision=args.precision,
+                dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe,
+                probe_split=args.probe_split, probe_seed=args.probe_seed, taps=args.taps, raw_n=args.raw_n,
+                folds=args.folds, batch_size=args.batch_size, device=args.device, precision=args.precision,
                 progress=not args.no_progress)
-    from .train import dist_from_env
-
     if dist_from_env().rank == 0:
-        print(f"recording: {r.out}  recorded {len(r.recorded)} checkpoint(s), skipped {len(r.skipped)} already done, "
-              f"{len(r.failed)} failed ({r.images / max(r.seconds, 1e-9):.0f} images/s overall, {r.seconds:.1f} s)")
-        for path, why in r.failed:
+        again = f" ({len(r.rerecorded)} re-recorded: their checkpoint file changed)" if r.rerecorded else ""
+        print(f"recording: {r.out}  recorded {len(r.recorded)} checkpoint(s){again}, skipped {len(r.skipped)} "
+              f"already done, {len(r.failed)} failed ({r.images / max(r.seconds, 1e-9):.0f} images/s overall, "
+              f"{r.seconds:.1f} s)")
+        for _, why in r.failed:
             print(f"FAILED: {why}", file=sys.stderr)
     return 1 if r.failed else 0
 
 
 @command("stats")
 def cmd_stats(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .analysis import aggregate_seeds, compute_tables, summary_text, write_tables
 
-    from .stats import compute_tables, summary_text, write_tables
-
-    tables = compute_tables(args.recording, eps=args.eps, threshold=args.threshold)
-    out = Path(args.out) if args.out else Path(args.recording) / "tables"
+    if len(args.recording) > 1:
+        tables = [compute_tables(r, eps=args.eps, threshold=args.threshold) for r in args.recording]
+        seeds = aggregate_seeds([t["stages"] for t in tables])
+        out = Path(args.out) if args.out else Path(args.recording[0]).parent / "tables_seeds"
+        written = write_tables({"seeds": seeds}, out)
+        print(f"{len(tables)} recordings aggregated per (epoch, stage): mean and 95% t-interval over runs")
+        print(seeds[seeds["epoch"] >= 1].to_string(index=False, float_format=lambda v: f"{v:.3f}",
+                                                   columns=[c for c in ("epoch", "stage", "asr", "n_runs",
+                                                                        "stripe_after", "stripe_after_lo",
+                                                                        "stripe_after_hi", "stripe_before")]))
+        print(f"wrote {len(written)} files to {out}")
+        return 0
+    rec = args.recording[0]
+    tables = compute_tables(rec, eps=args.eps, threshold=args.threshold)
+    out = Path(args.out) if args.out else Path(rec) / "tables"
     written = write_tables(tables, out)
     print(summary_text(tables))
     print(f"wrote {len(written)} files to {out}")
@@ -280,30 +239,27 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @command("ablate")
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import run_ablation
+    from .analysis import run_ablation
 
     scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
     table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
                          device=args.device, progress=not args.no_progress)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.save:
         print(f"saved the folded plain model to {args.save}")
     return 0
 
 
-# --------------------------------------------------------------------------- figures / demo
+# --------------------------------------------------------------------------- figures / demo / reproduce
 @command("figures")
 def cmd_figures(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .figures import discover, execute_notebook
+    from .viz.notebooks import default_figures_out, discover, render_figures
 
     src = discover(args.source)  # fails early, with a clear message, when there is nothing to plot
-    out = Path(args.out) if args.out else Path("figures") / Path(args.source).resolve().name
+    out = Path(args.out) if args.out else default_figures_out(Path(args.source))
     print(src.describe())
-    execute_notebook("paper_figures", {"source": str(Path(args.source).resolve()), "out": str(out.resolve())},
-                     out / "paper_figures.ipynb", timeout=args.timeout)
-    files = sorted(p for p in out.rglob("*") if p.is_file())
+    formats = tuple(f for f in args.formats.split(",") if f)
+    files = render_figures(Path(args.source), out, timeout=args.timeout, formats=formats)
     print(f"{len(files)} files in {out}:")
     for p in files:
         print(f"  {p.relative_to(out)}")
@@ -312,40 +268,48 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from dataclasses import replace
 
-    cfg = DemoConfig(epochs=args.epochs, train_subset=args.train_subset)
-    run_demo(args.out, cfg=cfg, data_root=args.data_root, device=args.device, progress=not args.no_progress)
+    from .experiments.demo import TINY, DemoConfig, run_demo
+
+    cfg = TINY if args.tiny else DemoConfig()
+    over = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None}
+    run_demo(args.out, cfg=replace(cfg, **over), data_root=args.data_root, device=args.device,
+             progress=not args.no_progress)
     return 0
 
 
-def bench_speed(args: argparse.Namespace) -> int:
-    from pathlib import Path
+@command("reproduce")
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments.presets import run_preset
 
-    from . import fsio, plots
-    from .bench import inference_speed
-
-    speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
-                            num_classes=args.num_classes, repeats=args.repeats, precision=args.precision,
-                            channels_last=args.channels_last, progress=not args.no_progress)
-    out = Path(args.out)
-    fsio.write_text(out / "speed.csv", speed.to_csv(index=False))
-    fsio.write_text(out / "speed.md", plots.speed_markdown(speed))
-    plots.save_figure(plots.speed_table(speed), out, "speed_table")
-    print(plots.speed_markdown(speed))
-    print(f"wrote {out}/speed.csv, speed.md, speed_table.png/.pdf")
-    return 0
+    return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget, dry_run=args.dry_run,
+                      device=args.device, progress=not args.no_progress)
 
 
 # --------------------------------------------------------------------------- parser
+def _record_args(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("recording during training")
+    g.add_argument("--record", action="store_true",
+                   help="record every attention tap over the probe set at each checkpoint, into RUN/recording "
+                        "(the same recording as `stripe collect RUN`)")
+    g.add_argument("--record-taps", default="*", help="taps to record, comma-separated selectors (default *)")
+    g.add_argument("--record-raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (default 256)")
+    g.add_argument("--record-folds", type=_positive_int("--record-folds"), default=10,
+                   help="disjoint probe folds whose moments are kept apart, for intervals (default 10)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    from .train import add_config_args
+
     p = argparse.ArgumentParser(prog="stripe", description="Measure the Stripe Observation; train with ASR and fold it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("models", help="list models and attention modules with parameter counts")
     s.add_argument("--model", default=None, help="one model name (default: the common depths)")
-    s.add_argument("--num-classes", type=int, default=100)
+    s.add_argument("--block", default=None, choices=["basic", "bottleneck"], help="override the block type")
+    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
 
     s = sub.add_parser("fold", help="build an ASR model, fold it into plain BN, verify, print params and max difference")
     s.add_argument("--model", default="cifar_resnet164")
@@ -353,64 +317,60 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every attention module, asr and asr+both")
     s.add_argument("--both", action="store_true", help="keep a normal attention beside ASR")
     s.add_argument("--block", default=None, choices=["basic", "bottleneck"])
-    s.add_argument("--num-classes", type=int, default=100)
+    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
     s.add_argument("--atol", type=float, default=1e-5)
+    s.add_argument("--no-progress", action="store_true")
 
-    s = sub.add_parser("train", help="train one model on real data with per-epoch checkpoints")
-    _add_train_args(s)
-    s.add_argument("--out", default=None, help="run directory (default data/runs/latest)")
+    s = sub.add_parser("train", help="train one model on real data with checkpoints (and recording with --record)")
+    add_config_args(s)
+    _record_args(s)
+    s.add_argument("--out", default=None, help="run directory (default data/runs/MODEL-BLOCK-VARIANT-seedN)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--overwrite", action="store_true", help="delete the run in --out and start again")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (the old one is deleted once the new one has its first checkpoint)")
+    s.add_argument("--download", action="store_true", help="download CIFAR/Fashion-MNIST when not found (online)")
+    s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     s = sub.add_parser("compare", help="train baseline, +att, +ASR(att), +ASR(att)+att over seeds; results table")
-    _add_train_args(s, variant=False)
-    s.add_argument("--seeds", type=int, default=1, help="seeds per variant (seed, seed+1, …)")
+    add_config_args(s, model_exclude=("asr", "both"))
+    _record_args(s)
+    s.add_argument("--seeds", type=_positive_int("--seeds"), default=1, help="seeds per variant (seed, seed+1, …)")
     s.add_argument("--out", default=None, help="comparison folder (default data/runs/compare-MODEL-ATTN)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("bench", help="speed measurements")
     bsub = s.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = bsub.add_parser("train", help="training images/s on this device (real data, augmentation included)")
-    _add_train_args(b)
-    b.add_argument("--steps", type=int, default=30)
+    add_config_args(b, exclude=("epochs",))
+    b.add_argument("--steps", type=_positive_int("--steps"), default=30)
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--device", default="auto")
     b = bsub.add_parser("collect", help="recording throughput / plain eval throughput; sweep memory")
     b.add_argument("--model", default="cifar_resnet20")
     b.add_argument("--attn", default="se")
     b.add_argument("--asr", action="store_true")
     b.add_argument("--dataset", default="cifar10")
     b.add_argument("--data-root", default=None)
-    b.add_argument("--images", type=int, default=1000)
-    b.add_argument("--batch-size", type=int, default=500)
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--images", type=_positive_int("--images"), default=1000)
+    b.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500)
+    b.add_argument("--repeats", type=_positive_int("--repeats"), default=5)
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     b.add_argument("--device", default="auto")
     b.add_argument("--memory", type=lambda t: [int(v) for v in t.split(",")], default=None,
                    help="also measure peak memory of sweeps over these checkpoint counts, e.g. 5,50")
-
     b = bsub.add_parser("speed", help="the paper's speed table: baseline, each attention, its folded ASR")
     b.add_argument("--model", default="cifar_resnet164")
     b.add_argument("--attn", nargs="+", default=None, help="modules (default: all)")
-    b.add_argument("--batch", nargs="+", type=int, default=[1, 128])
-    b.add_argument("--num-classes", type=int, default=100)
-    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--batch", nargs="+", type=_positive_int("--batch"), default=[1, 128])
+    b.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
+    b.add_argument("--repeats", type=_positive_int("--repeats"), default=5)
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     b.add_argument("--channels-last", action="store_true")
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default="data/speed")
     b.add_argument("--no-progress", action="store_true")
-
-    s = sub.add_parser("figures", help="execute notebooks/paper_figures headless: every figure (PNG + PDF) and table")
-    s.add_argument("source", help="a run, recording, comparison, or a folder holding them")
-    s.add_argument("--out", default=None, help="default figures/<name of SOURCE>")
-    s.add_argument("--timeout", type=int, default=1800, help="seconds per notebook cell")
-
-    s = sub.add_parser("demo", help="the main job: train 4 variants, collect, stats, ablate, speed, figures")
-    s.add_argument("--out", default="data/demo")
-    s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search; else Fashion-MNIST)")
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--train-subset", type=int, default=6000)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("collect", help="record every attention tap over the probe set at each checkpoint")
     s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files)")
@@ -419,20 +379,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-config", default=None, help="JSON file with the model config, for --files")
     s.add_argument("--dataset", default=None, help="data set of the probe images (default: the run's)")
     s.add_argument("--data-root", default=None)
-    s.add_argument("--probe", default="run", help="run (the run's probe set), test, train, or a number of images")
+    s.add_argument("--probe", default="run",
+                   help="run (the run's probe set), train or test (a whole split), or a number of images of "
+                        "--probe-split")
+    s.add_argument("--probe-split", default="train", choices=["train", "test"])
+    s.add_argument("--probe-seed", type=int, default=0)
     s.add_argument("--taps", nargs="+", default=["*"], help="globs, attention types, stage:K, asr, attention")
     s.add_argument("--raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (for heat maps)")
-    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--folds", type=_positive_int("--folds"), default=10,
+                   help="disjoint probe folds whose moments are kept apart, for intervals")
+    s.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500)
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="recording directory (default RUN_DIR/recording)")
     s.add_argument("--no-progress", action="store_true")
 
-    s = sub.add_parser("stats", help="stripe statistics of a recording: tables (Parquet + CSV) and a summary")
-    s.add_argument("recording")
+    s = sub.add_parser("stats", help="stripe statistics of a recording (tables + summary); several: across seeds")
+    s.add_argument("recording", nargs="+", help="a recording folder; several (runs of one variant) aggregate")
     s.add_argument("--out", default=None, help="default RECORDING/tables")
-    s.add_argument("--eps", type=float, default=0.05, help="convergence: relative distance of μ to the final μ")
-    s.add_argument("--threshold", type=float, default=0.9, help="convergence: stripe index after attention")
+    s.add_argument("--eps", type=float, default=0.1, help="settling: distance of μ's channel pattern to the final one")
+    s.add_argument("--threshold", type=float, default=0.9, help="convergence: stripe index of the attention")
 
     s = sub.add_parser("ablate", help="replace attention by its probe-set mean (folded into BN); test accuracy")
     s.add_argument("run_dir")
@@ -440,6 +406,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scope", default="all,stage", help="comma list of all, stage, tap")
     s.add_argument("--save", default=None, help="save the fully folded plain model (scope all) to this file")
     s.add_argument("--out", default=None, help="default RUN_DIR/ablation")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("figures", help="execute notebooks/paper_figures headless: every figure and table")
+    s.add_argument("source", help="a run, recording, comparison, or a folder holding them")
+    s.add_argument("--out", default=None, help="default <data dir>/figures/<name of SOURCE>")
+    s.add_argument("--timeout", type=_positive_int("--timeout"), default=1800, help="seconds per notebook cell")
+    s.add_argument("--formats", default="png,pdf", help="figure file formats, comma-separated (png, pdf, svg)")
+
+    s = sub.add_parser("demo", help="the main job: train 4 variants (recorded), stats, ablate, speed, figures")
+    s.add_argument("--out", default=None, help="default <data dir>/demo")
+    s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search; else Fashion-MNIST)")
+    s.add_argument("--tiny", action="store_true", help="a tiny run (a minute or two): ResNet-8, 1 epoch")
+    s.add_argument("--epochs", type=_positive_int("--epochs"), default=None)
+    s.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--no-progress", action="store_true")
+
+    from .experiments.presets import PRESETS
+
+    s = sub.add_parser("reproduce", help="a named experiment with a time budget: " + ", ".join(PRESETS))
+    s.add_argument("preset", choices=list(PRESETS))
+    s.add_argument("--out", default=None, help="default <data dir>/reproduce/PRESET")
+    s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
+    s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
+    s.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: rehearse the preset end to end")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     return p
@@ -454,7 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stripe: interrupted; everything already written is kept", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
-        print(f"stripe {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line
+        print(f"stripe {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -5,7 +5,9 @@ import functools
 
 import pytest
 
-from stripe.data import DataNotFoundError, load_dataset, stratified_indices, take
+from stripe.data import DataNotFoundError, load_dataset
+from stripe.nn import ModelConfig, create_model
+from stripe.train import RunData, TrainConfig, load_run_data
 
 
 @functools.lru_cache(maxsize=None)
@@ -20,18 +22,49 @@ def real_dataset_name() -> str:
     pytest.skip("no real data set found (CIFAR-10 JPEG zips or Debian's dataset-fashion-mnist)")
 
 
+def tiny_cfg(**kw) -> TrainConfig:
+    """A tiny training config on the real data set: cifar_resnet8 +ASR(SE), 256 training images, 3 epochs."""
+    model = {k: kw.pop(k) for k in ("attn", "asr", "both", "block") if k in kw}
+    model.setdefault("attn", "se")
+    model.setdefault("asr", True)
+    base = dict(dataset=real_dataset_name(), train_subset=256, test_subset=200, epochs=3, batch_size=64,
+                probe_n=300)
+    base.update(kw)
+    return TrainConfig(model=ModelConfig(kw_name if (kw_name := base.pop("model", None)) else "cifar_resnet8",
+                                         **model), **base)
+
+
 @functools.lru_cache(maxsize=None)
-def tiny_data(n_train: int = 256, n_test: int = 200, seed: int = 0):
-    """(train, test, full test) of the real data set, stratified subsets."""
-    name = real_dataset_name()
-    train, test_full = load_dataset(name, "train"), load_dataset(name, "test")
-    return (take(train, stratified_indices(train.labels, n_train, seed)),
-            take(test_full, stratified_indices(test_full.labels, n_test, seed)), test_full)
+def _run_data(key: tuple) -> RunData:
+    dataset, train_subset, test_subset, probe_split, probe_n, probe_seed, seed = key
+    cfg = TrainConfig(dataset=dataset, train_subset=train_subset, test_subset=test_subset, probe_split=probe_split,
+                      probe_n=probe_n, probe_seed=probe_seed, seed=seed)
+    return load_run_data(cfg)
+
+
+def run_data(cfg: TrainConfig) -> RunData:
+    """The data of ``cfg`` (cached across tests: the same images ``train`` would load)."""
+    return _run_data((cfg.dataset, cfg.train_subset, cfg.test_subset, cfg.probe_split, cfg.probe_n, cfg.probe_seed,
+                      cfg.seed))
+
+
+def tiny_data() -> RunData:
+    """The data of :func:`tiny_cfg`: 256 training images, 200 scored test images, 300 probe images."""
+    return run_data(tiny_cfg())
 
 
 def data_model(name: str, **kw):
     """A model shaped for the real data set in use (channels, image size, classes)."""
-    from stripe.models import create_model
-
-    test = tiny_data()[1]
+    test = tiny_data().test
     return create_model(name, num_classes=test.num_classes, in_chans=test.in_chans, image_size=test.image_size, **kw)
+
+
+def cli_args(cfg: TrainConfig) -> list[str]:
+    """``stripe train`` options reproducing ``cfg`` (tiny runs on the CPU)."""
+    m = cfg.model
+    args = ["--model", m.name, "--dataset", cfg.dataset, "--train-subset", str(cfg.train_subset),
+            "--test-subset", str(cfg.test_subset), "--probe-n", str(cfg.probe_n), "--epochs", str(cfg.epochs),
+            "--batch-size", str(cfg.batch_size), "--seed", str(cfg.seed), "--no-progress", "--device", "cpu"]
+    if m.attn:
+        args += ["--attn", m.attn]
+    return args + (["--asr"] if m.asr else []) + (["--both"] if m.both else [])

@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from stripe.asr import ASRNorm, FoldError, reparameterize, verify_fold
-from stripe.attention import list_attn
-from stripe.models import create_model
+from stripe.nn import ASRNorm, FoldError, reparameterize, verify_fold
+from stripe.nn import list_attn
+from stripe.nn import create_model
 
 # Two blocks per stage so DIA's state flows between blocks; fp32 as the issue asks.
 DEPTHS = {"basic": "cifar_resnet14", "bottleneck": "cifar_resnet20"}
@@ -52,7 +52,7 @@ def test_fold_is_exact(attn, block, both):
 
 def test_folded_logits_equal_after_sgd_steps():
     torch.manual_seed(0)
-    model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True).train()
+    model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, block="bottleneck").train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     psi0 = [m.psi.detach().clone() for m in model.modules() if isinstance(m, ASRNorm)]
     for _ in range(3):
@@ -74,7 +74,7 @@ def test_fold_of_resnet164_in_float64():
 
 
 def test_verify_fold_raises_on_a_wrong_fold(monkeypatch):
-    import stripe.asr as asr
+    import stripe.nn.asr as asr
 
     model = _perturbed(create_model("cifar_resnet14", num_classes=10, attn="se", asr=True, block="basic"))
     monkeypatch.setattr(asr, "fold_norm", lambda norm, v: copy.deepcopy(norm))  # forgets v

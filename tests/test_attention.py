@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stripe.attention import DIAStep, create_attn, eca_kernel_size, list_attn
+from stripe.nn import DIAStep, create_attn, eca_kernel_size, list_attn
 
 
 def _record(module, names):

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 
 import stripe.data as D
+import stripe.data.readers as R
+import stripe.data.search as SEARCH
 from stripe.data import (
     DataNotFoundError,
     ImageSet,
@@ -27,12 +29,15 @@ from stripe.data import (
     list_datasets,
     load_dataset,
     probe_hash,
-    probe_indices,
+
     stratified_indices,
     take,
 )
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+pytestmark = pytest.mark.real_data  # every test here reads a real data set
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -43,7 +48,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 @pytest.fixture(scope="session")
 def jpeg_dir() -> Path:
     """The CIFAR-10 JPEG folder found by the library's own lookup (skip if truly absent)."""
-    folder, looked = D._find_cifar10_jpeg("test")
+    folder, looked = SEARCH.find_cifar10_jpeg("test")
     if folder is None or not (folder / "train.zip").is_file():
         pytest.skip(f"CIFAR-10 JPEG zips not found (looked in {looked}); set STRIPE_CIFAR10_JPEG")
     return folder
@@ -72,13 +77,13 @@ def real_rgb(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray]:
     """Real 32x32 RGB images [N, 3, 32, 32] uint8 and labels: CIFAR-10 test images, else padded Fashion-MNIST."""
     try:
         ds = request.getfixturevalue("cifar_test")
-        idx = probe_indices(ds, 60, seed=1)
+        idx = stratified_indices(ds.labels, 60, 1)
         return ds.images[idx].numpy(), ds.labels[idx].numpy()
     except pytest.skip.Exception:
         if not FASHION_DIR.is_dir():
             raise
     fm = load_dataset("fashion-mnist", "test")
-    idx = probe_indices(fm, 60, seed=1)
+    idx = stratified_indices(fm.labels, 60, 1)
     x = np.pad(fm.images[idx].numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))  # [N, 1, 28, 28] -> [N, 1, 32, 32]
     return np.repeat(x, 3, axis=1), fm.labels[idx].numpy()  # [N, 3, 32, 32]
 
@@ -145,7 +150,7 @@ def test_cifar10_jpeg_cache_hit(cifar_test: ImageSet, cifar_train: ImageSet, jpe
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoder called despite a warm cache")
 
-    monkeypatch.setattr(D, "_decode_jpegs", boom)
+    monkeypatch.setattr(R, "_decode_jpegs", boom)
     for ds in (cifar_test, cifar_train):
         again = load_dataset("cifar10", ds.split, root=jpeg_dir, cache_dir=jpeg_cache)
         assert torch.equal(again.images, ds.images) and torch.equal(again.labels, ds.labels)
@@ -171,7 +176,7 @@ def test_cifar10_source_hash_follows_content_not_path(cifar_test: ImageSet, jpeg
     copy.mkdir()
     (copy / "test.zip").write_bytes((jpeg_dir / "test.zip").read_bytes())
     monkeypatch.setenv("STRIPE_CIFAR10_JPEG", str(copy))
-    monkeypatch.setattr(D, "_decode_jpegs", None)  # a cache miss would fail loudly
+    monkeypatch.setattr(R, "_decode_jpegs", None)  # a cache miss would fail loudly
     ds = load_dataset("cifar10", "test", cache_dir=jpeg_cache)
     assert ds.source_hash == cifar_test.source_hash and ds.source != cifar_test.source
     monkeypatch.undo()
@@ -369,7 +374,7 @@ def test_missing_data_messages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     work.mkdir()
     monkeypatch.delenv("STRIPE_CIFAR10_JPEG", raising=False)
     monkeypatch.setenv("STRIPE_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(D, "_repo_dir", lambda: fake_repo)
+    monkeypatch.setattr(SEARCH, "_repo_dir", lambda: fake_repo)
     monkeypatch.chdir(work)
     with pytest.raises(DataNotFoundError) as exc:
         load_dataset("cifar10", "train")
@@ -412,10 +417,10 @@ def test_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("STRIPE_DATA_DIR", str(tmp_path / "d"))
     assert default_data_dir() == tmp_path / "d"
     monkeypatch.delenv("STRIPE_DATA_DIR")
-    repo = Path(D.__file__).resolve().parent.parent
+    repo = Path(D.__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file():
         assert default_data_dir() == repo / "data"
-    monkeypatch.setattr(D, "_repo_dir", lambda: tmp_path)
+    monkeypatch.setattr(SEARCH, "_repo_dir", lambda: tmp_path)
     monkeypatch.chdir(tmp_path)
     assert default_data_dir() == tmp_path / "data"
 
@@ -436,7 +441,7 @@ def test_stratified_indices(cifar_test: ImageSet) -> None:
     assert np.array_equal(stratified_indices(lab, 1000, 0), a)
     assert not np.array_equal(stratified_indices(lab, 1000, 1), a)
     assert np.array_equal(stratified_indices(lab, 10**6, 0), np.arange(len(lab)))
-    assert np.array_equal(probe_indices(cifar_test), a)
+    assert np.array_equal(stratified_indices(cifar_test.labels, 1000, 0), a)
     # Imbalanced labels: small classes give all they have, the rest is shared equally.
     skew = torch.tensor([0] * 3 + [1] * 50 + [2] * 50)
     c = np.bincount(skew[stratified_indices(skew, 30, 5)].numpy())
@@ -445,7 +450,7 @@ def test_stratified_indices(cifar_test: ImageSet) -> None:
 
 def test_take_and_probe_hash(cifar_test: ImageSet) -> None:
     """take() keeps metadata and its hash equals probe_hash of the parent hash and indices."""
-    idx = probe_indices(cifar_test, 100, seed=3)
+    idx = stratified_indices(cifar_test.labels, 100, 3)
     sub = take(cifar_test, idx)
     assert len(sub) == 100 and sub.classes == cifar_test.classes and sub.mean == cifar_test.mean
     assert torch.equal(sub.images, cifar_test.images[idx]) and torch.equal(sub.labels, cifar_test.labels[idx])
@@ -459,9 +464,9 @@ def test_take_and_probe_hash(cifar_test: ImageSet) -> None:
 
 _CHILD = """
 import hashlib, json, sys
-from stripe.data import Loader, load_dataset, probe_hash, probe_indices, take
+from stripe.data import Loader, load_dataset, probe_hash, stratified_indices, take
 ds = load_dataset("cifar10", "test", root=sys.argv[1], cache_dir=sys.argv[2])
-idx = probe_indices(ds, 1000, seed=7)
+idx = stratified_indices(ds.labels, 1000, 7)
 loader = Loader(take(ds, idx), 64, train=True, seed=3)
 loader.set_epoch(2)
 x, y = next(iter(loader))
@@ -476,7 +481,7 @@ def test_probe_hash_and_batches_stable_across_processes(cifar_test: ImageSet, jp
     out = subprocess.run([sys.executable, "-c", _CHILD, str(jpeg_dir), str(jpeg_cache)],
                          capture_output=True, text=True, check=True, timeout=120)
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    idx = probe_indices(cifar_test, 1000, seed=7)
+    idx = stratified_indices(cifar_test.labels, 1000, 7)
     loader = Loader(take(cifar_test, idx), 64, train=True, seed=3)
     loader.set_epoch(2)
     x, y = next(iter(loader))

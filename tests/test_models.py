@@ -4,9 +4,9 @@ import io
 import pytest
 import torch
 
-from stripe.asr import ASRNorm
-from stripe.attention import list_attn
-from stripe.models import build_model, create_model, list_models
+from stripe.nn import ASRNorm
+from stripe.nn import list_attn
+from stripe.nn import build_model, create_model, list_models
 
 ATTNS = list_attn()
 
@@ -130,6 +130,14 @@ def test_dia_cell_is_shared_and_tags_calls():
     with torch.no_grad():
         m(torch.randn(2, 3, 32, 32))
     assert calls == [0, 1, 2, 3, 4]
-    buf = io.BytesIO()
-    torch.save(m.state_dict(), buf)  # the shared cell is stored once under layerK.attn
+    # the shared cell is stored once, under layerK.attn, and a saved state dict restores every call's attention
     assert sum(k.startswith("layer1.attn.") for k in m.state_dict()) == 8
+    assert not [k for k in m.state_dict() if ".attn.cell." in k or k.startswith("layer1.0.attn.")]
+    buf = io.BytesIO()
+    torch.save(m.state_dict(), buf)
+    buf.seek(0)
+    m2 = create_model("cifar_resnet32", num_classes=10, attn="dia").eval()
+    m2.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))

@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from stripe import fsio, plots
-from stripe.ablate import run_ablation
-from stripe.bench import inference_speed
+from stripe import fsio
+from stripe.viz import figures as plots
+from stripe.analysis import run_ablation
+from stripe.experiments.bench import inference_speed
 from stripe.cli import main
-from stripe.compare import run_comparison, run_dir_of
-from stripe.figures import NOTEBOOKS, execute_notebook
+from stripe.experiments.compare import run_comparison, run_dir_of
+from stripe.viz.notebooks import NOTEBOOKS, execute_notebook
 from stripe.record import collect
-from stripe.train import TrainConfig
 
-from helpers import real_dataset_name, tiny_data
+from helpers import run_data, tiny_cfg
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -34,9 +34,8 @@ def test_jupytext_pairs_in_sync(name):
 def demo_dir(tmp_path_factory):
     """A tiny real comparison with recordings, ablations and a speed table."""
     root = tmp_path_factory.mktemp("demo")
-    base = TrainConfig(model="cifar_resnet8", dataset=real_dataset_name(), train_subset=256, test_subset=200,
-                       epochs=2, batch_size=64, probe_n=300)
-    run_comparison(base, "se", [0], root / "compare", device="cpu", progress=False, data=tiny_data())
+    base = tiny_cfg(attn=None, asr=False, epochs=2)
+    run_comparison(base, "se", [0], root / "compare", device="cpu", progress=False, data=run_data(base))
     for label in ("+SE", "+ASR(SE)", "+ASR(SE)+SE"):
         collect(run_dir_of(root / "compare", label, 0), device="cpu", progress=False)
     run_ablation(run_dir_of(root / "compare", "+SE", 0), scopes=("all", "stage", "tap"), device="cpu",
@@ -60,6 +59,7 @@ def _expected(name: str, blocks: int = 1) -> tuple[int, int]:
     return round(w * plots.DPI), round(h * blocks * plots.DPI)
 
 
+@pytest.mark.real_data
 def test_paper_figures_headless(demo_dir, tmp_path, capsys):
     out = tmp_path / "figs"
     assert main(["figures", str(demo_dir), "--out", str(out)]) == 0
@@ -83,6 +83,7 @@ def test_paper_figures_headless(demo_dir, tmp_path, capsys):
     assert pd.read_csv(out / "results.csv")["variant"].tolist() == ["baseline", "+SE", "+ASR(SE)", "+ASR(SE)+SE"]
 
 
+@pytest.mark.real_data
 def test_explore_stripes_headless(demo_dir, tmp_path):
     rec = run_dir_of(demo_dir / "compare", "+ASR(SE)+SE", 0) / "recording"
     execute_notebook("explore_stripes", {"source": str(demo_dir), "recording": str(rec), "out": str(tmp_path)},

@@ -11,17 +11,16 @@ import pandas as pd
 import pytest
 import torch
 
-import stripe.checkpoint as C
-from stripe.ablate import run_ablation
-from stripe.attention import list_attn
-from stripe.checkpoint import list_checkpoints, load_weights
+from stripe.analysis import run_ablation
+from stripe.nn import list_attn
+from stripe.train import list_checkpoints, load_weights
 from stripe.cli import main
-from stripe.models import create_model
-from stripe.record import Recorder, collect, find_taps, select_taps
-from stripe.stats import Recording, compute_tables
+from stripe.nn import create_model
+from stripe.record import Recorder, Recording, collect, find_gates, select_gates
+from stripe.analysis import compute_tables
 from stripe.train import TrainConfig, train
 
-from helpers import data_model, real_dataset_name, tiny_data
+from helpers import real_dataset_name, run_data, tiny_cfg, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,9 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 @lru_cache(maxsize=None)
 def tiny_run(root: str, attn: str = "se", asr: bool = False, epochs: int = 3) -> Path:
     run = Path(root) / f"run-{attn}-{asr}-{epochs}"
-    cfg = TrainConfig(model="cifar_resnet8", attn=attn, asr=asr, dataset=real_dataset_name(), train_subset=256,
-                      test_subset=200, epochs=epochs, batch_size=64, probe_n=300)
-    train(cfg, run, device="cpu", progress=False, data=tiny_data())
+    cfg = tiny_cfg(attn=attn, asr=asr, epochs=epochs)
+    train(cfg, run, device="cpu", progress=False, data=run_data(cfg))
     return run
 
 
@@ -41,14 +39,15 @@ def runs(tmp_path_factory):
 
 
 def _images(n=8):
-    return tiny_data()[1].images[:n].float().div(255)  # real images; normalisation does not matter here
+    """Random images: the Recorder's unit tests need tensors only (no data set)."""
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(n))
 
 
 # ----------------------------------------------------------------------------- Recorder
 @pytest.mark.parametrize("attn", list_attn())
 def test_recorded_tap_reconstructs_module_output(attn):
     torch.manual_seed(0)
-    model = data_model("cifar_resnet14", attn=attn, block="basic")
+    model = create_model("cifar_resnet14", num_classes=10, attn=attn, block="basic")
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -85,7 +84,7 @@ def test_recorded_tap_reconstructs_module_output(attn):
 
 def test_recorder_statistics_equal_two_pass_on_what_it_saw():
     torch.manual_seed(0)
-    model = data_model("cifar_resnet8", attn="se")
+    model = create_model("cifar_resnet8", num_classes=10, attn="se")
     x = torch.cat([_images(8)] * 3)
     with Recorder(model, "*", raw_n=24, raw_dtype=torch.float32) as rec, torch.no_grad():
         for chunk in x.split([5, 11, 8]):  # uneven batches
@@ -98,7 +97,7 @@ def test_recorder_statistics_equal_two_pass_on_what_it_saw():
 
 
 def test_hooks_removed_user_hooks_kept_bn_untouched():
-    model = data_model("cifar_resnet8", attn="se").train()
+    model = create_model("cifar_resnet8", num_classes=10, attn="se").train()
     user = []
     model.layer1.blocks()[0].attn.tap.register_forward_hook(lambda m, i, o: user.append(1))
     count = lambda: sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -119,21 +118,21 @@ def test_hooks_removed_user_hooks_kept_bn_untouched():
 
 
 def test_tap_selection():
-    model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, both=True)
-    points = find_taps(model)
+    model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, both=True, block="bottleneck")
+    points = find_gates(model)
     assert len(points) == 12 and sum(p.asr for p in points.values()) == 6
-    assert select_taps(points, "stage:2") == ["layer2.0.bn3.attn", "layer2.0.attn", "layer2.1.bn3.attn", "layer2.1.attn"]
-    assert select_taps(points, "attention") == [n for n, p in points.items() if not p.asr]
-    assert select_taps(points, "layer3.?.attn") == ["layer3.0.attn", "layer3.1.attn"]  # * also crosses dots
-    assert len(select_taps(points, ["asr", "layer1.0.attn"])) == 7
+    assert select_gates(model, points, "stage:2") == ["layer2.0.bn3.attn", "layer2.0.attn", "layer2.1.bn3.attn", "layer2.1.attn"]
+    assert select_gates(model, points, "attention") == [n for n, p in points.items() if not p.asr]
+    assert select_gates(model, points, "layer3.?.attn") == ["layer3.0.attn", "layer3.1.attn"]  # * also crosses dots
+    assert len(select_gates(model, points, ["asr", "layer1.0.attn"])) == 7
     with pytest.raises(ValueError, match=r"no tap matches \['layer9\*'\]"):
-        select_taps(points, "layer9*")
+        select_gates(model, points, "layer9*")
     with pytest.raises(ValueError, match="no tap matches"):
         Recorder(create_model("cifar_resnet20", num_classes=10), "*")
 
 
 def test_wrapped_models():
-    model = data_model("cifar_resnet8", attn="eca")
+    model = create_model("cifar_resnet8", num_classes=10, attn="eca")
     wrapped = torch.nn.DataParallel(model)
     with Recorder(wrapped) as rec, torch.no_grad():
         wrapped(_images())
@@ -143,7 +142,7 @@ def test_wrapped_models():
 
 
 def test_asr_taps_are_exactly_constant():
-    model = data_model("cifar_resnet8", attn="se", asr=True)
+    model = create_model("cifar_resnet8", num_classes=10, attn="se", asr=True)
     with Recorder(model) as rec, torch.no_grad():
         model(_images())
     for (key, kind), s in rec.stats().items():
@@ -157,6 +156,7 @@ def _tables(out):
     return {k: v.reset_index(drop=True) for k, v in t.items()}
 
 
+@pytest.mark.real_data
 def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypatch):
     run = tiny_run(runs)
     full = collect(run, out=tmp_path / "full", device="cpu", progress=False)
@@ -167,7 +167,9 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
     rec = Recording.open(tmp_path / "full")
     assert rec.raw(3, manifest["taps"][0]["key"]).shape == (256, 16)
 
-    real = C.load_weights
+    import stripe.record.sweep as S
+
+    real = S.load_weights
     calls = {"n": 0}
 
     def dies_on_third(*a, **k):
@@ -176,10 +178,10 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(C, "load_weights", dies_on_third)
+    monkeypatch.setattr(S, "load_weights", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         collect(run, out=tmp_path / "part", device="cpu", progress=False)
-    monkeypatch.setattr(C, "load_weights", real)
+    monkeypatch.setattr(S, "load_weights", real)
     assert [c["epoch"] for c in json.loads((tmp_path / "part" / "manifest.json").read_text())["checkpoints"]] == [0, 1]
     again = collect(run, out=tmp_path / "part", device="cpu", progress=False)
     assert again.skipped == [0, 1] and again.recorded == [2, 3]
@@ -189,6 +191,7 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
     assert not list((tmp_path / "part").rglob("*.tmp"))
 
 
+@pytest.mark.real_data
 def test_truncated_checkpoint_reported_others_processed(runs, tmp_path, capsys):
     run = tmp_path / "run"
     import shutil
@@ -204,6 +207,7 @@ def test_truncated_checkpoint_reported_others_processed(runs, tmp_path, capsys):
     assert epochs == [0, 1, 3]
 
 
+@pytest.mark.real_data
 def test_sweep_of_checkpoint_files_from_elsewhere(runs, tmp_path):
     run = tiny_run(runs)
     files = []
@@ -222,6 +226,7 @@ def test_sweep_of_checkpoint_files_from_elsewhere(runs, tmp_path):
     pd.testing.assert_frame_equal(a["taps"], b["taps"])
 
 
+@pytest.mark.real_data
 def test_torchrun_sweep_equals_one_process(runs, tmp_path):
     run = tiny_run(runs)
     one = collect(run, out=tmp_path / "one", device="cpu", progress=False)
@@ -237,6 +242,7 @@ def test_torchrun_sweep_equals_one_process(runs, tmp_path):
     assert one.recorded == [0, 1, 2, 3]
 
 
+@pytest.mark.real_data
 def test_stats_command(runs, tmp_path, capsys):
     run = tiny_run(runs)
     collect(run, out=tmp_path / "rec", device="cpu", progress=False)
@@ -248,23 +254,25 @@ def test_stats_command(runs, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- ablation
+@pytest.mark.real_data
 def test_ablation_of_constant_attention_loses_exactly_nothing(runs):
     table = run_ablation(tiny_run(runs, "se", asr=True), scopes=("all", "stage", "tap"), device="cpu",
                          progress=False)
     assert (table["delta"] == 0.0).all() and len(table) == 1 + 1 + 3 + 3
 
 
+@pytest.mark.real_data
 @pytest.mark.parametrize("attn", ["se", "dia", "ie"])
 def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
     run = tiny_run(runs, attn, epochs=2)
     table = run_ablation(run, scopes=("all", "stage"), device="cpu", progress=False, save=tmp_path / "plain.pt")
     assert table["scope"].tolist() == ["none", "all", "stage", "stage", "stage"]
     model, _ = load_weights(tmp_path / "plain.pt")
-    assert model.config.attn is None and not find_taps(model)
+    assert model.config.attn is None and not find_gates(model)
     from stripe.data import Loader
     from stripe.train import evaluate
 
-    acc = evaluate(model, Loader(tiny_data()[1], 100, train=False))[1]
+    acc = evaluate(model, Loader(tiny_data().test, 100, train=False))[1]
     assert acc == pytest.approx(float(table.loc[table["scope"] == "all", "test_acc"].iloc[0]))
     assert (run / "ablation" / "ablation.csv").exists()
 
@@ -274,10 +282,10 @@ def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
 def test_constant_replacement_equals_forcing_the_taps(attn, variant):
     """The folded replacement gives the logits of the original model whose taps are forced to μ
     by forward hooks (an independent reference: the hook replaces the attention, nothing is folded)."""
-    from stripe.ablate import replace_with_constants
+    from stripe.analysis import replace_with_constants
 
     torch.manual_seed(0)
-    model = data_model("cifar_resnet14", attn=attn, block="basic", **variant).eval()
+    model = create_model("cifar_resnet14", num_classes=10, attn=attn, block="basic", **variant).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -301,4 +309,4 @@ def test_constant_replacement_equals_forcing_the_taps(attn, variant):
         h.remove()
     with torch.no_grad():
         torch.testing.assert_close(folded(x), forced, rtol=1e-5, atol=1e-5)
-    assert not find_taps(folded)  # no channel attention left (CBAM keeps only its spatial gate)
+    assert not find_gates(folded)  # no channel attention left (CBAM keeps only its spatial gate)

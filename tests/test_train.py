@@ -12,34 +12,20 @@ import pytest
 import torch
 
 import stripe.train as T
-from stripe.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_weights
+from stripe.data import Loader
+from stripe.train import CheckpointError, list_checkpoints, load_checkpoint, load_weights
 from stripe.cli import main
-from stripe.models import create_model
+from stripe.nn import create_model
 from stripe.train import NonFiniteLossError, RunExistsError, SGD, TrainConfig, train
 
-from helpers import data_model, real_dataset_name, tiny_data
+from helpers import cli_args, data_model, real_dataset_name, run_data, tiny_cfg, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(model="cifar_resnet8", attn="se", asr=True, dataset=real_dataset_name(), train_subset=256,
-                test_subset=200, epochs=3, batch_size=64)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _cli_args(cfg: TrainConfig) -> list[str]:
-    args = ["--model", cfg.model, "--dataset", cfg.dataset, "--train-subset", str(cfg.train_subset),
-            "--test-subset", str(cfg.test_subset), "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size),
-            "--no-progress", "--device", "cpu"]
-    if cfg.attn:
-        args += ["--attn", cfg.attn]
-    return args + (["--asr"] if cfg.asr else []) + (["--both"] if cfg.both else [])
-
-
 def test_paper_schedule_and_config_round_trip():
     cfg = TrainConfig(epochs=164)
+    assert cfg.model.name == "cifar_resnet20" and cfg.model.resolved().block == "basic"
     assert cfg.milestone_epochs() == [82, 123]
     assert [cfg.lr_at(e) for e in (1, 82, 83, 123, 124, 164)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert (cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.9, 1e-4, 128)
@@ -48,8 +34,8 @@ def test_paper_schedule_and_config_round_trip():
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="unknown train config keys"):
         TrainConfig.from_dict({"modle": "x"})
-    assert TrainConfig(epochs=10, checkpoints=(5,)).keeps_checkpoint(0)
-    assert not TrainConfig(epochs=10, checkpoints=(5,)).keeps_checkpoint(3)
+    assert TrainConfig(epochs=10, checkpoints=(5,)).is_checkpoint(0)
+    assert not TrainConfig(epochs=10, checkpoints=(5,)).is_checkpoint(3)
 
 
 def test_sgd_matches_torch_sgd():
@@ -72,11 +58,13 @@ def test_sgd_matches_torch_sgd():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
+@pytest.mark.real_data
 def test_run_directory_contents(tmp_path):
     rows = train(tiny_cfg(), tmp_path / "run", device="cpu", progress=False, data=tiny_data())
     run = tmp_path / "run"
     info = json.loads((run / "config.json").read_text())
-    assert info["train"]["attn"] == "se" and info["probe"]["n"] == 1000 and len(info["probe"]["hash"]) == 64
+    assert info["train"]["model"]["attn"] == "se" and info["probe"]["n"] == 300 and len(info["probe"]["hash"]) == 64
+    assert info["probe"]["split"] == "train" and info["score"]["split"] == "test" and info["score"]["n"] == 200
     assert info["params"]["deployed"] == sum(p.numel() for p in data_model("cifar_resnet8").parameters())
     assert [e for e, _ in list_checkpoints(run)] == [0, 1, 2, 3]
     m = pd.read_csv(run / "metrics.csv")
@@ -87,31 +75,32 @@ def test_run_directory_contents(tmp_path):
     assert ckpt["train_config"] == tiny_cfg().to_dict() and ckpt["model_config"]["asr"] is True
     # test accuracy is that of the folded model
     model, _ = load_weights(run / "checkpoints" / "epoch_0003.pt")
-    _, test, _ = tiny_data()
-    loader = T.Loader(test, 100, train=False)
+    loader = Loader(tiny_data().test, 100, train=False)
     assert T.evaluate(T.deployed(model), loader)[1] == pytest.approx(rows[-1]["test_acc"])
     assert not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.real_data
 def test_refuses_to_overwrite_unless_told(tmp_path):
     cfg = tiny_cfg(epochs=1)
-    train(cfg, tmp_path, device="cpu", progress=False, data=tiny_data())
+    train(cfg, tmp_path, device="cpu", progress=False, data=run_data(cfg))
     with pytest.raises(RunExistsError, match="already holds a run"):
-        train(cfg, tmp_path, device="cpu", progress=False, data=tiny_data())
+        train(cfg, tmp_path, device="cpu", progress=False, data=run_data(cfg))
     with pytest.raises(ValueError, match="cannot resume with a different config .*epochs: 1 -> 2"):
-        train(tiny_cfg(epochs=2), tmp_path, resume=True, device="cpu", progress=False, data=tiny_data())
-    train(cfg, tmp_path, overwrite=True, device="cpu", progress=False, data=tiny_data())
-    assert main(["train", *_cli_args(cfg), "--out", str(tmp_path)]) == 2  # one-line error, exit 2
+        train(tiny_cfg(epochs=2), tmp_path, resume=True, device="cpu", progress=False, data=run_data(cfg))
+    train(cfg, tmp_path, overwrite=True, device="cpu", progress=False, data=run_data(cfg))
+    assert main(["train", *cli_args(cfg), "--out", str(tmp_path)]) == 2  # one-line error, exit 2
 
 
+@pytest.mark.real_data
 def test_killed_run_resumes_bit_identical(tmp_path):
     cfg = tiny_cfg(epochs=4, attn="dia")
     ref = tmp_path / "ref"
-    train(cfg, ref, device="cpu", progress=False, data=tiny_data())
+    train(cfg, ref, device="cpu", progress=False, data=run_data(cfg))
 
     run = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "stripe", "train", *_cli_args(cfg), "--out", str(run)],
+    proc = subprocess.Popen([sys.executable, "-m", "stripe", "train", *cli_args(cfg), "--out", str(run)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "epoch_0001.pt").exists():
@@ -121,7 +110,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     proc.wait()
     done = [e for e, _ in list_checkpoints(run)]
     assert 4 not in done, "the run finished before it was killed; the test proves nothing"
-    train(cfg, run, resume=True, device="cpu", progress=False, data=tiny_data())
+    train(cfg, run, resume=True, device="cpu", progress=False, data=run_data(cfg))
 
     a = load_checkpoint(ref / "checkpoints" / "epoch_0004.pt")
     b = load_checkpoint(run / "checkpoints" / "epoch_0004.pt")
@@ -133,6 +122,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert ma["test_acc"].tolist() == mb["test_acc"].tolist()
 
 
+@pytest.mark.real_data
 def test_nan_loss_stops_cleanly_keeping_checkpoints(tmp_path, monkeypatch):
     calls = {"n": 0}
     steps_per_epoch = 256 // 64
@@ -142,7 +132,9 @@ def test_nan_loss_stops_cleanly_keeping_checkpoints(tmp_path, monkeypatch):
         loss = torch.nn.functional.cross_entropy(logits, y)
         return loss * float("nan") if calls["n"] > steps_per_epoch else loss
 
-    monkeypatch.setattr(T, "loss_fn", nan_from_epoch_2)
+    import stripe.train.step as step
+
+    monkeypatch.setattr(step, "loss_fn", nan_from_epoch_2)
     with pytest.raises(NonFiniteLossError, match="training loss became nan in epoch 2; stopped. Checkpoints up to epoch 1"):
         train(tiny_cfg(), tmp_path, device="cpu", progress=False, data=tiny_data())
     assert [e for e, _ in list_checkpoints(tmp_path)] == [0, 1]
@@ -151,9 +143,10 @@ def test_nan_loss_stops_cleanly_keeping_checkpoints(tmp_path, monkeypatch):
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [0, 1]
 
 
+@pytest.mark.real_data
 def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     cfg = tiny_cfg(epochs=2)
-    train(cfg, tmp_path, device="cpu", progress=False, data=tiny_data())
+    train(cfg, tmp_path, device="cpu", progress=False, data=run_data(cfg))
     last = tmp_path / "checkpoints" / "epoch_0002.pt"
     other = data_model("cifar_resnet8", attn="eca").config
     with pytest.raises(CheckpointError, match=f"{last}: weights do not match the model cifar_resnet8 attn=eca"):
@@ -163,32 +156,33 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match=f"{last}: corrupt or truncated checkpoint"):
         load_checkpoint(last)
     with pytest.raises(CheckpointError, match="epoch_0002.pt: corrupt or truncated"):
-        train(cfg, tmp_path, resume=True, device="cpu", progress=False, data=tiny_data())
+        train(cfg, tmp_path, resume=True, device="cpu", progress=False, data=run_data(cfg))
     (tmp_path / "notes.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="notes.pt: corrupt or truncated"):
         load_checkpoint(tmp_path / "notes.pt")
 
 
+@pytest.mark.real_data
 def test_torchrun_two_cpu_processes(tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cfg = tiny_cfg(epochs=2, attn="se", asr=False)
     run = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stripe", "train",
-                          *_cli_args(cfg), "--out", str(run)], env=env, capture_output=True, text=True, timeout=300)
+                          *cli_args(cfg), "--out", str(run)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     info = json.loads((run / "config.json").read_text())
     assert info["distributed"] == {"world_size": 2, "global_batch": 64, "per_rank_batch": 32}
     # the reported test accuracy covers the whole test subset once: recompute it in one process
     model, _ = load_weights(run / "checkpoints" / "epoch_0002.pt")
-    _, test, _ = tiny_data()
-    acc = T.evaluate(model, T.Loader(test, 100, train=False))[1]
+    acc = T.evaluate(model, Loader(tiny_data().test, 100, train=False))[1]
     assert pd.read_csv(run / "metrics.csv")["test_acc"].iloc[-1] == pytest.approx(acc)
 
 
+@pytest.mark.real_data
 def test_compare_writes_results_table(tmp_path, capsys):
     cfg = tiny_cfg(epochs=1, train_subset=128, test_subset=100)
-    assert main(["compare", *[a for a in _cli_args(cfg) if a != "--asr"], "--seeds", "2",
+    assert main(["compare", *[a for a in cli_args(cfg) if a != "--asr"], "--seeds", "2",
                  "--out", str(tmp_path)]) == 0
     table = pd.read_csv(tmp_path / "results.csv")
     assert table["variant"].tolist() == ["baseline", "+SE", "+ASR(SE)", "+ASR(SE)+SE"]

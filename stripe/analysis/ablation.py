@@ -1,0 +1,235 @@
+"""Constant-replacement ablation: a tap's attention replaced by its probe-set mean vector μ,
+folded into the BN before it (γ' = γ·μ, β' = β·μ), so the result runs as the plain backbone does.
+
+This is a post-hoc fold of a normally trained attention network: the practical pay-off of the
+Stripe Observation. Per module type:
+- after-BN modules (SE, ECA, SRM, SPA): the module is removed and μ folds into the last BN;
+- CBAM: the channel gate folds; the spatial gate (input-dependent) stays;
+- IE: the IEBN becomes a plain BN with γ' = γ·μ (β unchanged, as in IEBN's formula);
+- DIA: a stage's blocks share one recurrent cell, so only whole stages (or all) are replaced;
+- ASR taps: μ equals v exactly, so the replacement is the ASR fold itself (no change in accuracy).
+
+μ is estimated on the run's probe images and accuracy is scored on its scored test images; the two
+are disjoint by construction (:mod:`stripe.data.sets`). Each row reports the accuracy change, the
+number of test predictions that changed, and an exact McNemar test of the paired predictions.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from ..nn import ASRNorm, CBAM, IEBatchNorm, fold_norm, set_submodule
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCOPES = ("all", "stage", "tap")
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial gate alone (the channel gate was folded): y ⊙ s(y)."""
+
+    def __init__(self, cbam: CBAM) -> None:
+        super().__init__()
+        self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
+
+    spatial_map = CBAM.spatial_map  # the same computation, on these same submodules
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.spatial_map(y)
+
+
+def _last_norm_name(block: nn.Module) -> str:
+    return "bn3" if hasattr(block, "bn3") else "bn2"
+
+
+def replace_with_constants(model: nn.Module, taps: Sequence[dict[str, Any]], means: dict[str, torch.Tensor]) -> nn.Module:
+    """A new model in which each tap in ``taps`` (manifest-style dicts: key, module, attn, asr, call)
+    has its attention replaced by ``means[key]`` and folded; ``model`` is untouched."""
+    new = copy.deepcopy(model)
+    by_module: dict[str, list[dict[str, Any]]] = {}
+    for t in taps:
+        by_module.setdefault(t["module"], []).append(t)
+    for module_path, group in by_module.items():
+        first = group[0]
+        if first["attn"] == "dia":
+            _replace_dia(new, module_path, group, means)
+        elif first["asr"]:  # the ASR gate of an ASRNorm at <block>.<norm>.attn: the ASR fold, v = μ
+            norm_path = module_path.rpartition(".")[0]
+            asr_norm = new.get_submodule(norm_path)
+            set_submodule(new, norm_path, fold_norm(asr_norm.norm, means[first["key"]].to(asr_norm.norm.weight)))
+        else:
+            owner_path = module_path.rpartition(".")[0]
+            owner = new.get_submodule(owner_path)
+            mu = means[first["key"]]
+            if isinstance(owner, IEBatchNorm):  # IE: y = xhat·(γ·a) + β  ->  a plain BN with γ·μ
+                bn = nn.BatchNorm2d(owner.num_features, eps=owner.eps, momentum=owner.momentum)
+                bn.load_state_dict({k: v for k, v in owner.state_dict().items() if not k.startswith("attn.")})
+                with torch.no_grad():
+                    bn.weight.mul_(mu.to(bn.weight))
+                set_submodule(new, owner_path, bn.to(owner.weight.device))
+            else:  # the block's attention slot
+                _fold_into_last_norm(owner, mu)
+                attn = owner.attn
+                owner.attn = SpatialGate(attn) if isinstance(attn, CBAM) and attn.spatial else None
+    return new
+
+
+def _replace_dia(model: nn.Module, cell_path: str, group: list[dict[str, Any]], means: dict[str, torch.Tensor]) -> None:
+    """Replace every call of a stage's DIA cell (normal or ASR) by its constant, block by block."""
+    stage_path, _, leaf = cell_path.rpartition(".")
+    stage = model.get_submodule(stage_path)
+    if sorted(t["call"] for t in group) != list(range(stage.num_blocks)):
+        raise ValueError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
+                         "stage (scope stage or all), not single blocks")
+    for t in group:
+        block = stage.blocks()[t["call"]]
+        mu = means[t["key"]]
+        if group[0]["asr"]:
+            name = _last_norm_name(block)
+            asr_norm = getattr(block, name)
+            setattr(block, name, fold_norm(asr_norm.norm, mu.to(asr_norm.norm.weight)))
+        else:
+            _fold_into_last_norm(block, mu)
+            block.attn = None
+    del stage._modules[leaf]
+
+
+def _fold_into_last_norm(block: nn.Module, mu: torch.Tensor) -> None:
+    name = _last_norm_name(block)
+    norm = getattr(block, name)
+    if isinstance(norm, ASRNorm):  # both=True: the ASR norm's output is what the attention multiplies
+        norm.norm = fold_norm(norm.norm, mu.to(norm.norm.weight))
+    else:
+        setattr(block, name, fold_norm(norm, mu.to(norm.weight)))
+
+
+@dataclass
+class AblationRow:
+    """One scope's result: accuracy, change, and the paired comparison with the unchanged model."""
+
+    scope: str
+    target: str
+    n_taps: int
+    test_acc: float
+    delta: float
+    changed: int = 0
+    gained: int = 0
+    lost: int = 0
+    mcnemar_p: float = 1.0
+
+
+def mcnemar_exact(gained: int, lost: int) -> float:
+    """Exact two-sided McNemar p-value: a binomial test of the discordant pairs (``gained`` vs ``lost``) at 1/2."""
+    n = gained + lost
+    if n == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(min(gained, lost), n, 0.5, alternative="two-sided").pvalue)
+
+
+def paired_row(scope: str, target: str, n_taps: int, base_pred: torch.Tensor, pred: torch.Tensor,
+               labels: torch.Tensor) -> AblationRow:
+    """An :class:`AblationRow` from the unchanged model's and the ablated model's predictions on the same images."""
+    ok0, ok1 = base_pred == labels, pred == labels
+    acc0, acc1 = 100.0 * ok0.double().mean().item(), 100.0 * ok1.double().mean().item()
+    gained, lost = int((ok1 & ~ok0).sum()), int((ok0 & ~ok1).sum())
+    return AblationRow(scope, target, n_taps, acc1, acc1 - acc0, int((pred != base_pred).sum()), gained, lost,
+                       mcnemar_exact(gained, lost))
+
+
+def scope_groups(taps: list[dict[str, Any]], scopes: Sequence[str]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(scope, target, taps) for each requested scope: all taps; each stage; each tap (DIA: skipped)."""
+    out = []
+    for scope in scopes:
+        if scope not in SCOPES:
+            raise ValueError(f"--scope: unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+        if scope == "all":
+            out.append(("all", "all", list(taps)))
+        elif scope == "stage":
+            for s in sorted({t["stage"] for t in taps}):
+                out.append(("stage", f"stage {s}", [t for t in taps if t["stage"] == s]))
+        else:
+            out.extend(("tap", t["key"], [t]) for t in taps if t["attn"] != "dia")  # DIA: whole stages only
+    return out
+
+
+def _markdown(rows: list[AblationRow], run_dir: Path, epoch: int, n_test: int, n_probe: int, probe_split: str) -> str:
+    md = ["| scope | target | taps replaced | test top-1 % | change (points) | predictions changed | "
+          "gained / lost | McNemar p (exact) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    md += [f"| {r.scope} | {r.target or '-'} | {r.n_taps} | {r.test_acc:.2f} | {r.delta:+.2f} | {r.changed} | "
+           f"{r.gained} / {r.lost} | {r.mcnemar_p:.3g} |" for r in rows]
+    return (f"Constant-replacement ablation, {run_dir}, epoch {epoch}: test top-1 on {n_test} scored test images; "
+            f"μ from the {n_probe}-image probe set ({probe_split} split), disjoint from the scored images.\n\n"
+            + "\n".join(md) + "\n")
+
+
+def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Sequence[str] = ("all", "stage"),
+                 out: str | Path | None = None, save: str | Path | None = None, device: str | None = "auto",
+                 batch_size: int = 500, progress: bool = True) -> "pd.DataFrame":
+    """Test accuracy of a run's checkpoint with its attention replaced by probe-set means, per scope;
+    writes ``ablation.csv``/``ablation.md`` (default ``RUN_DIR/ablation``) and, with ``save``, the
+    fully folded model as a checkpoint of the plain backbone (with that model's own accuracy)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .. import fsio
+    from ..data import Loader
+    from ..nn import build_model, ModelConfig
+    from ..record import Recorder, parse_checkpoint_spec
+    from ..train import deployed, list_checkpoints, load_weights, predict, read_run, resolve_device, run_eval_sets
+    from ..train import save_checkpoint
+
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    paths = dict(list_checkpoints(run_dir))
+    if not paths:
+        raise FileNotFoundError(f"{run_dir}: the run has no checkpoints")
+    (epoch,) = parse_checkpoint_spec(checkpoint, sorted(paths))[-1:]
+    if save is not None:
+        save = Path(save)
+        if save.is_dir():
+            raise IsADirectoryError(f"--save {save}: is a directory; give a file name")
+    dev = resolve_device(device)
+    model, _ = load_weights(paths[epoch], info["model"])
+    model.to(dev).eval()
+    _, data = run_eval_sets(info)
+    with Recorder(model, "*") as rec, torch.no_grad():
+        for x, _ in Loader(data.probe, batch_size, train=False, device=dev):
+            model(x)
+    taps = [t.to_dict() for t in rec.taps]
+    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
+    test_loader = Loader(data.test, batch_size, train=False, device=dev)
+    labels = data.test.labels
+    base_pred = predict(deployed(model), test_loader)
+    rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
+    for scope, target, group in tqdm(scope_groups(taps, scopes), desc="ablate", unit="scope", disable=not progress):
+        rows.append(paired_row(scope, target, len(group), base_pred,
+                               predict(replace_with_constants(model, group, means), test_loader), labels))
+    table = pd.DataFrame([r.__dict__ for r in rows])
+    table.insert(0, "epoch", epoch)
+    table["n_test"] = len(data.test)
+    table["n_probe"] = len(data.probe)
+    out = Path(out) if out else run_dir / "ablation"
+    fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
+    fsio.write_text(out / "ablation.md", _markdown(rows, run_dir, epoch, len(data.test), len(data.probe),
+                                                   data.eval.probe_spec.split))
+    if save is not None:
+        folded = replace_with_constants(model, taps, means)
+        cfg = ModelConfig.from_dict(info["model"])
+        plain = build_model(cfg.plain())
+        try:
+            plain.load_state_dict(folded.state_dict(), strict=True)
+        except RuntimeError:
+            raise ValueError(f"{cfg.attn}: part of the attention is input-dependent (CBAM's spatial gate) and "
+                             "cannot fold into the plain backbone; nothing saved") from None
+        saved = paired_row("all", "all", len(taps), base_pred, predict(plain.to(dev), test_loader), labels)
+        save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": saved.test_acc,
+                                                                 "n_test": len(data.test)})
+    return table

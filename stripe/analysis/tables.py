@@ -1,0 +1,529 @@
+"""Tidy pandas tables of the Stripe Observation from a recording, every statistic with an interval.
+
+Recordings are read through :mod:`stripe.record.format`. Only checkpoints listed in the manifest
+count; epochs are the checkpoints' epoch numbers, never positions.
+
+Tables (long format, tap metadata from the manifest merged in):
+
+* ``channels``    -- per (epoch, tap, kind, channel): count, mean, std (+ interval), cv, min, max
+* ``taps``        -- per (epoch, tap): spread, stripe index, cosine (each + interval), drift,
+  settling distance, saturation, flags
+* ``convergence`` -- per tap: the settling epoch (first epoch >= 1 from which μ stays settled)
+* ``stages``      -- per (epoch, stage, asr): stripe index, spread and cosine per stage, with intervals
+
+Definitions (A is N x C at one tap and checkpoint, N probe images, C channels):
+
+* σ_c is the population standard deviation of A[:, c] (ddof = 0); ``std_*`` is its mean over
+  channels; cv_c = σ_c / |μ_c|;
+* stripe index S = 1 − Σ(A[n,c] − μ_c)² / Σ(A[n,c] − μ̄)², the share of A's variance explained by
+  the channel alone (1 = perfect stripes);
+* ``cos_*``: mean over images of cos(A[n], μ);
+* intervals (``*_lo``/``*_hi``, 95 %) are jackknife intervals over the recording's K folds of the
+  probe set (fold k holds probe images i with i mod K = k): each statistic is recomputed with one
+  fold left out, from the same exact moments; with one fold (K = 1) they are NaN;
+* a stage's S (``stripe_after`` in ``stages``) is the **mean over its taps** of each tap's S, and its
+  interval the jackknife of that mean (the folds are shared by every tap); ``stripe_after_pooled``
+  is S of the stage's taps' channels taken together (needs equal channel counts, else NaN);
+* settling: ``settle_dist`` = ||c(μ_t) − c(μ_T)|| / ||c(μ_T)||, with c(v) = v − mean(v) the vector
+  centred over channels and T the last checkpoint. It ignores the offset all channels share (a
+  sigmoid gate sits near 0.5 for every channel at initialisation, so raw distances to μ_T are
+  small there although no channel pattern has formed: c(μ_0) ≈ 0 gives settle_dist ≈ 1). A tap has
+  settled at the first checkpoint >= 1 from which settle_dist < ``eps`` for good; it has converged
+  when, in addition, S_after > ``threshold`` from then on. Epoch 0 never counts;
+* a channel is *dead* when every recorded value is zero within ``dead_tol``; *saturated* when not
+  dead and its mean is < ``saturation`` or > 1 − ``saturation`` (gates only, values in [0, 1]);
+  flags ('asr', 'saturated', 'dead') are never findings.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..fsio import atomic_write
+from ..record.format import KINDS, Recording
+from ..record.moments import jackknife, jackknife_stat, mean_cosine_from_moments, merge_fold_arrays, \
+    stripe_index_from_moments
+
+__all__ = [
+    "TAP_META", "aggregate_seeds", "channel_table", "compute_tables", "convergence_table", "stage_summary",
+    "summary_text", "tap_table", "write_tables",
+]
+
+#: tap metadata merged from the manifest into every table (after the ``tap`` column)
+TAP_META: tuple[str, ...] = ("module", "stage", "block", "depth", "call", "attn", "asr")
+_CSV_TABLES = ("taps", "convergence", "stages", "seeds")
+_MOMENTS = ("mean", "m2", "min", "max", "unit_sum")
+
+
+# --------------------------------------------------------------------------------------
+# reading a recording into per-(tap, kind) arrays [E, K, C]
+# --------------------------------------------------------------------------------------
+
+
+def _as_recording(rec: Recording | str | os.PathLike[str]) -> Recording:
+    return rec if isinstance(rec, Recording) else Recording.open(rec)
+
+
+def _tap_meta(rec: Recording) -> pd.DataFrame:
+    """Per tap, in manifest order: tap, TAP_META..., channels."""
+    return rec.taps.rename(columns={"key": "tap"})[["tap", *TAP_META, "channels"]].reset_index(drop=True)
+
+
+def _groups(rec: Recording) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """{(tap, kind): epoch [E], count [E, K], moments [E, K, C]} of every recorded checkpoint, in manifest order."""
+    if not rec.epochs:
+        raise ValueError(f"{rec.path}: the recording has no checkpoints yet (run `stripe collect` first)")
+    frame = rec.frame()
+    known = set(rec.taps["key"])
+    unknown = sorted(set(frame["tap"].unique()) - known)
+    if unknown:
+        raise ValueError(f"stats hold taps not listed in {rec.path / 'manifest.json'}: {unknown[:5]}")
+    out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    for (tap, kind), g in frame.groupby(["tap", "kind"], sort=True, observed=True):  # categorical: manifest order
+        if kind not in KINDS:
+            continue
+        epochs = np.unique(g["epoch"].to_numpy())
+        e, n = len(epochs), len(g)
+        k = int(g["fold"].max()) + 1
+        if n % (e * k):
+            raise ValueError(f"tap {tap!r} ({kind}): the number of channels differs between checkpoints or folds")
+        c = n // (e * k)
+        ch = g["channel"].to_numpy().reshape(e, k, c)
+        if not (ch == np.arange(c)).all() or not (g["fold"].to_numpy().reshape(e, k, c) == np.arange(k)[:, None]).all():
+            raise ValueError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
+        cnt = g["count"].to_numpy().reshape(e, k, c)
+        if not (cnt == cnt[..., :1]).all():
+            raise ValueError(f"tap {tap!r} ({kind}): counts differ across channels")
+        arrays = {"epoch": epochs, "count": cnt[..., 0].astype(np.int64)}
+        for m in _MOMENTS:
+            arrays[m] = g[m].to_numpy(dtype=np.float64).reshape(e, k, c)
+        out[(str(tap), str(kind))] = arrays
+    return out
+
+
+def _total(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every fold merged: count [E], moments [E, C]."""
+    return merge_fold_arrays(a["count"], *(a[m] for m in _MOMENTS))
+
+
+def _std_mean(c: np.ndarray, mu: np.ndarray, m2: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Mean over channels of σ_c (ddof = 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        std = np.sqrt(m2 / np.asarray(c, dtype=np.float64)[..., None])
+    return std.mean(axis=-1) if std.shape[-1] else np.full(std.shape[:-1], np.nan)
+
+
+def _std_channels(c: np.ndarray, mu: np.ndarray, m2: np.ndarray, u: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.sqrt(m2 / np.asarray(c, dtype=np.float64)[..., None])
+
+
+def _stripe(c, mu, m2, u) -> np.ndarray:
+    return stripe_index_from_moments(c, mu, m2)
+
+
+def _cos(c, mu, m2, u) -> np.ndarray:
+    return mean_cosine_from_moments(c, mu, u)
+
+
+def _interval(fn, a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``fn`` on every fold merged, with its jackknife interval over folds."""
+    return jackknife_stat(fn, a["count"], a["mean"], a["m2"], a["unit_sum"])
+
+
+# --------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------
+
+
+def _channel_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.DataFrame) -> pd.DataFrame:
+    by_tap = meta.set_index("tap")
+    parts = []
+    for (tap, kind), a in groups.items():
+        tot = _total(a)
+        std = _interval(_std_channels, a)  # [E, C]
+        e, c = tot["mean"].shape
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cv = np.where(np.abs(tot["mean"]) > 0, std["value"] / np.abs(tot["mean"]), np.nan)
+        d: dict[str, Any] = {"epoch": np.repeat(a["epoch"], c), "tap": tap, "kind": kind,
+                             "channel": np.tile(np.arange(c), e)}
+        for col in TAP_META:
+            d[col] = by_tap.at[tap, col]
+        d.update(count=np.repeat(tot["count"], c), mean=tot["mean"].ravel(), std=std["value"].ravel(),
+                 std_lo=std["lo"].ravel(), std_hi=std["hi"].ravel(), cv=cv.ravel(), min=tot["min"].ravel(),
+                 max=tot["max"].ravel())
+        parts.append(pd.DataFrame(d))
+    df = pd.concat(parts, ignore_index=True)
+    df["kind"] = pd.Categorical(df["kind"], categories=list(KINDS))
+    df["tap"] = pd.Categorical(df["tap"], categories=list(meta["tap"]))
+    df = df.sort_values(["epoch", "tap", "kind", "channel"], kind="stable", ignore_index=True)
+    for col in ("stage", "block", "depth", "call"):
+        df[col] = pd.array(df[col], dtype="Int64")
+    df["asr"] = df["asr"].astype(bool)
+    return df
+
+
+def channel_table(rec: Recording | str | os.PathLike[str]) -> pd.DataFrame:
+    """Per (epoch, tap, kind, channel): metadata, count, mean, std (ddof 0) with std_lo/std_hi, cv, min, max."""
+    rec = _as_recording(rec)
+    return _channel_table(_groups(rec), _tap_meta(rec))
+
+
+def _rel_dist(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """||x - ref|| / ||ref|| row-wise; NaN where ||ref|| == 0."""
+    num = np.linalg.norm(x - ref, axis=-1)
+    den = np.linalg.norm(ref, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def settle_distance(mu: np.ndarray) -> np.ndarray:
+    """||c(μ_t) − c(μ_T)|| / ||c(μ_T)|| for each row t of mu [E, C], c centring over channels, T the last row."""
+    centred = mu - mu.mean(axis=-1, keepdims=True)
+    return _rel_dist(centred, centred[-1:])
+
+
+def _kind_columns(a: dict[str, np.ndarray], kind: str) -> dict[str, np.ndarray]:
+    cols: dict[str, np.ndarray] = {"epoch": a["epoch"], f"count_{kind}": a["count"].sum(axis=1)}
+    for name, fn in (("std", _std_mean), ("stripe", _stripe), ("cos", _cos)):
+        r = _interval(fn, a)
+        cols[f"{name}_{kind}"] = r["value"]
+        cols[f"{name}_{kind}_lo"], cols[f"{name}_{kind}_hi"] = r["lo"], r["hi"]
+    return cols
+
+
+def _after_extras(a: dict[str, np.ndarray], saturation: float, dead_tol: float) -> dict[str, np.ndarray]:
+    tot = _total(a)
+    mu = tot["mean"]
+    e, c = mu.shape
+    drift = np.full(e, np.nan)
+    if e > 1:
+        drift[1:] = _rel_dist(mu[1:], mu[:-1])
+    dead = np.maximum(np.abs(tot["min"]), np.abs(tot["max"])) <= dead_tol
+    sat = ((mu < saturation) | (mu > 1.0 - saturation)) & ~dead
+    is_gate = (tot["min"].min(axis=1, initial=np.inf) >= 0.0) & (tot["max"].max(axis=1, initial=-np.inf) <= 1.0)
+    frac = np.where(is_gate & (c > 0), sat.sum(axis=1) / max(c, 1), np.nan)
+    return {"channels": np.full(e, c, dtype=np.int64), "drift_prev": drift, "dist_final": _rel_dist(mu, mu[-1:]),
+            "settle_dist": settle_distance(mu), "saturated_frac": frac,
+            "dead_channels": dead.sum(axis=1).astype(np.int64)}
+
+
+_TAP_COLUMNS = [
+    "epoch", "tap", *TAP_META, "channels", "count",
+    "std_after", "std_after_lo", "std_after_hi", "std_before", "std_before_lo", "std_before_hi",
+    "stripe_after", "stripe_after_lo", "stripe_after_hi", "stripe_before", "stripe_before_lo", "stripe_before_hi",
+    "cos_after", "cos_after_lo", "cos_after_hi", "cos_before", "cos_before_lo", "cos_before_hi",
+    "drift_prev", "dist_final", "settle_dist", "saturated_frac", "dead_channels", "flag",
+]  # fmt: skip
+
+
+def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.DataFrame, saturation: float,
+               dead_tol: float) -> pd.DataFrame:
+    per_tap: dict[str, pd.DataFrame] = {}
+    manifest_channels = dict(zip(meta["tap"], meta["channels"]))
+    for (tap, kind), a in groups.items():
+        d = _kind_columns(a, kind)
+        if kind == "after":
+            c = a["mean"].shape[-1]
+            want = manifest_channels.get(tap)
+            if want is not None and not pd.isna(want) and int(want) != c:
+                raise ValueError(f"tap {tap!r} (after): {c} channels in the stats, {int(want)} in the manifest")
+            d.update(_after_extras(a, saturation, dead_tol))
+        df = pd.DataFrame(d)
+        per_tap[tap] = df if tap not in per_tap else per_tap[tap].merge(df, on="epoch", how="outer")
+    parts = []
+    for tap, df in per_tap.items():
+        df.insert(1, "tap", tap)
+        parts.append(df)
+    df = pd.concat(parts, ignore_index=True)
+    for col in _TAP_COLUMNS:
+        if col not in df.columns and col not in TAP_META and col not in ("flag", "count"):
+            df[col] = np.nan
+    count = df.get("count_after", pd.Series(np.nan, index=df.index)).fillna(df.get("count_before"))
+    df["count"] = count.astype("Int64")
+    df = df.drop(columns=[c for c in ("count_after", "count_before") if c in df.columns])
+    df = df.rename(columns={"channels": "_channels"})
+    df = df.merge(meta.assign(_order=np.arange(len(meta))), on="tap", how="left", validate="many_to_one")
+    df["channels"] = pd.array(df["_channels"].fillna(df["channels"]), dtype="Int64")
+    channels = pd.to_numeric(df["channels"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    dead = pd.to_numeric(df["dead_channels"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    sat = df["saturated_frac"].to_numpy(dtype=np.float64)
+    df["flag"] = np.select([df["asr"].to_numpy(dtype=bool), sat > 0.5, (dead == channels) & (channels > 0)],
+                           ["asr", "saturated", "dead"], default="")
+    df["dead_channels"] = pd.array(df["dead_channels"], dtype="Int64")
+    df["epoch"] = df["epoch"].astype(np.int64)
+    for col in ("stage", "block", "depth", "call"):
+        df[col] = pd.array(df[col], dtype="Int64")
+    df["asr"] = df["asr"].astype(bool)
+    df = df.sort_values(["epoch", "_order"], kind="stable", ignore_index=True)
+    return df[_TAP_COLUMNS]
+
+
+def _check_tap_params(saturation: float, dead_tol: float) -> None:
+    if not 0.0 <= saturation < 0.5:
+        raise ValueError(f"saturation must be in [0, 0.5), got {saturation}")
+    if dead_tol < 0:
+        raise ValueError(f"dead_tol must be >= 0, got {dead_tol}")
+
+
+def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = 0.02,
+              dead_tol: float = 1e-6) -> pd.DataFrame:
+    """Per (epoch, tap): metadata, std/stripe/cos of after and before with jackknife intervals, drift_prev
+    (||μ_t − μ_prev|| / ||μ_prev||), dist_final (||μ_t − μ_T|| / ||μ_T||), settle_dist (the same with μ
+    centred over channels: see the module docstring), saturated_frac, dead_channels and flag."""
+    _check_tap_params(saturation, dead_tol)
+    rec = _as_recording(rec)
+    return _tap_table(_groups(rec), _tap_meta(rec), saturation, dead_tol)
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+
+
+def settle_epoch(epochs: np.ndarray, ok: np.ndarray) -> float:
+    """The first epoch >= 1 from which ``ok`` holds at every later checkpoint; NaN if none (epoch 0 never counts)."""
+    epochs, ok = np.asarray(epochs), np.asarray(ok, dtype=bool)
+    later = epochs >= 1
+    e1, ok1 = epochs[later], ok[later]
+    bad = np.flatnonzero(~ok1)
+    start = int(bad[-1]) + 1 if len(bad) else 0
+    return float(e1[start]) if start < len(e1) else np.nan
+
+
+def convergence_table(taps: pd.DataFrame, *, eps: float = 0.1, threshold: float = 0.9) -> pd.DataFrame:
+    """Per tap: settle_epoch (settle_dist < eps for good, from an epoch >= 1), convergence_epoch (settled and
+    stripe_after > threshold for good), the stripe index at init / first trained / final checkpoint,
+    and ``init_settled``: whether epoch 0 itself would pass the settling test (it should not)."""
+    _require(taps, ["epoch", "tap", "settle_dist", "stripe_after", "flag"], "taps table")
+    meta_cols = [c for c in (*TAP_META, "channels") if c in taps.columns]
+    rows = []
+    for tap, g in taps.groupby("tap", sort=False, observed=True):
+        g = g.sort_values("epoch", kind="stable")
+        epochs = g["epoch"].to_numpy(dtype=np.int64)
+        stripe = g["stripe_after"].to_numpy(dtype=np.float64)
+        settle = g["settle_dist"].to_numpy(dtype=np.float64) < eps
+        init, first = stripe[epochs == 0], stripe[epochs >= 1]
+        row = {"tap": tap, **{c: g[c].iloc[-1] for c in meta_cols}}
+        row.update(
+            first_epoch=int(epochs[0]), final_epoch=int(epochs[-1]),
+            stripe_init=float(init[0]) if len(init) else np.nan,
+            stripe_first=float(first[0]) if len(first) else np.nan,
+            stripe_final=float(stripe[-1]),
+            init_settled=bool(settle[epochs == 0][0]) if (epochs == 0).any() else None,
+            settle_epoch=settle_epoch(epochs, settle),
+            convergence_epoch=settle_epoch(epochs, settle & (stripe > threshold)),
+            eps=float(eps), threshold=float(threshold), flag=g["flag"].iloc[-1])
+        row["settled"] = not np.isnan(row["settle_epoch"])
+        row["converged"] = not np.isnan(row["convergence_epoch"])
+        rows.append(row)
+    cols = ["tap", *meta_cols, "first_epoch", "final_epoch", "stripe_init", "stripe_first", "stripe_final",
+            "init_settled", "settle_epoch", "settled", "convergence_epoch", "converged", "eps", "threshold", "flag"]
+    out = pd.DataFrame(rows, columns=cols)
+    for c in meta_cols:
+        if len(out):
+            out[c] = out[c].astype(taps[c].dtype)
+    return out
+
+
+_STAGE_STATS = ("stripe", "std", "cos")
+
+
+def _stage_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.DataFrame) -> pd.DataFrame:
+    """Per (epoch, stage, asr): mean over taps of S/std/cos (after, before) with jackknife intervals of the mean."""
+    by_tap = meta.set_index("tap")
+    keys: dict[tuple[Any, bool], list[str]] = {}
+    for tap in meta["tap"]:
+        stage = by_tap.at[tap, "stage"]
+        keys.setdefault((None if pd.isna(stage) else int(stage), bool(by_tap.at[tap, "asr"])), []).append(tap)
+    rows = []
+    for (stage, asr), tap_list in keys.items():
+        cols: dict[str, Any] = {}
+        epochs = None
+        for kind in KINDS:
+            arrays = [groups[(t, kind)] for t in tap_list if (t, kind) in groups]
+            if not arrays:
+                continue
+            common = sorted(set.intersection(*(set(a["epoch"].tolist()) for a in arrays)))
+            pick = [np.isin(a["epoch"], common) for a in arrays]
+            epochs = np.asarray(common)
+            k = min(a["count"].shape[1] for a in arrays)
+            for name, fn in (("stripe", _stripe), ("std", _std_mean), ("cos", _cos)):
+                full, loo = [], []
+                for a, m in zip(arrays, pick):
+                    sub = {key: (v[m] if key != "epoch" else v[m]) for key, v in a.items()}
+                    r = _interval(fn, sub) if k >= 2 else {"value": fn(*_tot4(sub))}
+                    full.append(r["value"])
+                    if k >= 2:
+                        loo.append(_loo_values(fn, sub))
+                value = np.mean(full, axis=0)
+                cols[f"{name}_{kind}"] = value
+                if k >= 2 and all(x.shape == loo[0].shape for x in loo):
+                    jk = jackknife(value, np.mean(loo, axis=0))
+                    cols[f"{name}_{kind}_lo"], cols[f"{name}_{kind}_hi"] = jk["lo"], jk["hi"]
+                else:
+                    cols[f"{name}_{kind}_lo"] = cols[f"{name}_{kind}_hi"] = np.full(len(value), np.nan)
+            if kind == "after":
+                cols["stripe_after_pooled"] = _pooled_stripe([{key: v[m] for key, v in a.items()}
+                                                              for a, m in zip(arrays, pick)])
+        if epochs is None:
+            continue
+        frame = pd.DataFrame({"epoch": epochs, "stage": stage, "asr": asr, "n_taps": len(tap_list), **cols})
+        rows.append(frame)
+    out = pd.concat(rows, ignore_index=True)
+    out["stage"] = pd.array(out["stage"], dtype="Int64")
+    return out.sort_values(["epoch", "stage", "asr"], kind="stable", ignore_index=True)
+
+
+def _tot4(a: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    t = _total(a)
+    return t["count"], t["mean"], t["m2"], t["unit_sum"]
+
+
+def _loo_values(fn, a: dict[str, np.ndarray]) -> np.ndarray:
+    """``fn`` on each leave-one-fold-out merge: [E, K]."""
+    from ..record.moments import leave_one_out
+
+    loo = leave_one_out(a["count"], a["mean"], a["m2"], a["unit_sum"])
+    return np.asarray(fn(loo["count"], loo["mean"], loo["m2"], loo["unit_sum"]), dtype=np.float64)
+
+
+def _pooled_stripe(arrays: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """S of the stage's taps' channels taken together (equal channel counts only; else NaN)."""
+    totals = [_total(a) for a in arrays]
+    n = {int(x) for t in totals for x in t["count"]}
+    if len(n) != 1:
+        return np.full(len(totals[0]["count"]), np.nan)
+    mean = np.concatenate([t["mean"] for t in totals], axis=-1)
+    m2 = np.concatenate([t["m2"] for t in totals], axis=-1)
+    return stripe_index_from_moments(totals[0]["count"], mean, m2)
+
+
+def stage_summary(rec: Recording | str | os.PathLike[str]) -> pd.DataFrame:
+    """Per (epoch, stage, asr): n_taps; stripe/std/cos after and before as means over the stage's taps, each
+    with a jackknife interval; stripe_after_pooled. ASR taps (constant by construction) are kept apart."""
+    rec = _as_recording(rec)
+    return _stage_table(_groups(rec), _tap_meta(rec))
+
+
+def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturation: float = 0.02,
+                   dead_tol: float = 1e-6, eps: float = 0.1, threshold: float = 0.9) -> dict[str, pd.DataFrame]:
+    """All tables of a recording: {'channels', 'taps', 'convergence', 'stages'} (statistics read once)."""
+    _check_tap_params(saturation, dead_tol)
+    rec = _as_recording(rec_or_path)
+    groups, meta = _groups(rec), _tap_meta(rec)
+    taps = _tap_table(groups, meta, saturation, dead_tol)
+    return {"channels": _channel_table(groups, meta), "taps": taps,
+            "convergence": convergence_table(taps, eps=eps, threshold=threshold),
+            "stages": _stage_table(groups, meta)}
+
+
+def aggregate_seeds(stages: Sequence[pd.DataFrame], level: float = 0.95) -> pd.DataFrame:
+    """Stage tables of several runs (seeds) of one variant: per (epoch, stage, asr) the mean over runs and a
+    t-interval over runs (``*_lo``/``*_hi``; NaN with one run) of every stage statistic; ``n_runs``."""
+    from scipy import stats
+
+    if not stages:
+        raise ValueError("no stage tables to aggregate")
+    values = [c for c in stages[0].columns if any(c == f"{s}_{k}" for s in _STAGE_STATS for k in KINDS)]
+    long = pd.concat([s.assign(_run=i) for i, s in enumerate(stages)], ignore_index=True)
+    rows = []
+    for (epoch, stage, asr), g in long.groupby(["epoch", "stage", "asr"], sort=True, dropna=False):
+        row: dict[str, Any] = {"epoch": epoch, "stage": stage, "asr": asr, "n_runs": g["_run"].nunique()}
+        for c in values:
+            x = g[c].to_numpy(dtype=np.float64)
+            x = x[np.isfinite(x)]
+            m = x.mean() if len(x) else np.nan
+            half = (stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else np.nan
+            row.update({c: m, f"{c}_lo": m - half, f"{c}_hi": m + half})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write each table as <name>.parquet, plus <name>.csv for taps/convergence/stages/seeds; atomic writes."""
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for name, df in tables.items():
+        if not name or Path(name).name != name:
+            raise ValueError(f"table name must be a plain file stem, got {name!r}")
+        written.append(atomic_write(out_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False)))
+        if name in _CSV_TABLES:
+            text = df.to_csv(index=False, float_format="%.6g")
+            written.append(atomic_write(out_dir / f"{name}.csv", lambda f, t=text: f.write(t.encode("utf-8"))))
+    return written
+
+
+def _fmt(x: Any) -> str:
+    return "nan" if x is None or pd.isna(x) else f"{float(x):.3f}"
+
+
+def _ci(row: pd.Series, col: str) -> str:
+    """'0.512 [0.498, 0.526]' (value and 95 % interval, when there is one)."""
+    v, lo, hi = row.get(col), row.get(f"{col}_lo"), row.get(f"{col}_hi")
+    if lo is None or pd.isna(lo):
+        return _fmt(v)
+    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]"
+
+
+def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
+    """A short human summary: stripe index after vs before per stage from the first trained epoch on (the
+    initialisation apart), ASR taps, settling, flags."""
+    stages, conv, taps = tables["stages"], tables.get("convergence"), tables.get("taps")
+    if len(stages) == 0:
+        return "no checkpoints recorded\n"
+    epochs = sorted(stages["epoch"].unique().tolist())
+    trained = [e for e in epochs if e >= 1]
+    last = epochs[-1]
+    lines: list[str] = []
+    first = trained[0] if trained else None
+    span = "no trained checkpoint" if first is None else (f"epoch {first}" if first == last else
+                                                          f"epoch {first} -> {last}")
+    lines.append(f"Stripe index S (mean over a stage's non-ASR taps; 95% jackknife interval over probe folds), "
+                 f"after (attention) vs before (pooled input), {span}:")
+    attn = stages[~stages["asr"].astype(bool)]
+    for stage, g in attn.groupby("stage", sort=True, dropna=False):
+        label = "?" if pd.isna(stage) else str(int(stage))
+        n = int(g["n_taps"].iloc[0])
+        at = lambda e: g[g["epoch"] == e].iloc[0] if (g["epoch"] == e).any() else None
+        parts = []
+        for col, name in (("stripe_after", "after"), ("stripe_before", "before")):
+            a, b = (at(first) if first is not None else None), at(last)
+            text = "nan" if b is None else _ci(b, col)
+            if a is not None and first != last:
+                text = f"{_ci(a, col)} -> {text}"
+            parts.append(f"{name} {text}")
+        lines.append(f"  stage {label} ({n} taps): " + " | ".join(parts))
+    init = attn[attn["epoch"] == 0]
+    if len(init):
+        lines.append("  initialisation (epoch 0, not a finding: gates start near 0.5 for every image): "
+                     + ", ".join(f"stage {int(r.stage) if not pd.isna(r.stage) else '?'} after {_fmt(r.stripe_after)}"
+                                 for r in init.itertuples()))
+    asr_last = stages[stages["asr"].astype(bool) & (stages["epoch"] == last)]
+    if len(asr_last):
+        n_asr = int(asr_last["n_taps"].sum())
+        lines.append(f"ASR taps: {n_asr}, constant over images by construction (S_after = "
+                     f"{_fmt((asr_last['stripe_after'] * asr_last['n_taps']).sum() / n_asr)}); not a finding.")
+    if conv is not None and len(conv):
+        c = conv[~conv["asr"].astype(bool)] if "asr" in conv.columns else conv
+        done = c["settle_epoch"].dropna()
+        text = (f"Settling (μ's channel pattern within {conv['eps'].iloc[0]:g} of the final one, offset removed, "
+                f"from an epoch >= 1 on): {len(done)} of {len(c)} non-ASR taps")
+        if len(done):
+            text += f"; median epoch {done.median():g} (range {done.min():g}-{done.max():g})"
+        init_ok = c["init_settled"].dropna()
+        if len(init_ok):
+            text += f"; epoch 0 would pass for {int(init_ok.astype(bool).sum())} of {len(init_ok)}"
+        lines.append(text + ".")
+    if taps is not None and len(taps):
+        final = taps[taps["epoch"] == taps["epoch"].max()]
+        counts = final.loc[final["flag"].isin(["saturated", "dead"]), "flag"].value_counts()
+        lines.append(f"Flags at epoch {last}: saturated {int(counts.get('saturated', 0))}, "
+                     f"dead {int(counts.get('dead', 0))}.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,136 @@
+"""A device-side loader: the data set moved to the device once; shuffling, sharding, augmentation
+(4-pixel zero-pad random crop + horizontal flip) and normalisation happen there, with every random
+number drawn from a CPU generator seeded from ``(seed, epoch)`` so batches are bit-identical across
+devices and processes.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .imageset import ImageSet
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed derived from (seed, epoch), stable across processes and versions."""
+    state = np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, epoch & 0xFFFFFFFFFFFFFFFF]).generate_state(2, np.uint32)
+    return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
+
+
+class Loader:
+    """Batches of normalised (optionally augmented) images, produced on `device` from a device-resident copy."""
+
+    PAD = 4
+
+    def __init__(self, ds: ImageSet, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
+                 seed: int = 0, augment: bool | None = None, drop_last: bool | None = None,
+                 shuffle: bool | None = None, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False) -> None:
+        """Move `ds` to `device` once (zero-padded by 4 if augmenting) and fix the per-rank batch layout."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+        if len(ds) == 0:
+            raise ValueError(f"{ds.name} {ds.split} is empty")
+        self.ds = ds
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.augment = self.train if augment is None else bool(augment)
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.shuffle = self.train if shuffle is None else bool(shuffle)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.channels_last = bool(channels_last)
+        self.epoch = 0
+
+        n, c, h, w = ds.images.shape
+        self._n, self._c, self._h, self._w = int(n), int(c), int(h), int(w)
+        if self.augment:
+            p = self.PAD
+            padded = torch.zeros((n, c, h + 2 * p, w + 2 * p), dtype=torch.uint8, device=self.device)
+            padded[:, :, p:p + h, p:p + w] = ds.images.to(self.device)  # [N, C, H+8, W+8]
+            self._images = padded
+        else:
+            self._images = ds.images.to(self.device)  # [N, C, H, W]
+        self._labels = ds.labels.to(self.device)
+        self._mean = torch.tensor(ds.mean, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+        self._std = torch.tensor(ds.std, dtype=torch.float32, device=self.device).view(1, c, 1, 1)
+
+        # Per-rank sample count: drop_last truncates the global order to whole batches on every rank.
+        if self.drop_last:
+            per_rank = (n // (self.world_size * self.batch_size)) * self.batch_size
+            self._total = per_rank * self.world_size
+        else:
+            self._total = n
+            per_rank = len(range(self.rank, n, self.world_size))
+        self.num_samples = per_rank
+        self._num_batches = (per_rank // self.batch_size if self.drop_last
+                             else -(-per_rank // self.batch_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose (seed, epoch) stream drives shuffling and augmentation."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return self._num_batches
+
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """This rank's sample order and (if augmenting) crop offsets and flip flags, drawn on the CPU."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(_epoch_seed(self.seed, self.epoch))
+        n = self._n
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        offsets = flips = None
+        if self.augment:  # one draw per global position, so every rank and device sees the same numbers
+            offsets = torch.randint(0, 2 * self.PAD + 1, (n, 2), generator=g)  # [N, (dy, dx)]
+            flips = torch.randint(0, 2, (n,), generator=g).bool()
+        pos = torch.arange(self._total)[self.rank::self.world_size]
+        mine = order[pos]
+        if self.augment:
+            offsets, flips = offsets[pos], flips[pos]
+        return mine, offsets, flips
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Copy a CPU tensor to the loader's device without blocking the host on CUDA."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """Gather random crops (mirrored where asked) of the padded images as uint8 [B, C, H, W]."""
+        c, h, w = self._c, self._h, self._w
+        wp = w + 2 * self.PAD
+        b = idx.shape[0]
+        dev = idx.device
+        ar_h = torch.arange(h, device=dev)
+        ar_w = torch.arange(w, device=dev)
+        rows = offsets[:, 0:1] + ar_h  # [B, H]
+        cols = offsets[:, 1:2] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)  # [B, W], mirrored if flipped
+        spatial = (rows[:, :, None] * wp + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)  # [B, C, H*W]
+        picked = self._images.index_select(0, idx).view(b, c, -1)  # [B, C, (H+8)*(W+8)]
+        return picked.gather(2, spatial).view(b, c, h, w)  # [B, C, H*W] -> [B, C, H, W]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x float32 [B, C, H, W] normalised, y int64 [B]) on the device for the current epoch."""
+        order, offsets, flips = self._plan()
+        order_d = self._to_device(order)
+        if self.augment:
+            offsets_d, flips_d = self._to_device(offsets), self._to_device(flips)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        bs = self.batch_size
+        for b in range(self._num_batches):
+            sl = slice(b * bs, (b + 1) * bs)
+            idx = order_d[sl]
+            if self.augment:
+                x8 = self._crop_flip(idx, offsets_d[sl], flips_d[sl])  # [B, C, H, W]
+            else:
+                x8 = self._images.index_select(0, idx)  # [B, C, H, W]
+            if self.channels_last:  # convert while still uint8 (4x less to move than float32)
+                x8 = x8.contiguous(memory_format=torch.channels_last)
+            x = x8.float().div_(255.0).sub_(self._mean).div_(self._std)
+            yield x.contiguous(memory_format=fmt), self._labels.index_select(0, idx)

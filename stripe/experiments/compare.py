@@ -1,0 +1,183 @@
+"""The paper's comparison: baseline, +att, +ASR(att), +ASR(att)+att, over seeds, as one table with intervals.
+
+Accuracy intervals: over seeds, a t-interval of the mean (two or more seeds); for a single run, the
+Wilson interval of its accuracy on the scored test images. Tests against the baseline: Welch's t-test
+over seeds (two or more seeds per variant) and, for each seed, an exact McNemar test of the paired
+final-epoch predictions on the same scored images (both variants of a seed score the same images).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import fsio
+from ..nn.variants import Variant, variants
+from ..train import TrainConfig, read_metrics, read_run, train
+
+
+def run_dir_of(out: Path, label: str, seed: int) -> Path:
+    """Where one variant/seed run lives under a comparison folder (its config.json is the truth)."""
+    from ..nn.variants import slug
+
+    return out / "runs" / f"{slug(label)}_seed{seed}"
+
+
+def variant_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfig:
+    """``base`` for one variant and seed."""
+    return replace(base, seed=seed, model=replace(base.model, **variant.overrides()))
+
+
+def run_comparison(base: TrainConfig, attn: str, seeds: list[int], out: str | Path, *, device: str | None = "auto",
+                   progress: bool = True, resume: bool = True, data=None, callbacks_for=None) -> pd.DataFrame:
+    """Train every variant x seed under ``out`` (finished runs are kept, partial ones resumed) and
+    write ``results.csv`` and ``results.md``; returns the results table.
+
+    ``callbacks_for(label, seed)`` may return training callbacks for a run (e.g. online recording).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    jobs = [(label, v, seed) for label, v in variants(attn).items() for seed in seeds]
+    for label, v, seed in tqdm(jobs, desc="compare", unit="run", disable=not progress):
+        run = run_dir_of(out, label, seed)
+        if progress:
+            tqdm.write(f"== {label}, seed {seed} -> {run}")
+        cbs = callbacks_for(label, seed) if callbacks_for else ()
+        train(variant_config(base, v, seed), run, resume=resume and (run / "config.json").exists(), device=device,
+              progress=progress, data=data, callbacks=cbs)
+    table = results_table(out, attn, seeds, device=device)
+    fsio.write_text(out / "results.csv", table.to_csv(index=False))
+    fsio.write_text(out / "results.md", results_markdown(table, base))
+    return table
+
+
+def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion, in percent."""
+    from scipy import stats
+
+    if n == 0:
+        return float("nan"), float("nan")
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * (centre - half), 100 * (centre + half)
+
+
+def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(predicted labels, true labels) of a run's last checkpoint, deployed, on its scored test images; cached
+    in ``RUN/predictions_final.npz`` next to the checkpoint it came from."""
+    from ..data import Loader
+    from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, resolve_device, run_eval_sets
+
+    ckpts = list_checkpoints(run)
+    if not ckpts:
+        raise FileNotFoundError(f"{run}: the run has no checkpoints")
+    epoch, path = ckpts[-1]
+    cache = run / "predictions_final.npz"
+    sha = file_sha256(path)
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["checkpoint_sha256"]) == sha:
+                return z["pred"], z["labels"]
+    info = read_run(run)
+    _, data = run_eval_sets(info)
+    dev = resolve_device(device)
+    model, _ = load_weights(path, info["model"])
+    pred = predict(deployed(model.to(dev)), Loader(data.test, 1000, train=False, device=dev)).numpy()
+    labels = data.test.labels.numpy()
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, pred=pred, labels=labels, epoch=epoch, checkpoint_sha256=sha)
+    fsio.write_bytes(cache, buf.getvalue())
+    return pred, labels
+
+
+def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str | None = "cpu") -> pd.DataFrame:
+    """One row per variant: deployed parameters, final/best top-1 (mean, std, 95 % interval), img/s, and tests
+    against the baseline (Welch over seeds; exact McNemar of the paired predictions, per seed)."""
+    from scipy import stats
+
+    from ..analysis.ablation import mcnemar_exact
+
+    out = Path(out)
+    finals: dict[str, list[float]] = {}
+    rows = []
+    preds: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+    for label, v in variants(attn).items():
+        fin, best, speeds, params, n_test = [], [], [], None, None
+        for seed in seeds:
+            run = run_dir_of(out, label, seed)
+            info, m = read_run(run), read_metrics(run)
+            trained = m[m["epoch"] >= 1]
+            if trained.empty:
+                continue
+            params, n_test = info["params"]["deployed"], info["data"]["test_n"]
+            fin.append(float(trained["test_acc"].iloc[-1]))
+            best.append(float(trained["test_acc"].max()))
+            speeds.append(float(trained["images_per_s"].median()))
+            preds[(label, seed)] = final_predictions(run, device)
+        finals[label] = fin
+        s = pd.Series(fin, dtype=float)
+        if len(fin) > 1:
+            half = stats.t.ppf(0.975, len(fin) - 1) * s.std(ddof=1) / np.sqrt(len(fin))
+            lo, hi = s.mean() - half, s.mean() + half
+        elif fin:
+            p, y = preds[(label, seeds[0])]
+            lo, hi = wilson_interval(int((p == y).sum()), len(y))
+        else:
+            lo = hi = float("nan")
+        rows.append({"variant": label, "attn": v.attn or "", "asr": v.asr, "both": v.both, "seeds": len(fin),
+                     "params_deployed": params, "n_test": n_test,
+                     "final_top1_mean": s.mean(), "final_top1_std": s.std(ddof=1), "final_top1_lo": lo,
+                     "final_top1_hi": hi, "best_top1_mean": pd.Series(best, dtype=float).mean(),
+                     "best_top1_std": pd.Series(best, dtype=float).std(ddof=1),
+                     "train_images_per_s": pd.Series(speeds, dtype=float).mean()})
+    base = finals.get("baseline", [])
+    for row in rows:
+        fin = finals[row["variant"]]
+        row["welch_p_vs_baseline"] = (float(stats.ttest_ind(fin, base, equal_var=False).pvalue)
+                                      if len(fin) > 1 and len(base) > 1 and row["variant"] != "baseline" else np.nan)
+        ps = []
+        for seed in seeds:
+            a, b = preds.get((row["variant"], seed)), preds.get(("baseline", seed))
+            if a is None or b is None or row["variant"] == "baseline" or len(a[0]) != len(b[0]):
+                continue
+            ok_v, ok_b = a[0] == a[1], b[0] == b[1]
+            ps.append(mcnemar_exact(int((ok_v & ~ok_b).sum()), int((ok_b & ~ok_v).sum())))
+        row["mcnemar_p_vs_baseline"] = ";".join(f"{p:.3g}" for p in ps) if ps else ""
+    return pd.DataFrame(rows)
+
+
+def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:
+    """The results table as Markdown, every column labelled with what it is."""
+    def pm(m: Any, sd: Any) -> str:
+        return f"{m:.2f} ± {sd:.2f}" if pd.notna(sd) else (f"{m:.2f}" if pd.notna(m) else "n/a")
+
+    ci = lambda lo, hi: f"[{lo:.2f}, {hi:.2f}]" if pd.notna(lo) else "n/a"
+    lines = [
+        f"{base.model.name} ({base.model.resolved().block} blocks) on {base.dataset}"
+        + (f", train subset {base.train_subset}" if base.train_subset else "")
+        + f", {int(table['n_test'].dropna().iloc[0]) if table['n_test'].notna().any() else '?'} scored test images"
+        + f", {base.epochs} epochs, batch {base.batch_size}, lr {base.lr} (x{base.gamma} at "
+        + ", ".join(str(int(m * base.epochs)) for m in base.milestones) + ").",
+        "",
+        "95% interval: t-interval over seeds (2+ seeds), else Wilson interval of the single run's accuracy. "
+        "Tests vs baseline: Welch t-test over seeds; exact McNemar test of paired final predictions, per seed.",
+        "",
+        "| variant | deployed params | final-epoch top-1 % (mean ± std) | 95% interval | best-epoch top-1 % "
+        "(mean ± std; picked on the test set) | seeds | Welch p | McNemar p | train img/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table.itertuples():
+        params = f"{r.params_deployed / 1e6:.3f} M" if pd.notna(r.params_deployed) else "n/a"
+        welch = f"{r.welch_p_vs_baseline:.3g}" if pd.notna(r.welch_p_vs_baseline) else "—"
+        lines.append(f"| {r.variant} | {params} | {pm(r.final_top1_mean, r.final_top1_std)} | "
+                     f"{ci(r.final_top1_lo, r.final_top1_hi)} | {pm(r.best_top1_mean, r.best_top1_std)} | {r.seeds} | "
+                     f"{welch} | {r.mcnemar_p_vs_baseline or '—'} | {r.train_images_per_s:.0f} |")
+    return "\n".join(lines) + "\n"

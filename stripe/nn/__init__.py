@@ -1,0 +1,28 @@
+"""Layers and models: attention modules and their registry, CIFAR ResNets, ASR and its folds, variant names.
+
+Everything above (data excepted) builds on this layer; it imports nothing else from the package.
+"""
+from .asr import ASRNorm, FoldError, asr_vectors, fold_norm, randomize_batchnorm, reparameterize, verify_fold
+from .cbam import CBAM
+from .dia import DIACell, DIAStep
+from .eca import ECA, eca_kernel_size
+from .ie import IEBatchNorm, IEGate
+from .registry import AttnSpec, attn_name_of, create_attn, gate_classes, get_spec, list_attn, register_attn
+from .resnet import (BLOCKS, BasicBlock, Bottleneck, CifarResNet, ModelConfig, Stage, TapPlace, build_model,
+                     create_model, list_models, pick_block)
+from .se import SE
+from .spa import SPA
+from .srm import SRM
+from .taps import ChannelAttention, Tap, global_pool
+from .utils import count_params, is_compiled, set_submodule, unwrap
+from .variants import Variant, config_label, parse_label, slug, variant_label, variant_of, variant_rank, variants
+
+__all__ = [
+    "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",
+    "DIAStep", "ECA", "FoldError", "IEBatchNorm", "IEGate", "ModelConfig", "SE", "SPA", "SRM", "Stage", "Tap",
+    "TapPlace", "Variant", "asr_vectors", "attn_name_of", "build_model", "config_label", "count_params",
+    "create_attn", "create_model", "eca_kernel_size", "fold_norm", "gate_classes", "get_spec", "global_pool",
+    "is_compiled", "list_attn", "list_models", "parse_label", "pick_block", "randomize_batchnorm", "register_attn",
+    "reparameterize", "set_submodule", "slug", "unwrap", "variant_label", "variant_of", "variant_rank", "variants",
+    "verify_fold",
+]

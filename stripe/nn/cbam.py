@@ -1,0 +1,43 @@
+"""CBAM (Woo et al. 2018): a channel gate, then a spatial gate."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .taps import ChannelAttention, Tap
+
+
+class CBAM(ChannelAttention):
+    """Channel gate: shared MLP (no biases) on GAP and global max pool, summed, Sigmoid; then a
+    spatial gate: [channel-max, channel-mean] -> Conv2d(2, 1, 7, pad 3, no bias) -> BN -> Sigmoid.
+
+    ``tap`` records the channel gate (the only channel attention); ``tap_spatial`` records the
+    spatial map [B, 1, H, W]. Output = (x ⊙ a) ⊙ s.
+
+    Under ASR (``spatial=False``) the module is the channel gate alone: the spatial map depends on
+    the input, so it cannot fold; an ASR(CBAM) model is channel-gate-only and stays cost-free.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, spatial: bool = True) -> None:
+        super().__init__(channels)
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
+        )
+        self.spatial = spatial
+        if spatial:
+            self.conv = nn.Conv2d(2, 1, 7, padding=3, bias=False)
+            self.bn = nn.BatchNorm2d(1)
+            self.tap_spatial = Tap()
+
+    def compute(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.mlp(pooled) + self.mlp(x.amax(dim=(2, 3))))
+
+    def spatial_map(self, y: torch.Tensor) -> torch.Tensor:
+        """Spatial gate [B, 1, H, W] of the channel-gated map y [B, C, H, W]."""
+        s = torch.cat([y.amax(dim=1, keepdim=True), y.mean(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
+        return self.tap_spatial(torch.sigmoid(self.bn(self.conv(s))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.gate(x)[:, :, None, None]
+        return y * self.spatial_map(y) if self.spatial else y

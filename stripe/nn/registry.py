@@ -1,0 +1,103 @@
+"""The attention registry: ``create_attn(name, channels, **kw)``, ``list_attn()`` and ``attn_name_of(module)``.
+
+Every attention module of this package joins here, once; recording finds gates through this
+registry (:func:`gate_classes`), so a newly registered module is recorded without other changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from torch import nn
+
+from .cbam import CBAM
+from .dia import DIACell
+from .eca import ECA
+from .ie import IEBatchNorm, IEGate
+from .se import SE
+from .spa import SPA
+from .srm import SRM
+from .taps import ChannelAttention
+
+Placement = Literal["after_bn", "in_bn", "stage"]
+
+
+@dataclass(frozen=True)
+class AttnSpec:
+    """How a registered attention is built and where it sits in a block.
+
+    ``gate`` is the class that computes the attention vector and owns the taps (``tap``,
+    ``tap_in``); ``build`` builds the normal (input-fed) form when it differs from ``gate`` (IEBN
+    wraps its gate in a BatchNorm); ``asr_kw`` are the keyword arguments of the ψ-fed form.
+    placement: ``after_bn`` multiplies the block's last BN output; ``in_bn`` replaces that BN
+    (IEBN); ``stage`` is one module shared by every block of a stage (DIA).
+    """
+
+    name: str
+    gate: type[ChannelAttention]
+    placement: Placement
+    build: Callable[..., nn.Module] | None = None
+    asr_kw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def min_psi_size(self) -> int:
+        """Smallest ψ spatial size the ψ-fed form accepts (a class attribute of the gate)."""
+        return self.gate.min_psi_size
+
+    def create(self, channels: int, *, for_asr: bool = False, **kw: Any) -> nn.Module:
+        """The normal form, or with ``for_asr`` the form that takes ASR's ψ."""
+        if for_asr:
+            return self.gate(channels, **self.asr_kw, **kw)
+        return (self.build or self.gate)(channels, **kw)
+
+
+_SPECS: dict[str, AttnSpec] = {}
+
+
+def register_attn(spec: AttnSpec) -> AttnSpec:
+    """Add an attention to the registry; a second registration of a name raises ``ValueError``."""
+    if spec.name in _SPECS:
+        raise ValueError(f"attention {spec.name!r} is registered twice")
+    _SPECS[spec.name] = spec
+    return spec
+
+
+register_attn(AttnSpec("se", SE, "after_bn"))
+register_attn(AttnSpec("eca", ECA, "after_bn"))
+register_attn(AttnSpec("cbam", CBAM, "after_bn", asr_kw={"spatial": False}))
+register_attn(AttnSpec("srm", SRM, "after_bn", asr_kw={"affine_only": True}))
+register_attn(AttnSpec("ie", IEGate, "in_bn", build=IEBatchNorm))
+register_attn(AttnSpec("spa", SPA, "after_bn"))
+register_attn(AttnSpec("dia", DIACell, "stage"))
+
+
+def list_attn() -> list[str]:
+    """Names of the registered attention modules."""
+    return list(_SPECS)
+
+
+def get_spec(name: str) -> AttnSpec:
+    """The :class:`AttnSpec` of a registered attention; unknown names raise ``ValueError``."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention {name!r}; known: {', '.join(_SPECS)}") from None
+
+
+def create_attn(name: str, channels: int, *, for_asr: bool = False, **kw: Any) -> nn.Module:
+    """Build attention ``name`` for ``channels`` channels.
+
+    With ``for_asr=True`` the module is the form that takes ASR's ψ: CBAM without its spatial
+    gate, SRM with an affine-only internal norm, IE as a bare gate.
+    """
+    return get_spec(name).create(channels, for_asr=for_asr, **kw)
+
+
+def gate_classes() -> dict[type[ChannelAttention], str]:
+    """Every registered gate class with its attention name (what recording looks for)."""
+    return {spec.gate: name for name, spec in _SPECS.items()}
+
+
+def attn_name_of(module: nn.Module) -> str | None:
+    """The registered attention name of a gate module (exact class match), else None."""
+    return gate_classes().get(type(module))

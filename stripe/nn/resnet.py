@@ -1,0 +1,325 @@
+"""CIFAR ResNets (basic 6n+2, bottleneck 9n+2) with an attention slot after the block's last BN."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from .asr import ASRNorm
+from .dia import DIAStep
+from .ie import IEBatchNorm
+from .registry import create_attn, get_spec
+
+_NAME = re.compile(r"^cifar_resnet(\d+)$")
+BLOCKS = ("basic", "bottleneck")
+#: depths that are bottleneck networks by convention (He et al. 2016, "Identity mappings"); every
+#: other depth that fits 6n+2 is a basic-block network (He et al. 2016, ResNet-20/32/44/56/110/1202)
+BOTTLENECK_BY_CONVENTION = (164, 1001)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model; saved in every checkpoint and run.
+
+    ``num_classes``, ``in_chans`` and ``image_size`` may be left ``None`` until the config is bound
+    to a data set (:meth:`bind`); ``block`` and ``psi_size`` ``None`` mean the convention for the
+    depth and the smallest ψ the attention accepts (:meth:`resolved` fills them in).
+    """
+
+    name: str = "cifar_resnet20"
+    num_classes: int | None = None
+    attn: str | None = None
+    asr: bool = False
+    both: bool = False
+    block: str | None = None
+    in_chans: int | None = 3
+    image_size: int | None = 32
+    psi_size: int | None = None
+    psi_init: float = 0.1
+    attn_kw: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def resolved(self) -> "ModelConfig":
+        """This config checked, with ``block`` and ``psi_size`` filled in; bad values raise ``ValueError``."""
+        m = _NAME.match(self.name)
+        if m is None:
+            raise ValueError(f"unknown model {self.name!r}; models are cifar_resnet{{depth}}, "
+                             f"e.g. {', '.join(list_models())}")
+        spec = get_spec(self.attn) if self.attn is not None else None
+        if self.asr and spec is None:
+            raise ValueError("asr=True needs an attention module (attn=...) to feed with ψ")
+        if self.both and not self.asr:
+            raise ValueError("both=True keeps a normal attention beside ASR, so it needs asr=True")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        min_psi = spec.min_psi_size if self.asr else 1
+        psi_size = min_psi if self.psi_size is None else self.psi_size
+        if psi_size < min_psi:
+            raise ValueError(f"{self.attn}: ASR needs a ψ of spatial size >= {min_psi} (got psi_size={psi_size})")
+        return replace(self, block=pick_block(int(m.group(1)), self.block), psi_size=psi_size)
+
+    def bind(self, num_classes: int, in_chans: int, image_size: int) -> "ModelConfig":
+        """The config for a data set's classes, channels and image size."""
+        return replace(self, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+
+    def folded(self) -> "ModelConfig":
+        """The config of this model after its ASR norms are folded."""
+        return replace(self, asr=False, both=False, attn=self.attn if self.both else None, psi_size=1,
+                       psi_init=ModelConfig.psi_init)
+
+    def plain(self) -> "ModelConfig":
+        """The config of the plain backbone (no attention, no ASR)."""
+        return replace(self, attn=None, asr=False, both=False, psi_size=1, psi_init=ModelConfig.psi_init)
+
+    @property
+    def depth(self) -> int:
+        """The network's depth (the number in its name)."""
+        return int(_NAME.match(self.name).group(1))
+
+    @property
+    def arch(self) -> str:
+        """Model name with its block type: ``cifar_resnet20 (basic)``."""
+        return f"{self.name} ({self.block or pick_block(self.depth, None)})"
+
+
+class TapPlace(NamedTuple):
+    """Where an attention module sits: stage (1-based), block within the stage, global block index.
+
+    ``block``/``depth`` are None for a module shared by a stage's blocks (DIA); then the call
+    index gives the block, and ``first_depth`` the global index of the stage's block 0.
+    """
+
+    stage: int
+    block: int | None
+    first_depth: int
+
+
+class BasicBlock(nn.Module):
+    """3x3 -> BN -> ReLU -> 3x3 -> BN (-> attention) + shortcut -> ReLU."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int, last_norm: nn.Module, attn: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = last_norm
+        self.attn = attn
+        self.downsample = _shortcut(inplanes, planes, stride)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 1x1 (x4) -> BN (-> attention) + shortcut -> ReLU."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int, last_norm: nn.Module, attn: nn.Module | None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = last_norm
+        self.attn = attn
+        self.downsample = _shortcut(inplanes, planes * 4, stride)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
+    if stride == 1 and inplanes == outplanes:
+        return None
+    return nn.Sequential(nn.Conv2d(inplanes, outplanes, 1, stride, bias=False), nn.BatchNorm2d(outplanes))
+
+
+class Stage(nn.Module):
+    """Blocks ``0 … n-1`` run in order, plus the stage-shared attention cells (DIA): ``attn`` for
+    the normal attention and ``asr_attn`` for the one fed by ψ (removed by the fold)."""
+
+    def __init__(self, blocks: list[nn.Module], attn: nn.Module | None = None, asr_attn: nn.Module | None = None) -> None:
+        super().__init__()
+        self.num_blocks = len(blocks)
+        for i, b in enumerate(blocks):
+            self.add_module(str(i), b)
+        if attn is not None:
+            self.attn = attn
+        if asr_attn is not None:
+            self.asr_attn = asr_attn
+
+    def blocks(self) -> list[nn.Module]:
+        """The blocks in forward order."""
+        return [getattr(self, str(i)) for i in range(self.num_blocks)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for b in self.blocks():
+            x = b(x)
+        return x
+
+    def drop_asr(self) -> None:
+        """Remove the ASR-only shared cell (called by the fold)."""
+        if "asr_attn" in self._modules:
+            del self._modules["asr_attn"]
+
+
+class CifarResNet(nn.Module):
+    """A CIFAR ResNet: 3x3 stem with 16 channels, three stages (16/32/64 planes), GAP, linear head."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        block = Bottleneck if config.block == "bottleneck" else BasicBlock
+        n = _blocks_per_stage(config.depth, config.block)
+        self.conv1 = nn.Conv2d(config.in_chans, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = 16
+        for s, planes in enumerate((16, 32, 64), start=1):
+            setattr(self, f"layer{s}", _make_stage(block, inplanes, planes, n, 1 if s == 1 else 2, config))
+            inplanes = planes * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(inplanes, config.num_classes)
+        _init_weights(self)
+
+    def stages(self) -> list[Stage]:
+        """The three stages in forward order."""
+        return [self.layer1, self.layer2, self.layer3]
+
+    def tap_places(self) -> dict[str, TapPlace]:
+        """Where each attention module sits, by module path (what recordings label taps with)."""
+        places: dict[str, TapPlace] = {}
+        first = 0
+        for s, stage in enumerate(self.stages(), start=1):
+            prefix = f"layer{s}"
+            for leaf in ("attn", "asr_attn"):  # stage-shared cells (DIA)
+                if leaf in stage._modules:
+                    places[f"{prefix}.{leaf}"] = TapPlace(s, None, first)
+            for b, block in enumerate(stage.blocks()):
+                for path, _ in block.named_modules(prefix=f"{prefix}.{b}"):
+                    places.setdefault(path, TapPlace(s, b, first + b))
+            first += stage.num_blocks
+        return places
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _make_stage(block: type[nn.Module], inplanes: int, planes: int, n: int, stride: int, cfg: ModelConfig) -> Stage:
+    spec = get_spec(cfg.attn) if cfg.attn else None
+    channels = planes * block.expansion
+    normal = spec is not None and (not cfg.asr or cfg.both)  # a normal, input-dependent attention
+    shared = create_attn(spec.name, channels, **cfg.attn_kw) if normal and spec.placement == "stage" else None
+    asr_shared = (create_attn(spec.name, channels, for_asr=True, **cfg.attn_kw)
+                  if cfg.asr and spec.placement == "stage" else None)
+    blocks = []
+    for i in range(n):
+        last = i == n - 1
+        norm: nn.Module = (IEBatchNorm(channels, **cfg.attn_kw) if normal and spec.placement == "in_bn"
+                           else nn.BatchNorm2d(channels))
+        attn = None
+        if normal and spec.placement == "after_bn":
+            attn = create_attn(spec.name, channels, **cfg.attn_kw)
+        elif normal and spec.placement == "stage":
+            attn = DIAStep(shared, i, last)
+        if cfg.asr:
+            gate = (DIAStep(asr_shared, i, last) if spec.placement == "stage"
+                    else create_attn(spec.name, channels, for_asr=True, **cfg.attn_kw))
+            norm = ASRNorm(norm, gate, cfg.psi_size, cfg.psi_init)
+        blocks.append(block(inplanes, planes, stride if i == 0 else 1, norm, attn))
+        inplanes = channels
+    return Stage(blocks, shared, asr_shared)
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _init_weights(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _fits(depth: int, block: str) -> bool:
+    k = 9 if block == "bottleneck" else 6
+    return depth >= k + 2 and (depth - 2) % k == 0
+
+
+def _blocks_per_stage(depth: int, block: str) -> int:
+    if not _fits(depth, block):
+        raise ValueError(f"cifar_resnet{depth}: a {block} CIFAR ResNet needs depth {9 if block == 'bottleneck' else 6}n+2 "
+                         "(n >= 1)")
+    return (depth - 2) // (9 if block == "bottleneck" else 6)
+
+
+def pick_block(depth: int, block: str | None) -> str:
+    """The block type of ``cifar_resnet{depth}``: ``block`` when given (checked), else the convention:
+    bottleneck for 164 and 1001, basic for every other 6n+2 depth (20, 32, 44, 56, 110, 1202),
+    bottleneck for the remaining 9n+2 depths."""
+    if block is not None:
+        if block not in BLOCKS:
+            raise ValueError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}")
+        _blocks_per_stage(depth, block)
+        return block
+    if depth in BOTTLENECK_BY_CONVENTION or (not _fits(depth, "basic") and _fits(depth, "bottleneck")):
+        return "bottleneck"
+    if _fits(depth, "basic"):
+        return "basic"
+    raise ValueError(f"cifar_resnet{depth}: depth must be 9n+2 (bottleneck) or 6n+2 (basic), n >= 1")
+
+
+def list_models() -> list[str]:
+    """Common model names; any ``cifar_resnet{depth}`` with a valid depth builds."""
+    return [f"cifar_resnet{d}" for d in (8, 11, 14, 20, 29, 32, 44, 56, 110, 164)]
+
+
+def create_model(name: str, *, num_classes: int, attn: str | None = None, asr: bool = False, both: bool = False,
+                 block: str | None = None, in_chans: int = 3, image_size: int = 32, psi_size: int | None = None,
+                 psi_init: float = 0.1, attn_kw: dict[str, Any] | None = None) -> "CifarResNet":
+    """Build ``cifar_resnet{depth}``: the plain backbone, ``attn``, ASR(``attn``), or both."""
+    return build_model(ModelConfig(name=name, num_classes=num_classes, attn=attn, asr=asr, both=both, block=block,
+                                   in_chans=in_chans, image_size=image_size, psi_size=psi_size, psi_init=psi_init,
+                                   attn_kw=dict(attn_kw or {})))
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> "CifarResNet":
+    """Build a model from its (saved) config."""
+    cfg = (ModelConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
+    if cfg.num_classes is None or cfg.in_chans is None or cfg.image_size is None:
+        raise ValueError(f"{cfg.name}: num_classes, in_chans and image_size must be known to build the model "
+                         "(bind the config to a data set)")
+    return CifarResNet(cfg)

@@ -1,0 +1,415 @@
+"""The recording format: one module writes it and reads it.
+
+A recording directory holds
+
+* ``manifest.json`` (readable without torch): format, toolkit version, model config, where the
+  weights came from (run id, and per checkpoint the file and its sha256), the probe set (split,
+  size, seed, hash), the number of folds K, precision, the tap selection, the taps seen (key,
+  module, attention type, ASR flag, stage, block, depth, call, channels) and the checkpoints done;
+* ``stats/epoch_XXXX.parquet``: per (tap, kind, fold, channel) the exact moments count, mean, m2,
+  min, max and unit_sum (:data:`STATS_SCHEMA`; fold k holds probe images i with i mod K = k);
+* ``raw/epoch_XXXX.safetensors``: the first ``raw_n`` probe vectors of every (tap, kind), fp16.
+
+Format ``stripe-recording/1`` (no fold column: one fold) still reads. Every file is written
+atomically and the manifest last, so a killed sweep leaves no half-written checkpoint visible.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import __version__, fsio
+from .moments import MOMENT_KEYS, ChannelStats, FoldStats
+
+__all__ = [
+    "KINDS", "MANIFEST_NAME", "READABLE_FORMATS", "RECORDING_FORMAT", "STATS_SCHEMA", "Recording", "RecordingWriter",
+    "RecordingMismatch", "read_stats_parquet", "stats_to_table", "table_to_stats", "write_stats_parquet",
+]
+
+MANIFEST_NAME = "manifest.json"
+RECORDING_FORMAT = "stripe-recording/2"
+READABLE_FORMATS = ("stripe-recording/1", RECORDING_FORMAT)
+
+#: the two recorded kinds of a tap: the attention values, and the pooled input of the module
+KINDS: tuple[str, str] = ("after", "before")
+
+#: fixed Parquet schema of one checkpoint's statistics (column order matters)
+STATS_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("epoch", pa.int32()),
+        ("tap", pa.string()),
+        ("kind", pa.string()),
+        ("fold", pa.int32()),
+        ("channel", pa.int32()),
+        ("count", pa.int64()),
+        ("mean", pa.float64()),
+        ("m2", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        ("unit_sum", pa.float64()),
+    ]
+)
+_V1_NAMES = [n for n in STATS_SCHEMA.names if n != "fold"]
+_INT_META = ("stage", "block", "depth", "call", "channels")
+
+
+class RecordingMismatch(ValueError):
+    """A recording directory holds a recording of something else (model, probe, taps, run …)."""
+
+
+# --------------------------------------------------------------------------------------
+# statistics files
+# --------------------------------------------------------------------------------------
+
+
+def stats_to_table(epoch: int, stats: Mapping[tuple[str, str], FoldStats | ChannelStats]) -> pa.Table:
+    """One checkpoint's statistics {(tap, kind): FoldStats or ChannelStats (one fold)} as a :data:`STATS_SCHEMA` table."""
+    cols: dict[str, list[np.ndarray]] = {name: [] for name in STATS_SCHEMA.names}
+    for tap, kind in sorted(stats):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r} for tap {tap!r}")
+        s = stats[(tap, kind)]
+        if isinstance(s, ChannelStats):
+            s = FoldStats([s.count_], *(getattr(s, k + "_")[None] for k in MOMENT_KEYS))
+        k, c = s.folds, s.channels
+        cols["epoch"].append(np.full(k * c, epoch, dtype=np.int32))
+        cols["tap"].append(np.full(k * c, tap, dtype=object))
+        cols["kind"].append(np.full(k * c, kind, dtype=object))
+        cols["fold"].append(np.repeat(np.arange(k, dtype=np.int32), c))
+        cols["channel"].append(np.tile(np.arange(c, dtype=np.int32), k))
+        cols["count"].append(np.repeat(s.count_, c))
+        for m in MOMENT_KEYS:
+            cols[m].append(getattr(s, m + "_").reshape(-1))
+    arrays = []
+    for field in STATS_SCHEMA:
+        parts = cols[field.name]
+        values = np.concatenate(parts) if parts else np.zeros(0, dtype=field.type.to_pandas_dtype())
+        arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=STATS_SCHEMA)
+
+
+def write_stats_parquet(path: str | os.PathLike[str], table: pa.Table) -> Path:
+    """Write a stats table (exactly :data:`STATS_SCHEMA`) to Parquet atomically."""
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"expected a pyarrow Table, got {type(table).__name__}")
+    if not table.schema.equals(STATS_SCHEMA):
+        raise ValueError(f"table schema differs from STATS_SCHEMA: {table.schema.names} {table.schema.types}")
+    return fsio.atomic_write(path, lambda f: pq.write_table(table, f))
+
+
+def read_stats_parquet(path: str | os.PathLike[str]) -> pa.Table:
+    """Read one stats Parquet file as a :data:`STATS_SCHEMA` table (format-1 files get fold 0)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stats file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"unreadable stats file {path}: {e}") from None
+    if table.schema.names == _V1_NAMES:
+        table = table.add_column(3, "fold", pa.array(np.zeros(table.num_rows, dtype=np.int32)))
+    if table.schema.names != STATS_SCHEMA.names:
+        raise ValueError(f"stats file {path} has columns {table.schema.names}, expected {STATS_SCHEMA.names}")
+    if not table.schema.equals(STATS_SCHEMA):
+        try:
+            table = table.cast(STATS_SCHEMA)
+        except (pa.ArrowException, ValueError) as e:
+            raise ValueError(f"stats file {path} has incompatible column types: {e}") from None
+    return table
+
+
+def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple[str, str], FoldStats]]:
+    """Rows in :data:`STATS_SCHEMA` (a Table or DataFrame, any order) as {epoch: {(tap, kind): FoldStats}}."""
+    df = table_or_df.to_pandas() if isinstance(table_or_df, pa.Table) else table_or_df
+    missing = [k for k in STATS_SCHEMA.names if k not in df.columns]
+    if missing:
+        raise ValueError(f"stats table lacks columns {missing}")
+    out: dict[int, dict[tuple[str, str], FoldStats]] = {}
+    df = df.sort_values(["epoch", "tap", "kind", "fold", "channel"], kind="stable")
+    for (epoch, tap, kind), g in df.groupby(["epoch", "tap", "kind"], sort=False, observed=True):
+        k = int(g["fold"].max()) + 1
+        c = len(g) // k
+        if k * c != len(g) or not (g["channel"].to_numpy().reshape(k, c) == np.arange(c)).all() \
+                or not (g["fold"].to_numpy().reshape(k, c) == np.arange(k)[:, None]).all():
+            raise ValueError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold")
+        cnt = g["count"].to_numpy().reshape(k, c)
+        if not (cnt == cnt[:, :1]).all():
+            raise ValueError(f"tap {tap!r} ({kind}): counts differ across channels")
+        arr = lambda col: g[col].to_numpy(dtype=np.float64).reshape(k, c)
+        out.setdefault(int(epoch), {})[(str(tap), str(kind))] = FoldStats(
+            cnt[:, 0], arr("mean"), arr("m2"), arr("min"), arr("max"), arr("unit_sum"))
+    return out
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    from safetensors.numpy import save
+
+    fsio.write_bytes(path, save({k: np.ascontiguousarray(v) for k, v in tensors.items()}))
+
+
+# --------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------
+
+
+def _int_column(values: pd.Series, always_nullable: bool = False) -> pd.Series:
+    """Integers as int64, or nullable Int64 when some are missing (or when asked)."""
+    s = pd.to_numeric(values, errors="raise")
+    if always_nullable or s.isna().any():
+        return s.astype("Int64")
+    return s.astype(np.int64)
+
+
+def _taps_frame(taps: list[dict[str, Any]]) -> pd.DataFrame:
+    """The manifest's tap list as a DataFrame: key, module, attn, asr, stage, block, depth, call, channels, extras."""
+    base = ["key", "module", "attn", "asr", "stage", "block", "depth", "call", "channels"]
+    df = pd.DataFrame(taps)
+    for col in base:
+        if col not in df.columns:
+            df[col] = None
+    df = df[base + [c for c in df.columns if c not in base]].copy()
+    df["key"] = df["key"].astype(str)
+    df["asr"] = df["asr"].map(lambda v: bool(v) if v is not None and v == v else False).astype(bool)
+    for col in _INT_META:
+        df[col] = _int_column(df[col], always_nullable=(col == "call"))
+    return df
+
+
+class Recording:
+    """Light reader of a recording directory (manifest, per-checkpoint stats and raw vectors)."""
+
+    def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        if not isinstance(manifest, dict):
+            raise ValueError(f"manifest must be a JSON object, got {type(manifest).__name__}")
+        fmt = manifest.get("format")
+        if fmt not in READABLE_FORMATS:
+            raise ValueError(f"unsupported format {fmt!r}, expected {RECORDING_FORMAT!r}")
+        taps = manifest.get("taps")
+        if not isinstance(taps, list) or not all(isinstance(t, dict) and "key" in t for t in taps):
+            raise ValueError("'taps' must be a list of objects with a 'key'")
+        self.taps = _taps_frame(taps)
+        if self.taps["key"].duplicated().any():
+            dup = self.taps.loc[self.taps["key"].duplicated(), "key"].tolist()
+            raise ValueError(f"duplicate tap keys {dup}")
+        ckpts = manifest.get("checkpoints")
+        if not isinstance(ckpts, list):
+            raise ValueError("'checkpoints' must be a list")
+        self._checkpoints: dict[int, dict[str, Any]] = {}
+        for ck in ckpts:
+            if not isinstance(ck, dict) or not isinstance(ck.get("epoch"), int) or not isinstance(ck.get("stats"), str):
+                raise ValueError(f"checkpoint entry needs an int 'epoch' and a str 'stats': {ck!r}")
+            if ck["epoch"] in self._checkpoints:
+                raise ValueError(f"duplicate checkpoint epoch {ck['epoch']}")
+            self._checkpoints[ck["epoch"]] = ck
+        self.epochs: list[int] = sorted(self._checkpoints)
+        self.folds: int = int(manifest.get("folds") or 1)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Recording:
+        """Open a recording directory (or its manifest.json); one-line error naming the bad file."""
+        path = Path(path)
+        if path.is_file() and path.name == MANIFEST_NAME:
+            path = path.parent
+        if not path.exists():
+            raise FileNotFoundError(f"recording directory not found: {path}")
+        if not path.is_dir():
+            raise NotADirectoryError(f"not a recording directory: {path}")
+        mpath = path / MANIFEST_NAME
+        if not mpath.is_file():
+            raise FileNotFoundError(f"recording manifest not found: {mpath}")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"corrupt recording manifest {mpath}: {e}") from None
+        try:
+            return cls(path, manifest)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"invalid recording manifest {mpath}: {e}") from None
+
+    def __repr__(self) -> str:
+        return f"Recording({str(self.path)!r}, taps={len(self.taps)}, epochs={len(self.epochs)})"
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        """The manifest entry of one checkpoint epoch."""
+        try:
+            return self._checkpoints[int(epoch)]
+        except KeyError:
+            raise KeyError(f"epoch {epoch} is not a checkpoint of {self.path} (epochs {self.epochs})") from None
+
+    def _file(self, rel: str) -> Path:
+        """A path from the manifest, relative to the recording directory."""
+        p = Path(rel)
+        return p if p.is_absolute() else self.path / p
+
+    def _epochs(self, epoch: int | None) -> list[int]:
+        """The requested checkpoint epochs (all when None)."""
+        if epoch is None:
+            return list(self.epochs)
+        self._checkpoint(epoch)
+        return [int(epoch)]
+
+    def frame(self, epoch: int | None = None) -> pd.DataFrame:
+        """Raw stats rows (STATS_SCHEMA columns) of one or all checkpoints, sorted by epoch, tap, kind, fold, channel.
+
+        ``tap`` and ``kind`` are categoricals ordered as the manifest's taps (then any unlisted
+        tap, by name) and ('after', 'before'), so the rows come in manifest order.
+        """
+        tables = []
+        for e in self._epochs(epoch):
+            f = self._file(self._checkpoint(e)["stats"])
+            table = read_stats_parquet(f)
+            bad = sorted(set(pc.unique(table["epoch"]).to_pylist()) - {e})
+            if bad:
+                raise ValueError(f"stats file {f} holds epochs {bad}, but the manifest lists it for epoch {e}")
+            tables.append(table)
+        table = pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
+        for name in ("tap", "kind"):
+            table = table.set_column(
+                table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]).combine_chunks()
+            )
+        df = table.to_pandas()
+        for name, first in (("tap", list(self.taps["key"])), ("kind", list(KINDS))):
+            cat = df[name].astype("category")
+            known = set(first)
+            order = first + sorted(c for c in cat.cat.categories if c not in known)
+            df[name] = cat.cat.set_categories(order)
+        # np.lexsort sorts by the last key first
+        idx = np.lexsort(
+            [df["channel"].to_numpy(), df["fold"].to_numpy(), df["kind"].cat.codes.to_numpy(),
+             df["tap"].cat.codes.to_numpy(), df["epoch"].to_numpy()]
+        )  # fmt: skip
+        return df.take(idx).reset_index(drop=True)
+
+    def fold_stats(self, epoch: int) -> dict[tuple[str, str], FoldStats]:
+        """{(tap, kind): FoldStats} of one checkpoint (format-1 recordings: one fold)."""
+        try:
+            return table_to_stats(self.frame(epoch)).get(int(epoch), {})
+        except ValueError as e:
+            raise ValueError(f"{self.path}: epoch {epoch}: {e}") from None
+
+    def stats(self, epoch: int | None = None) -> dict[int, dict[tuple[str, str], ChannelStats]]:
+        """{epoch: {(tap, kind): ChannelStats}} (every fold merged) for one checkpoint or all of them."""
+        return {e: {key: fs.total() for key, fs in self.fold_stats(e).items()} for e in self._epochs(epoch)}
+
+    def raw(self, epoch: int, tap: str, kind: str = "after") -> np.ndarray:
+        """Raw probe vectors of one tap at one checkpoint as float32 [n_raw, C]."""
+        from safetensors import safe_open  # only needed here
+
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        rel = self._checkpoint(epoch).get("raw")
+        if not rel:
+            raise FileNotFoundError(f"epoch {epoch} has no raw file in {self.path / MANIFEST_NAME}")
+        f = self._file(rel)
+        if not f.is_file():
+            raise FileNotFoundError(f"raw file not found: {f}")
+        key = f"{tap}/{kind}"
+        with safe_open(str(f), framework="numpy") as st:
+            if key not in st.keys():
+                raise KeyError(f"raw file {f} has no tensor {key!r}")
+            return np.asarray(st.get_tensor(key), dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------
+
+#: manifest fields that must match for a sweep to add checkpoints to an existing recording
+_IDENTITY = ("model", "source_run_id", "probe", "folds", "precision", "taps_selector")
+
+
+class RecordingWriter:
+    """Write a recording: check an existing manifest is of the same thing, lock the folder, add checkpoints.
+
+    ``header`` holds the identity of the recording (:data:`_IDENTITY`: model config, the run id of
+    the weights, the probe set, folds, precision, tap selection) and descriptive fields. A folder
+    that holds a recording of something else raises :class:`RecordingMismatch`. A checkpoint counts
+    as done only when its statistics *and* raw files exist and its checkpoint file's sha256 is the
+    one recorded, so a changed checkpoint (a run trained again into the same folder) is recorded anew.
+    """
+
+    def __init__(self, out: str | os.PathLike[str], header: dict[str, Any]) -> None:
+        self.out = Path(out)
+        self.path = self.out / MANIFEST_NAME
+        self.manifest: dict[str, Any] = {"format": RECORDING_FORMAT, "stripe_version": __version__, **header,
+                                         "taps": [], "checkpoints": []}
+        self.done: dict[int, dict[str, Any]] = {}
+        self.lock = fsio.DirLock(self.out, "--out")
+
+    def open(self) -> "RecordingWriter":
+        """Lock the folder and read what an earlier sweep recorded there (checking it is the same recording)."""
+        self.lock.acquire()
+        try:
+            if self.path.exists():
+                old = Recording.open(self.out).manifest
+                for key in _IDENTITY:
+                    if old.get(key) != self.manifest.get(key) and not (key == "folds" and old.get(key) is None
+                                                                      and self.manifest.get(key) == 1):
+                        raise RecordingMismatch(
+                            f"{self.out} holds a recording with a different {key} ({_short(old.get(key))} vs "
+                            f"{_short(self.manifest.get(key))}); choose another --out or delete it")
+                if old.get("format") != RECORDING_FORMAT:
+                    raise RecordingMismatch(f"{self.out} holds a recording of format {old.get('format')}; record "
+                                            "into a new --out")
+                self.manifest["taps"] = old.get("taps", [])
+                self.done = {c["epoch"]: c for c in old.get("checkpoints", [])}
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Release the folder's lock."""
+        self.lock.release()
+
+    def __enter__(self) -> "RecordingWriter":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def is_done(self, epoch: int, checkpoint_sha256: str | None) -> bool:
+        """Whether ``epoch`` is recorded from this very checkpoint file, with both its files present."""
+        entry = self.done.get(epoch)
+        if entry is None or not (self.out / entry["stats"]).is_file():
+            return False
+        if entry.get("raw") and not (self.out / entry["raw"]).is_file():
+            return False
+        return checkpoint_sha256 is None or entry.get("checkpoint_sha256") == checkpoint_sha256
+
+    def add(self, epoch: int, stats: Mapping[tuple[str, str], FoldStats], raw: Mapping[str, np.ndarray],
+            taps: list[dict[str, Any]], *, checkpoint: str | None, checkpoint_sha256: str | None,
+            write_manifest: bool = True) -> dict[str, Any]:
+        """Write one checkpoint's statistics and raw vectors, then the manifest; returns the manifest entry."""
+        stats_rel, raw_rel = f"stats/epoch_{epoch:04d}.parquet", f"raw/epoch_{epoch:04d}.safetensors"
+        write_stats_parquet(self.out / stats_rel, stats_to_table(epoch, stats))
+        _save_safetensors(dict(raw), self.out / raw_rel)
+        entry = {"epoch": int(epoch), "stats": stats_rel, "raw": raw_rel, "checkpoint": checkpoint,
+                 "checkpoint_sha256": checkpoint_sha256}
+        self.done[int(epoch)] = entry
+        if not self.manifest["taps"]:
+            self.manifest["taps"] = taps
+        if write_manifest:
+            self.write_manifest()
+        return entry
+
+    def write_manifest(self) -> None:
+        """Write the manifest (atomically), its checkpoints sorted by epoch."""
+        self.manifest["checkpoints"] = [self.done[e] for e in sorted(self.done)]
+        fsio.write_json(self.path, self.manifest)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."

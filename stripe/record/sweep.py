@@ -1,0 +1,338 @@
+"""The checkpoint sweep (``stripe collect``) and recording during training (:class:`OnlineRecorder`).
+
+Both write the same recording (:mod:`stripe.record.format`) through :func:`record_checkpoint`:
+one forward pass per checkpoint over the probe set, every selected tap at once. A sweep is
+resumable (checkpoints already recorded from the same file are skipped), atomic, locked against a
+second writer, and under torchrun shares the checkpoints out between ranks.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
+from ..nn import ModelConfig
+from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
+                     load_weights, read_run, resolve_device, run_eval_sets)
+from ..train.config import epoch_matches, parse_epoch_spec
+from .format import FoldStats, RecordingWriter
+from .gates import TapInfo
+from .recorder import Recorder
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: the recording folder, checkpoints recorded now, skipped (already done), failed."""
+
+    out: Path
+    recorded: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    rerecorded: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    images: int = 0
+
+
+@dataclass
+class SweepSource:
+    """Where a sweep's weights come from: (epoch, file) jobs, the model config, the data set, the run if any."""
+
+    jobs: list[tuple[int, Path]]
+    model: dict[str, Any]
+    dataset: str
+    data_root: str | None
+    run_dir: Path | None = None
+    run_info: dict[str, Any] | None = None
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id of a training run's checkpoints (None for files from elsewhere)."""
+        if self.run_info is None:
+            return None
+        return self.run_info.get("run_id") or "legacy:" + self.run_info["probe"]["hash"][:16]
+
+
+def parse_checkpoint_spec(spec: str | None, available: list[int]) -> list[int]:
+    """'all' (default), 'last', 'every:K' (plus the last), or a comma list of epochs; bad text names the option."""
+    if not available:
+        return []
+    if spec in (None, "", "all"):
+        return available
+    terms = parse_epoch_spec(spec, "--checkpoints")
+    last = available[-1]
+    wanted = [int(t) for t in terms if t.isdigit()]
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise ValueError(f"--checkpoints: no checkpoint for epoch(s) {missing}; available: {available}")
+    every = any(t.startswith("every:") for t in terms)
+    return [e for e in available if epoch_matches(terms, e, last) or (every and e == last)]
+
+
+def _epoch_of(path: Path, position: int) -> int:
+    import re
+
+    m = re.search(r"(\d+)(?!.*\d)", path.stem)
+    return int(m.group(1)) if m else position
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    """A model config from a JSON file (a bare config, or a run's ``config.json``); errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--model-config {path}: no such file")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--model-config {path}: not JSON ({e})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "train" in obj:
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"--model-config {path}: expected a JSON object with a model config, got "
+                         f"{type(obj).__name__}")
+    try:
+        return ModelConfig.from_dict(obj).to_dict()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--model-config {path}: {e}") from None
+
+
+def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
+                   model_config: dict[str, Any] | None, dataset: str | None,
+                   data_root: str | None) -> SweepSource:
+    """The checkpoints to record: those of a run (selected by ``checkpoints``), or files from elsewhere."""
+    if run_dir is not None:
+        info = read_run(run_dir)
+        paths = dict(list_checkpoints(run_dir))
+        if not paths:
+            raise FileNotFoundError(f"{run_dir}: the run has no checkpoints")
+        spec = checkpoints if isinstance(checkpoints, str) or checkpoints is None else ",".join(map(str, checkpoints))
+        epochs = parse_checkpoint_spec(spec, sorted(paths))
+        return SweepSource([(e, paths[e]) for e in epochs], info["model"], dataset or info["train"]["dataset"],
+                           data_root or info["train"].get("data_root"), Path(run_dir), info)
+    if not checkpoints or isinstance(checkpoints, str) or model_config is None or dataset is None:
+        raise ValueError("without a run directory, give checkpoint files (--files), a model config (--model-config) "
+                         "and a data set (--dataset)")
+    files = [Path(p) for p in checkpoints]
+    jobs = [(_epoch_of(p, i), p) for i, p in enumerate(files)]
+    if len({e for e, _ in jobs}) != len(jobs):
+        jobs = [(i, p) for i, (_, p) in enumerate(jobs)]
+    return SweepSource(jobs, ModelConfig.from_dict(model_config).to_dict(), dataset, data_root)
+
+
+def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0,
+                 probe_split: str = "train") -> tuple[ImageSet, dict[str, Any]]:
+    """The probe images and their spec: ``run`` (the run's probe set; 1,000 training images for files from
+    elsewhere), ``train``/``test`` (a whole split) or a number N (a stratified sample of ``probe_split``)."""
+    if probe == "run" and source.run_info is not None:
+        try:
+            _, data = run_eval_sets(source.run_info, data_root=source.data_root)
+        except ValueError as e:
+            raise ValueError(f"{source.run_dir}: {e}") from None
+        return data.probe, data.eval.probe_spec.to_dict()
+    if probe == "run":
+        probe = "1000"
+    if probe in PROBE_SPLITS:
+        ds = load_dataset(source.dataset, probe, root=source.data_root)
+        idx = np.arange(len(ds))
+        return ds, {"split": probe, "n": len(ds), "seed": None, "hash": probe_hash(ds.source_hash, idx),
+                    "excludes": None}
+    if not probe.isdigit() or int(probe) < 1:
+        raise ValueError(f"--probe must be run, train, test or a positive number of images, got {probe!r}")
+    if probe_split not in PROBE_SPLITS:
+        raise ValueError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
+    full = load_dataset(source.dataset, probe_split, root=source.data_root)
+    if int(probe) > len(full):
+        raise ValueError(f"--probe {probe} is larger than the {len(full)} images of the {probe_split} split")
+    idx = stratified_indices(full.labels, int(probe), probe_seed)
+    return take(full, idx), {"split": probe_split, "n": len(idx), "seed": probe_seed,
+                             "hash": probe_hash(full.source_hash, idx), "excludes": None}
+
+
+def record_checkpoint(model: nn.Module, probe: ImageSet | Loader, *, taps: str | Sequence[str] = "*",
+                      raw_n: int = 256, folds: int = 10, batch_size: int = 500, device: torch.device | None = None,
+                      precision: str = "fp32", channels_last: bool = False
+                      ) -> tuple[dict[tuple[str, str], FoldStats], dict[str, np.ndarray], list[TapInfo]]:
+    """One forward pass of ``model`` over the probe images with every selected tap hooked.
+
+    Returns per-fold statistics, the first ``raw_n`` vectors of every (tap, kind), and the taps.
+    The model is left in the mode it was in; its BN statistics never change.
+    """
+    dev = device or next(model.parameters()).device
+    loader = probe if isinstance(probe, Loader) else Loader(probe, batch_size, train=False, device=dev,
+                                                            channels_last=channels_last)
+    with Recorder(model, taps, raw_n=raw_n, folds=folds) as rec, torch.no_grad():
+        for x, _ in loader:
+            with autocast(dev, precision):
+                model(x)
+    return rec.fold_stats(), rec.raw(), rec.taps
+
+
+def _header(source: SweepSource, probe_spec: dict[str, Any], *, raw_n: int, folds: int, precision: str,
+            taps: str | Sequence[str]) -> dict[str, Any]:
+    return {"model": source.model, "source_run_id": source.run_id,
+            "run_dir": str(source.run_dir) if source.run_dir else None, "dataset": source.dataset,
+            "probe": {**probe_spec, "raw_n": raw_n}, "folds": folds, "precision": precision,
+            "taps_selector": [taps] if isinstance(taps, str) else list(taps)}
+
+
+def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[str | Path] | None = None,
+            model_config: dict[str, Any] | None = None, dataset: str | None = None, data_root: str | None = None,
+            out: str | Path | None = None, probe: str = "run", probe_seed: int = 0, probe_split: str = "train",
+            taps: str | Sequence[str] = "*", raw_n: int = 256, folds: int = 10, batch_size: int = 500,
+            device: str | None = "auto", precision: str = "fp32", progress: bool = True) -> SweepResult:
+    """Record every tap over the probe set at each checkpoint; writes a recording directory.
+
+    Either ``run_dir`` (a training run: its checkpoints, data and probe set) or a list of
+    checkpoint files in ``checkpoints`` plus ``model_config`` and ``dataset`` (checkpoints from
+    elsewhere). Resumable and atomic; under torchrun the checkpoints are shared out between ranks.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    if folds < 1:
+        raise ValueError(f"--folds must be >= 1, got {folds}")
+    if raw_n < 0:
+        raise ValueError(f"--raw-n must be >= 0, got {raw_n}")
+    info = dist_from_env()
+    dev = resolve_device(device, info)
+    init_distributed(info, dev)
+    source = resolve_source(run_dir, checkpoints=checkpoints, model_config=model_config, dataset=dataset,
+                            data_root=data_root)
+    if out is None and source.run_dir is None:
+        raise ValueError("give --out for a recording of checkpoint files")
+    out = Path(out) if out else source.run_dir / "recording"
+    probe_ds, probe_spec = select_probe(source, probe, probe_seed=probe_seed, probe_split=probe_split)
+    if folds > len(probe_ds):
+        raise ValueError(f"--folds {folds} exceeds the {len(probe_ds)} probe images")
+    raw_n = min(raw_n, len(probe_ds))
+    writer = RecordingWriter(out, _header(source, probe_spec, raw_n=raw_n, folds=folds, precision=precision,
+                                          taps=taps))
+    done_box: list[Any] = [None]
+    if info.main:
+        writer.open()
+        done_box[0] = writer.done
+    try:
+        if info.enabled:
+            import torch.distributed as dist
+
+            dist.broadcast_object_list(done_box, src=0)
+            writer.done = done_box[0]
+        return _sweep(source, writer, probe_ds, info, dev, t_start, taps=taps, raw_n=raw_n, folds=folds,
+                      batch_size=batch_size, precision=precision, progress=progress, tqdm=tqdm)
+    finally:
+        if info.main:
+            writer.close()
+
+
+def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, info, dev: torch.device,
+           t_start: float, *, taps, raw_n: int, folds: int, batch_size: int, precision: str, progress: bool,
+           tqdm) -> SweepResult:
+    result = SweepResult(out=writer.out)
+    mine = [(e, p) for i, (e, p) in enumerate(source.jobs) if i % info.world_size == info.rank]
+    loader = Loader(probe_ds, batch_size, train=False, device=dev)
+    bar = tqdm(mine, desc="collect", unit="ckpt", disable=not progress or not info.main)
+    new_entries: dict[int, dict[str, Any]] = {}
+    for epoch, path in bar:
+        bar.set_postfix_str(path.name)
+        try:
+            sha = file_sha256(path) if path.is_file() else None
+            if sha is not None and writer.is_done(epoch, sha):
+                result.skipped.append(epoch)
+                continue
+            model, ckpt = load_weights(path, source.model, map_location="cpu")
+            if source.run_id and ckpt.get("run_id") and ckpt["run_id"] != source.run_id:
+                raise CheckpointError(f"{path}: belongs to run {ckpt['run_id']}, not to {source.run_id} "
+                                      "(config.json)")
+        except CheckpointError as e:
+            result.failed.append((str(path), str(e)))
+            bar.write(f"skipped: {e}")
+            continue
+        if epoch in writer.done:
+            result.rerecorded.append(epoch)
+        stats, raw, tap_list = record_checkpoint(model.to(dev), loader, taps=taps, raw_n=raw_n, folds=folds,
+                                                 device=dev, precision=precision)
+        entry = writer.add(epoch, stats, raw, [t.to_dict() for t in tap_list], checkpoint=str(path),
+                           checkpoint_sha256=sha, write_manifest=not info.enabled)
+        new_entries[epoch] = entry
+        result.recorded.append(epoch)
+        result.images += len(probe_ds)
+    if info.enabled:  # rank 0 gathers what every rank recorded and writes the manifest once
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, (new_entries, writer.manifest["taps"], result.failed))
+        result.failed = [f for _, _, failed in gathered for f in failed]
+        for entries, tap_list, _ in gathered:
+            writer.done.update(entries)
+            writer.manifest["taps"] = writer.manifest["taps"] or tap_list
+        if info.main:
+            writer.write_manifest()
+        dist.barrier()
+    elif not writer.path.exists():
+        writer.write_manifest()
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+class OnlineRecorder:
+    """A training callback that records every selected tap over the run's probe set at each checkpoint epoch,
+    into ``RUN/recording`` (the same recording a later ``stripe collect RUN`` writes, equal to it).
+
+    At the start (or resume) of training it records any kept checkpoint not yet recorded, so a crash
+    between saving a checkpoint and recording it loses nothing that is still on disk.
+    """
+
+    def __init__(self, *, out: str | Path | None = None, taps: str | Sequence[str] = "*", raw_n: int = 256,
+                 folds: int = 10, batch_size: int | None = None) -> None:
+        self.out, self.taps, self.raw_n, self.folds, self.batch_size = out, taps, raw_n, folds, batch_size
+        self.writer: RecordingWriter | None = None
+        self.seconds = 0.0
+        self.loader: Loader | None = None
+
+    def on_train_start(self, state) -> None:
+        """Open (lock) the recording and catch up on kept checkpoints not recorded yet."""
+        cfg = state.cfg
+        info = read_run(state.run_dir)
+        source = SweepSource([], info["model"], cfg.dataset, cfg.data_root, state.run_dir, info)
+        out = Path(self.out) if self.out else state.run_dir / "recording"
+        probe = state.data.probe
+        raw_n = min(self.raw_n, len(probe))
+        if self.folds > len(probe):
+            raise ValueError(f"--record-folds {self.folds} exceeds the {len(probe)} probe images")
+        self.writer = RecordingWriter(out, _header(source, state.data.eval.probe_spec.to_dict(), raw_n=raw_n,
+                                                   folds=self.folds, precision=cfg.precision, taps=self.taps)).open()
+        self.raw_n = raw_n
+        self.loader = Loader(probe, self.batch_size or cfg.eval_batch_size, train=False, device=state.device,
+                             channels_last=cfg.channels_last)
+        for epoch, path in list_checkpoints(state.run_dir):
+            sha = file_sha256(path)
+            if not self.writer.is_done(epoch, sha):
+                model, _ = load_weights(path, info["model"], map_location="cpu")
+                self._record(model.to(state.device), epoch, path, sha, cfg.precision, state.device)
+
+    def on_checkpoint(self, state) -> None:
+        """Record the model as it is at this checkpoint (the file was just written)."""
+        if self.writer is None:
+            self.on_train_start(state)
+        self._record(state.model, state.epoch, state.checkpoint, file_sha256(state.checkpoint), state.cfg.precision,
+                     state.device)
+
+    def _record(self, model: nn.Module, epoch: int, path: Path, sha: str, precision: str, dev: torch.device) -> None:
+        t0 = time.perf_counter()
+        stats, raw, tap_list = record_checkpoint(model, self.loader, taps=self.taps, raw_n=self.raw_n,
+                                                 folds=self.folds, device=dev, precision=precision)
+        self.writer.add(epoch, stats, raw, [t.to_dict() for t in tap_list], checkpoint=str(path),
+                        checkpoint_sha256=sha)
+        self.seconds += time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Release the recording's lock (called when training ends, however it ends)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,88 @@
+"""One training step (eager, ``torch.compile`` or a whole-step CUDA graph), the loss and bf16 autocast."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .optim import SGD
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss (cross-entropy, mean over the batch)."""
+    return F.cross_entropy(logits, y)
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision == 'bf16'``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return nullcontext()
+
+
+class TrainStep:
+    """One SGD step on a batch, in one of three forms: eager, ``torch.compile``, or a CUDA graph.
+
+    Loss and correct counts accumulate on the device (no host sync per step).
+    """
+
+    def __init__(self, model: nn.Module, opt: SGD, cfg: TrainConfig, device: torch.device,
+                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.model, self.opt, self.cfg, self.device = model, opt, cfg, device
+        self.loss = loss or loss_fn
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x batch, correct
+        self.forward = model
+        if cfg.compile in ("compile", "reduce-overhead"):
+            self.forward = torch.compile(model, mode=None if cfg.compile == "compile" else "reduce-overhead")
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._eager_steps = 0
+        if cfg.compile == "cudagraph" and device.type != "cuda":
+            raise ValueError("compile='cudagraph' captures the step as a CUDA graph and needs a CUDA device")
+
+    def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        with autocast(self.device, self.cfg.precision):
+            logits = self.forward(x)
+            loss = self.loss(logits.float(), y)
+        loss.backward()
+        self.opt.step()
+        self.sums[0] += loss.detach().double() * y.shape[0]
+        self.sums[1] += (logits.detach().argmax(1) == y).sum()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.cfg.compile != "cudagraph":
+            return self._body(x, y)
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty_like(y))
+        sx, sy = self._static
+        sx.copy_(x)
+        sy.copy_(y)
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self._eager_steps < 3:  # warm up on a side stream before capture, as CUDA graphs require
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._body(sx, sy)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._eager_steps += 1
+            return
+        self.opt.zero_grad()  # grads allocated inside the graph's pool are overwritten on each replay
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._body(sx, sy)
+        self.graph.replay()
+
+    def take_sums(self) -> tuple[float, float]:
+        """(loss sum, correct) since the last call; this is the one host sync of an epoch."""
+        loss_sum, correct = self.sums.tolist()
+        self.sums.zero_()
+        return loss_sum, correct

@@ -1,0 +1,11 @@
+"""Figures (one function per figure, :mod:`.figures`) and the notebooks' runner and data lookup (:mod:`.notebooks`)."""
+from . import figures, notebooks
+from .figures import (DPI, FIGSIZE, FIGURES, THEME, ablation, channel_std, learning_curves, save_figure,
+                      speed_markdown, speed_table, stripe_dynamics, stripe_heatmap, tap_curve)
+from .notebooks import NOTEBOOKS, data_root, discover, execute_notebook, notebook_path, resolve_source
+
+__all__ = [
+    "DPI", "FIGSIZE", "FIGURES", "NOTEBOOKS", "THEME", "ablation", "channel_std", "data_root", "discover",
+    "execute_notebook", "figures", "learning_curves", "notebook_path", "notebooks", "resolve_source", "save_figure",
+    "speed_markdown", "speed_table", "stripe_dynamics", "stripe_heatmap", "tap_curve",
+]

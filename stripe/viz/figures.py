@@ -1,0 +1,897 @@
+"""Figures of the Stripe Observation, one function per figure.
+
+Every function takes the toolkit's tables or recordings and returns a
+:class:`matplotlib.figure.Figure` (never a pyplot figure: nothing is registered with pyplot, so
+nothing leaks and the Agg backend is enough). Sizes are fixed (:data:`FIGSIZE`, inches; the
+figures made of row blocks grow by a fixed height per block) and the resolution is :data:`DPI`.
+One seaborn theme (:data:`THEME`) is applied inside each function with ``matplotlib.rc_context``;
+nothing global is touched. :func:`save_figure` writes ``<name>.png`` and ``<name>.pdf``
+atomically at exactly ``figsize x DPI`` pixels (no tight bounding box: constrained layout keeps
+titles and labels inside the canvas).
+
+Epoch 0 is the initialisation: a sigmoid gate is close to 0.5 for every image there, so its
+stripe index is close to 1 trivially. Every figure over epochs draws epoch 0 with a hollow
+marker and a dotted line labelled "init", and never joins it to the trained epochs.
+ASR taps attend to a learnable constant, so their stripes are constant by construction; they
+are drawn apart (dashed, grey) or left out, and say so.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from ..fsio import atomic_write
+from ..nn.variants import Variant, config_label, variant_rank
+from ..record import ChannelStats, Recording
+
+__all__ = [
+    "DPI",
+    "FIGSIZE",
+    "FIGURES",
+    "THEME",
+    "ablation",
+    "channel_std",
+    "learning_curves",
+    "save_figure",
+    "speed_markdown",
+    "speed_table",
+    "stripe_dynamics",
+    "stripe_heatmap",
+    "tap_curve",
+]
+
+#: resolution of every figure (dots per inch), on screen and on disk
+DPI: int = 150
+
+#: size (width, height) in inches of each figure; stripe_dynamics and speed_table stack one
+#: block of this height per run / per row of panels
+FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
+    {
+        "stripe_heatmap": (12.0, 5.0),
+        "channel_std": (12.0, 5.0),
+        "stripe_dynamics": (12.0, 8.0),  # height per run (4 rows of panels)
+        "learning_curves": (12.0, 4.8),
+        "speed_table": (12.0, 4.8),  # height per row of panels (2 panels a row)
+        "ablation": (12.0, 5.6),
+        "tap_curve": (12.0, 3.6),
+    }
+)
+
+#: the seaborn theme of every figure: (style, context, font_scale)
+THEME: tuple[str, str, float] = ("whitegrid", "paper", 1.25)
+
+_KIND_COLORS: Mapping[str, str] = MappingProxyType({"before": "#4c72b0", "after": "#dd8452"})
+_ASR_COLOR = "0.45"
+_MEAN_COLOR = "0.82"
+_INIT_NOTE = "init"
+_FLOOR_NOTE = "= 0 (within round-off), drawn at the axis floor"
+_CONST_RTOL = 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _theme() -> Iterator[None]:
+    """Apply the module's seaborn theme (style, context, DPI) for the duration of the block."""
+    style, context, scale = THEME
+    rc: dict[str, Any] = {}
+    rc.update(sns.axes_style(style))
+    rc.update(sns.plotting_context(context, font_scale=scale))
+    rc.update(
+        {
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
+            "figure.titlesize": rc.get("axes.titlesize", 12) * 1.1,
+            "figure.titleweight": "bold",
+            "image.interpolation": "nearest",
+            "legend.frameon": True,
+            "legend.framealpha": 0.9,
+        }
+    )
+    with mpl.rc_context(rc):
+        yield
+
+
+@contextlib.contextmanager
+def _warnings_off() -> Iterator[None]:
+    """Silence numpy's empty-slice RuntimeWarnings (all-NaN columns are expected)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _figure(name: str, blocks: int = 1) -> Figure:
+    """A new (non-pyplot) figure of this module's size for ``name``, ``blocks`` blocks high."""
+    w, h = FIGSIZE[name]
+    return Figure(figsize=(w, h * max(1, blocks)), dpi=DPI, layout="constrained")
+
+
+def _attn_name(attn: Any) -> str:
+    """Display name of an attention module: 'se' -> 'SE'; '' for none."""
+    if attn is None or (isinstance(attn, float) and math.isnan(attn)) or str(attn) in ("", "none", "None"):
+        return ""
+    return str(attn).upper()
+
+
+def _model_label(manifest: Mapping[str, Any]) -> str:
+    """'cifar_resnet164 +SE' from a recording manifest's model config."""
+    cfg = manifest.get("model") or {}
+    if not isinstance(cfg, Mapping):
+        return str(cfg)
+    name = cfg.get("model") or cfg.get("name") or "model"
+    return f"{name} {config_label(cfg)}"
+
+
+def _tables_label(taps: pd.DataFrame) -> str:
+    """The variant label of a taps table ('+SE', '+ASR(SE)', '+ASR(SE)+SE'), from its taps' attention and ASR flags."""
+    if taps is None or len(taps) == 0 or "attn" not in taps.columns:
+        return "recording"
+    names = sorted({str(a) for a in taps["attn"].dropna().unique()} - {""})
+    asr = taps["asr"].astype(bool) if "asr" in taps.columns else pd.Series(False, index=taps.index)
+    return Variant("/".join(names) or "attention", bool(asr.any()), bool(asr.any() and not asr.all())).label
+
+
+def _stage_key(stage: Any) -> int:
+    """Stage as an int for sorting and labelling (-1 when missing)."""
+    return -1 if stage is None or pd.isna(stage) else int(stage)
+
+
+def _stage_name(stage: int) -> str:
+    """'stage 2', or 'stage ?' for a missing stage."""
+    return "stage ?" if stage < 0 else f"stage {stage}"
+
+
+def _stripe_index(a: np.ndarray) -> float:
+    """Stripe index of a matrix [N, C] (rows with NaNs left out), by the streaming statistics' formula."""
+    a = np.asarray(a, dtype=np.float64)
+    a = a[np.isfinite(a).all(axis=1)] if a.ndim == 2 else a  # images with a missing value are left out
+    if a.ndim != 2 or a.shape[0] < 2:
+        return float("nan")
+    return ChannelStats().update(a).stripe_index()
+
+
+def _fmt_s(s: float) -> str:
+    """A stripe index for a title."""
+    return "n/a" if not np.isfinite(s) else f"{s:.3f}"
+
+
+def _epoch_tick(x: float, _pos: Any = None) -> str:
+    """Epoch tick label: 'init' for epoch 0."""
+    return _INIT_NOTE if x == 0 else f"{x:g}"
+
+
+def _epoch_axis(ax: Axes, epochs: Sequence[float]) -> None:
+    """Integer epoch ticks; with an epoch-0 checkpoint, a dotted line there and its tick reads 'init'."""
+    uniq = sorted({float(e) for e in epochs if np.isfinite(e)})
+    if len(uniq) == 1:  # a single checkpoint: one tick, a symmetric range
+        ax.set_xlim(uniq[0] - 1, uniq[0] + 1)
+        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(uniq))
+    else:
+        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    if 0.0 in uniq:
+        ax.axvline(0, color="0.35", lw=0.9, ls=":", zorder=0)
+        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_epoch_tick))
+
+
+def _empty(ax: Axes, text: str) -> None:
+    """Mark a panel as having no data."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    """Raise a one-line error if a table lacks columns."""
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+
+
+def _epoch_str(epoch: int) -> str:
+    """'epoch 12', or 'epoch 0 (init)'."""
+    return f"epoch {epoch} (init)" if epoch == 0 else f"epoch {epoch}"
+
+
+# --------------------------------------------------------------------------------------
+# 1. heat map (Fig. 1a)
+# --------------------------------------------------------------------------------------
+
+
+def _has_raw(rec: Recording, epoch: int, tap: str, kind: str) -> bool:
+    """Whether the recording holds raw vectors of (epoch, tap, kind)."""
+    try:
+        rec.raw(epoch, tap, kind)
+    except (KeyError, FileNotFoundError):
+        return False
+    return True
+
+
+def _default_tap(rec: Recording, epoch: int) -> str:
+    """The deepest non-ASR tap (last of the last stage) with raw vectors; ASR taps only if none."""
+    taps = rec.taps.assign(_order=np.arange(len(rec.taps)))
+    taps["_stage"] = [_stage_key(s) for s in taps["stage"]]
+    taps["_depth"] = pd.to_numeric(taps["depth"]).fillna(-1).to_numpy(dtype=float)
+    taps = taps.sort_values(["_stage", "_depth", "_order"], kind="stable")
+    for pool in (taps[~taps["asr"]], taps[taps["asr"]]):
+        for key in reversed(pool["key"].tolist()):
+            if _has_raw(rec, epoch, key, "after"):
+                return key
+    raise ValueError(f"{rec.path}: no tap has raw attention vectors at epoch {epoch}")
+
+
+def _zscore_columns(a: np.ndarray) -> np.ndarray:
+    """Z-score each column over the rows (ddof=0, NaNs ignored); a constant column becomes 0."""
+    with np.errstate(invalid="ignore", divide="ignore"), _warnings_off():
+        mu = np.nanmean(a, axis=0)
+        sd = np.nanstd(a, axis=0)
+        z = (a - mu) / np.where(sd > 0, sd, 1.0)
+    return np.where(np.isfinite(a), np.where(sd > 0, z, 0.0), np.nan)
+
+
+def stripe_heatmap(
+    rec: Recording | str | os.PathLike[str],
+    *,
+    tap: str | None = None,
+    epoch: int | None = None,
+    n_images: int = 20,
+    n_channels: int = 60,
+) -> Figure:
+    """Fig. 1a: images x channels heat maps before (z-scored per channel) and after (raw) the attention."""
+    if n_images < 1 or n_channels < 1:
+        raise ValueError(f"n_images and n_channels must be >= 1, got {n_images}, {n_channels}")
+    rec = rec if isinstance(rec, Recording) else Recording.open(rec)
+    if not rec.epochs:
+        raise ValueError(f"{rec.path}: the recording has no checkpoints")
+    epoch = rec.epochs[-1] if epoch is None else int(epoch)
+    if epoch not in rec.epochs:
+        raise KeyError(f"epoch {epoch} is not a checkpoint of {rec.path} (epochs {rec.epochs})")
+    tap = _default_tap(rec, epoch) if tap is None else str(tap)
+    meta = rec.taps.set_index("key")
+    if tap not in meta.index:
+        raise KeyError(f"tap {tap!r} is not in {rec.path} (taps: {list(meta.index)[:5]}...)")
+    row = meta.loc[tap]
+    is_asr = bool(row["asr"])
+    after_full = rec.raw(epoch, tap, "after")
+    before_full = rec.raw(epoch, tap, "before") if _has_raw(rec, epoch, tap, "before") else None
+    n_img = min(n_images, after_full.shape[0])
+    n_ch = min(n_channels, after_full.shape[1])
+    after = after_full[:n_img, :n_ch]
+    before = before_full[:n_img, :n_ch] if before_full is not None else None
+
+    where = [f"stage {_stage_key(row['stage'])}" if _stage_key(row["stage"]) >= 0 else None,
+             f"depth {int(row['depth'])}" if pd.notna(row["depth"]) else None]  # fmt: skip
+    where_s = ", ".join(w for w in where if w)
+    title = f"{_model_label(rec.manifest)} — tap {tap}" + (f" ({where_s})" if where_s else "")
+    title += f"\n{_epoch_str(epoch)}: {n_img} probe images × {n_ch} of {after_full.shape[1]} channels"
+    notes = []
+    if is_asr:
+        notes.append("ASR: constant by construction, not a finding")
+    if epoch == 0:
+        notes.append("init: an untrained gate is ≈ 0.5 for every image, so this is not a finding")
+
+    with _theme():
+        fig = _figure("stripe_heatmap")
+        ax_b, ax_a = fig.subplots(1, 2)
+        # before: pooled input, z-scored per channel over the shown images
+        if before is not None:
+            z = _zscore_columns(before)
+            cmap_b = mpl.colormaps["RdBu_r"].with_extremes(bad="0.85")
+            im_b = ax_b.imshow(z, aspect="auto", cmap=cmap_b, vmin=-3, vmax=3, interpolation="nearest")
+            im_b.set_gid("before")
+            fig.colorbar(im_b, ax=ax_b, extend="both", label="z-score per channel (σ from the channel mean)")
+            s_before = _fmt_s(_stripe_index(before))
+            ax_b.set_title(f"before attention: pooled input, z-scored per channel\n"
+                           f"over the shown images (S of raw values = {s_before})")  # fmt: skip
+        else:
+            _empty(ax_b, "no 'before' vectors recorded for this tap")
+            ax_b.set_title("before attention: pooled input (not recorded)")
+        # after: raw attention values
+        finite = after[np.isfinite(after)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        gate = finite.size > 0 and lo >= 0.0 and hi <= 1.0
+        vmin, vmax = (0.0, 1.0) if gate else (lo, hi if hi > lo else lo + 1.0)
+        cmap_a = mpl.colormaps["viridis"].with_extremes(bad="0.85")
+        im_a = ax_a.imshow(after, aspect="auto", cmap=cmap_a, vmin=vmin, vmax=vmax, interpolation="nearest")
+        im_a.set_gid("after")
+        fig.colorbar(im_a, ax=ax_a, label="attention value" + (" (gate, 0–1)" if gate else " (data range)"))
+        ax_a.set_title(f"after attention: raw values\n(S = {_fmt_s(_stripe_index(after))})")
+        for ax in (ax_b, ax_a):
+            if ax.images:
+                ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+                ax.yaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+                ax.set_xlabel("channel")
+                ax.set_ylabel("probe image")
+                ax.grid(False)
+        fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# 2. per-channel std (Fig. 1b)
+# --------------------------------------------------------------------------------------
+
+
+def _final_epoch(df: pd.DataFrame, epoch: int | None, what: str) -> int:
+    """The requested epoch (checked) or the last one of a table."""
+    epochs = sorted(pd.unique(df["epoch"]).tolist())
+    if not epochs:
+        raise ValueError(f"{what} is empty")
+    if epoch is None:
+        return int(epochs[-1])
+    if int(epoch) not in epochs:
+        raise KeyError(f"epoch {epoch} is not in the {what} (epochs {epochs})")
+    return int(epoch)
+
+
+def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None, label: str | None = None) -> Figure:
+    """Fig. 1b: per-channel std across images before vs after the attention per stage, and S per tap."""
+    ch = tables["channels"]
+    _require(ch, ["epoch", "tap", "kind", "channel", "stage", "asr", "std"], "channels table")
+    epoch = _final_epoch(ch, epoch, "channels table")
+    taps = tables.get("taps")
+    label = label or _tables_label(taps if taps is not None else ch)
+    d = ch[ch["epoch"] == epoch].copy()
+    d["kind"] = d["kind"].astype(str)
+    d["asr"] = d["asr"].astype(bool)
+    only_asr = bool(d["asr"].all())
+    note = ""
+    if only_asr:
+        note = "ASR taps only: constant by construction, not a finding"
+    elif d["asr"].any():
+        d = d[~d["asr"]]
+        note = "ASR taps (constant by construction) left out"
+    d["_stage"] = [_stage_key(s) for s in d["stage"]]
+    stages = sorted(d["_stage"].unique().tolist())
+    kinds = [k for k in ("before", "after") if (d["kind"] == k).any()]
+    rng = np.random.default_rng(0)
+
+    with _theme():
+        fig = _figure("channel_std")
+        ax, ax_s = fig.subplots(1, 2, width_ratios=[2.2, 1])
+        # a std at float round-off level (float32 moments) is a constant channel: count it as 0
+        mean_abs = np.abs(d["mean"].to_numpy(dtype=float)) if "mean" in d.columns else np.ones(len(d))
+        tol = _CONST_RTOL * np.maximum(np.nan_to_num(mean_abs, nan=1.0), 1.0)
+        d["std"] = np.where(d["std"].to_numpy(dtype=float) <= tol, 0.0, d["std"].to_numpy(dtype=float))
+        vals = d["std"].to_numpy(dtype=float)
+        pos = vals[np.isfinite(vals) & (vals > 0)]
+        floor = 10.0 ** (math.floor(math.log10(pos.min())) - 1) if pos.size else 1e-8
+        n_zero = 0
+        width = 0.8 / max(1, len(kinds))
+        for i, stage in enumerate(stages):
+            for j, kind in enumerate(kinds):
+                v = d.loc[(d["_stage"] == stage) & (d["kind"] == kind), "std"].to_numpy(dtype=float)
+                v = v[np.isfinite(v)]
+                if not v.size:
+                    continue
+                n_zero += int((v <= 0).sum())
+                v = np.maximum(v, floor)
+                x = i + (j - (len(kinds) - 1) / 2) * width
+                color = _KIND_COLORS[kind]
+                ax.boxplot(v, positions=[x], widths=width * 0.8, showfliers=False, patch_artist=True,
+                           boxprops={"facecolor": mpl.colors.to_rgba(color, 0.25), "edgecolor": color},
+                           medianprops={"color": color, "lw": 1.8}, whiskerprops={"color": color},
+                           capprops={"color": color}, manage_ticks=False)  # fmt: skip
+                jitter = rng.uniform(-width * 0.3, width * 0.3, size=v.size)
+                ax.scatter(x + jitter, v, s=4, color=color, alpha=0.35, lw=0, rasterized=v.size > 2000)
+        if stages and kinds:
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(stages)), [_stage_name(s) for s in stages])
+            ax.set_xlim(-0.6, len(stages) - 0.4)
+            ax.set_ylabel("per-channel std across images (log)")
+            ax.set_xlabel("stage")
+            ax.grid(axis="x", visible=False)
+            handles = [Patch(facecolor=mpl.colors.to_rgba(_KIND_COLORS[k], 0.25), edgecolor=_KIND_COLORS[k],
+                             label="before (pooled input)" if k == "before" else "after (attention)")
+                       for k in kinds]  # fmt: skip
+            ax.legend(handles=handles, loc="best", fontsize="small")
+            if n_zero:
+                ax.axhline(floor, color="0.5", lw=0.8, ls=":")
+                ax.annotate(f"{n_zero} channel(s) with std {_FLOOR_NOTE}", xy=(0.01, 0.01), xycoords="axes fraction",
+                            fontsize="x-small", color="0.35", va="bottom")  # fmt: skip
+        else:
+            _empty(ax, "no channels at this epoch")
+        ax.set_title("per-channel std across images, per stage\n(before and after are on different scales)")
+
+        # stripe index per tap (scale-free): before vs after per stage
+        if taps is not None and len(taps) and {"stripe_after", "stripe_before"} <= set(taps.columns):
+            t = taps[taps["epoch"] == epoch].copy()
+            t["asr"] = t["asr"].astype(bool)
+            if not only_asr:
+                t = t[~t["asr"]]
+            t["_stage"] = [_stage_key(s) for s in t["stage"]]
+            for j, kind in enumerate(("before", "after")):
+                col = f"stripe_{kind}"
+                for i, stage in enumerate(stages):
+                    v = t.loc[t["_stage"] == stage, col].to_numpy(dtype=float)
+                    v = v[np.isfinite(v)]
+                    if not v.size:
+                        continue
+                    x = i + (j - 0.5) * 0.35 + rng.uniform(-0.06, 0.06, size=v.size)
+                    ax_s.scatter(x, v, s=18, color=_KIND_COLORS[kind], alpha=0.8, lw=0)
+            ax_s.set_ylim(-0.03, 1.03)
+            ax_s.set_xticks(range(len(stages)), [_stage_name(s) for s in stages])
+            ax_s.set_xlim(-0.6, len(stages) - 0.4)
+            ax_s.set_xlabel("stage")
+            ax_s.set_ylabel("stripe index S (1 = perfect stripes)")
+            ax_s.grid(axis="x", visible=False)
+        else:
+            _empty(ax_s, "no taps table")
+        ax_s.set_title("stripe index S per tap (scale-free),\ncolours as on the left")
+        title = f"Per-channel std across images and stripe index, {label}, {_epoch_str(epoch)}"
+        notes = [n for n in (note, "init: untrained, not a finding" if epoch == 0 else "") if n]
+        fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# 3. dynamics over epochs
+# --------------------------------------------------------------------------------------
+
+_DYN_ROWS: tuple[tuple[str, str], ...] = (
+    ("stripe_after", "S after\n(attention)"),
+    ("stripe_before", "S before\n(pooled input)"),
+    ("std_after", "mean channel std\nafter"),
+    ("std_before", "mean channel std\nbefore"),
+)
+
+
+def _depth_cmap() -> ListedColormap:
+    """Sequential colour map for tap depth (viridis without its palest yellow)."""
+    return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.88, 256)), name="depth")
+
+
+def _draw_series(ax: Axes, e: np.ndarray, y: np.ndarray, color: Any, *, lw: float, ls: str = "-",
+                 alpha: float = 0.9, zorder: float = 2) -> None:  # fmt: skip
+    """A line over the trained epochs (>= 1) and a hollow 'init' marker at epoch 0."""
+    ok = np.isfinite(y)
+    init = ok & (e == 0)
+    trained = ok & (e != 0)
+    if trained.sum() == 1:
+        ax.plot(e[trained], y[trained], ls="none", marker="o", ms=4, color=color, alpha=alpha, zorder=zorder)
+    elif trained.any():
+        ax.plot(e[trained], y[trained], ls=ls, lw=lw, color=color, alpha=alpha, zorder=zorder)
+    if init.any():
+        ax.plot(e[init], y[init], ls="none", marker="o", ms=5, mfc="white", mec=color, mew=1.0, alpha=alpha,
+                zorder=zorder + 0.5)  # fmt: skip
+
+
+def stripe_dynamics(
+    tables: Mapping[str, pd.DataFrame] | None = None,
+    *,
+    runs: Mapping[str, Mapping[str, pd.DataFrame]] | None = None,
+    label: str | None = None,
+) -> Figure:
+    """Stripe index and mean per-channel std vs epoch, one line per tap coloured by depth, a column per stage."""
+    blocks: dict[str, Mapping[str, pd.DataFrame]] = {}
+    if tables is not None and not (runs and any(t is tables for t in runs.values())):
+        blocks[label or _tables_label(tables["taps"])] = tables
+    for name, t in (runs or {}).items():
+        blocks[str(name)] = t
+    if not blocks:
+        raise ValueError("stripe_dynamics needs tables or runs")
+    frames = {}
+    for name, t in blocks.items():
+        df = t["taps"]
+        _require(df, ["epoch", "tap", "stage", "depth", "asr", "stripe_after", "std_after"], f"taps table of {name}")
+        df = df.copy()
+        for col, _ in _DYN_ROWS:
+            if col not in df.columns:
+                df[col] = np.nan
+        df["asr"] = df["asr"].astype(bool)
+        df["_stage"] = [_stage_key(s) for s in df["stage"]]
+        df["_depth"] = pd.to_numeric(df["depth"]).to_numpy(dtype=float, na_value=np.nan)
+        frames[name] = df
+    stages = sorted(set().union(*(set(f["_stage"]) for f in frames.values()))) or [-1]
+    depths = np.concatenate([f["_depth"].to_numpy() for f in frames.values()])
+    depths = depths[np.isfinite(depths)]
+    norm = Normalize(vmin=float(depths.min()) if depths.size else 0.0,
+                     vmax=float(depths.max()) if depths.size and depths.max() > depths.min() else
+                     (float(depths.min()) + 1 if depths.size else 1.0))  # fmt: skip
+    cmap = _depth_cmap()
+    nrow = len(_DYN_ROWS)
+    any_asr = any(f["asr"].any() for f in frames.values())
+    any_init = any((f["epoch"] == 0).any() for f in frames.values())
+
+    drew_mean = False
+    with _theme():
+        fig = _figure("stripe_dynamics", blocks=len(frames))
+        axes = fig.subplots(nrow * len(frames), len(stages), sharex=True, squeeze=False)
+        for b, (name, df) in enumerate(frames.items()):
+            for r, (col, ylab) in enumerate(_DYN_ROWS):
+                row_axes = axes[b * nrow + r]
+                for k, stage in enumerate(stages):
+                    ax = row_axes[k]
+                    g = df[df["_stage"] == stage]
+                    if r == 0:
+                        ax.set_title(f"{name} · {_stage_name(stage)}", fontsize="medium", fontweight="bold")
+                    if k == 0:
+                        ax.set_ylabel(ylab)
+                    if not len(g) or not np.isfinite(g[col].to_numpy(dtype=float)).any():
+                        what = "no taps" if not len(g) else f"no '{col.split('_')[1]}' data recorded"
+                        ax.text(0.5, 0.5, what, transform=ax.transAxes,
+                                ha="center", va="center", fontsize="small", color="0.45")  # fmt: skip
+                    attn = g[~g["asr"]]
+                    if attn["tap"].nunique() > 1:  # behind the taps, so it hides none of them
+                        drew_mean = True
+                        m = attn.groupby("epoch")[col].mean()
+                        _draw_series(ax, m.index.to_numpy(dtype=float), m.to_numpy(dtype=float), _MEAN_COLOR,
+                                     lw=4.0, alpha=1.0, zorder=1)  # fmt: skip
+                    for _tap, gt in g.groupby("tap", sort=False, observed=True):
+                        gt = gt.sort_values("epoch")
+                        e = gt["epoch"].to_numpy(dtype=float)
+                        y = gt[col].to_numpy(dtype=float)
+                        if gt["asr"].iloc[0]:
+                            _draw_series(ax, e, y, _ASR_COLOR, lw=1.0, ls="--", alpha=0.8, zorder=1.5)
+                        else:
+                            d = gt["_depth"].iloc[0]
+                            color = cmap(norm(d)) if np.isfinite(d) else "0.2"
+                            _draw_series(ax, e, y, color, lw=1.2, alpha=0.9)
+                    _epoch_axis(ax, df["epoch"].tolist())
+                    if b == len(frames) - 1 and r == nrow - 1:
+                        ax.set_xlabel("epoch")
+                if col.startswith("stripe"):
+                    for ax in row_axes:
+                        ax.set_ylim(-0.03, 1.05)
+                else:  # from 0; a panel at round-off level (e.g. ASR taps) reads as 0, not as noise
+                    top = max(ax.get_ylim()[1] for ax in row_axes)
+                    for ax in row_axes:
+                        hi = max(ax.get_ylim()[1], 0.05 * top, 1e-6)
+                        ax.set_ylim(-0.03 * hi, hi)
+        cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes.ravel().tolist(), shrink=0.6, aspect=40,
+                            pad=0.01, label="tap depth (block index)")  # fmt: skip
+        cbar.locator = mpl.ticker.MaxNLocator(integer=True)
+        cbar.update_ticks()
+        handles = [Line2D([], [], color=cmap(0.6), lw=1.2, label="one tap (colour = depth)")]
+        if drew_mean:
+            handles.append(Line2D([], [], color=_MEAN_COLOR, lw=4.0, label="mean over the stage's non-ASR taps"))
+        if any_asr:
+            handles.append(Line2D([], [], color=_ASR_COLOR, lw=1.0, ls="--", label="ASR tap (constant by construction)"))
+        if any_init:
+            handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2",
+                                  label="init = epoch 0, untrained (gate ≈ 0.5 everywhere): not a finding"))  # fmt: skip
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
+        fig.suptitle(f"Stripe dynamics of {', '.join(frames)}\nstripe index S and mean per-channel std across "
+                     f"images vs epoch, one line per tap, one column per stage")  # fmt: skip
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# 4. learning curves
+# --------------------------------------------------------------------------------------
+
+
+def learning_curves(metrics: pd.DataFrame, *, label: str | None = None) -> Figure:
+    """Test top-1 (%) and train loss vs epoch per variant: mean over seeds with a min–max band."""
+    _require(metrics, ["epoch"], "metrics table")
+    df = metrics.copy()
+    if "variant" not in df.columns:
+        df["variant"] = label or "run"
+    if "seed" not in df.columns:
+        df["seed"] = 0
+    for col in ("test_acc", "train_loss"):
+        if col not in df.columns:
+            df[col] = np.nan
+    variants = sorted(df["variant"].astype(str).unique(), key=variant_rank)
+    palette = sns.color_palette("colorblind", max(4, len(variants)))
+    panels = (("test_acc", "test top-1 (%)", "test top-1 of the deployed model"),
+              ("train_loss", "train loss", "train loss"))  # fmt: skip
+    with _theme():
+        fig = _figure("learning_curves")
+        axes = fig.subplots(1, 2, sharex=True)
+        handles = []
+        for i, v in enumerate(variants):
+            g = df[df["variant"].astype(str) == v]
+            n_seeds = g["seed"].nunique()
+            color = palette[i]
+            for ax, (col, _, _) in zip(axes, panels, strict=True):
+                p = g.pivot_table(index="epoch", columns="seed", values=col, aggfunc="mean", dropna=False)
+                p = p.sort_index()
+                e = p.index.to_numpy(dtype=float)
+                vals = p.to_numpy(dtype=float)
+                with _warnings_off():
+                    mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
+                _draw_series(ax, e, mean, color, lw=1.8, alpha=1.0)
+                band = np.isfinite(lo) & np.isfinite(hi) & (hi > lo) & (e != 0)
+                if n_seeds > 1 and band.any():
+                    ax.fill_between(e, lo, hi, where=band, color=color, alpha=0.2, lw=0, interpolate=False)
+            seeds = f"{n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            handles.append(Line2D([], [], color=color, lw=1.8, label=f"{v} ({seeds})"))
+        for ax, (col, ylab, what) in zip(axes, panels, strict=True):
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylab)
+            ax.set_title(what)
+            _epoch_axis(ax, df.loc[df[col].notna(), "epoch"].tolist())
+            if not np.isfinite(df[col].to_numpy(dtype=float)).any():
+                _empty(ax, f"no {col} values")
+        if any(h for h in handles):
+            axes[0].legend(handles=handles, loc="best", fontsize="small")
+        multi = df.groupby("variant")["seed"].nunique().max() > 1
+        band = "line: mean over seeds, band: min–max" if multi else "one seed per variant"
+        fig.suptitle(f"Learning curves{' of ' + label if label else ''}: test top-1 and train loss vs epoch ({band})")
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# 5. speed (Table 1)
+# --------------------------------------------------------------------------------------
+
+_SPEED_COLS = ["model", "attn", "variant", "device", "batch", "params", "images_per_s", "slowdown_pct"]
+_SPEED_VARIANTS = ("baseline", "attention", "asr-folded")
+
+
+def _speed_frame(speed: pd.DataFrame) -> pd.DataFrame:
+    """The speed table checked, with attn as a display name and rows in Table-1 order."""
+    _require(speed, _SPEED_COLS, "speed table")
+    df = speed.copy()
+    df["attn"] = df["attn"].map(_attn_name)
+    df["variant"] = df["variant"].astype(str)
+    first = {a: i for i, a in enumerate(pd.unique(df.loc[df["attn"] != "", "attn"]))}
+    df["_a"] = df["attn"].map(lambda a: -1 if a == "" else first[a])
+    df["_v"] = df["variant"].map(lambda v: _SPEED_VARIANTS.index(v) if v in _SPEED_VARIANTS else 3)
+    df["_panel"] = list(zip(df["model"].astype(str), df["device"].astype(str), df["batch"], strict=True))
+    return df.sort_values(["model", "device", "batch", "_a", "_v"], kind="stable")
+
+
+def _speed_label(attn: str, variant: str) -> str:
+    """'baseline', '+SE' or 'ASR(SE) folded'."""
+    if variant == "baseline" or not attn:
+        return "baseline"
+    return f"ASR({attn}) folded" if variant == "asr-folded" else f"+{attn}"
+
+
+def speed_table(speed: pd.DataFrame) -> Figure:
+    """Table 1 as bars: images/s per module (baseline, attention, folded ASR), slowdown % annotated."""
+    df = _speed_frame(speed)
+    panels = list(dict.fromkeys(df["_panel"]))
+    ncols = 1 if len(panels) <= 1 else 2
+    nrows = max(1, math.ceil(len(panels) / ncols))
+    colors = {"baseline": "0.55", "attention": "#4c72b0", "asr-folded": "#55a868"}
+    with _theme():
+        fig = _figure("speed_table", blocks=nrows)
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+        if not panels:
+            axes[0].set_visible(True)
+            _empty(axes[0], "empty speed table")
+        for ax, key in zip(axes, panels, strict=False):
+            g = df[df["_panel"].map(lambda k, key=key: k == key)]
+            groups = list(dict.fromkeys(g["attn"]))
+            ticks, ticklabels = [], []
+            top = np.nanmax(g["images_per_s"].to_numpy(dtype=float)) if len(g) else 1.0
+            top = top if np.isfinite(top) and top > 0 else 1.0
+            for i, attn in enumerate(groups):
+                gg = g[g["attn"] == attn]
+                n = len(gg)
+                w = 0.8 / max(n, 1)
+                for j, (_, r) in enumerate(gg.iterrows()):
+                    x = i + (j - (n - 1) / 2) * w
+                    y = float(r["images_per_s"]) if pd.notna(r["images_per_s"]) else 0.0
+                    ax.bar(x, y, width=w * 0.92, color=colors.get(r["variant"], "0.3"), edgecolor="white", lw=0.5)
+                    sd = r["slowdown_pct"]
+                    if r["variant"] != "baseline" and pd.notna(sd):
+                        inside = y > 0.3 * top  # inside the bar's top, clear of the baseline line
+                        ax.annotate(f"{float(sd):+.1f}%", xy=(x, y), xytext=(0, -4 if inside else 3),
+                                    textcoords="offset points", ha="center", va="top" if inside else "bottom",
+                                    rotation=90, fontsize="x-small", color="white" if inside else "0.15",
+                                    fontweight="bold" if inside else "normal")  # fmt: skip
+                ticks.append(i)
+                ticklabels.append(attn or "baseline")
+            base = g.loc[g["variant"] == "baseline", "images_per_s"].to_numpy(dtype=float)
+            if base.size and np.isfinite(base[0]):
+                ax.axhline(base[0], color="0.4", lw=0.9, ls="--", zorder=0)
+            ax.set_xticks(ticks, ticklabels, rotation=0 if len(groups) <= 8 else 45)
+            ax.set_xlim(-0.6, len(groups) - 0.4)
+            ax.set_ylim(0, top * 1.12)
+            ax.set_ylabel("throughput (images/s)")
+            ax.set_xlabel("attention module")
+            ax.grid(axis="x", visible=False)
+            model, device, batch = key
+            ax.set_title(f"{model} · {device} · batch {batch}")
+        present = [v for v in _SPEED_VARIANTS if (df["variant"] == v).any()]
+        names = {"baseline": "baseline (dashed line)", "attention": "with attention", "asr-folded": "ASR, folded"}
+        handles = [Patch(color=colors[v], label=names[v]) for v in present]
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
+        fig.suptitle("Inference throughput per attention module (Table 1); bar labels: slowdown vs baseline "
+                     "(%, + = slower)\nfolded ASR models have exactly the baseline's architecture: their spread "
+                     "around the baseline is this run's timing noise")  # fmt: skip
+    return fig
+
+
+def _md_num(x: Any, fmt: str) -> str:
+    """A number for a Markdown cell, '—' when missing."""
+    return "—" if x is None or pd.isna(x) else format(float(x), fmt)
+
+
+def speed_markdown(speed: pd.DataFrame) -> str:
+    """Table 1 as a Markdown table: model, device, batch, module, params (M), images/s, slowdown (%)."""
+    df = _speed_frame(speed)
+    head = ["model", "device", "batch", "module", "params (M)", "images/s", "slowdown (%)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + [":---"] + ["---:"] * 3) + "|"]
+    for _, r in df.iterrows():
+        cells = [
+            str(r["model"]),
+            str(r["device"]),
+            str(r["batch"]),
+            _speed_label(r["attn"], r["variant"]),
+            _md_num(r["params"] / 1e6 if pd.notna(r["params"]) else np.nan, ".3f"),
+            _md_num(r["images_per_s"], ",.0f"),
+            "—" if r["variant"] == "baseline" else _md_num(r["slowdown_pct"], "+.1f"),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", "Folded ASR models have exactly the baseline's architecture: their spread around the baseline "
+              "is the timing noise of this run (median of interleaved repeats)."]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------
+# 6. ablation
+# --------------------------------------------------------------------------------------
+
+
+def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
+    """Test top-1 with attention replaced by a constant, per scope (each tap; none, each stage, all)."""
+    _require(abl, ["scope", "target", "n_taps", "test_acc", "delta"], "ablation table")
+    df = abl.copy()
+    df["scope"] = df["scope"].astype(str)
+    df["target"] = df["target"].fillna("").astype(str)
+    none = df.loc[df["scope"] == "none", "test_acc"].to_numpy(dtype=float)
+    none = none[np.isfinite(none)]
+    if none.size:
+        ref = float(none[0])
+    else:
+        est = (df["test_acc"] - df["delta"]).to_numpy(dtype=float)
+        est = est[np.isfinite(est)]
+        ref = float(np.median(est)) if est.size else float("nan")
+    taps = df[df["scope"] == "tap"]
+    wide = df[df["scope"].isin(["none", "stage", "all"])]
+    order = {"none": 0, "stage": 1, "all": 2}
+    wide = wide.assign(_o=wide["scope"].map(order)).sort_values("_o", kind="stable")
+    with _theme():
+        fig = _figure("ablation")
+        if len(taps) and len(wide):
+            ax_t, ax_w = fig.subplots(1, 2, width_ratios=[max(2.0, min(len(taps) / 6, 4.0)), 1.2])
+        else:
+            ax_t = ax_w = fig.subplots(1, 1)
+        ref_label = f"unablated: {ref:.2f}%" if np.isfinite(ref) else None
+        if len(taps):
+            x = np.arange(len(taps))
+            y = taps["test_acc"].to_numpy(dtype=float)
+            ax_t.plot(x, y, ls="none", marker="o", ms=5, color="#c44e52", label="one tap constant")
+            ax_t.vlines(x, np.full_like(y, ref) if np.isfinite(ref) else y, y, color="#c44e52", lw=0.8, alpha=0.6)
+            small = len(taps) > 24
+            ax_t.set_xticks(x, taps["target"].tolist(), rotation=90, fontsize="xx-small" if small else "x-small")
+            ax_t.set_xlim(-0.7, len(taps) - 0.3)
+            ax_t.set_xlabel("tap replaced by a constant")
+            ax_t.set_ylabel("test top-1 (%)")
+            ax_t.set_title("each tap alone\n(stem: change from unablated)")
+            ax_t.grid(axis="x", visible=False)
+        if len(wide) and (ax_w is not ax_t or not len(taps)):
+            x = np.arange(len(wide))
+            y = wide["test_acc"].to_numpy(dtype=float)
+            names = [("none" if s == "none" else ("all taps" if s == "all" else t or s))
+                     for s, t in zip(wide["scope"], wide["target"], strict=True)]  # fmt: skip
+            ax_w.plot(x, y, ls="none", marker="D", ms=6, color="#8172b3", label="scope constant")
+            for xi, yi, dv, s in zip(x, y, wide["delta"].to_numpy(dtype=float), wide["scope"], strict=True):
+                if s != "none" and np.isfinite(yi) and np.isfinite(dv):
+                    ax_w.annotate(f"{dv:+.2f}", xy=(xi, yi), xytext=(6, 0), textcoords="offset points",
+                                  va="center", fontsize="x-small")  # fmt: skip
+            ax_w.set_xticks(x, names, rotation=45 if len(wide) > 4 else 0, ha="right" if len(wide) > 4 else "center")
+            ax_w.set_xlim(-0.6, len(wide) - 0.1)
+            ax_w.set_xlabel("scope replaced by constants")
+            ax_w.set_ylabel("test top-1 (%)")
+            ax_w.set_title("none, each stage, all\n(labels: Δ top-1 in points)")
+            ax_w.grid(axis="x", visible=False)
+        if not len(df):
+            _empty(ax_t, "empty ablation table")
+        handles: dict[str, Any] = {}
+        for ax in {id(a): a for a in (ax_t, ax_w)}.values():
+            if np.isfinite(ref):
+                ax.axhline(ref, color="0.35", ls="--", lw=1.0, label=ref_label, zorder=0)
+            ax.margins(y=0.08)
+            for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+                handles.setdefault(lab, h)
+        if handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=len(handles),
+                       fontsize="small")  # fmt: skip
+        n_test = int(df["n_test"].iloc[0]) if "n_test" in df and len(df) and pd.notna(df["n_test"].iloc[0]) else None
+        resolution = f"\ntest set of {n_test} images: one image = {100 / n_test:.2g} points" if n_test else ""
+        fig.suptitle(f"Ablation{' of ' + label if label else ''}: test top-1 when the attention is replaced by "
+                     f"a constant vector, per scope{resolution}")  # fmt: skip
+    return fig
+
+
+def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: str | None = None) -> Figure:
+    """One tap over training: stripe index and mean per-channel std, after vs before, with the
+    selected checkpoint marked (the interactive notebook's third panel)."""
+    _require(taps, ["epoch", "tap", "stripe_after", "stripe_before", "std_after", "std_before"], "taps table")
+    df = taps[taps["tap"].astype(str) == tap].sort_values("epoch")
+    with _theme(), _warnings_off():
+        fig = _figure("tap_curve")
+        ax_s, ax_d = fig.subplots(1, 2)
+        if df.empty:
+            _empty(ax_s, f"no tap {tap!r}")
+            _empty(ax_d, f"no tap {tap!r}")
+        for kind in ("after", "before"):
+            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
+                      label=f"{kind} attention")
+            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
+                      label=f"{kind} attention")
+        ax_s.set_ylim(-0.05, 1.05)
+        ax_s.set_ylabel("stripe index S")
+        ax_d.set_ylabel("mean per-channel std\n(across images)")
+        for ax in (ax_s, ax_d):
+            ax.set_xlabel("epoch")
+            if len(df):
+                _epoch_axis(ax, df["epoch"].tolist())
+            if epoch is not None:
+                ax.axvline(epoch, color="0.2", lw=1.0, ls=":", label=f"shown: {_epoch_str(int(epoch))}")
+            ax.legend(fontsize="x-small", loc="best")
+        asr = bool(df["asr"].any()) if "asr" in df and len(df) else False
+        fig.suptitle(f"{label + ': ' if label else ''}{tap} over training"
+                     + (" (ASR: constant by construction, not a finding)" if asr else ""))
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# saving and the registry
+# --------------------------------------------------------------------------------------
+
+
+#: file formats every figure is written in (``stripe figures --formats png`` for PNG alone)
+FORMATS: tuple[str, ...] = ("png", "pdf")
+
+
+def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str,
+                formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write ``<name>.png`` and ``<name>.pdf`` (or ``formats``) into out_dir atomically (figsize x DPI pixels)."""
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        raise ValueError(f"figure formats must be among png, pdf, svg; got {list(formats)}")
+    out = Path(out_dir)
+    written = []
+    for fmt in formats:
+        meta = {"CreationDate": None} if fmt == "pdf" else {}
+        written.append(
+            atomic_write(out / f"{name}.{fmt}",
+                         lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, dpi=DPI, metadata=meta))  # fmt: skip
+        )
+    return written
+
+
+#: every figure function by name, in the paper's order (for a notebook to loop over)
+FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
+    {
+        "stripe_heatmap": stripe_heatmap,
+        "channel_std": channel_std,
+        "stripe_dynamics": stripe_dynamics,
+        "learning_curves": learning_curves,
+        "speed_table": speed_table,
+        "ablation": ablation,
+        "tap_curve": tap_curve,
+    }
+)

@@ -1,0 +1,216 @@
+"""The notebooks' side of the toolkit: where their data is, the artifacts a folder holds (runs,
+comparisons, recordings, speed and ablation tables), and headless execution (``stripe figures``).
+
+The notebooks' jupytext sources ship with the package (``stripe.notebooks``, the repository's
+``notebooks/`` folder), so ``stripe figures`` works from a wheel. Their default data folder does not
+depend on the working directory: an explicit ``source``, else ``$STRIPE_DATA_DIR``, else the
+project's ``data/`` found from the package's location (:func:`data_root`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import fsio
+from ..nn.variants import config_label, slug, variant_rank
+
+__all__ = ["NOTEBOOKS", "Sources", "config_label", "data_root", "default_figures_out", "discover", "execute_notebook",
+           "metrics_long", "notebook_path", "read_table", "recording_label", "recording_tables",
+           "recordings_by_label", "resolve_source", "run_label", "slug"]
+
+NOTEBOOKS = ("explore_stripes", "paper_figures")
+
+
+@dataclass
+class Sources:
+    """The artifacts found under a folder."""
+
+    root: Path
+    comparisons: list[Path] = field(default_factory=list)  # folders with results.csv
+    runs: list[Path] = field(default_factory=list)  # folders with config.json (training runs)
+    recordings: list[Path] = field(default_factory=list)  # folders with manifest.json
+    speed: list[Path] = field(default_factory=list)  # speed.csv files
+    ablations: list[Path] = field(default_factory=list)  # ablation.csv files
+
+    def describe(self) -> str:
+        """One line per kind of artifact."""
+        rel = lambda ps: ", ".join(str(p.relative_to(self.root)) if p != self.root else "." for p in ps) or "none"
+        return "\n".join([f"comparisons: {rel(self.comparisons)}", f"runs: {rel(self.runs)}",
+                          f"recordings: {rel(self.recordings)}", f"speed tables: {rel(self.speed)}",
+                          f"ablations: {rel(self.ablations)}"])
+
+
+def discover(source: str | Path) -> Sources:
+    """Every artifact under ``source`` (itself included); a clear error if there is none."""
+    root = Path(source)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
+    s = Sources(root=root)
+    for p in sorted(root.rglob("*")):
+        if p.name == "results.csv":
+            s.comparisons.append(p.parent)
+        elif p.name == "config.json" and (p.parent / "metrics.csv").exists():
+            s.runs.append(p.parent)
+        elif p.name == "manifest.json":
+            s.recordings.append(p.parent)
+        elif p.name == "speed.csv":
+            s.speed.append(p)
+        elif p.name == "ablation.csv":
+            s.ablations.append(p)
+    if not (s.comparisons or s.runs or s.recordings or s.speed or s.ablations):
+        raise FileNotFoundError(f"{root}: no run, comparison, recording, speed or ablation table found")
+    return s
+
+
+def recording_label(path: Path) -> str:
+    """Variant label of a recording, from its manifest."""
+    return config_label(json.loads((path / "manifest.json").read_text())["model"])
+
+
+def metrics_long(runs: list[Path]) -> pd.DataFrame:
+    """The metrics rows of several runs with ``variant`` and ``seed`` columns (for learning curves)."""
+    frames = []
+    for run in runs:
+        info = json.loads((run / "config.json").read_text())
+        m = pd.read_csv(run / "metrics.csv")
+        m["variant"], m["seed"] = config_label(info["model"]), info["train"]["seed"]
+        frames.append(m)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def recordings_by_label(src: Sources) -> dict[str, Path]:
+    """Recording folders keyed by variant label, in the paper's variant order."""
+    found = {recording_label(r): r for r in src.recordings}
+    return {label: found[label] for label in sorted(found, key=variant_rank)}
+
+
+def recording_tables(src: Sources) -> dict[str, dict[str, pd.DataFrame]]:
+    """Stripe tables of every recording found, keyed by variant label, in the paper's variant order."""
+    from ..analysis import compute_tables
+
+    return {label: compute_tables(path) for label, path in recordings_by_label(src).items()}
+
+
+def read_table(path: str | Path, text_columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A CSV written by the toolkit; empty text cells stay empty strings."""
+    df = pd.read_csv(path)
+    for c in text_columns:
+        if c in df:
+            df[c] = df[c].fillna("").astype(str)
+    return df
+
+
+def run_label(run: Path) -> str | None:
+    """Variant label of a run directory (None if it is not one)."""
+    cfg = run / "config.json"
+    return config_label(json.loads(cfg.read_text())["model"]) if cfg.exists() else None
+
+
+def _project_dir() -> Path | None:
+    """The source checkout holding the package (a folder with pyproject.toml above ``stripe/``), if any."""
+    repo = Path(__file__).resolve().parents[2]
+    return repo if (repo / "pyproject.toml").is_file() else None
+
+
+def data_root(explicit: str | Path | None = None) -> Path:
+    """The data folder: ``explicit`` when given, else ``$STRIPE_DATA_DIR``, else the project's ``data/``
+    (found from the package's location, not the working directory). The error names every place tried."""
+    import os
+
+    tried = []
+    for label, path in (("source", explicit), ("$STRIPE_DATA_DIR", os.environ.get("STRIPE_DATA_DIR")),
+                        ("the project's data/", None if _project_dir() is None else _project_dir() / "data")):
+        if path in (None, ""):
+            continue
+        path = Path(path).expanduser()
+        if path.is_dir():
+            return path.resolve()
+        tried.append(f"{label} {path}")
+        if label == "source":  # an explicit folder that does not exist is an error, not a fallback
+            break
+    raise FileNotFoundError("no data folder found (looked at: " + ("; ".join(tried) or "nothing: no source given, "
+                            "$STRIPE_DATA_DIR unset, not a source checkout") + "); run `make demo` first or pass "
+                            "source=FOLDER")
+
+
+def resolve_source(source: str | Path | None = None, *, prefer: str | None = None) -> Path:
+    """The folder a notebook reads: ``source`` if given, else the data folder (its ``prefer`` subfolder when
+    that exists, e.g. ``demo``)."""
+    if source not in (None, ""):
+        return data_root(source)
+    root = data_root()
+    return root / prefer if prefer and (root / prefer).is_dir() else root
+
+
+def default_figures_out(source: Path) -> Path:
+    """Where figures go by default: ``<data folder>/figures/<name of source>`` (never the committed figures/)."""
+    try:
+        root = data_root()
+    except FileNotFoundError:
+        root = source.parent
+    return root / "figures" / source.resolve().name
+
+
+def notebook_path(name: str) -> Path:
+    """The jupytext source of a bundled notebook (package data ``stripe.notebooks``, i.e. ``notebooks/<name>.py``)."""
+    from importlib import resources
+
+    if name not in NOTEBOOKS:
+        raise ValueError(f"unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files("stripe.notebooks") / f"{name}.py")))
+    except ModuleNotFoundError:
+        pass
+    if _project_dir() is not None:
+        candidates.append(_project_dir() / "notebooks" / f"{name}.py")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"notebook source {name}.py not found (looked in: {', '.join(map(str, candidates))}); "
+                            "reinstall the package")
+
+
+def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *, timeout: int = 1200,
+                     cwd: str | Path | None = None) -> Path:
+    """Execute a bundled notebook headless (nbclient, kernel ``python3``) with ``params`` injected
+    after its ``parameters`` cell; writes the executed notebook to ``out_ipynb``."""
+    import tempfile
+
+    import jupytext
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    nb = jupytext.read(notebook_path(name))
+    index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
+    if index is None:
+        raise ValueError(f"{name}: the notebook has no cell tagged 'parameters'")
+    injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(index + 1, injected)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    out_ipynb = Path(out_ipynb)
+    with tempfile.TemporaryDirectory(prefix="stripe-kernel-") as sockets:
+        # a local kernel over IPC sockets in a private folder: nothing listens on the network
+        km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "ipc"))
+        client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
+                                resources={"metadata": {"path": str(cwd or Path.cwd())}})
+        try:
+            client.execute()
+        finally:
+            if km.has_kernel:
+                km.shutdown_kernel(now=False)
+            fsio.write_text(out_ipynb, nbformat.writes(nb))
+    return out_ipynb
+
+
+def render_figures(source: Path, out: Path, *, timeout: int = 1800, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+    """Execute ``paper_figures`` headless on ``source`` into ``out``; returns the files now in ``out``."""
+    execute_notebook("paper_figures", {"source": str(Path(source).resolve()), "out": str(Path(out).resolve()),
+                                       "formats": list(formats)}, Path(out) / "paper_figures.ipynb", timeout=timeout)
+    return sorted(p for p in Path(out).rglob("*") if p.is_file())
