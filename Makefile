@@ -5,16 +5,20 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test fold lab notebooks data-system clean-venv
+.PHONY: install demo test fold lab notebooks data-system browser-deps clean-venv
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first, pinned: these releases are served from this machine's disk
+	# torch first, pinned to the releases this project is tested with
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[test]'
+	# any model (stripe.nn.sources): timm, and ONNX files through onnx2torch, whose imports need only numpy, onnx,
+	# torch and torchvision; rapidocr-onnxruntime is installed for its model files only (no cv2/onnxruntime)
+	$(BIN)/pip install -q timm==1.0.31 'onnx==1.23.*'
+	$(BIN)/pip install -q --no-deps onnx2torch==1.5.15 rapidocr-onnxruntime==1.4.4
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian: the fallback data set and a tested source (needs root or sudo)
@@ -24,7 +28,15 @@ data-system:
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
 	  || echo "warning: could not install dataset-fashion-mnist; its tests will be skipped"; }
 
-# the main job: real data -> 4 variants trained -> recordings -> stats -> ablation -> speed -> figures
+# Debian's Chromium and its WebDriver for the notebooks' browser test (needs root or sudo; no browser
+# downloads: selenium is pointed at /usr/bin/chromedriver)
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver) >/dev/null \
+	  || echo "warning: could not install chromium/chromium-driver; the browser test will be skipped"; }
+
+# the main job: real data -> 4 variants trained and recorded -> stats -> ablation -> speed -> figures
 demo: install data-system
 	$(BIN)/stripe demo
 
@@ -34,12 +46,12 @@ fold: install
 
 # the notebooks in JupyterLab (notebooks/*.ipynb are generated from the jupytext .py sources)
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 notebooks: install
 	$(BIN)/jupytext --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
-test: install data-system
+test: install data-system browser-deps
 	$(BIN)/python -m pytest -q
 
 clean-venv:

@@ -58,18 +58,40 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold_source(args: argparse.Namespace) -> int:
+    from .experiments.thirdparty import fold_report
+
+    r = fold_report(args.model, num_classes=args.num_classes, weights=args.weights, image_size=args.image_size,
+                    input_shape=args.input_shape, atol=1e-9 if args.atol is None else args.atol)
+    print(f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in float64 "
+          f"with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} (outputs up to "
+          f"{r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): {'ok' if r['ok'] else 'FAILED'}. Parameters "
+          f"{r['params_before']:,} -> {r['params_after']:,}; gate modules left: {len(r['gate_modules_left'])}.")
+    print(_table([{**row, "why": row["why"][:70]} for row in r["rows"]],
+                 ["gate", "adapter", "channels", "fold", "into", "why"]))
+    for note in dict.fromkeys(row["note"] for row in r["rows"] if row["note"]):
+        print(f"note: {note}")
+    return 0 if r["ok"] else 1
+
+
 @command("fold")
 def cmd_fold(args: argparse.Namespace) -> int:
-    from .nn import list_attn
+    from .nn import is_source, list_attn
     from .nn.report import fold_table
 
+    if is_source(args.model):
+        return _fold_source(args)
     if not args.all and args.attn is None:
         raise ValueError("give --attn NAME (one of: " + ", ".join(list_attn()) + ") or --all")
+    if args.weights or args.input_shape:
+        raise ValueError("--weights and --input-shape apply to source models (--model timm:NAME, torchvision:NAME …)")
+    atol = 1e-5 if args.atol is None else args.atol
     rows, failed = fold_table(args.model, list_attn() if args.all else [args.attn],
-                              both_variants=[False, True] if args.all else [args.both], num_classes=args.num_classes,
-                              block=args.block, atol=args.atol, progress=not args.no_progress)
-    print(f"{args.model}, {args.num_classes} classes: ASR models folded into plain BN. Every parameter "
-          f"perturbed (N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {args.atol:g}; "
+                              both_variants=[False, True] if args.all else [args.both],
+                              num_classes=args.num_classes or 100, block=args.block, atol=atol,
+                              progress=not args.no_progress)
+    print(f"{args.model}, {args.num_classes or 100} classes: ASR models folded into plain BN. Every parameter "
+          f"perturbed (N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {atol:g}; "
           f"the fp32 column is the same comparison in float32, where a deep network's own rounding shows.")
     print(_table(rows))
     if failed:
@@ -96,7 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
     else:
         m = cfg.model.resolved()
-        out = default_data_dir() / "runs" / f"{m.name}-{m.block}-{slug(variant_of(m).label)}-seed{cfg.seed}"
+        arch = slug(m.name) if m.is_source else f"{m.name}-{m.block}"
+        out = default_data_dir() / "runs" / f"{arch}-{slug(variant_of(m).label)}-seed{cfg.seed}"
     finished = args.resume and any(e >= cfg.epochs for e, _ in list_checkpoints(out))
     callbacks = [_online_recorder(args)] if args.record else []
     rows = train(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
@@ -137,7 +160,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- bench
 @command("bench")
 def cmd_bench(args: argparse.Namespace) -> int:
-    return {"train": bench_train, "collect": bench_collect, "speed": bench_speed}[args.what](args)
+    return {"train": bench_train, "collect": bench_collect, "speed": bench_speed, "gates": bench_gates}[args.what](args)
 
 
 def bench_train(args: argparse.Namespace) -> int:
@@ -174,11 +197,26 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_speed_source(args: argparse.Namespace) -> int:
+    from .experiments.thirdparty import source_speed, source_speed_markdown, write_source_speed
+
+    speed = source_speed(args.model, num_classes=args.num_classes, weights=args.weights, batches=args.batch,
+                         image_size=args.image_size, device=args.device, repeats=args.repeats,
+                         precision=args.precision, progress=not args.no_progress)
+    written = write_source_speed(speed, args.out)
+    print(source_speed_markdown(speed))
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def bench_speed(args: argparse.Namespace) -> int:
     from .experiments.bench import inference_speed, write_speed
+    from .nn import is_source
 
+    if is_source(args.model):
+        return _bench_speed_source(args)
     speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
-                            num_classes=args.num_classes, repeats=args.repeats, precision=args.precision,
+                            num_classes=args.num_classes or 100, repeats=args.repeats, precision=args.precision,
                             channels_last=args.channels_last, progress=not args.no_progress)
     written = write_speed(speed, args.out)
     from .viz.figures import speed_markdown
@@ -188,20 +226,49 @@ def bench_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_gates(args: argparse.Namespace) -> int:
+    from . import fsio
+    from .experiments.thirdparty import gates_benchmark, gates_markdown, ocr_markdown
+
+    res = gates_benchmark(models=args.models, extra=args.extra, batch=args.batch_size, repeats=args.repeats,
+                          passes=args.passes, threads=args.threads, overhead=not args.no_overhead, effnet=args.effnet,
+                          ocr=args.ocr, progress=not args.no_progress)
+    print(f"torch {res['torch']}, {res['threads']} thread(s), random weights:")
+    print(gates_markdown(res["rows"]))
+    for how, r in res.get("effnet_b0", {}).items():
+        print(f"torchvision:efficientnet_b0, batch {r['batch']} at 224x224, {r['gates']} gates ({how}): plain "
+              f"{r['plain_s']:.3f} s, recorded {r['recorded_s']:.3f} s: overhead {r['overhead_pct']:+.1f}% (median of "
+              f"{r['repeats']} interleaved; per pair {r['pair_overhead_pct']:+.1f}%, CPU "
+              f"{r['cpu_overhead_pct']:+.1f}%)")
+    if "ocr" in res:
+        print(ocr_markdown(res["ocr"]) if "gates" in res["ocr"] else f"OCR study skipped: {res['ocr']['skipped']}")
+    if args.out:
+        fsio.write_json(Path(args.out), res)
+        print(f"wrote {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- collect / stats / ablate
+def _preprocess(args: argparse.Namespace) -> dict:
+    """The preprocessing options of collect/ablate as a dict (see stripe.nn.preprocess_for)."""
+    return {"base": args.preprocess, "resize": args.resize, "crop": args.crop, "mean": args.mean, "std": args.std,
+            "interpolation": args.interpolation}
+
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
     from .record import collect, read_model_config
     from .train import dist_from_env
 
     model_config = read_model_config(args.model_config) if args.model_config else None
-    if args.run_dir is None and not args.files:
-        raise ValueError("give a RUN_DIR, or checkpoint files with --files, --model-config and --dataset")
+    if args.run_dir is None and not args.files and not args.model:
+        raise ValueError("give a RUN_DIR, checkpoint files with --files, --model-config and --dataset, or --model NAME "
+                         "--weights FILE --dataset")
     r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
                 dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe,
                 probe_split=args.probe_split, probe_seed=args.probe_seed, taps=args.taps, raw_n=args.raw_n,
                 folds=args.folds, batch_size=args.batch_size, device=args.device, precision=args.precision,
-                progress=not args.no_progress)
+                progress=not args.no_progress, model=args.model, weights=args.weights, num_classes=args.num_classes,
+                preprocess=_preprocess(args))
     if dist_from_env().rank == 0:
         again = f" ({len(r.rerecorded)} re-recorded: their checkpoint file changed)" if r.rerecorded else ""
         print(f"recording: {r.out}  recorded {len(r.recorded)} checkpoint(s){again}, skipped {len(r.skipped)} "
@@ -239,11 +306,19 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @command("ablate")
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .analysis import run_ablation
+    from .analysis import ablate_model, run_ablation
 
     scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
-    table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
-                         device=args.device, progress=not args.no_progress)
+    if args.run_dir is None:
+        if not (args.model and args.dataset and args.out):
+            raise ValueError("give a RUN_DIR, or --model NAME --weights FILE --dataset D --out DIR")
+        table = ablate_model(args.model, weights=args.weights, dataset=args.dataset, out=args.out,
+                             num_classes=args.num_classes, data_root=args.data_root, probe_n=args.probe_n,
+                             test_subset=args.test_subset, scopes=scopes, taps=args.taps,
+                             preprocess=_preprocess(args), device=args.device, progress=not args.no_progress)
+    else:
+        table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
+                             device=args.device, progress=not args.no_progress, taps=args.taps)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.save:
         print(f"saved the folded plain model to {args.save}")
@@ -299,6 +374,31 @@ def _record_args(s: argparse.ArgumentParser) -> None:
                    help="disjoint probe folds whose moments are kept apart, for intervals (default 10)")
 
 
+def _floats(option: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(t) for t in text.split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} expects comma-separated numbers, got {text!r}") from None
+    return parse
+
+
+def _source_args(s: argparse.ArgumentParser, *, preprocess: bool = True) -> None:
+    g = s.add_argument_group("any model (torchvision:NAME, timm:NAME, onnx:PATH, package.module:factory)")
+    g.add_argument("--weights", default=None, help="weights file: a state_dict or a checkpoint holding one (read "
+                                                   "with weights_only=True)")
+    if not preprocess:
+        return
+    g.add_argument("--preprocess", default="auto", choices=["auto", "none"],
+                   help="auto: the model's own resize/crop/normalisation (timm pretrained config or torchvision "
+                        "weights transforms) for --model with --weights; none: the data set's own (as trained here)")
+    g.add_argument("--resize", type=_positive_int("--resize"), default=None, help="resize the shorter side to N")
+    g.add_argument("--crop", type=_positive_int("--crop"), default=None, help="center crop N x N")
+    g.add_argument("--mean", type=_floats("--mean"), default=None, help="normalisation mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats("--std"), default=None, help="normalisation std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--interpolation", default=None, choices=["bilinear", "bicubic", "nearest"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from .train import add_config_args
@@ -311,18 +411,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", default=None, choices=["basic", "bottleneck"], help="override the block type")
     s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
 
-    s = sub.add_parser("fold", help="build an ASR model, fold it into plain BN, verify, print params and max difference")
-    s.add_argument("--model", default="cifar_resnet164")
+    s = sub.add_parser("fold", help="build an ASR model, fold it into plain BN, verify, print params and max "
+                                    "difference; or (--model timm:NAME …) fold the gates of any model")
+    s.add_argument("--model", default="cifar_resnet164",
+                   help="cifar_resnet{depth}, or a source: torchvision:NAME, timm:NAME, onnx:PATH, "
+                        "package.module:factory")
     s.add_argument("--attn", default=None, help="attention module")
     s.add_argument("--all", action="store_true", help="every attention module, asr and asr+both")
     s.add_argument("--both", action="store_true", help="keep a normal attention beside ASR")
     s.add_argument("--block", default=None, choices=["basic", "bottleneck"])
-    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
-    s.add_argument("--atol", type=float, default=1e-5)
+    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None,
+                   help="classes (default 100; a source model's own by default)")
+    s.add_argument("--atol", type=float, default=None,
+                   help="tolerance (default 1e-5; for a source model 1e-9 relative to the largest output)")
+    s.add_argument("--image-size", type=_positive_int("--image-size"), default=None,
+                   help="source model: square input side (default: its own crop size, else 224)")
+    s.add_argument("--input-shape", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
+                   help="source model: input C,H,W (e.g. 3,48,192)")
     s.add_argument("--no-progress", action="store_true")
+    _source_args(s, preprocess=False)
 
     s = sub.add_parser("train", help="train one model on real data with checkpoints (and recording with --record)")
     add_config_args(s)
+    s.add_argument("--num-classes", dest="model.num_classes", type=_positive_int("--num-classes"), default=None,
+                   help="a source model (--model torchvision:NAME, timm:NAME …): classes, which must be the data "
+                        "set's (default: the data set's)")
     _record_args(s)
     s.add_argument("--out", default=None, help="run directory (default data/runs/MODEL-BLOCK-VARIANT-seedN)")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -360,23 +473,47 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--memory", type=lambda t: [int(v) for v in t.split(",")], default=None,
                    help="also measure peak memory of sweeps over these checkpoint counts, e.g. 5,50")
-    b = bsub.add_parser("speed", help="the paper's speed table: baseline, each attention, its folded ASR")
-    b.add_argument("--model", default="cifar_resnet164")
+    b = bsub.add_parser("speed", help="the paper's speed table: baseline, each attention, its folded ASR; or "
+                                      "(--model timm:NAME …) any model unfolded, with constant gates, and folded")
+    b.add_argument("--model", default="cifar_resnet164", help="cifar_resnet{depth} or a source (timm:NAME …)")
     b.add_argument("--attn", nargs="+", default=None, help="modules (default: all)")
     b.add_argument("--batch", nargs="+", type=_positive_int("--batch"), default=[1, 128])
-    b.add_argument("--num-classes", type=_positive_int("--num-classes"), default=100)
+    b.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None,
+                   help="classes (default 100; a source model's own by default)")
+    b.add_argument("--image-size", type=_positive_int("--image-size"), default=None,
+                   help="source model: input side (default: its own crop size, else 224)")
+    b.add_argument("--weights", default=None, help="source model: weights file")
     b.add_argument("--repeats", type=_positive_int("--repeats"), default=5)
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     b.add_argument("--channels-last", action="store_true")
     b.add_argument("--device", default="auto")
     b.add_argument("--out", default="data/speed")
     b.add_argument("--no-progress", action="store_true")
+    b = bsub.add_parser("gates", help="gates of torchvision/timm models: found, fold target, fold check, recording "
+                                      "overhead (random weights, CPU)")
+    b.add_argument("--models", nargs="+", default=None, help="sources (default: the table's 11 gated and 3 "
+                                                             "gate-free models)")
+    b.add_argument("--extra", action="store_true", help="also NF-nets, ResNeSt/SKNet (unsupported) and LRASPP")
+    b.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
+    b.add_argument("--repeats", type=_positive_int("--repeats"), default=5, help="interleaved timing pairs")
+    b.add_argument("--passes", type=_positive_int("--passes"), default=4, help="forwards per timing")
+    b.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
+    b.add_argument("--no-overhead", action="store_true", help="skip the timings")
+    b.add_argument("--effnet", action="store_true", help="also efficientnet_b0's overhead at batch 32, 224x224")
+    b.add_argument("--ocr", action="store_true", help="also the PP-OCR classifier study (real weights, real images)")
+    b.add_argument("--out", default=None, help="write every number as JSON to this file")
+    b.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("collect", help="record every attention tap over the probe set at each checkpoint")
-    s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files)")
+    s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files, or --model)")
     s.add_argument("--checkpoints", default=None, help="all (default), last, every:K, or a list of epochs")
     s.add_argument("--files", nargs="+", default=None, help="checkpoint files from elsewhere (with --model-config)")
     s.add_argument("--model-config", default=None, help="JSON file with the model config, for --files")
+    s.add_argument("--model", default=None, help="the model of --weights (or --files): torchvision:NAME, timm:NAME, "
+                                                 "onnx:PATH, package.module:factory")
+    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None,
+                   help="classes of --model (default: its own)")
+    _source_args(s)
     s.add_argument("--dataset", default=None, help="data set of the probe images (default: the run's)")
     s.add_argument("--data-root", default=None)
     s.add_argument("--probe", default="run",
@@ -384,7 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--probe-split")
     s.add_argument("--probe-split", default="train", choices=["train", "test"])
     s.add_argument("--probe-seed", type=int, default=0)
-    s.add_argument("--taps", nargs="+", default=["*"], help="globs, attention types, stage:K, asr, attention")
+    s.add_argument("--taps", nargs="+", default=["*"],
+                   help="globs, attention types or adapter names, stage:K, asr, attention; auto: also gates the "
+                        "generic detector finds (any model)")
     s.add_argument("--raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (for heat maps)")
     s.add_argument("--folds", type=_positive_int("--folds"), default=10,
                    help="disjoint probe folds whose moments are kept apart, for intervals")
@@ -401,9 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=0.9, help="convergence: stripe index of the attention")
 
     s = sub.add_parser("ablate", help="replace attention by its probe-set mean (folded into BN); test accuracy")
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", nargs="?", default=None, help="a training run (or --model NAME --weights FILE)")
     s.add_argument("--checkpoint", default="last", help="last (default) or an epoch")
-    s.add_argument("--scope", default="all,stage", help="comma list of all, stage, tap")
+    s.add_argument("--scope", default="all,stage", help="comma list of all, stage, tap (other models: no stages)")
+    s.add_argument("--taps", nargs="+", default=["auto"], help="gates of a source model to replace (default auto)")
+    s.add_argument("--model", default=None, help="without RUN_DIR: the model of --weights (timm:NAME …)")
+    s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None)
+    s.add_argument("--dataset", default=None, help="without RUN_DIR: the data set (probe from train, scored on test)")
+    s.add_argument("--data-root", default=None)
+    s.add_argument("--probe-n", type=_positive_int("--probe-n"), default=1000, help="probe images (default 1000)")
+    s.add_argument("--test-subset", type=_positive_int("--test-subset"), default=None,
+                   help="scored test images (default: all)")
+    _source_args(s)
     s.add_argument("--save", default=None, help="save the fully folded plain model (scope all) to this file")
     s.add_argument("--out", default=None, help="default RUN_DIR/ablation")
     s.add_argument("--device", default="auto")

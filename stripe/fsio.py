@@ -81,6 +81,15 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def read_json(path: str | os.PathLike[str], what: str = "") -> Any:
+    """The JSON content of ``path``; a one-line ``ValueError`` naming the file (and ``what`` it is) if it is not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what + ' ' if what else ''}{path}: not JSON ({e})") from None
+
+
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return atomic_write(path, lambda f: torch.save(obj, f))

@@ -32,13 +32,16 @@ def test_registry_names_and_unknown():
     assert "cifar_resnet164" in list_models()
 
 
-@pytest.mark.parametrize("name,block,n", [("cifar_resnet164", "bottleneck", 18), ("cifar_resnet164", "basic", 27),
-                                          ("cifar_resnet20", None, 2), ("cifar_resnet32", None, 5),
-                                          ("cifar_resnet8", None, 1), ("cifar_resnet11", None, 1)])
-def test_depths_and_block_choice(name, block, n):
+@pytest.mark.parametrize("name,block,n,expected_block", [
+    ("cifar_resnet164", None, 18, "bottleneck"), ("cifar_resnet164", "basic", 27, "basic"),
+    ("cifar_resnet20", None, 3, "basic"), ("cifar_resnet20", "bottleneck", 2, "bottleneck"),
+    ("cifar_resnet32", None, 5, "basic"), ("cifar_resnet8", None, 1, "basic"), ("cifar_resnet11", None, 1, "bottleneck"),
+    ("cifar_resnet1001", None, 111, "bottleneck"),
+])
+def test_depths_and_block_choice(name, block, n, expected_block):
+    """The field's convention: basic for 6n+2 (ResNet-20/32/56/110), bottleneck for 164 and 1001 and 9n+2-only."""
     m = create_model(name, num_classes=10, block=block)
     assert m.layer1.num_blocks == m.layer2.num_blocks == m.layer3.num_blocks == n
-    expected_block = block or ("bottleneck" if (m.config.depth - 2) % 9 == 0 else "basic")
     assert m.config.block == expected_block
     assert m.fc.in_features == (256 if expected_block == "bottleneck" else 64)
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -115,7 +118,7 @@ def test_builds_on_cpu_and_state_dict_round_trips(attn, tmp_path):
 def test_asr_norm_replaces_last_bn_with_psi_shape():
     m = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, psi_init=0.25)
     norms = [mod for mod in m.modules() if isinstance(mod, ASRNorm)]
-    assert len(norms) == 6
+    assert len(norms) == 9  # basic blocks, 3 per stage
     assert all(n.psi.shape == (1, n.norm.num_features, 1, 1) and bool((n.psi == 0.25).all()) for n in norms)
     srm = create_model("cifar_resnet20", num_classes=10, attn="srm", asr=True)
     assert all(n.psi.shape[-1] == 2 for n in srm.modules() if isinstance(n, ASRNorm))

@@ -112,7 +112,7 @@ def test_batch_moments_never_reads_values() -> None:
         assert m["mean"].dtype == torch.float64 and m["count"].dtype == torch.int64
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_batch_moments_cuda_no_sync() -> None:
     a = torch.rand(64, 32, device="cuda", dtype=torch.float16)
     torch.cuda.synchronize()

@@ -12,6 +12,12 @@ Stripe Observation. Per module type:
 μ is estimated on the run's probe images and accuracy is scored on its scored test images; the two
 are disjoint by construction (:mod:`stripe.data.sets`). Each row reports the accuracy change, the
 number of test predictions that changed, and an exact McNemar test of the paired predictions.
+
+Any other model (a run of ``torchvision:NAME``/``timm:NAME``/…, or a model named with its weights
+file): its gates are found by adapters and the generic detector (``taps="auto"``) and each one is
+replaced at the gate by its constant (:func:`stripe.nn.replace_with_constant`); the table is the
+same (scopes ``all`` and ``tap``; such gates have no stage). Folding them into the model's
+parameters is ``stripe fold --model NAME``.
 """
 from __future__ import annotations
 
@@ -152,30 +158,120 @@ def scope_groups(taps: list[dict[str, Any]], scopes: Sequence[str]) -> list[tupl
             raise ValueError(f"--scope: unknown scope {scope!r}; known: {', '.join(SCOPES)}")
         if scope == "all":
             out.append(("all", "all", list(taps)))
-        elif scope == "stage":
-            for s in sorted({t["stage"] for t in taps}):
+        elif scope == "stage":  # gates of other models have no stage
+            for s in sorted({t["stage"] for t in taps if t["stage"] is not None}):
                 out.append(("stage", f"stage {s}", [t for t in taps if t["stage"] == s]))
         else:
             out.extend(("tap", t["key"], [t]) for t in taps if t["attn"] != "dia")  # DIA: whole stages only
     return out
 
 
-def _markdown(rows: list[AblationRow], run_dir: Path, epoch: int, n_test: int, n_probe: int, probe_split: str) -> str:
+def _markdown(rows: list[AblationRow], run_dir: Path | str, epoch: int | None, n_test: int, n_probe: int,
+              probe_split: str) -> str:
     md = ["| scope | target | taps replaced | test top-1 % | change (points) | predictions changed | "
           "gained / lost | McNemar p (exact) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {r.scope} | {r.target or '-'} | {r.n_taps} | {r.test_acc:.2f} | {r.delta:+.2f} | {r.changed} | "
            f"{r.gained} / {r.lost} | {r.mcnemar_p:.3g} |" for r in rows]
-    return (f"Constant-replacement ablation, {run_dir}, epoch {epoch}: test top-1 on {n_test} scored test images; "
+    where = f"{run_dir}, epoch {epoch}" if epoch is not None else str(run_dir)
+    return (f"Constant-replacement ablation, {where}: test top-1 on {n_test} scored test images; "
             f"μ from the {n_probe}-image probe set ({probe_split} split), disjoint from the scored images.\n\n"
             + "\n".join(md) + "\n")
 
 
+def sites_of_taps(sites: Sequence[Any], taps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gate site of each recorded tap key (this package's gates are keyed ``<module>.tap``)."""
+    by_key = {s.key: s for s in sites}
+    by_path = {s.path: s for s in sites if s.kind == "taps"}
+    out = {}
+    for t in taps:
+        site = by_key.get(t["key"]) or (by_path.get(t["module"]) if t["key"] == f"{t['module']}.tap" else None)
+        if site is None:
+            raise ValueError(f"tap {t['key']}: no gate site to replace (a gate called several times per forward, "
+                             "or a package gate called by its parent such as IEBN or DIA)")
+        out[t["key"]] = site
+    return out
+
+
+def _thirdparty_rows(model: nn.Module, probe_loader, test_loader, labels: torch.Tensor, scopes: Sequence[str], *,
+                     taps: str | Sequence[str], progress: bool) -> tuple[list[AblationRow], int]:
+    """Rows of the ablation of any model: each gate replaced at the gate by its probe-set mean (auto detection)."""
+    from tqdm.auto import tqdm
+
+    from ..nn import replace_with_constant
+    from ..record import Recorder, detect_gates
+    from ..train import predict
+
+    example = next(iter(probe_loader))[0][:2]
+    with Recorder(model, taps, example=example) as rec, torch.no_grad():
+        for x, _ in probe_loader:
+            model(x)
+    recorded = [t.to_dict() for t in rec.taps if t.call is None]
+    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
+    package = [s for s in detect_gates(model, example) if s.kind == "taps"] if rec.sites != list(rec.points.values()) \
+        else []  # this package's attention modules inside the model: replaced through their taps
+    sites = sites_of_taps(rec.sites + package, recorded)
+    base_pred = predict(model, test_loader)
+    rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
+    for scope, target, group in tqdm(scope_groups(recorded, scopes), desc="ablate", unit="scope", disable=not progress):
+        chosen = [sites[t["key"]] for t in group]
+        mu = {sites[t["key"]].key: means[t["key"]] for t in group}
+        rows.append(paired_row(scope, target, len(group), base_pred,
+                               predict(replace_with_constant(model, chosen, mu), test_loader), labels))
+    return rows, len(recorded)
+
+
+def _write(table: "pd.DataFrame", rows: list[AblationRow], out: Path, where: Path | str, epoch: int | None,
+           n_test: int, n_probe: int, probe_split: str) -> None:
+    from .. import fsio
+
+    fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
+    fsio.write_text(out / "ablation.md", _markdown(rows, where, epoch, n_test, n_probe, probe_split))
+
+
+def ablate_model(model_name: str, *, weights: str | Path | None, dataset: str, out: str | Path,
+                 num_classes: int | None = None, data_root: str | None = None, probe_n: int = 1000,
+                 probe_split: str = "train", test_subset: int | None = None, seed: int = 0,
+                 scopes: Sequence[str] = ("all", "tap"), taps: str | Sequence[str] = "auto",
+                 preprocess: str | dict[str, Any] | None = "auto", device: str | None = "auto", batch_size: int = 100,
+                 progress: bool = True) -> "pd.DataFrame":
+    """The ablation of a model named ``model_name`` (``timm:NAME``, ``torchvision:NAME`` …) with its ``weights``
+    file, on ``dataset``: μ from ``probe_n`` images of ``probe_split``, accuracy on the (disjoint) scored test
+    images, with the model's own preprocessing (``preprocess``, see :func:`stripe.nn.preprocess_for`)."""
+    import pandas as pd
+
+    from ..data import Loader, eval_sets, load_dataset
+    from ..nn import build_source, preprocess_for
+    from ..train import resolve_device
+
+    dev = resolve_device(device)
+    model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
+    model.to(dev).eval()
+    test_full = load_dataset(dataset, "test", root=data_root)
+    train_full = load_dataset(dataset, "train", root=data_root) if probe_split == "train" else None
+    data = eval_sets(test_full, train_full=train_full, probe_split=probe_split, probe_n=probe_n,
+                     test_subset=test_subset, seed=seed)
+    pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
+    probe_loader = Loader(data.probe, batch_size, train=False, device=dev, **pp)
+    test_loader = Loader(data.score, batch_size, train=False, device=dev, **pp)
+    rows, _ = _thirdparty_rows(model, probe_loader, test_loader, data.score.labels, scopes, taps=taps,
+                               progress=progress)
+    table = pd.DataFrame([r.__dict__ for r in rows])
+    table.insert(0, "epoch", None)
+    table["n_test"], table["n_probe"] = len(data.score), len(data.probe)
+    _write(table, rows, Path(out), f"{model_name} ({weights or 'no weights file'})", None, len(data.score),
+           len(data.probe), probe_split)
+    return table
+
+
 def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Sequence[str] = ("all", "stage"),
                  out: str | Path | None = None, save: str | Path | None = None, device: str | None = "auto",
-                 batch_size: int = 500, progress: bool = True) -> "pd.DataFrame":
+                 batch_size: int = 500, progress: bool = True, taps: str | Sequence[str] = "auto") -> "pd.DataFrame":
     """Test accuracy of a run's checkpoint with its attention replaced by probe-set means, per scope;
     writes ``ablation.csv``/``ablation.md`` (default ``RUN_DIR/ablation``) and, with ``save``, the
-    fully folded model as a checkpoint of the plain backbone (with that model's own accuracy)."""
+    fully folded model as a checkpoint of the plain backbone (with that model's own accuracy).
+
+    A run of a source model (``torchvision:NAME`` …) replaces its gates (``taps``, default ``auto``)
+    at the gate; ``save`` does not apply to it (``stripe fold --model`` folds such gates)."""
     import pandas as pd
     from tqdm.auto import tqdm
 
@@ -200,6 +296,19 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     model, _ = load_weights(paths[epoch], info["model"])
     model.to(dev).eval()
     _, data = run_eval_sets(info)
+    if ModelConfig.from_dict(info["model"]).is_source:
+        if save is not None:
+            raise ValueError("--save: a source model's folded gates change its architecture, so it cannot be saved "
+                             "as a checkpoint of its config; use stripe fold --model NAME --weights FILE")
+        rows, _ = _thirdparty_rows(model, Loader(data.probe, batch_size, train=False, device=dev),
+                                   Loader(data.test, batch_size, train=False, device=dev), data.test.labels, scopes,
+                                   taps=taps, progress=progress)
+        table = pd.DataFrame([r.__dict__ for r in rows])
+        table.insert(0, "epoch", epoch)
+        table["n_test"], table["n_probe"] = len(data.test), len(data.probe)
+        _write(table, rows, Path(out) if out else run_dir / "ablation", run_dir, epoch, len(data.test),
+               len(data.probe), data.eval.probe_spec.split)
+        return table
     with Recorder(model, "*") as rec, torch.no_grad():
         for x, _ in Loader(data.probe, batch_size, train=False, device=dev):
             model(x)

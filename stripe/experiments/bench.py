@@ -52,7 +52,8 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
     _sync(dev)
     secs = time.perf_counter() - t0
     loss_sum, _ = step.take_sums()
-    return {"model": cfg.model, "attn": cfg.attn or "", "asr": cfg.asr, "both": cfg.both, "device": str(dev),
+    m = cfg.model
+    return {"model": m.name, "attn": m.attn or "", "asr": m.asr, "both": m.both, "device": str(dev),
             "batch": cfg.batch_size, "precision": cfg.precision, "channels_last": cfg.channels_last,
             "compile": cfg.compile, "steps": steps, "warmup_steps": warmup, "warmup_seconds": warm_s,
             "seconds": secs, "images_per_s": steps * cfg.batch_size / secs,

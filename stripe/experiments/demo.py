@@ -1,5 +1,5 @@
 """The main job: real data -> four variants trained (recorded online) -> statistics -> ablation ->
-speed table -> every figure, on whatever machine this is (about ten minutes on a 2-core CPU)."""
+speed table -> every figure, on whatever machine this is (about ten minutes on a small CPU)."""
 from __future__ import annotations
 
 import time
@@ -11,7 +11,7 @@ from ..data import DataNotFoundError, default_data_dir, load_dataset
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo trains and measures (small enough for a 2-core CPU in minutes)."""
+    """What the demo trains and measures (small enough for a small CPU in minutes)."""
 
     model: str = "cifar_resnet14"
     block: str = "basic"

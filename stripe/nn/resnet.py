@@ -12,6 +12,7 @@ from .asr import ASRNorm
 from .dia import DIAStep
 from .ie import IEBatchNorm
 from .registry import create_attn, get_spec
+from .sources import build_source, is_source, parse_source
 
 _NAME = re.compile(r"^cifar_resnet(\d+)$")
 BLOCKS = ("basic", "bottleneck")
@@ -53,8 +54,28 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
 
+    @property
+    def is_source(self) -> bool:
+        """Whether the model comes from a source (``torchvision:NAME``, ``timm:NAME`` …, see :mod:`.sources`)."""
+        return is_source(self.name)
+
     def resolved(self) -> "ModelConfig":
-        """This config checked, with ``block`` and ``psi_size`` filled in; bad values raise ``ValueError``."""
+        """This config checked, with ``block`` and ``psi_size`` filled in; bad values raise ``ValueError``.
+
+        A source model (a name with a colon) is checked for syntax only (the name itself is checked
+        when the model is built); attention, ASR and the CIFAR-ResNet options do not apply to it.
+        """
+        if self.is_source:
+            parse_source(self.name)
+            used = [f for f, v in (("attn", self.attn), ("asr", self.asr), ("both", self.both), ("block", self.block),
+                                   ("psi_size", self.psi_size)) if v not in (None, False)]
+            if used or self.attn_kw:
+                raise ValueError(f"{self.name}: {', '.join(used or ['attn_kw'])} only apply to this package's "
+                                 "cifar_resnet models; a source model keeps its own attention (record it with "
+                                 "taps='auto')")
+            if self.num_classes is not None and self.num_classes < 1:
+                raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            return self
         m = _NAME.match(self.name)
         if m is None:
             raise ValueError(f"unknown model {self.name!r}; models are cifar_resnet{{depth}}, "
@@ -73,7 +94,12 @@ class ModelConfig:
         return replace(self, block=pick_block(int(m.group(1)), self.block), psi_size=psi_size)
 
     def bind(self, num_classes: int, in_chans: int, image_size: int) -> "ModelConfig":
-        """The config for a data set's classes, channels and image size."""
+        """The config for a data set's classes, channels and image size.
+
+        A source model given a number of classes that differs from the data set's raises ``ValueError``.
+        """
+        if self.is_source and self.num_classes is not None and self.num_classes != num_classes:
+            raise ValueError(f"{self.name}: num_classes={self.num_classes} but the data set has {num_classes} classes")
         return replace(self, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
 
     def folded(self) -> "ModelConfig":
@@ -87,12 +113,17 @@ class ModelConfig:
 
     @property
     def depth(self) -> int:
-        """The network's depth (the number in its name)."""
-        return int(_NAME.match(self.name).group(1))
+        """The network's depth (the number in its name); a source model has none (``ValueError``)."""
+        m = _NAME.match(self.name)
+        if m is None:
+            raise ValueError(f"{self.name}: only cifar_resnet models have a depth")
+        return int(m.group(1))
 
     @property
     def arch(self) -> str:
-        """Model name with its block type: ``cifar_resnet20 (basic)``."""
+        """Model name with its block type: ``cifar_resnet20 (basic)``; a source model's name as is."""
+        if self.is_source:
+            return self.name
         return f"{self.name} ({self.block or pick_block(self.depth, None)})"
 
 
@@ -316,9 +347,21 @@ def create_model(name: str, *, num_classes: int, attn: str | None = None, asr: b
                                    attn_kw=dict(attn_kw or {})))
 
 
-def build_model(config: ModelConfig | dict[str, Any]) -> "CifarResNet":
-    """Build a model from its (saved) config."""
+def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:
+    """Build a model from its (saved) config.
+
+    A source name (``torchvision:NAME``, ``timm:NAME``, ``onnx:PATH``, ``package.module:factory``)
+    is built by :func:`stripe.nn.sources.build_source` with ``num_classes`` (None: the source's
+    default) and keeps the config as ``model.config``, so it checkpoints like this package's models.
+    """
     cfg = (ModelConfig.from_dict(config) if isinstance(config, dict) else config).resolved()
+    if cfg.is_source:
+        model, _ = build_source(cfg.name, num_classes=cfg.num_classes, in_chans=cfg.in_chans)
+        if "config" in dir(model) and not isinstance(getattr(model, "config", None), ModelConfig):
+            raise ValueError(f"{cfg.name}: the model already has an attribute 'config'; it cannot carry its "
+                             "ModelConfig")
+        model.config = cfg
+        return model
     if cfg.num_classes is None or cfg.in_chans is None or cfg.image_size is None:
         raise ValueError(f"{cfg.name}: num_classes, in_chans and image_size must be known to build the model "
                          "(bind the config to a data set)")

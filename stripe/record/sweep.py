@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
-from ..nn import ModelConfig
+from ..nn import ModelConfig, build_model, is_source, load_weights_file, preprocess_for
 from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
                      load_weights, read_run, resolve_device, run_eval_sets)
 from ..train.config import epoch_matches, parse_epoch_spec
@@ -104,8 +104,31 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
 
 def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
                    model_config: dict[str, Any] | None, dataset: str | None,
-                   data_root: str | None) -> SweepSource:
-    """The checkpoints to record: those of a run (selected by ``checkpoints``), or files from elsewhere."""
+                   data_root: str | None, model: str | None = None, weights: str | Path | None = None,
+                   num_classes: int | None = None) -> SweepSource:
+    """The checkpoints to record: those of a run (selected by ``checkpoints``), or files from elsewhere
+    (``checkpoints`` files with ``model_config``, or ``weights`` / ``checkpoints`` files of the model
+    named ``model``, e.g. ``timm:seresnet18`` with ``num_classes``). A ``weights`` file is recorded as
+    epoch 1 (a trained model) unless its name says ``epoch_N``."""
+    if model is not None:
+        if run_dir is not None or model_config is not None:
+            raise ValueError("--model names the model of --weights/--files; it excludes a RUN_DIR and --model-config")
+        if weights is None and checkpoints is None and model.startswith("onnx:"):
+            weights = model[len("onnx:"):]  # an ONNX file holds its weights
+        files = [weights] if weights is not None else checkpoints
+        if not files or isinstance(files, str):
+            raise ValueError(f"--model {model}: give its weights (--weights FILE, or checkpoint files with --files)")
+        model_config = ModelConfig(name=model, num_classes=num_classes).to_dict()
+        if dataset is None:
+            raise ValueError(f"--model {model}: give the data set of the probe images (--dataset)")
+        if weights is not None:  # trained weights: epoch 1 unless the file name says epoch N
+            import re
+
+            m = re.search(r"epoch[_-]?(\d+)", Path(weights).name)
+            return SweepSource([(int(m.group(1)) if m else 1, Path(weights))], model_config, dataset, data_root)
+        checkpoints = files
+    elif weights is not None or num_classes is not None:
+        raise ValueError("--weights and --num-classes go with --model NAME")
     if run_dir is not None:
         info = read_run(run_dir)
         paths = dict(list_checkpoints(run_dir))
@@ -156,41 +179,88 @@ def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0
 
 def record_checkpoint(model: nn.Module, probe: ImageSet | Loader, *, taps: str | Sequence[str] = "*",
                       raw_n: int = 256, folds: int = 10, batch_size: int = 500, device: torch.device | None = None,
-                      precision: str = "fp32", channels_last: bool = False
+                      precision: str = "fp32", channels_last: bool = False, preprocess: dict[str, Any] | None = None
                       ) -> tuple[dict[tuple[str, str], FoldStats], dict[str, np.ndarray], list[TapInfo]]:
     """One forward pass of ``model`` over the probe images with every selected tap hooked.
 
     Returns per-fold statistics, the first ``raw_n`` vectors of every (tap, kind), and the taps.
-    The model is left in the mode it was in; its BN statistics never change.
+    The model is left in the mode it was in; its BN statistics never change. ``preprocess`` are
+    :class:`~stripe.data.Loader` options (a model's own resize/crop/normalisation); with ``taps``
+    ``auto``, gates are detected on the first two probe images.
     """
     dev = device or next(model.parameters()).device
-    loader = probe if isinstance(probe, Loader) else Loader(probe, batch_size, train=False, device=dev,
-                                                            channels_last=channels_last)
-    with Recorder(model, taps, raw_n=raw_n, folds=folds) as rec, torch.no_grad():
+    loader = probe if isinstance(probe, Loader) else probe_loader(probe, batch_size, dev,
+                                                                  channels_last=channels_last, **(preprocess or {}))
+    example = None
+    if "auto" in ([taps] if isinstance(taps, str) else list(taps)):
+        example = next(iter(loader))[0][:2]
+    with Recorder(model, taps, raw_n=raw_n, folds=folds, example=example) as rec, torch.no_grad():
         for x, _ in loader:
             with autocast(dev, precision):
                 model(x)
     return rec.fold_stats(), rec.raw(), rec.taps
 
 
+#: the probe images are recorded in one seeded random order (the same online and offline): image i of that
+#: order falls in fold i mod K, and the raw vectors kept for heat maps are a random sample, not the
+#: first images of the split (which a data set sorted by class would make one class)
+PROBE_ORDER = {"shuffle": True, "seed": 0}
+
+
+def probe_loader(ds: ImageSet, batch_size: int, device: torch.device | str, **kw: Any) -> Loader:
+    """The probe set in recording order (:data:`PROBE_ORDER`), un-augmented."""
+    return Loader(ds, batch_size, train=False, device=device, shuffle=PROBE_ORDER["shuffle"],
+                  seed=PROBE_ORDER["seed"], **kw)
+
+
 def _header(source: SweepSource, probe_spec: dict[str, Any], *, raw_n: int, folds: int, precision: str,
-            taps: str | Sequence[str]) -> dict[str, Any]:
+            taps: str | Sequence[str], preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    probe = {**probe_spec, "raw_n": raw_n, "order": dict(PROBE_ORDER)}
+    if preprocess is not None:  # part of the probe's identity: the images the model saw
+        probe["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
     return {"model": source.model, "source_run_id": source.run_id,
             "run_dir": str(source.run_dir) if source.run_dir else None, "dataset": source.dataset,
-            "probe": {**probe_spec, "raw_n": raw_n}, "folds": folds, "precision": precision,
+            "probe": probe, "folds": folds, "precision": precision,
             "taps_selector": [taps] if isinstance(taps, str) else list(taps)}
+
+
+def _load_model(path: Path, model_config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a checkpoint: a stripe checkpoint or state_dict (:func:`stripe.train.load_weights`), or for a
+    source model any weights file :func:`stripe.nn.load_weights_file` reads."""
+    if model_config["name"] == f"onnx:{path}":  # the ONNX file itself: its weights are in it
+        try:
+            return build_model(ModelConfig.from_dict(model_config)), {"format": None, "epoch": None, "run_id": None}
+        except (ValueError, FileNotFoundError) as e:
+            raise CheckpointError(str(e)) from None
+    try:
+        return load_weights(path, model_config, map_location="cpu")
+    except CheckpointError:
+        if not is_source(model_config["name"]) or not path.is_file():
+            raise
+    model = build_model(ModelConfig.from_dict(model_config))
+    try:
+        info = load_weights_file(model, path)
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(str(e)) from None
+    return model, {"format": None, "epoch": None, "run_id": None, **info}
 
 
 def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[str | Path] | None = None,
             model_config: dict[str, Any] | None = None, dataset: str | None = None, data_root: str | None = None,
             out: str | Path | None = None, probe: str = "run", probe_seed: int = 0, probe_split: str = "train",
             taps: str | Sequence[str] = "*", raw_n: int = 256, folds: int = 10, batch_size: int = 500,
-            device: str | None = "auto", precision: str = "fp32", progress: bool = True) -> SweepResult:
+            device: str | None = "auto", precision: str = "fp32", progress: bool = True, model: str | None = None,
+            weights: str | Path | None = None, num_classes: int | None = None,
+            preprocess: str | dict[str, Any] | None = "auto") -> SweepResult:
     """Record every tap over the probe set at each checkpoint; writes a recording directory.
 
-    Either ``run_dir`` (a training run: its checkpoints, data and probe set) or a list of
+    Either ``run_dir`` (a training run: its checkpoints, data and probe set), or a list of
     checkpoint files in ``checkpoints`` plus ``model_config`` and ``dataset`` (checkpoints from
-    elsewhere). Resumable and atomic; under torchrun the checkpoints are shared out between ranks.
+    elsewhere), or a model name ``model`` (``timm:seresnet18``, ``torchvision:NAME`` …) with its
+    ``weights`` file (or ``checkpoints`` files), ``num_classes`` and ``dataset``. ``taps="auto"``
+    also records gates found by the generic detector. ``preprocess``: see :func:`probe_preprocess`
+    (``auto``: the model's own resize/crop/normalisation for ``model`` + ``weights``).
+    Resumable and atomic; under torchrun the checkpoints are shared out between ranks.
     """
     from tqdm.auto import tqdm
 
@@ -203,7 +273,7 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
     dev = resolve_device(device, info)
     init_distributed(info, dev)
     source = resolve_source(run_dir, checkpoints=checkpoints, model_config=model_config, dataset=dataset,
-                            data_root=data_root)
+                            data_root=data_root, model=model, weights=weights, num_classes=num_classes)
     if out is None and source.run_dir is None:
         raise ValueError("give --out for a recording of checkpoint files")
     out = Path(out) if out else source.run_dir / "recording"
@@ -211,8 +281,9 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
     if folds > len(probe_ds):
         raise ValueError(f"--folds {folds} exceeds the {len(probe_ds)} probe images")
     raw_n = min(raw_n, len(probe_ds))
+    pp = preprocess_for(source.model["name"], preprocess, pretrained=model is not None, in_chans=probe_ds.in_chans)
     writer = RecordingWriter(out, _header(source, probe_spec, raw_n=raw_n, folds=folds, precision=precision,
-                                          taps=taps))
+                                          taps=taps, preprocess=pp))
     done_box: list[Any] = [None]
     if info.main:
         writer.open()
@@ -224,7 +295,7 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
             dist.broadcast_object_list(done_box, src=0)
             writer.done = done_box[0]
         return _sweep(source, writer, probe_ds, info, dev, t_start, taps=taps, raw_n=raw_n, folds=folds,
-                      batch_size=batch_size, precision=precision, progress=progress, tqdm=tqdm)
+                      batch_size=batch_size, precision=precision, progress=progress, tqdm=tqdm, preprocess=pp)
     finally:
         if info.main:
             writer.close()
@@ -232,10 +303,10 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
 
 def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, info, dev: torch.device,
            t_start: float, *, taps, raw_n: int, folds: int, batch_size: int, precision: str, progress: bool,
-           tqdm) -> SweepResult:
+           tqdm, preprocess: dict[str, Any] | None = None) -> SweepResult:
     result = SweepResult(out=writer.out)
     mine = [(e, p) for i, (e, p) in enumerate(source.jobs) if i % info.world_size == info.rank]
-    loader = Loader(probe_ds, batch_size, train=False, device=dev)
+    loader = probe_loader(probe_ds, batch_size, dev, **(preprocess or {}))
     bar = tqdm(mine, desc="collect", unit="ckpt", disable=not progress or not info.main)
     new_entries: dict[int, dict[str, Any]] = {}
     for epoch, path in bar:
@@ -245,7 +316,7 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
             if sha is not None and writer.is_done(epoch, sha):
                 result.skipped.append(epoch)
                 continue
-            model, ckpt = load_weights(path, source.model, map_location="cpu")
+            model, ckpt = _load_model(path, source.model)
             if source.run_id and ckpt.get("run_id") and ckpt["run_id"] != source.run_id:
                 raise CheckpointError(f"{path}: belongs to run {ckpt['run_id']}, not to {source.run_id} "
                                       "(config.json)")
@@ -308,8 +379,8 @@ class OnlineRecorder:
         self.writer = RecordingWriter(out, _header(source, state.data.eval.probe_spec.to_dict(), raw_n=raw_n,
                                                    folds=self.folds, precision=cfg.precision, taps=self.taps)).open()
         self.raw_n = raw_n
-        self.loader = Loader(probe, self.batch_size or cfg.eval_batch_size, train=False, device=state.device,
-                             channels_last=cfg.channels_last)
+        self.loader = probe_loader(probe, self.batch_size or cfg.eval_batch_size, state.device,
+                                   channels_last=cfg.channels_last)
         for epoch, path in list_checkpoints(state.run_dir):
             sha = file_sha256(path)
             if not self.writer.is_done(epoch, sha):

@@ -8,7 +8,6 @@ A run directory holds ``config.json`` (format ``stripe-run/2``; ``stripe-run/1``
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import time
@@ -98,10 +97,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir}: no such run directory")
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
-    try:
-        info = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: corrupt JSON ({e})") from None
+    info = fsio.read_json(path)
     if not isinstance(info, dict) or info.get("format") not in READABLE_RUN_FORMATS:
         fmt = info.get("format") if isinstance(info, dict) else None
         raise ValueError(f"{path}: not a stripe run (format {fmt!r})")
