@@ -15,14 +15,14 @@ __version__ = "0.2.0"
 _API = {
     # nn
     "create_model": "nn", "build_model": "nn", "ModelConfig": "nn", "list_models": "nn", "create_attn": "nn",
-    "list_attn": "nn", "reparameterize": "nn", "verify_fold": "nn", "variant_label": "nn",
+    "list_attn": "nn", "reparameterize": "nn", "verify_fold": "nn", "variant_label": "nn", "build_source": "nn",
     # data
     "load_dataset": "data", "eval_sets": "data", "Loader": "data",
     # train
     "TrainConfig": "train", "train": "train",
     # record
     "Recorder": "record", "Recording": "record", "ChannelStats": "record", "FoldStats": "record",
-    "collect": "record", "OnlineRecorder": "record",
+    "collect": "record", "OnlineRecorder": "record", "detect_gates": "record",
     # analysis
     "compute_tables": "analysis", "summary_text": "analysis", "run_ablation": "analysis",
 }

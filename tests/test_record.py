@@ -93,7 +93,13 @@ def test_recorder_statistics_equal_two_pass_on_what_it_saw():
         a = rec.raw()[f"{key}/{kind}"].astype(np.float64)
         np.testing.assert_allclose(s.mean_, a.mean(0), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(s.std_, a.std(0), rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(s.min_, a.min(0))
+        np.testing.assert_array_equal(s.max_, a.max(0))
+        # taps of different widths share one reduction: each row is normalised over its own tap only
+        unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        np.testing.assert_allclose(s.unit_sum_, unit.sum(0), rtol=1e-6, atol=1e-9)
         assert s.count_ == 24
+    assert len({s.channels for s in rec.stats().values()}) > 1  # really mixed widths
 
 
 def test_hooks_removed_user_hooks_kept_bn_untouched():

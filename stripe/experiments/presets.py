@@ -5,7 +5,7 @@
   training set, 15 epochs of the paper's schedule shape (lr 0.1, x0.1 at 50 % and 75 %), recorded
   online every epoch on 1,000 un-augmented training images (the probe, disjoint from the scored
   test set), then the stripe tables with intervals and the constant-replacement ablation on the full
-  test set. About an hour and a half on two CPU cores.
+  test set. About 40 minutes on two CPU cores.
 * ``gpu-quick``: what a short GPU slot measures, in order: the ``cuda`` tests; ResNet-164 training
   speed (baseline, +SE, +ASR(SE) on the fast path: bf16, channels_last, whole-step CUDA graph;
   +ASR(SE) also fp32 eager); the fast path learning like fp32 eager; recording overhead and the

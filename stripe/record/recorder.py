@@ -144,7 +144,7 @@ class Recorder:
         self.reduce()
 
     def reduce(self) -> None:
-        """Reduce the stashed tensors of the last forward to per-fold moments (batched by shape)."""
+        """Reduce the stashed tensors of the last forward to per-fold moments (one reduction for all taps)."""
         if not self._stash:
             return
         device = self._stash[0][2].device
@@ -158,15 +158,23 @@ class Recorder:
                 self._moments[(key, kind)].append(constant_moments(a[0], counts))
                 a = a.expand(self._batch, -1)
             else:
-                groups[(tuple(a.shape), a.dtype, a.device)].append((key, kind, a))
+                groups[(a.shape[0], a.device)].append((key, kind, a))
             if self._raw_count[(key, kind)] < self.raw_n:
                 take = min(self.raw_n - self._raw_count[(key, kind)], a.shape[0])
                 self._raw[(key, kind)].append(a[:take].to(self.raw_dtype))
                 self._raw_count[(key, kind)] += take
-        for (shape, _, dev), items in groups.items():
-            m = batch_moments(torch.stack([a for _, _, a in items]), fold_ids.to(dev), self.folds)  # [T, K, C]
-            for t, (key, kind, _) in enumerate(items):
-                self._moments[(key, kind)].append({k: (v if k == "count" else v[t]) for k, v in m.items()})
+        for (_, dev), items in groups.items():
+            # every tap of this batch side by side: one exact reduction, whatever the taps' widths
+            xs = [a.detach().to(torch.float64) for _, _, a in items]
+            units = [x / torch.where(n > 0, n, torch.ones_like(n))
+                     for x, n in ((x, torch.linalg.vector_norm(x, dim=-1, keepdim=True)) for x in xs)]
+            m = batch_moments(torch.cat(xs, dim=1), fold_ids.to(dev), self.folds,
+                              unit=torch.cat(units, dim=1))  # [K, sum C]
+            lo = 0
+            for (key, kind, _), x in zip(items, xs):
+                hi = lo + x.shape[1]
+                self._moments[(key, kind)].append({k: (v if k == "count" else v[:, lo:hi]) for k, v in m.items()})
+                lo = hi
         self._seen += self._batch
         self._stash.clear()
 

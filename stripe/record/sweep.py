@@ -7,7 +7,6 @@ second writer, and under torchrun shares the checkpoints out between ranks.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import fsio
 from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
 from ..nn import ModelConfig, build_model, is_source, load_weights_file, preprocess_for
 from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
@@ -87,10 +87,7 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"--model-config {path}: no such file")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"--model-config {path}: not JSON ({e})") from None
+    obj = fsio.read_json(path, "--model-config")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "train" in obj:
         obj = obj["model"]
     if not isinstance(obj, dict):
