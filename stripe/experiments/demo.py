@@ -1,5 +1,5 @@
 """The main job: real data -> four variants trained (recorded online) -> statistics -> ablation ->
-speed table -> every figure, on whatever machine this is (about ten minutes on a small CPU)."""
+speed table -> every figure, on whatever machine this is (about five minutes on a two-core CPU)."""
 from __future__ import annotations
 
 import time
