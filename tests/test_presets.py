@@ -22,6 +22,8 @@ def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(tmp_path):
     assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
     done = {r["stage"] for r in records if "done_s" in r}
     assert done == {"cuda-tests", "train-speed", "learns", "collect-speed", "speed", "science"}
+    cuda_tests = [r for r in records if r["stage"] == "cuda-tests" and "rc" in r]
+    assert cuda_tests and cuda_tests[0]["rc"] == 0, cuda_tests  # collected and skipped on the CPU
     speeds = [r for r in records if r["stage"] == "train-speed" and "images_per_s" in r]
     assert len(speeds) == 4 and all(r["images_per_s"] > 0 and r["finite"] for r in speeds)
     assert {(r["variant"], r["path"]) for r in speeds} == {("baseline", "fast"), ("+SE", "fast"), ("+ASR(SE)", "fast"),
@@ -40,6 +42,35 @@ def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(tmp_path):
     for name in ("heatmap_plus_se", "stripe_dynamics", "learning_curves", "speed_table"):
         assert (tmp_path / "figs" / f"{name}.png").exists(), name
     assert not list((tmp_path / "figs").glob("*.pdf"))
+
+
+# what a GPU image may lack: the notebook and browser stack and the test/third-party extras
+NOT_ON_GPU_IMAGE = ("jupytext", "nbformat", "nbclient", "ipykernel", "ipywidgets", "jupyterlab", "selenium",
+                    "onnx2torch", "build")
+_HIDE = """
+import sys, importlib.abc
+class Hide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {names!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, Hide())
+import pytest
+sys.exit(pytest.main(["-q", "--co", "-m", "cuda", "-p", "no:cacheprovider", {tests!r}]))
+"""
+
+
+def test_cuda_tests_collect_without_the_notebook_stack():
+    """The preset's first stage runs `pytest -m cuda tests/` on a GPU image without Jupyter: nothing may fail to import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parent)
+    proc = subprocess.run([sys.executable, "-c", _HIDE.format(names=NOT_ON_GPU_IMAGE, tests=tests)],
+                          capture_output=True, text=True, cwd=Path(tests).parent, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "test_cuda.py" in out and "error" not in out.splitlines()[-1], out[-3000:]
 
 
 def test_a_tiny_budget_still_writes_and_packs(tmp_path):
