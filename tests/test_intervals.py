@@ -3,6 +3,7 @@ intervals equal to a brute-force recomputation, exact zeros for constant channel
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -200,3 +201,32 @@ def test_online_recording_equals_offline_collect(tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=0, atol=0)
     ta = compute_tables(tmp_path / "run" / "recording")["taps"]
     assert ta["stripe_after_lo"].notna().all() and (ta["stripe_after_lo"] <= ta["stripe_after"]).all()
+
+
+# --------------------------------------------------------------------------- comparison tests
+def test_wilson_interval_known_values():
+    from stripe.experiments.compare import wilson_interval
+
+    lo, hi = wilson_interval(8, 10)  # in percent; textbook value: (0.4902, 0.9433)
+    assert lo == pytest.approx(49.02, abs=1e-2) and hi == pytest.approx(94.33, abs=1e-2)
+    lo, hi = wilson_interval(0, 20)  # never below 0, never a zero-width interval
+    assert lo == pytest.approx(0.0, abs=1e-10) and 15 < hi < 17
+
+
+def test_welch_p_by_hand_and_undefined_cases():
+    from scipy import stats
+
+    from stripe.experiments.compare import welch_p
+
+    a, b = [48.1, 49.3, 47.7], [46.0, 46.9, 45.2, 46.4]
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
+    assert welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10)
+    assert np.isnan(welch_p([10.0, 10.0], [10.0, 10.0]))  # no spread anywhere: undefined, not a warning
+    assert np.isnan(welch_p([10.0], [11.0, 12.0]))  # one seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one group without spread: defined, and no warning
+        vb = np.var(b, ddof=1) / len(b)
+        t, df = (10.0 - np.mean(b)) / np.sqrt(vb), len(b) - 1
+        assert welch_p([10.0, 10.0, 10.0], b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10)

@@ -7,6 +7,7 @@ final-epoch predictions on the same scored images (both variants of a seed score
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,20 @@ def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100 * (centre - half), 100 * (centre + half)
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Two-sided Welch t-test p-value of two groups of seeds; NaN when it is undefined (fewer than two
+    values in a group, or no spread in either group: the t statistic then has no distribution)."""
+    from scipy import stats
+
+    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a64) < 2 or len(b64) < 2 or (np.ptp(a64) == 0 and np.ptp(b64) == 0):
+        return float("nan")
+    with warnings.catch_warnings():
+        # one group without spread (e.g. every seed at the same accuracy) is exact here, not a precision loss
+        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
+        return float(stats.ttest_ind(a64, b64, equal_var=False).pvalue)
 
 
 def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
@@ -141,8 +156,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
     base = finals.get("baseline", [])
     for row in rows:
         fin = finals[row["variant"]]
-        row["welch_p_vs_baseline"] = (float(stats.ttest_ind(fin, base, equal_var=False).pvalue)
-                                      if len(fin) > 1 and len(base) > 1 and row["variant"] != "baseline" else np.nan)
+        row["welch_p_vs_baseline"] = welch_p(fin, base) if row["variant"] != "baseline" else np.nan
         ps = []
         for seed in seeds:
             a, b = preds.get((row["variant"], seed)), preds.get(("baseline", seed))
