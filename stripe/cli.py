@@ -146,6 +146,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     base = config_from_args(args)
     if base.model.attn is None:
         raise ValueError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
+    if args.table_only:
+        from .experiments.compare import table_of_existing
+
+        if not args.out:
+            raise ValueError("--table-only needs --out (the folder whose runs/ to compare)")
+        table = table_of_existing(args.out, base.model.attn, device=args.device)
+        print((Path(args.out) / "results.md").read_text())
+        print(f"wrote {args.out}/results.csv and results.md ({len(table)} variants, no training)")
+        return 0
     out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{base.model.name}-{base.model.attn}"
     t0 = time.perf_counter()
     callbacks_for = (lambda label, seed: () if label == "baseline" else (_online_recorder(args),)) if args.record \
@@ -356,10 +365,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("reproduce")
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments.presets import run_preset
+    from .experiments.presets import GPU_STAGES, Campaign, run_preset
 
+    campaign = None
+    if args.stages or args.variant or args.seed is not None or args.epochs is not None:
+        campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
+                            variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
     return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget, dry_run=args.dry_run,
-                      device=args.device, progress=not args.no_progress)
+                      device=args.device, progress=not args.no_progress, campaign=campaign,
+                      archive_mib=args.archive_mib)
 
 
 # --------------------------------------------------------------------------- parser
@@ -450,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     _record_args(s)
     s.add_argument("--seeds", type=_positive_int("--seeds"), default=1, help="seeds per variant (seed, seed+1, …)")
     s.add_argument("--out", default=None, help="comparison folder (default data/runs/compare-MODEL-ATTN)")
+    s.add_argument("--table-only", action="store_true",
+                   help="no training: the results table of the runs already under --out/runs (every seed found; "
+                        "e.g. a campaign's runs from several unpacked archives)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
 
@@ -580,8 +597,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
     s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
     s.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: rehearse the preset end to end")
+    s.add_argument("--archive-mib", type=float, default=15.0,
+                   help="results.tar.gz stays under this size; big recordings travel thinned (default 15)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
+    g = s.add_argument_group("a campaign over several GPU slots (gpu-quick only)")
+    g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: cuda-tests, "
+                                                  "train-speed, learns, collect-speed, speed, science)")
+    g.add_argument("--variant", default=None, help="the science run's variant: baseline, +SE (default), +ASR(SE), "
+                                                   "+ASR(SE)+SE")
+    g.add_argument("--seed", type=int, default=None, help="the science run's seed (default 0)")
+    g.add_argument("--epochs", type=_positive_int("--epochs"), default=None,
+                   help="the science run's epochs (default: as many as the measured speed fits; a campaign fixes "
+                        "it so that every run has the same schedule)")
     return p
 
 

@@ -15,9 +15,23 @@ def _records(out):
     return [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
 
 
-def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    """One full dry run of gpu-quick (every stage, tiny sizes, on the CPU)."""
+    out = tmp_path_factory.mktemp("gpu-quick") / "out"
     assert run_preset("gpu-quick", out=out, dry_run=True, progress=False) == 0
+    return out
+
+
+def _unpack(archive, dest):
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+        tar.extractall(dest, filter="data")
+    return names
+
+
+def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(dry, tmp_path):
+    out = dry
     records = _records(out)
     assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
     done = {r["stage"] for r in records if "done_s" in r}
@@ -33,15 +47,109 @@ def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(tmp_path):
     science = [r for r in records if r["stage"] == "science" and "epochs_done" in r]
     assert science and science[0]["epochs_done"] == science[0]["epochs"] >= 1
     unpacked = tmp_path / "unpacked"
-    with tarfile.open(out / "results.tar.gz") as tar:
-        names = tar.getnames()
-        tar.extractall(unpacked, filter="data")
+    names = _unpack(out / "results.tar.gz", unpacked)
     assert not [n for n in names if "checkpoints" in n]
-    assert "speed/speed.csv" in names and "science/plus_se_seed0/recording/manifest.json" in names
+    assert "speed/speed.csv" in names and "runs/plus_se_seed0/recording/manifest.json" in names
+    assert "runs/plus_se_seed0/predictions_final.npz" in names and "PACKING.json" not in names  # small: not thinned
     assert main(["figures", str(unpacked), "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
     for name in ("heatmap_plus_se", "stripe_dynamics", "learning_curves", "speed_table"):
         assert (tmp_path / "figs" / f"{name}.png").exists(), name
     assert not list((tmp_path / "figs").glob("*.pdf"))
+
+
+@pytest.mark.parametrize("tables_written", [True, False])
+def test_a_recording_too_big_for_the_archive_travels_thinned(dry, tmp_path, capsys, tables_written):
+    """Thinned to its last epoch, a recording still gives the tables of every epoch, exactly, and the figures
+    (its tables written by the preset, or by the packing when a stage stopped before them)."""
+    import shutil
+
+    import pandas as pd
+
+    from stripe.analysis import compute_tables
+    from stripe.experiments.presets import pack
+    from stripe.record import Recording
+
+    out = tmp_path / "out"
+    shutil.copytree(dry, out, ignore=shutil.ignore_patterns("checkpoints", "results.tar.gz"))
+    full = out / "runs" / "plus_se_seed0" / "recording"
+    n_epochs = len(Recording.open(full).epochs)
+    assert n_epochs >= 3
+    if not tables_written:
+        shutil.rmtree(full / "tables")
+    pack(out, limit_mib=0.01)
+    assert "thinned 1 recording(s)" in capsys.readouterr().out
+    unpacked = tmp_path / "unpacked"
+    names = _unpack(out / "results.tar.gz", unpacked)
+    assert "PACKING.json" in names and "runs/plus_se_seed0/recording/tables/channels.parquet" not in names
+    thin = unpacked / "runs" / "plus_se_seed0" / "recording"
+    rec = Recording.open(thin)
+    assert rec.epochs == [Recording.open(full).epochs[-1]]
+    assert rec.manifest["thinned"]["epochs"] == Recording.open(full).epochs
+    assert len(list((thin / "stats").glob("*.parquet"))) == 1 and len(list((thin / "raw").glob("*"))) == 1
+    a, b = compute_tables(full), compute_tables(thin)
+    for name in ("taps", "convergence", "stages"):
+        pd.testing.assert_frame_equal(b[name], a[name], check_exact=True)
+    last = rec.epochs[0]
+    pd.testing.assert_frame_equal(b["channels"].reset_index(drop=True),
+                                  a["channels"][a["channels"]["epoch"] == last].reset_index(drop=True), check_exact=True)
+    with pytest.raises(ValueError, match="thinned"):
+        compute_tables(thin, eps=0.2)
+    assert main(["stats", str(thin)]) == 0
+    assert main(["figures", str(unpacked), "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
+    for name in ("heatmap_plus_se", "stripe_dynamics", "channel_std_plus_se"):
+        assert (tmp_path / "figs" / f"{name}.png").exists(), name
+
+
+def test_table_defaults_match_compute_tables():
+    import inspect
+
+    from stripe.analysis.tables import _DEFAULT_TABLE_PARAMS, compute_tables
+
+    sig = inspect.signature(compute_tables)
+    assert tuple(sig.parameters[k].default for k in ("saturation", "dead_tol", "eps", "threshold")) == \
+        _DEFAULT_TABLE_PARAMS
+
+
+def test_a_campaign_continues_in_another_call_and_compares(dry, tmp_path, capsys):
+    """A later slot trains the baseline with the same schedule; the unpacked archives compare without checkpoints."""
+    out2 = tmp_path / "slot2"
+    epochs = [r for r in _records(dry) if r["stage"] == "science-plan"][0]["epochs"]
+    assert main(["reproduce", "gpu-quick", "--dry-run", "--no-progress", "--out", str(out2), "--stages", "science",
+                 "--variant", "baseline", "--epochs", str(epochs)]) == 0
+    records = _records(out2)
+    assert {r["stage"] for r in records} == {"env", "science-plan", "science", "done"}
+    assert records[0]["campaign"] == {"stages": ["science"], "variant": "baseline", "seed": 0, "epochs": epochs}
+    both = tmp_path / "campaign"
+    _unpack(dry / "results.tar.gz", both)
+    names = _unpack(out2 / "results.tar.gz", both)
+    assert "runs/baseline_seed0/predictions_final.npz" in names
+    assert not [n for n in names if "baseline_seed0/recording" in n]  # nothing to record without attention
+    capsys.readouterr()
+    assert main(["compare", "--attn", "se", "--table-only", "--out", str(both)]) == 0
+    text = (both / "results.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| baseline") or ln.startswith("| +")]
+    assert [r.split(" | ")[0] for r in rows] == ["| baseline", "| +SE"]
+    assert rows[1].split(" | ")[7] not in ("—", "")  # McNemar p of +SE against the baseline, from the predictions
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--stages", "science,warp"], "--stages: unknown stage(s) warp"),
+    (["--variant", "+ECA"], "the campaign is of SE"),
+    (["--variant", "SE"], "not a variant label"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+])
+def test_campaign_options_are_checked(tmp_path, capsys, argv, message):
+    try:
+        code = main(["reproduce", "gpu-quick", "--dry-run", "--out", str(tmp_path / "x"), *argv])
+    except SystemExit as e:  # argparse's own check of the option
+        code = e.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_campaign_options_belong_to_gpu_quick(tmp_path, capsys):
+    assert main(["reproduce", "demo-cpu", "--dry-run", "--out", str(tmp_path / "x"), "--variant", "+SE"]) == 2
+    assert "apply to gpu-quick only" in capsys.readouterr().err
 
 
 # what a GPU image may lack: the notebook and browser stack and the test/third-party extras

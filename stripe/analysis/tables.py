@@ -412,12 +412,34 @@ def stage_summary(rec: Recording | str | os.PathLike[str]) -> pd.DataFrame:
     return _stage_table(_groups(rec), _tap_meta(rec))
 
 
+_DEFAULT_TABLE_PARAMS = (0.02, 1e-6, 0.1, 0.9)  # saturation, dead_tol, eps, threshold: compute_tables' defaults
+
+
 def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturation: float = 0.02,
                    dead_tol: float = 1e-6, eps: float = 0.1, threshold: float = 0.9) -> dict[str, pd.DataFrame]:
-    """All tables of a recording: {'channels', 'taps', 'convergence', 'stages'} (statistics read once)."""
+    """All tables of a recording: {'channels', 'taps', 'convergence', 'stages'} (statistics read once).
+
+    A thinned recording (the manifest's ``thinned`` entry: only its last epoch's statistics kept, as the
+    presets' archives carry big recordings) gives the taps, convergence and stage tables of every epoch as
+    they were computed before thinning (``tables/*.parquet``, default parameters), and the channel table of
+    the epochs it kept.
+    """
     _check_tap_params(saturation, dead_tol)
     rec = _as_recording(rec_or_path)
     groups, meta = _groups(rec), _tap_meta(rec)
+    thinned = rec.manifest.get("thinned")
+    if thinned:
+        if (saturation, dead_tol, eps, threshold) != _DEFAULT_TABLE_PARAMS:
+            raise ValueError(f"{rec.path} is thinned (epochs {thinned.get('kept')} of {len(thinned.get('epochs', []))} "
+                             "kept): its tables were computed with the default parameters before thinning")
+        folder = rec.path / str(thinned.get("tables", "tables"))
+        saved = {}
+        for name in ("taps", "convergence", "stages"):
+            path = folder / f"{name}.parquet"
+            if not path.is_file():
+                raise FileNotFoundError(f"{rec.path} is thinned but its table {path} is missing")
+            saved[name] = pd.read_parquet(path)
+        return {"channels": _channel_table(groups, meta), **saved}
     taps = _tap_table(groups, meta, saturation, dead_tol)
     return {"channels": _channel_table(groups, meta), "taps": taps,
             "convergence": convergence_table(taps, eps=eps, threshold=threshold),

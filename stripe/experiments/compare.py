@@ -7,6 +7,7 @@ final-epoch predictions on the same scored images (both variants of a seed score
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fsio
-from ..nn.variants import Variant, variants
+from ..nn.variants import Variant, config_label, variants
 from ..train import TrainConfig, read_metrics, read_run, train
 
 
@@ -85,15 +86,21 @@ def welch_p(a: list[float], b: list[float]) -> float:
 
 def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels, true labels) of a run's last checkpoint, deployed, on its scored test images; cached
-    in ``RUN/predictions_final.npz`` next to the checkpoint it came from."""
+    in ``RUN/predictions_final.npz`` next to the checkpoint it came from. A run whose checkpoints were left
+    behind (an unpacked archive) is served from the cache when it was made at the run's last epoch."""
     from ..data import Loader
     from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, resolve_device, run_eval_sets
 
     ckpts = list_checkpoints(run)
-    if not ckpts:
-        raise FileNotFoundError(f"{run}: the run has no checkpoints")
-    epoch, path = ckpts[-1]
     cache = run / "predictions_final.npz"
+    if not ckpts:
+        last = int(read_metrics(run)["epoch"].max()) if (run / "metrics.csv").is_file() else None
+        if cache.is_file() and last is not None:
+            with np.load(cache) as z:
+                if int(z["epoch"]) == last:
+                    return z["pred"].copy(), z["labels"].copy()
+        raise FileNotFoundError(f"{run}: the run has no checkpoints (and no final predictions of its last epoch)")
+    epoch, path = ckpts[-1]
     sha = file_sha256(path)
     if cache.is_file():
         with np.load(cache) as z:
@@ -113,9 +120,11 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     return pred, labels
 
 
-def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str | None = "cpu") -> pd.DataFrame:
+def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str | None = "cpu",
+                  missing_ok: bool = False) -> pd.DataFrame:
     """One row per variant: deployed parameters, final/best top-1 (mean, std, 95 % interval), img/s, and tests
-    against the baseline (Welch over seeds; exact McNemar of the paired predictions, per seed)."""
+    against the baseline (Welch over seeds; exact McNemar of the paired predictions, per seed). With
+    ``missing_ok``, runs that do not exist are left out (a campaign in progress) and so are variants without any."""
     from scipy import stats
 
     from ..analysis.ablation import mcnemar_exact
@@ -128,6 +137,8 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
         fin, best, speeds, params, n_test = [], [], [], None, None
         for seed in seeds:
             run = run_dir_of(out, label, seed)
+            if missing_ok and not (run / "config.json").is_file():
+                continue
             info, m = read_run(run), read_metrics(run)
             trained = m[m["epoch"] >= 1]
             if trained.empty:
@@ -143,8 +154,10 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
             half = stats.t.ppf(0.975, len(fin) - 1) * s.std(ddof=1) / np.sqrt(len(fin))
             lo, hi = s.mean() - half, s.mean() + half
         elif fin:
-            p, y = preds[(label, seeds[0])]
+            p, y = next(pv for (lb, _), pv in preds.items() if lb == label)
             lo, hi = wilson_interval(int((p == y).sum()), len(y))
+        elif missing_ok:
+            continue
         else:
             lo = hi = float("nan")
         rows.append({"variant": label, "attn": v.attn or "", "asr": v.asr, "both": v.both, "seeds": len(fin),
@@ -166,6 +179,36 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
             ps.append(mcnemar_exact(int((ok_v & ~ok_b).sum()), int((ok_b & ~ok_v).sum())))
         row["mcnemar_p_vs_baseline"] = ";".join(f"{p:.3g}" for p in ps) if ps else ""
     return pd.DataFrame(rows)
+
+
+def table_of_existing(out: str | Path, attn: str, *, device: str | None = "cpu") -> pd.DataFrame:
+    """The results table of the runs already under ``out/runs`` (no training): every seed found, variants
+    without runs left out; written as ``results.csv``/``results.md``. The runs must share one recipe (a
+    campaign continued over several machines or slots, its archives unpacked into one folder)."""
+    from ..train import run_config
+
+    out = Path(out)
+    runs = sorted(p for p in (out / "runs").glob("*_seed*") if (p / "config.json").is_file()) \
+        if (out / "runs").is_dir() else []
+    if not runs:
+        raise FileNotFoundError(f"{out}: no runs under {out / 'runs'} (expected runs/<variant>_seed<k>/config.json)")
+    cfgs = {p: run_config(read_run(p)) for p in runs}
+    # what must agree: everything but the variant, the seed and where the data was read from
+    recipe = {json.dumps(replace(c, seed=0, data_root=None, model=replace(c.model, attn=None, asr=False, both=False))
+                         .to_dict(), sort_keys=True, default=str) for c in cfgs.values()}
+    if len(recipe) > 1:
+        raise ValueError(f"{out}: the runs were trained with different recipes (model, data, epochs or "
+                         "optimiser); compare runs of one recipe")
+    wanted = {v.label for v in variants(attn).values()}
+    other = sorted({config_label(c.model) for c in cfgs.values()} - wanted)
+    if other:
+        raise ValueError(f"{out}: runs of variants outside {attn}'s four: {', '.join(other)}")
+    seeds = sorted({c.seed for c in cfgs.values()})
+    table = results_table(out, attn, seeds, device=device, missing_ok=True)
+    base = next(iter(cfgs.values()))
+    fsio.write_text(out / "results.csv", table.to_csv(index=False))
+    fsio.write_text(out / "results.md", results_markdown(table, base))
+    return table
 
 
 def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:

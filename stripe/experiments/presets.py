@@ -10,13 +10,18 @@
   speed (baseline, +SE, +ASR(SE) on the fast path: bf16, channels_last, whole-step CUDA graph;
   +ASR(SE) also fp32 eager); the fast path learning like fp32 eager; recording overhead and the
   inference speed table; then, with the time left, ResNet-164 +SE on full CIFAR-10 with online
-  recording every epoch, as many epochs as the measured speed allows.
+  recording every epoch, as many epochs as the measured speed allows. A campaign over several short
+  slots continues with ``--stages cuda-tests,science --variant +ASR(SE) --epochs N`` (the same N each
+  slot; then the baseline, +ASR(SE)+SE, other seeds with ``--seed``), and ``stripe compare --table-only``
+  compares the runs of all slots once their archives are unpacked into one folder.
 * ``paper-cifar10``: the paper's full recipe, ResNet-164, 164 epochs, the four variants, recorded
   online (GPU hours).
 
 Every stage checks the clock against the budget and stops cleanly; whatever happens, the results
 so far are written (``measurements.jsonl``, one JSON object per line) and packed into
-``results.tar.gz`` (checkpoints left out). ``--dry-run`` runs every stage with tiny sizes on the CPU.
+``results.tar.gz`` (checkpoints left out). The archive is kept under a size limit (15 MiB by default,
+so it can be copied back from a machine with a per-file cap): a recording too big for it travels
+thinned (:func:`pack`). ``--dry-run`` runs every stage with tiny sizes on the CPU.
 """
 from __future__ import annotations
 
@@ -79,6 +84,7 @@ class Context:
     data_root: str | None
     progress: bool
     dry_run: bool
+    campaign: "Campaign" = field(default_factory=lambda: Campaign())
     notes: dict[str, Any] = field(default_factory=dict)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -88,6 +94,35 @@ class Context:
         print(line, flush=True)
         with open(self.out / "measurements.jsonl", "a") as f:
             f.write(line + "\n")
+
+
+GPU_STAGES = ("cuda-tests", "train-speed", "learns", "collect-speed", "speed", "science")
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """What one ``gpu-quick`` call adds to a campaign: which stages, and the science run's variant, seed and
+    epochs (``None``: fitted to the time left; a campaign fixes it so that every run has the same schedule)."""
+
+    stages: tuple[str, ...] = GPU_STAGES
+    variant: str = "+SE"
+    seed: int = 0
+    epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        from ..nn.variants import parse_label
+
+        unknown = [x for x in self.stages if x not in GPU_STAGES]
+        if unknown or not self.stages:
+            raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; known: "
+                             f"{', '.join(GPU_STAGES)}")
+        v = parse_label(self.variant)
+        if v.attn not in (None, "se"):
+            raise ValueError(f"--variant {self.variant}: the campaign is of SE (baseline, +SE, +ASR(SE), +ASR(SE)+SE)")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -117,7 +152,7 @@ class Sizes:
     compile: str = "cudagraph"
 
 
-GPU = Sizes()
+GPU = Sizes(raw_n=64)  # ResNet-164 has 8,064 SE channels: 64 raw images per tap and epoch is 2 MB
 GPU_DRY = Sizes(model="cifar_resnet20", batch=32, bench_steps=3, bench_warmup=2, learns_epochs=1,
                 learns_train_subset=256, collect_images=200, speed_batches=(2,), speed_repeats=1,
                 science_epochs_max=2, science_reserve_s=0.0, min_stage_s=0.0, train_subset=256, test_subset=200, probe_n=100,
@@ -141,19 +176,20 @@ def _base_config(ctx: Context, **over: Any):
 
 
 def _train_recorded(ctx: Context, cfg, run: Path, *, reserve: float = 0.0) -> dict[str, Any]:
-    """Train ``cfg`` into ``run`` (resuming a partial run) with online recording and the budget's deadline."""
+    """Train ``cfg`` into ``run`` (resuming a partial run) with online recording (when the model has attention)
+    and the budget's deadline."""
     from ..record import OnlineRecorder
     from ..train import train
 
-    rec = OnlineRecorder(raw_n=ctx.sizes.raw_n)
+    rec = OnlineRecorder(raw_n=ctx.sizes.raw_n) if cfg.model.attn else None
     deadline = Deadline(ctx.budget, reserve)
     t0 = time.perf_counter()
     rows = train(cfg, run, resume=(run / "config.json").exists(), device=ctx.sizes.device, progress=ctx.progress,
-                 callbacks=[rec, deadline])
+                 callbacks=[c for c in (rec, deadline) if c is not None])
     trained = [r for r in rows if r["epoch"] >= 1]
     return {"run": str(run), "epochs_done": rows[-1]["epoch"], "epochs": cfg.epochs,
             "stopped_by_budget_at": deadline.stopped_at, "wall_s": time.perf_counter() - t0,
-            "record_s": rec.seconds, "final_test_acc": rows[-1]["test_acc"],
+            "record_s": rec.seconds if rec else 0.0, "final_test_acc": rows[-1]["test_acc"],
             "median_images_per_s": (sorted(r["images_per_s"] for r in trained)[len(trained) // 2] if trained else None),
             "train_s": sum(r["train_seconds"] for r in trained if r["train_seconds"] == r["train_seconds"])}
 
@@ -281,31 +317,51 @@ def _stage_speed(ctx: Context) -> None:
 
 
 def _stage_science(ctx: Context) -> None:
-    """ResNet-164 +SE on the full training set, online recording every epoch, epochs fitted to the time left."""
-    from ..nn.variants import Variant
+    """ResNet-164 (+SE, or the campaign's variant and seed) on the full training set, online recording every
+    epoch; the epochs are the campaign's, or as many as the measured speed fits into the time left. The final
+    predictions are kept next to the run (they travel in the archive, for the comparison of a campaign)."""
+    from ..nn.variants import parse_label
+    from .compare import final_predictions, run_dir_of
 
-    sz = ctx.sizes
+    sz, camp = ctx.sizes, ctx.campaign
+    v = parse_label(camp.variant)
     speed = ctx.notes.get("asr_fast_images_per_s")
     n_train = 50000 if sz.train_subset is None else sz.train_subset
     per_epoch = (n_train / speed * 1.15 + 5) if speed else None  # +15 % and evaluation/recording time
     left = ctx.budget.left() - sz.science_reserve_s
-    epochs = sz.science_epochs_max if per_epoch is None else int(max(0, min(sz.science_epochs_max, left // per_epoch)))
-    if epochs < 2:
-        ctx.log({"stage": "science", "skipped": f"{left:.0f} s left, ~{per_epoch or 0:.0f} s per epoch"})
+    if camp.epochs is not None:
+        epochs = camp.epochs
+    elif per_epoch is None:
+        ctx.log({"stage": "science", "skipped": "no measured speed to fit the epochs to: run train-speed first "
+                                                "or give --epochs"})
         return
-    cfg = _base_config(ctx, model=replace(_base_config(ctx).model, **Variant("se").overrides()), epochs=epochs,
+    else:
+        epochs = int(max(0, min(sz.science_epochs_max, left // per_epoch)))
+        if epochs < 2:
+            ctx.log({"stage": "science", "skipped": f"{left:.0f} s left, ~{per_epoch:.0f} s per epoch"})
+            return
+    cfg = _base_config(ctx, model=replace(_base_config(ctx).model, **v.overrides()), epochs=epochs, seed=camp.seed,
                        keep_checkpoints="last")
-    run = ctx.out / "science" / "plus_se_seed0"
-    ctx.log({"stage": "science-plan", "epochs": epochs, "estimated_epoch_s": per_epoch, "left_s": left})
-    ctx.log({"stage": "science", **_train_recorded(ctx, cfg, run, reserve=sz.science_reserve_s)})
-    _tables(ctx, run, "+SE")
+    run = run_dir_of(ctx.out, v.label, camp.seed)
+    ctx.log({"stage": "science-plan", "variant": v.label, "seed": camp.seed, "epochs": epochs,
+             "estimated_epoch_s": per_epoch, "left_s": left})
+    result = _train_recorded(ctx, cfg, run, reserve=sz.science_reserve_s)
+    ctx.log({"stage": "science", "variant": v.label, "seed": camp.seed, **result})
+    if result["stopped_by_budget_at"] is None:
+        pred, labels = final_predictions(run, sz.device)
+        ctx.log({"stage": "science", "variant": v.label, "final_predictions": len(pred),
+                 "final_top1": 100 * float((pred == labels).mean())})
+    if v.attn:
+        _tables(ctx, run, v.label)
 
 
 def gpu_quick(ctx: Context) -> None:
     """Every GPU measurement in the order of the GPU issue; each stage logged, failures logged and skipped."""
-    for name, fn in (("cuda-tests", _stage_cuda_tests), ("train-speed", _stage_train_speed),
-                     ("learns", _stage_learns), ("collect-speed", _stage_collect_speed), ("speed", _stage_speed),
-                     ("science", _stage_science)):
+    stages = {"cuda-tests": _stage_cuda_tests, "train-speed": _stage_train_speed, "learns": _stage_learns,
+              "collect-speed": _stage_collect_speed, "speed": _stage_speed, "science": _stage_science}
+    for name, fn in stages.items():
+        if name not in ctx.campaign.stages:
+            continue
         if ctx.budget.left() <= ctx.sizes.min_stage_s:
             ctx.log({"stage": name, "skipped": "out of budget"})
             continue
@@ -358,25 +414,108 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def pack(out: Path) -> Path:
-    """Everything under ``out`` except checkpoints, as ``out/results.tar.gz``."""
+ARCHIVE_MIB = 15.0  # results.tar.gz stays under this, so it can be copied back through a per-file cap
+
+
+def _thin(rec: Path) -> tuple[set[Path], dict[Path, bytes]]:
+    """How recording ``rec`` travels thinned: the files to leave out (every epoch's statistics and raw vectors
+    but the last one's, and the per-channel table) and the members to replace (a manifest that lists the
+    kept epoch and says that ``tables/`` holds the stripe tables of every epoch, computed before thinning)."""
+    from ..record.format import MANIFEST_NAME
+
+    manifest = json.loads((rec / MANIFEST_NAME).read_text())
+    ckpts = sorted(manifest.get("checkpoints", []), key=lambda c: c["epoch"])
+    if len(ckpts) < 2:
+        return set(), {}
+    drop = {rec / c[k] for c in ckpts[:-1] for k in ("stats", "raw") if c.get(k)} | {rec / "tables" / "channels.parquet"}
+    thin = {**manifest, "checkpoints": ckpts[-1:],
+            "thinned": {"epochs": [c["epoch"] for c in ckpts], "kept": [ckpts[-1]["epoch"]], "tables": "tables"}}
+    return drop, {rec / MANIFEST_NAME: (json.dumps(thin, indent=1) + "\n").encode()}
+
+
+def pack(out: Path, limit_mib: float = ARCHIVE_MIB) -> Path:
+    """Everything under ``out`` except checkpoints, as ``out/results.tar.gz``, kept under ``limit_mib``.
+
+    When the files would weigh more, the largest recordings travel thinned until they fit (their tables,
+    ``tables/``, computed first where a stage did not write them): only their last epoch's statistics and raw
+    vectors, with the tables of every epoch; :func:`stripe.analysis.compute_tables` reads such a recording's
+    tables as they are. What was thinned is listed in ``PACKING.json`` inside the archive.
+    """
+    from ..record.format import MANIFEST_NAME
+
     archive = out / "results.tar.gz"
+
+    def members() -> list[Path]:
+        return [p for p in sorted(out.rglob("*")) if p.is_file() and p != archive and "checkpoints" not in p.parts
+                and not p.name.startswith(".stripe")]
+
+    size = sum(p.stat().st_size for p in members())
+    limit = limit_mib * 2**20
+    recs = [m.parent for m in out.rglob(MANIFEST_NAME) if "checkpoints" not in m.parts]
+    drop: set[Path] = set()
+    replace_: dict[Path, bytes] = {}
+    thinned = []
+    for rec in sorted(recs, key=lambda r: sum(p.stat().st_size for p in r.rglob("*") if p.is_file()), reverse=True):
+        if size <= limit:
+            break
+        if not (rec / "tables" / "taps.parquet").is_file():  # a stage stopped before its tables: make them now
+            from ..analysis import compute_tables, write_tables
+
+            try:
+                size += sum(p.stat().st_size for p in write_tables(compute_tables(rec), rec / "tables"))
+            except Exception as e:  # noqa: BLE001 - packing goes on; the recording travels whole
+                print(f"archive: {rec} is not thinned: its tables could not be computed ({type(e).__name__}: {e})")
+                continue
+        d, r = _thin(rec)
+        if not d:
+            continue
+        size -= sum(p.stat().st_size for p in d if p.is_file())
+        size += sum(len(b) - (p.stat().st_size if p.is_file() else 0) for p, b in r.items())
+        drop |= d
+        replace_.update(r)
+        thinned.append(str(rec.relative_to(out)))
     with tarfile.open(archive, "w:gz") as tar:
-        for p in sorted(out.rglob("*")):
-            if p.is_file() and p != archive and "checkpoints" not in p.parts and not p.name.startswith(".stripe"):
+        for p in members():  # again: tables written above travel too
+            if p in drop:
+                continue
+            if p in replace_:
+                _add_bytes(tar, str(p.relative_to(out)), replace_[p])
+            else:
                 tar.add(p, arcname=str(p.relative_to(out)))
+        if thinned:
+            _add_bytes(tar, "PACKING.json", (json.dumps({"limit_mib": limit_mib, "thinned_recordings": thinned,
+                                                         "left_out_files": len(drop)}, indent=1) + "\n").encode())
+    if thinned:
+        print(f"archive: thinned {len(thinned)} recording(s) to their last epoch to stay under {limit_mib:g} MiB: "
+              f"{', '.join(thinned)}")
+    if archive.stat().st_size > limit:
+        print(f"warning: {archive} is {archive.stat().st_size / 2**20:.1f} MiB, over the {limit_mib:g} MiB limit")
     return archive
 
 
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
 def run_preset(name: str, *, out: str | Path | None = None, data_root: str | None = None, budget: float | None = None,
-               dry_run: bool = False, device: str = "auto", progress: bool = True) -> int:
-    """Run preset ``name`` within ``budget`` seconds; writes ``measurements.jsonl`` and ``results.tar.gz``."""
+               dry_run: bool = False, device: str = "auto", progress: bool = True, campaign: Campaign | None = None,
+               archive_mib: float = ARCHIVE_MIB) -> int:
+    """Run preset ``name`` within ``budget`` seconds; writes ``measurements.jsonl`` and ``results.tar.gz`` (under
+    ``archive_mib``). ``campaign`` (``gpu-quick`` only) picks its stages and the science run."""
     from ..data import default_data_dir
     from ..experiments.demo import pick_dataset
 
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[name]
+    if campaign is not None and name != "gpu-quick":
+        raise ValueError("--stages, --variant, --seed and --epochs apply to gpu-quick only")
+    if archive_mib <= 0:
+        raise ValueError(f"--archive-mib must be > 0, got {archive_mib}")
     sizes = preset.dry if dry_run else preset.sizes
     if device != "auto":
         sizes = replace(sizes, device=device)
@@ -387,12 +526,12 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
     out.mkdir(parents=True, exist_ok=True)
     dataset, sentence = pick_dataset(data_root) if name != "demo-cpu" else ("cifar10", "")
     ctx = Context(out, ctx_budget, sizes, sizes.device, dataset, data_root if dataset == "cifar10" else None,
-                  progress, dry_run)
+                  progress, dry_run, campaign or Campaign())
     with fsio.DirLock(out, "--out"):
         ctx.log({"stage": "env", "preset": name, "stripe": __version__, "torch": torch.__version__,
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,
                  "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else platform.processor() or "cpu",
-                 "data": sentence, "sizes": sizes.__dict__})
+                 "data": sentence, "sizes": sizes.__dict__, "campaign": ctx.campaign.__dict__})
         failed = False
         try:
             preset.run(ctx)
@@ -401,6 +540,6 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
             ctx.log({"stage": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
         finally:
             ctx.log({"stage": "done", "wall_s": round(ctx_budget.used(), 1)})
-            archive = pack(out)
+            archive = pack(out, archive_mib)
             print(f"archive: {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
     return 1 if failed else 0
