@@ -553,8 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("stats", help="stripe statistics of a recording (tables + summary); several: across seeds")
     s.add_argument("recording", nargs="+", help="a recording folder; several (runs of one variant) aggregate")
     s.add_argument("--out", default=None, help="default RECORDING/tables")
-    s.add_argument("--eps", type=float, default=0.1, help="settling: distance of μ's channel pattern to the final one")
-    s.add_argument("--threshold", type=float, default=0.9, help="convergence: stripe index of the attention")
+    from .analysis.tables import SETTLE_EPS, STRIPE_THRESHOLD
+
+    s.add_argument("--eps", type=float, default=SETTLE_EPS,
+                   help="settling: distance of μ's channel pattern to the final one")
+    s.add_argument("--threshold", type=float, default=STRIPE_THRESHOLD,
+                   help="convergence: stripe index of the attention")
 
     s = sub.add_parser("ablate", help="replace attention by its probe-set mean (folded into BN); test accuracy")
     s.add_argument("run_dir", nargs="?", default=None, help="a training run (or --model NAME --weights FILE)")

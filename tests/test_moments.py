@@ -93,6 +93,21 @@ def test_batch_moments_values_and_dtypes() -> None:
         assert all(m[k].dtype == torch.float64 for k in ("mean", "m2", "min", "max", "unit_sum"))
 
 
+def test_batch_moments_segments_equal_separate_reductions() -> None:
+    """Taps side by side (segments) give exactly the moments of each tap reduced alone, unit sums included."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(12, 5, generator=g), torch.rand(12, 9, generator=g)
+    folds = torch.arange(12) % 4
+    joint = batch_moments(torch.cat([a, b], dim=1), folds, 4, segments=[5, 9])
+    for lo, part in ((0, a), (5, b)):
+        alone = batch_moments(part, folds, 4)
+        for key, v in alone.items():
+            got = joint[key] if key == "count" else joint[key][:, lo:lo + part.shape[1]]
+            torch.testing.assert_close(got, v, rtol=0, atol=1e-15, msg=key)
+    with pytest.raises(ValueError, match="segments"):
+        batch_moments(torch.cat([a, b], dim=1), folds, 4, segments=[5, 8])
+
+
 def test_batch_moments_zero_rows_and_empty() -> None:
     a = torch.tensor([[0.0, 0.0], [3.0, 4.0]], dtype=torch.float64)
     m = batch_moments(a)

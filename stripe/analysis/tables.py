@@ -271,8 +271,13 @@ def _check_tap_params(saturation: float, dead_tol: float) -> None:
         raise ValueError(f"dead_tol must be >= 0, got {dead_tol}")
 
 
-def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = 0.02,
-              dead_tol: float = 1e-6) -> pd.DataFrame:
+# the tables' default parameters (a thinned recording's tables were computed with these)
+SATURATION, DEAD_TOL, SETTLE_EPS, STRIPE_THRESHOLD = 0.02, 1e-6, 0.1, 0.9
+_DEFAULT_TABLE_PARAMS = (SATURATION, DEAD_TOL, SETTLE_EPS, STRIPE_THRESHOLD)
+
+
+def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = SATURATION,
+              dead_tol: float = DEAD_TOL) -> pd.DataFrame:
     """Per (epoch, tap): metadata, std/stripe/cos of after and before with jackknife intervals, drift_prev
     (||μ_t − μ_prev|| / ||μ_prev||), dist_final (||μ_t − μ_T|| / ||μ_T||), settle_dist (the same with μ
     centred over channels: see the module docstring), saturated_frac, dead_channels and flag."""
@@ -297,7 +302,7 @@ def settle_epoch(epochs: np.ndarray, ok: np.ndarray) -> float:
     return float(e1[start]) if start < len(e1) else np.nan
 
 
-def convergence_table(taps: pd.DataFrame, *, eps: float = 0.1, threshold: float = 0.9) -> pd.DataFrame:
+def convergence_table(taps: pd.DataFrame, *, eps: float = SETTLE_EPS, threshold: float = STRIPE_THRESHOLD) -> pd.DataFrame:
     """Per tap: settle_epoch (settle_dist < eps for good, from an epoch >= 1), convergence_epoch (settled and
     stripe_after > threshold for good), the stripe index at init / first trained / final checkpoint,
     and ``init_settled``: whether epoch 0 itself would pass the settling test (it should not)."""
@@ -412,11 +417,9 @@ def stage_summary(rec: Recording | str | os.PathLike[str]) -> pd.DataFrame:
     return _stage_table(_groups(rec), _tap_meta(rec))
 
 
-_DEFAULT_TABLE_PARAMS = (0.02, 1e-6, 0.1, 0.9)  # saturation, dead_tol, eps, threshold: compute_tables' defaults
-
-
-def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturation: float = 0.02,
-                   dead_tol: float = 1e-6, eps: float = 0.1, threshold: float = 0.9) -> dict[str, pd.DataFrame]:
+def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturation: float = SATURATION,
+                   dead_tol: float = DEAD_TOL, eps: float = SETTLE_EPS,
+                   threshold: float = STRIPE_THRESHOLD) -> dict[str, pd.DataFrame]:
     """All tables of a recording: {'channels', 'taps', 'convergence', 'stages'} (statistics read once).
 
     A thinned recording (the manifest's ``thinned`` entry: only its last epoch's statistics kept, as the

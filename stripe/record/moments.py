@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,16 +44,16 @@ MOMENT_KEYS: tuple[str, ...] = ("mean", "m2", "min", "max", "unit_sum")
 
 
 def batch_moments(a: torch.Tensor, folds: torch.Tensor | None = None, k: int = 1,
-                  unit: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                  segments: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Per-channel moments of one [N, C] batch in float64, computed on its device without a host sync.
 
     Leading axes batch independent matrices: [*T, N, C] gives moments of shape [*T, C] (one
     reduction for many taps at once) and ``count`` is the scalar N. With ``folds`` (int64 [N], values
     in 0..k-1) the moments are kept per fold: shapes [*T, k, C] and ``count`` [k]. Every sum is of
     float32 (or narrower) values in float64, so the mean of equal values is exact and a constant
-    channel's ``m2`` is exactly 0. ``unit`` (the shape of ``a``) gives the rows' unit vectors when a row
-    holds several taps side by side (each normalised over its own channels); by default each row of
-    ``a`` is normalised as a whole.
+    channel's ``m2`` is exactly 0. ``segments`` (channel counts summing to C) says that a row holds
+    several taps side by side: each is normalised over its own channels for ``unit_sum``; by default
+    each row of ``a`` is normalised as a whole.
     """
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"batch_moments expects a torch.Tensor, got {type(a).__name__}")
@@ -78,19 +78,19 @@ def batch_moments(a: torch.Tensor, folds: torch.Tensor | None = None, k: int = 1
     total = x.new_zeros(shape).scatter_add_(-2, index, x)
     mean = total / count.clamp(min=1).to(x.dtype)[:, None]  # exact for equal values
     m2 = x.new_zeros(shape).scatter_add_(-2, index, (x - mean.gather(-2, index)).square())
-    if unit is None:
-        norms = torch.linalg.vector_norm(x, dim=-1, keepdim=True)  # [*T, N, 1]
-        # a row with zero norm is all zeros, so dividing it by 1 makes it contribute 0
-        unit = x / torch.where(norms > 0, norms, torch.ones_like(norms))
-    elif unit.shape != x.shape:
-        raise ValueError(f"unit must have the shape of a, {tuple(x.shape)}, got {tuple(unit.shape)}")
+    if segments is not None and (sum(segments) != c or min(segments, default=0) < 1):
+        raise ValueError(f"segments must be positive channel counts summing to {c}, got {list(segments)}")
+    parts = x.split(list(segments), dim=-1) if segments is not None else (x,)
+    # a row with zero norm is all zeros, so dividing it by 1 makes it contribute 0
+    unit = torch.cat([p / torch.where(n > 0, n, torch.ones_like(n))
+                      for p, n in ((p, torch.linalg.vector_norm(p, dim=-1, keepdim=True)) for p in parts)], dim=-1)
     out = {
         "count": count,
         "mean": mean,
         "m2": m2,
         "min": x.new_full(shape, math.inf).scatter_reduce_(-2, index, x, "amin"),
         "max": x.new_full(shape, -math.inf).scatter_reduce_(-2, index, x, "amax"),
-        "unit_sum": x.new_zeros(shape).scatter_add_(-2, index, unit.to(torch.float64)),
+        "unit_sum": x.new_zeros(shape).scatter_add_(-2, index, unit),
     }
     if squeeze:
         out = {key: (v[0] if key == "count" else v.squeeze(-2)) for key, v in out.items()}

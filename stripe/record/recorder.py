@@ -165,16 +165,13 @@ class Recorder:
                 self._raw_count[(key, kind)] += take
         for (_, dev), items in groups.items():
             # every tap of this batch side by side: one exact reduction, whatever the taps' widths
-            xs = [a.detach().to(torch.float64) for _, _, a in items]
-            units = [x / torch.where(n > 0, n, torch.ones_like(n))
-                     for x, n in ((x, torch.linalg.vector_norm(x, dim=-1, keepdim=True)) for x in xs)]
-            m = batch_moments(torch.cat(xs, dim=1), fold_ids.to(dev), self.folds,
-                              unit=torch.cat(units, dim=1))  # [K, sum C]
+            widths = [a.shape[1] for _, _, a in items]
+            m = batch_moments(torch.cat([a.to(torch.float64) for _, _, a in items], dim=1), fold_ids.to(dev),
+                              self.folds, segments=widths)  # [K, sum C]
             lo = 0
-            for (key, kind, _), x in zip(items, xs):
-                hi = lo + x.shape[1]
-                self._moments[(key, kind)].append({k: (v if k == "count" else v[:, lo:hi]) for k, v in m.items()})
-                lo = hi
+            for (key, kind, _), w in zip(items, widths):
+                self._moments[(key, kind)].append({k: (v if k == "count" else v[:, lo:lo + w]) for k, v in m.items()})
+                lo += w
         self._seen += self._batch
         self._stash.clear()
 
