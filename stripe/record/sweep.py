@@ -7,6 +7,7 @@ second writer, and under torchrun shares the checkpoints out between ranks.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,8 +120,6 @@ def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[st
         if dataset is None:
             raise ValueError(f"--model {model}: give the data set of the probe images (--dataset)")
         if weights is not None:  # trained weights: epoch 1 unless the file name says epoch N
-            import re
-
             m = re.search(r"epoch[_-]?(\d+)", Path(weights).name)
             return SweepSource([(int(m.group(1)) if m else 1, Path(weights))], model_config, dataset, data_root)
         checkpoints = files
@@ -255,7 +254,7 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
     checkpoint files in ``checkpoints`` plus ``model_config`` and ``dataset`` (checkpoints from
     elsewhere), or a model name ``model`` (``timm:seresnet18``, ``torchvision:NAME`` …) with its
     ``weights`` file (or ``checkpoints`` files), ``num_classes`` and ``dataset``. ``taps="auto"``
-    also records gates found by the generic detector. ``preprocess``: see :func:`probe_preprocess`
+    also records gates found by the generic detector. ``preprocess``: see :func:`stripe.nn.preprocess_for`
     (``auto``: the model's own resize/crop/normalisation for ``model`` + ``weights``).
     Resumable and atomic; under torchrun the checkpoints are shared out between ranks.
     """
