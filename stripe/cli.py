@@ -372,6 +372,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
                             variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
     return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget, dry_run=args.dry_run,
+                      jobs=args.jobs, only=[x.strip() for x in args.only.split(",") if x.strip()] if args.only else None,
                       device=args.device, progress=not args.no_progress, campaign=campaign,
                       archive_mib=args.archive_mib)
 
@@ -605,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="results.tar.gz stays under this size; big recordings travel thinned (default 15)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
+    g = s.add_argument_group("the attention zoo (zoo-cifar10-cpu only)")
+    g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
+                   help="runs trained side by side, the cores split between them (default 2)")
+    g.add_argument("--only", default=None, help="comma-separated runs (slugs or labels, e.g. plus_se,baseline)")
     g = s.add_argument_group("a campaign over several GPU slots (gpu-quick only)")
     g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: cuda-tests, "
                                                   "train-speed, learns, collect-speed, speed, science)")

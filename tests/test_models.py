@@ -144,3 +144,27 @@ def test_dia_cell_is_shared_and_tags_calls():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
+
+
+def _hidden_widths(model: torch.nn.Module) -> list[int]:
+    from stripe.nn.taps import ChannelAttention
+
+    return [m.hidden_width for m in model.modules() if isinstance(m, ChannelAttention)]
+
+
+def test_reduction_option_sets_hidden_widths():
+    """r = 16 leaves one hidden unit in ResNet-20's 16-channel stage; r = 4 gives ResNet-164's widths (4/8/16)."""
+    assert _hidden_widths(create_model("cifar_resnet20", num_classes=10, attn="se")) == [1] * 3 + [2] * 3 + [4] * 3
+    r4 = create_model("cifar_resnet20", num_classes=10, attn="se", reduction=4)
+    assert _hidden_widths(r4) == [4] * 3 + [8] * 3 + [16] * 3
+    r164 = create_model("cifar_resnet164", num_classes=100, attn="se")
+    assert sorted(set(_hidden_widths(r164))) == [4, 8, 16]
+    asr = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, reduction=4)
+    assert _hidden_widths(asr) == [4] * 3 + [8] * 3 + [16] * 3
+    assert set(_hidden_widths(create_model("cifar_resnet20", num_classes=10, attn="cbam", reduction=2))) == {8, 16, 32}
+    assert _hidden_widths(create_model("cifar_resnet20", num_classes=10, attn="dia", reduction=8)) == [2, 4, 8]
+    assert _hidden_widths(create_model("cifar_resnet20", num_classes=10, attn="eca")) == [None] * 9
+    with pytest.raises(ValueError, match="eca has no reduction; it applies to se, cbam, spa, dia"):
+        create_model("cifar_resnet20", num_classes=10, attn="eca", reduction=4)
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        create_model("cifar_resnet20", num_classes=10, attn="se", reduction=0)

@@ -137,6 +137,17 @@ def test_tap_selection():
         Recorder(create_model("cifar_resnet20", num_classes=10), "*")
 
 
+@pytest.mark.parametrize("attn", ["se", "dia"])
+def test_tap_depth_is_the_global_block_index(attn):
+    """Golden places of ResNet-20 (3 blocks per stage): depth counts each block once, 0 … 8 in forward order,
+    for per-block modules and for DIA's stage-shared cell (block = call index)."""
+    model = create_model("cifar_resnet20", num_classes=10, attn=attn)
+    with Recorder(model, "*") as rec, torch.no_grad():
+        model(_images(2))
+    places = [(t.stage, t.block, t.depth) for t in rec.taps]
+    assert places == [(s, b, 3 * (s - 1) + b) for s in (1, 2, 3) for b in range(3)]
+
+
 def test_wrapped_models():
     model = create_model("cifar_resnet8", num_classes=10, attn="eca")
     wrapped = torch.nn.DataParallel(model)

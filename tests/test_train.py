@@ -29,6 +29,7 @@ def test_paper_schedule_and_config_round_trip():
     assert cfg.milestone_epochs() == [82, 123]
     assert [cfg.lr_at(e) for e in (1, 82, 83, 123, 124, 164)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert (cfg.momentum, cfg.weight_decay, cfg.batch_size) == (0.9, 1e-4, 128)
+    assert cfg.milestone_steps(390) == [82 * 390, 123 * 390]  # on epoch boundaries: the same as per epoch
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         TrainConfig(precision="fp8")
@@ -58,6 +59,19 @@ def test_sgd_matches_torch_sgd():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
 
 
+def test_short_runs_train_at_the_full_lr_first():
+    """A 1-epoch run decays inside the epoch: lr 0.1 for the first half of its steps, 0.01 to 75 %, then 0.001
+    (per-epoch milestones would round to epoch 0 and train the whole run at 0.001)."""
+    cfg = TrainConfig(epochs=1)
+    spe = 46  # 6,000 images at batch 128
+    assert cfg.milestone_steps(spe) == [23, 34]
+    lrs = [cfg.lr_at_step(i, spe) for i in range(spe)]
+    assert lrs[:23] == [0.1] * 23 and lrs[23:34] == pytest.approx([0.01] * 11) and lrs[34:] == pytest.approx([0.001] * 12)
+    assert cfg.lr_at(1, spe) == 0.1
+    two = TrainConfig(epochs=2)
+    assert [two.lr_at(e, 10) for e in (1, 2)] == pytest.approx([0.1, 0.01])  # 2nd epoch starts at the first milestone
+
+
 @pytest.mark.real_data
 def test_run_directory_contents(tmp_path):
     rows = train(tiny_cfg(), tmp_path / "run", device="cpu", progress=False, data=tiny_data())
@@ -69,7 +83,9 @@ def test_run_directory_contents(tmp_path):
     assert [e for e, _ in list_checkpoints(run)] == [0, 1, 2, 3]
     m = pd.read_csv(run / "metrics.csv")
     assert list(m.columns) == T.METRIC_COLUMNS and list(m["epoch"]) == [0, 1, 2, 3]
-    assert m["lr"].iloc[1:].tolist() == pytest.approx([0.1, 0.01, 0.001])
+    # milestones at 1.5 and 2.25 epochs, applied at the step: lr at each epoch's first and last step
+    assert m["lr"].iloc[1:].tolist() == pytest.approx([0.1, 0.1, 0.01])
+    assert m["lr_end"].iloc[1:].tolist() == pytest.approx([0.1, 0.01, 0.001])
     assert (m["images_per_s"].iloc[1:] > 0).all() and m["test_acc"].between(0, 100).all()
     ckpt = load_checkpoint(run / "checkpoints" / "epoch_0002.pt")
     assert ckpt["train_config"] == tiny_cfg().to_dict() and ckpt["model_config"]["asr"] is True

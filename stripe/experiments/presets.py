@@ -373,6 +373,17 @@ def gpu_quick(ctx: Context) -> None:
         ctx.log({"stage": name, "done_s": round(time.perf_counter() - t0, 1)})
 
 
+# --------------------------------------------------------------------------- zoo-cifar10-cpu
+def zoo_cifar10_cpu(ctx: Context) -> None:
+    """Every attention module as +att and +ASR(att), and the baseline, on ResNet-20 (:mod:`.zoo`)."""
+    from . import zoo
+
+    deadline = time.monotonic() + ctx.budget.left()
+    zoo.run_campaign(ctx.out, jobs=ctx.notes.get("jobs", 2), sizes=zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO,
+                     data_root=ctx.data_root, log=ctx.log, deadline=deadline,
+                     only=ctx.notes.get("only"))
+
+
 # --------------------------------------------------------------------------- demo / paper
 def demo_cpu(ctx: Context) -> None:
     from .demo import TINY, DemoConfig, run_demo
@@ -408,6 +419,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "demo-cpu": Preset(demo_cpu, 3600, CPU20, CPU20_DRY),
     "cifar10-resnet20-cpu": Preset(cifar10_resnet20_cpu, 4 * 3600, CPU20, CPU20_DRY),
+    "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY),
     "gpu-quick": Preset(gpu_quick, 540, GPU, GPU_DRY, needs_cuda=True),
     "paper-cifar10": Preset(paper_cifar10, 7 * 24 * 3600, replace(GPU, epochs=164), replace(GPU_DRY, epochs=2),
                             needs_cuda=True),
@@ -503,9 +515,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def run_preset(name: str, *, out: str | Path | None = None, data_root: str | None = None, budget: float | None = None,
                dry_run: bool = False, device: str = "auto", progress: bool = True, campaign: Campaign | None = None,
-               archive_mib: float = ARCHIVE_MIB) -> int:
+               archive_mib: float = ARCHIVE_MIB, jobs: int | None = None, only: list[str] | None = None) -> int:
     """Run preset ``name`` within ``budget`` seconds; writes ``measurements.jsonl`` and ``results.tar.gz`` (under
-    ``archive_mib``). ``campaign`` (``gpu-quick`` only) picks its stages and the science run."""
+    ``archive_mib``). ``campaign`` (``gpu-quick`` only) picks its stages and the science run; ``jobs`` and ``only``
+    (``zoo-cifar10-cpu`` only): runs side by side, and which runs (slugs or labels)."""
     from ..data import default_data_dir
     from ..experiments.demo import pick_dataset
 
@@ -514,6 +527,15 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
     preset = PRESETS[name]
     if campaign is not None and name != "gpu-quick":
         raise ValueError("--stages, --variant, --seed and --epochs apply to gpu-quick only")
+    if (jobs is not None or only is not None) and name != "zoo-cifar10-cpu":
+        raise ValueError("--jobs and --only apply to zoo-cifar10-cpu only")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if only:
+        from .zoo import run_by_slug
+
+        for o in only:
+            run_by_slug(o)
     if archive_mib <= 0:
         raise ValueError(f"--archive-mib must be > 0, got {archive_mib}")
     sizes = preset.dry if dry_run else preset.sizes
@@ -527,6 +549,10 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
     dataset, sentence = pick_dataset(data_root) if name != "demo-cpu" else ("cifar10", "")
     ctx = Context(out, ctx_budget, sizes, sizes.device, dataset, data_root if dataset == "cifar10" else None,
                   progress, dry_run, campaign or Campaign())
+    if jobs is not None:
+        ctx.notes["jobs"] = jobs
+    if only:
+        ctx.notes["only"] = list(only)
     with fsio.DirLock(out, "--out"):
         ctx.log({"stage": "env", "preset": name, "stripe": __version__, "torch": torch.__version__,
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,

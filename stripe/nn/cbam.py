@@ -20,7 +20,7 @@ class CBAM(ChannelAttention):
 
     def __init__(self, channels: int, reduction: int = 16, spatial: bool = True) -> None:
         super().__init__(channels)
-        hidden = max(1, channels // reduction)
+        hidden = self.hidden_width = max(1, channels // reduction)
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
         )

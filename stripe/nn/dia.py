@@ -7,8 +7,8 @@ from torch import nn
 from .taps import ChannelAttention, global_pool
 
 
-def _gate_mlp(channels: int) -> nn.Sequential:
-    hidden = max(1, channels // 4)
+def _gate_mlp(channels: int, reduction: int) -> nn.Sequential:
+    hidden = max(1, channels // reduction)
     return nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 4 * channels))
 
 
@@ -23,10 +23,11 @@ class DIACell(ChannelAttention):
     Under ASR each block feeds a ψ of its own and the state still flows block to block.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__(channels)
-        self.mlp_x = _gate_mlp(channels)
-        self.mlp_h = _gate_mlp(channels)
+        self.hidden_width = max(1, channels // reduction)
+        self.mlp_x = _gate_mlp(channels, reduction)
+        self.mlp_h = _gate_mlp(channels, reduction)
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def step(self, x: torch.Tensor, index: int, last: bool = False) -> torch.Tensor:

@@ -44,6 +44,13 @@ class AttnSpec:
         """Smallest ψ spatial size the ψ-fed form accepts (a class attribute of the gate)."""
         return self.gate.min_psi_size
 
+    def options(self) -> tuple[str, ...]:
+        """Keyword options the gate's constructor takes besides ``channels`` (e.g. ``reduction``)."""
+        import inspect
+
+        params = inspect.signature(self.gate.__init__).parameters
+        return tuple(n for n in params if n not in ("self", "channels") and n not in self.asr_kw)
+
     def create(self, channels: int, *, for_asr: bool = False, **kw: Any) -> nn.Module:
         """The normal form, or with ``for_asr`` the form that takes ASR's ψ."""
         if for_asr:

@@ -11,7 +11,7 @@ from torch import nn
 from .asr import ASRNorm
 from .dia import DIAStep
 from .ie import IEBatchNorm
-from .registry import create_attn, get_spec
+from .registry import create_attn, get_spec, list_attn
 from .sources import build_source, is_source, parse_source
 
 _NAME = re.compile(r"^cifar_resnet(\d+)$")
@@ -41,6 +41,7 @@ class ModelConfig:
     psi_size: int | None = None
     psi_init: float = 0.1
     attn_kw: dict[str, Any] = field(default_factory=dict)
+    reduction: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -87,6 +88,13 @@ class ModelConfig:
             raise ValueError("both=True keeps a normal attention beside ASR, so it needs asr=True")
         if self.num_classes is not None and self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.reduction is not None:
+            if spec is None or "reduction" not in spec.options():
+                raise ValueError(f"--reduction {self.reduction}: {self.attn or 'the baseline (no attention)'} has no "
+                                 "reduction; it applies to " + ", ".join(n for n in list_attn() if "reduction" in
+                                                                          get_spec(n).options()))
+            if isinstance(self.reduction, bool) or int(self.reduction) != self.reduction or self.reduction < 1:
+                raise ValueError(f"--reduction must be a positive integer, got {self.reduction!r}")
         min_psi = spec.min_psi_size if self.asr else 1
         psi_size = min_psi if self.psi_size is None else self.psi_size
         if psi_size < min_psi:
@@ -105,11 +113,12 @@ class ModelConfig:
     def folded(self) -> "ModelConfig":
         """The config of this model after its ASR norms are folded."""
         return replace(self, asr=False, both=False, attn=self.attn if self.both else None, psi_size=1,
-                       psi_init=ModelConfig.psi_init)
+                       psi_init=ModelConfig.psi_init, reduction=self.reduction if self.both else None)
 
     def plain(self) -> "ModelConfig":
         """The config of the plain backbone (no attention, no ASR)."""
-        return replace(self, attn=None, asr=False, both=False, psi_size=1, psi_init=ModelConfig.psi_init)
+        return replace(self, attn=None, asr=False, both=False, psi_size=1, psi_init=ModelConfig.psi_init,
+                       reduction=None)
 
     @property
     def depth(self) -> int:
@@ -257,7 +266,7 @@ class CifarResNet(nn.Module):
                     places[f"{prefix}.{leaf}"] = TapPlace(s, None, first)
             for b, block in enumerate(stage.blocks()):
                 for path, _ in block.named_modules(prefix=f"{prefix}.{b}"):
-                    places.setdefault(path, TapPlace(s, b, first + b))
+                    places.setdefault(path, TapPlace(s, b, first))
             first += stage.num_blocks
         return places
 
@@ -270,33 +279,28 @@ class CifarResNet(nn.Module):
 def _make_stage(block: type[nn.Module], inplanes: int, planes: int, n: int, stride: int, cfg: ModelConfig) -> Stage:
     spec = get_spec(cfg.attn) if cfg.attn else None
     channels = planes * block.expansion
+    kw = cfg.attn_kw if cfg.reduction is None else {**cfg.attn_kw, "reduction": cfg.reduction}
     normal = spec is not None and (not cfg.asr or cfg.both)  # a normal, input-dependent attention
-    shared = create_attn(spec.name, channels, **cfg.attn_kw) if normal and spec.placement == "stage" else None
-    asr_shared = (create_attn(spec.name, channels, for_asr=True, **cfg.attn_kw)
+    shared = create_attn(spec.name, channels, **kw) if normal and spec.placement == "stage" else None
+    asr_shared = (create_attn(spec.name, channels, for_asr=True, **kw)
                   if cfg.asr and spec.placement == "stage" else None)
     blocks = []
     for i in range(n):
         last = i == n - 1
-        norm: nn.Module = (IEBatchNorm(channels, **cfg.attn_kw) if normal and spec.placement == "in_bn"
+        norm: nn.Module = (IEBatchNorm(channels, **kw) if normal and spec.placement == "in_bn"
                            else nn.BatchNorm2d(channels))
         attn = None
         if normal and spec.placement == "after_bn":
-            attn = create_attn(spec.name, channels, **cfg.attn_kw)
+            attn = create_attn(spec.name, channels, **kw)
         elif normal and spec.placement == "stage":
             attn = DIAStep(shared, i, last)
         if cfg.asr:
             gate = (DIAStep(asr_shared, i, last) if spec.placement == "stage"
-                    else create_attn(spec.name, channels, for_asr=True, **cfg.attn_kw))
+                    else create_attn(spec.name, channels, for_asr=True, **kw))
             norm = ASRNorm(norm, gate, cfg.psi_size, cfg.psi_init)
         blocks.append(block(inplanes, planes, stride if i == 0 else 1, norm, attn))
         inplanes = channels
     return Stage(blocks, shared, asr_shared)
-
-
-def _init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -340,11 +344,13 @@ def list_models() -> list[str]:
 
 def create_model(name: str, *, num_classes: int, attn: str | None = None, asr: bool = False, both: bool = False,
                  block: str | None = None, in_chans: int = 3, image_size: int = 32, psi_size: int | None = None,
-                 psi_init: float = 0.1, attn_kw: dict[str, Any] | None = None) -> "CifarResNet":
-    """Build ``cifar_resnet{depth}``: the plain backbone, ``attn``, ASR(``attn``), or both."""
+                 psi_init: float = 0.1, attn_kw: dict[str, Any] | None = None,
+                 reduction: int | None = None) -> "CifarResNet":
+    """Build ``cifar_resnet{depth}``: the plain backbone, ``attn``, ASR(``attn``), or both; ``reduction`` sets the
+    bottleneck ratio of SE, CBAM, SPA and DIA (default: each module's own, 16, or 4 for DIA)."""
     return build_model(ModelConfig(name=name, num_classes=num_classes, attn=attn, asr=asr, both=both, block=block,
                                    in_chans=in_chans, image_size=image_size, psi_size=psi_size, psi_init=psi_init,
-                                   attn_kw=dict(attn_kw or {})))
+                                   attn_kw=dict(attn_kw or {}), reduction=reduction))
 
 
 def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:

@@ -16,7 +16,7 @@ class SE(ChannelAttention):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels)
-        hidden = max(1, round(channels / reduction))
+        hidden = self.hidden_width = max(1, round(channels / reduction))
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 

@@ -18,7 +18,7 @@ class SPA(ChannelAttention):
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels)
-        hidden = max(1, channels // reduction)
+        hidden = self.hidden_width = max(1, channels // reduction)
         self.fc1 = nn.Linear(21 * channels, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, channels, bias=False)
 

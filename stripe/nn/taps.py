@@ -32,6 +32,8 @@ class ChannelAttention(nn.Module):
 
     #: smallest ψ spatial size this module accepts under ASR (the registry reads it from here)
     min_psi_size: int = 1
+    #: width of the gate's hidden (bottleneck) layer, None when it has none (set by modules that have one)
+    hidden_width: int | None = None
 
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -5,7 +5,7 @@ Imports only from :mod:`stripe.nn` and :mod:`stripe.data` (and the file helpers)
 from .checkpoint import (CheckpointError, checkpoint_path, file_sha256, list_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint)
 from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, TrainConfig, add_config_args,
-                     config_from_args, epoch_matches, parse_epoch_spec)
+                     config_from_args, epoch_matches, fast_path, parse_epoch_spec)
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
 from .loop import Callback, NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
@@ -17,7 +17,7 @@ __all__ = [
     "COMPILE_MODES", "Callback", "CheckpointError", "DistInfo", "METRIC_COLUMNS", "MODEL_FROM_DATA", "MODEL_OPTIONS",
     "NonFiniteLossError", "PRECISIONS", "RUN_FORMAT", "RunData", "RunExistsError", "SGD", "TrainConfig", "TrainState",
     "TrainStep", "add_config_args", "autocast", "build_training", "checkpoint_path", "config_from_args", "deployed",
-    "dist_from_env", "epoch_matches", "evaluate", "file_sha256", "init_distributed", "list_checkpoints",
+    "dist_from_env", "epoch_matches", "evaluate", "fast_path", "file_sha256", "init_distributed", "list_checkpoints",
     "load_checkpoint", "load_run_data", "load_weights", "loss_fn", "parse_epoch_spec", "predict", "read_metrics",
     "read_metrics_rows", "read_run", "resolve_device", "run_config", "run_eval_sets", "save_checkpoint", "train",
 ]

@@ -19,6 +19,24 @@ COMPILE_MODES = ("none", "compile", "reduce-overhead", "cudagraph")
 #: the probe split of runs written before the probe and scored sets were made disjoint
 LEGACY_PROBE_SPLIT = "test-legacy"
 
+#: the fast path per device type. CPU: channels_last and torch.compile (inductor's C++ kernels fuse the
+#: BN/ReLU/residual and attention elementwise work around oneDNN's convolutions), both fp32; bf16 autocast
+#: is left out (slower on CPUs without AMX). CUDA: bf16 autocast, channels_last, the whole step as one
+#: CUDA graph (CIFAR ResNets at batch 128 are launch-bound). ``stripe bench train`` measures it.
+FAST_PATH: dict[str, dict[str, Any]] = {
+    "cpu": {"channels_last": True, "compile": "compile"},
+    "cuda": {"precision": "bf16", "channels_last": True, "compile": "cudagraph"},
+}
+
+
+def fast_path(device_type: str) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields of the fast path on ``device_type`` ('cpu' or 'cuda')."""
+    try:
+        return dict(FAST_PATH[device_type])
+    except KeyError:
+        raise ValueError(f"no fast path for device type {device_type!r}; known: {', '.join(FAST_PATH)}") from None
+
+
 _EPOCH_SPEC = re.compile(r"^(last|all|every:\d+|\d+)$")
 
 
@@ -175,13 +193,26 @@ class TrainConfig:
         return cls(**d)
 
     # -- the schedule
-    def milestone_epochs(self) -> list[int]:
-        """Epochs after which the lr decays: int(fraction x epochs)."""
-        return [int(m * self.epochs) for m in self.milestones]
+    def milestone_epochs(self) -> list[float]:
+        """Where the lr decays, in epochs (fractions of training x epochs; may fall inside an epoch)."""
+        return [m * self.epochs for m in self.milestones]
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of (1-based) training epoch ``epoch``."""
-        return self.lr * self.gamma ** sum(epoch > m for m in self.milestone_epochs())
+    def milestone_steps(self, steps_per_epoch: int) -> list[int]:
+        """Global step indices (0-based) from which each decay applies: round(fraction x all steps).
+
+        The schedule is applied per step, so a short run still trains at the full lr for the first
+        half (a 1-epoch run: lr for 50 % of its steps, lr x gamma to 75 %, lr x gamma² after).
+        """
+        total = self.epochs * steps_per_epoch
+        return [round(m * total) for m in self.milestones]
+
+    def lr_at_step(self, step: int, steps_per_epoch: int) -> float:
+        """Learning rate of global (0-based) training step ``step``."""
+        return self.lr * self.gamma ** sum(step >= m for m in self.milestone_steps(steps_per_epoch))
+
+    def lr_at(self, epoch: int, steps_per_epoch: int = 1) -> float:
+        """Learning rate at the first step of (1-based) training epoch ``epoch``."""
+        return self.lr_at_step((epoch - 1) * steps_per_epoch, steps_per_epoch)
 
     def is_checkpoint(self, epoch: int) -> bool:
         """Whether a checkpoint is taken at ``epoch`` (its weights saved, recorded online when asked)."""
@@ -202,6 +233,8 @@ MODEL_OPTIONS: dict[str, tuple[str, str]] = {
     "block": ("--block", "override the block type: " + ", ".join(BLOCKS)),
     "psi_size": ("--psi-size", "ψ's spatial size (default: the smallest the attention accepts)"),
     "psi_init": ("--psi-init", "ψ's initial value"),
+    "reduction": ("--reduction", "bottleneck ratio r of SE, CBAM, SPA (default 16) and DIA (default 4): hidden width "
+                                 "round(C/r) for SE, C//r for the others"),
 }
 #: model-config fields set from the data set (or not exposed), never options
 MODEL_FROM_DATA = ("num_classes", "in_chans", "image_size", "attn_kw")
@@ -233,7 +266,7 @@ def add_config_args(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
         if isinstance(default, bool):
             group("model").add_argument(flag, dest=f"model.{name}", action="store_true", help=help)
         else:
-            typ = type(ModelConfig.psi_init) if name == "psi_init" else int if name == "psi_size" else str
+            typ = type(ModelConfig.psi_init) if name == "psi_init" else int if name in ("psi_size", "reduction") else str
             group("model").add_argument(flag, dest=f"model.{name}", type=typ, default=default, help=help,
                                         choices=BLOCKS if name == "block" else None)
     for f in fields(TrainConfig):

@@ -222,6 +222,10 @@ def _train(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: SGD, data: Ru
     state = TrainState(cfg, run_dir, run_id, model, data, dev, progress=progress and info.main)
 
     def eval_deployed() -> tuple[float, float]:
+        if info.enabled:  # each rank's BN running statistics saw its own last batch: use rank 0's (what is saved)
+            with torch.no_grad():
+                for b in model.buffers():
+                    dist.broadcast(b, 0)
         return evaluate(deployed(model), test_loader, precision=cfg.precision, info=info)
 
     def checkpoint(epoch: int, row: dict[str, Any]) -> None:
@@ -240,7 +244,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: SGD, data: Ru
         start = 0
         test_loss, test_acc = eval_deployed()
         nan = float("nan")
-        rows = [{"epoch": 0, "lr": nan, "train_loss": nan, "train_acc": nan, "test_loss": test_loss,
+        rows = [{"epoch": 0, "lr": nan, "lr_end": nan, "train_loss": nan, "train_acc": nan, "test_loss": test_loss,
                  "test_acc": test_acc, "epoch_seconds": nan, "train_seconds": nan, "images_per_s": nan}]
         if info.main:
             trash = clear_run_dir(run_dir) if overwrite else None
@@ -265,13 +269,18 @@ def _train(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: SGD, data: Ru
     show = progress and info.main
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        lr = cfg.lr_at(epoch)
+        spe = len(train_loader)
+        lr = lr_now = cfg.lr_at(epoch, spe)
         opt.set_lr(lr)
         train_loader.set_epoch(epoch)
         net.train()
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+        bar = tqdm(total=spe, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not show)
         for i, (x, y) in enumerate(train_loader):
+            lr_i = cfg.lr_at_step((epoch - 1) * spe + i, spe)
+            if lr_i != lr_now:  # a milestone inside the epoch
+                opt.set_lr(lr_i)
+                lr_now = lr_i
             step(x, y)
             bar.update()
             if (i + 1) % 50 == 0 and not torch.isfinite(step.sums[0]):
@@ -289,7 +298,7 @@ def _train(cfg: TrainConfig, run_dir: Path, model: nn.Module, opt: SGD, data: Ru
         if info.enabled:
             dist.all_reduce(sums)
         test_loss, test_acc = eval_deployed()
-        row = {"epoch": epoch, "lr": lr, "train_loss": sums[0].item() / sums[2].item(),
+        row = {"epoch": epoch, "lr": lr, "lr_end": lr_now, "train_loss": sums[0].item() / sums[2].item(),
                "train_acc": 100.0 * sums[1].item() / sums[2].item(), "test_loss": test_loss, "test_acc": test_acc,
                "epoch_seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
                "images_per_s": sums[2].item() / train_seconds}

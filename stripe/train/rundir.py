@@ -23,7 +23,7 @@ from .config import LEGACY_PROBE_SPLIT, TrainConfig
 
 RUN_FORMAT = "stripe-run/2"
 READABLE_RUN_FORMATS = ("stripe-run/1", RUN_FORMAT)
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
+METRIC_COLUMNS = ["epoch", "lr", "lr_end", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_seconds",
                   "train_seconds", "images_per_s"]
 _INT_COLUMNS = ("epoch",)
 

@@ -1,0 +1,266 @@
+"""The attention zoo at CPU scale: the baseline and every attention module as +att and +ASR(att).
+
+``stripe reproduce zoo-cifar10-cpu``: CIFAR ResNet-20 (basic blocks) on all 50,000 CIFAR-10 training
+images, one seed, 10 epochs of the paper's schedule shape (SGD lr 0.1, x0.1 at 50 % and 75 % of the
+steps), every epoch recorded online on the 1,000-image probe; then, per run, the stripe tables, the
+constant-replacement ablation (all taps, each stage) of every input-dependent attention, the final
+predictions on the full test set and, for ASR models, the fold checked after real training (deployed
+predictions = trained predictions, deployed parameters = the baseline's). Two more runs form the
+**SE-width control**: SE with reduction 4, whose hidden widths on 16/32/64 channels (4/8/16) are
+ResNet-164's at r = 16.
+
+Each run is one worker process (``python -m stripe.experiments.zoo RUN …``); ``jobs`` workers run side by
+side with the cores split between them (on 2 cores two single-thread workers train ~15 % more images/s
+in all than one two-thread process). A finished run copies its small outputs into
+``OUT/results/SLUG/`` and writes ``DONE.json`` there; a run whose ``DONE.json`` exists is skipped, so a
+campaign continues from committed results: copy them to ``OUT/results/`` and run the preset again.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import fsio
+from ..nn.variants import Variant, slug
+
+
+@dataclass(frozen=True)
+class ZooRun:
+    """One run of the campaign: a variant, and the reduction (None: the module's own)."""
+
+    variant: Variant
+    reduction: int | None = None
+
+    @property
+    def label(self) -> str:
+        """'+SE', '+ASR(SE)', 'baseline'; '+SE r=4' for the width control."""
+        return self.variant.label + (f" r={self.reduction}" if self.reduction else "")
+
+    @property
+    def slug(self) -> str:
+        """File-name form of the label."""
+        return slug(self.label)
+
+
+ZOO_ATTNS = ("se", "cbam", "srm", "eca", "ie", "spa", "dia")
+
+
+def zoo_runs() -> list[ZooRun]:
+    """The campaign's runs in the order they are trained: SE first (with the baseline right after it, so
+    the first answers have their reference), the SE-width control, then the other modules, each +att then
+    +ASR(att)."""
+    runs = [ZooRun(Variant("se")), ZooRun(Variant("se", True)), ZooRun(Variant()),
+            ZooRun(Variant("se"), 4), ZooRun(Variant("se", True), 4)]
+    for a in ZOO_ATTNS[1:]:
+        runs += [ZooRun(Variant(a)), ZooRun(Variant(a, True))]
+    return runs
+
+
+def run_by_slug(name: str) -> ZooRun:
+    """The campaign run whose slug (or label) is ``name``."""
+    for r in zoo_runs():
+        if name in (r.slug, r.label):
+            return r
+    raise ValueError(f"unknown zoo run {name!r}; known: {', '.join(r.slug for r in zoo_runs())}")
+
+
+@dataclass(frozen=True)
+class ZooSizes:
+    """How big each run is."""
+
+    model: str = "cifar_resnet20"
+    epochs: int = 10
+    train_subset: int | None = None
+    test_subset: int | None = None
+    probe_n: int = 1000
+    raw_n: int = 256
+    fast: bool = True  # the CPU fast path: channels_last + torch.compile
+
+
+ZOO = ZooSizes()
+ZOO_DRY = ZooSizes(epochs=2, train_subset=512, test_subset=300, probe_n=100, raw_n=16, fast=False)
+
+#: what a finished run keeps in ``results/SLUG`` (paths relative to the run directory)
+RESULT_FILES = ("config.json", "metrics.csv", "recording/manifest.json", "recording/tables/taps.csv",
+                "recording/tables/stages.csv", "recording/tables/convergence.csv", "ablation/ablation.csv",
+                "ablation/ablation.md")
+
+
+def train_config(run: ZooRun, sizes: ZooSizes, data_root: str | None):
+    """The :class:`~stripe.train.TrainConfig` of one campaign run."""
+    from ..nn import ModelConfig
+    from ..train import TrainConfig, fast_path
+
+    fast = fast_path("cpu") if sizes.fast else {}
+    model = replace(ModelConfig(sizes.model), **run.variant.overrides(), reduction=run.reduction)
+    return TrainConfig(model=model, dataset="cifar10", data_root=data_root, train_subset=sizes.train_subset,
+                       test_subset=sizes.test_subset, probe_n=sizes.probe_n, epochs=sizes.epochs, **fast)
+
+
+def _fold_check(run_dir: Path, device: str) -> dict[str, Any]:
+    """An ASR model after real training: logits and predictions of the trained (unfolded) model against the
+    deployed (folded) one on the scored test images, and the parameter counts."""
+    import torch
+
+    from ..data import Loader
+    from ..nn import ModelConfig, build_model, count_params
+    from ..train import deployed, list_checkpoints, load_weights, read_run, run_eval_sets
+
+    info = read_run(run_dir)
+    epoch, path = list_checkpoints(run_dir)[-1]
+    model, _ = load_weights(path, info["model"])
+    model.eval()
+    folded = deployed(model).eval()
+    _, data = run_eval_sets(info)
+    diff, changed, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, _ in Loader(data.test, 500, train=False, device=device):
+            a, b = model(x), folded(x)
+            diff = max(diff, float((a - b).abs().max()))
+            changed += int((a.argmax(1) != b.argmax(1)).sum())
+            n += len(x)
+    cfg = ModelConfig.from_dict(info["model"])
+    return {"epoch": epoch, "n_test": n, "max_abs_logit_diff": diff, "changed_predictions": changed,
+            "params_trained": count_params(model), "params_deployed": count_params(folded),
+            "params_baseline": count_params(build_model(cfg.plain()))}
+
+
+def _save_predictions(run_dir: Path, dest: Path, device: str) -> dict[str, Any]:
+    """Final deployed predictions on the scored test images, compact (uint8), with the run id and scored-set hash."""
+    from ..train import read_run
+    from .compare import final_predictions
+
+    pred, labels = final_predictions(run_dir, device)
+    info = read_run(run_dir)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, pred=pred.astype(np.uint8), labels=labels.astype(np.uint8),
+                        run_id=info.get("run_id", ""), scored_hash=info["data"].get("test_hash", ""))
+    fsio.write_bytes(dest / "predictions.npz", buf.getvalue())
+    return {"n_test": int(len(labels)), "top1": 100.0 * float((pred == labels).mean()), "correct": int((pred == labels).sum())}
+
+
+def run_one(run: ZooRun, out: str | Path, *, sizes: ZooSizes = ZOO, data_root: str | None = None,
+            device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+    """Train, record, tabulate, ablate and fold-check one campaign run; its small outputs go to
+    ``out/results/SLUG`` (with ``DONE.json`` last). Resumes a partial run."""
+    from ..analysis import compute_tables, run_ablation, write_tables
+    from ..record import OnlineRecorder
+    from ..train import train
+
+    out = Path(out)
+    run_dir = out / "runs" / f"{run.slug}_seed0"
+    dest = out / "results" / run.slug
+    cfg = train_config(run, sizes, data_root)
+    t0 = time.perf_counter()
+    rec = OnlineRecorder(raw_n=sizes.raw_n) if cfg.model.attn else None
+    rows = train(cfg, run_dir, resume=(run_dir / "config.json").exists(), device=device, progress=progress,
+                 callbacks=[rec] if rec else [])
+    done: dict[str, Any] = {"label": run.label, "slug": run.slug, "epochs": rows[-1]["epoch"],
+                            "train_wall_s": time.perf_counter() - t0, "record_s": rec.seconds if rec else 0.0,
+                            "threads": _threads(), "fast_path": sizes.fast}
+    trained = [r for r in rows if r["epoch"] >= 1]
+    done["median_images_per_s"] = float(np.median([r["images_per_s"] for r in trained])) if trained else None
+    if cfg.model.attn:
+        write_tables(compute_tables(run_dir / "recording"), run_dir / "recording" / "tables")
+    if cfg.model.attn and (not cfg.model.asr or cfg.model.both):
+        t1 = time.perf_counter()
+        run_ablation(run_dir, scopes=("all", "stage"), device=device, progress=progress)
+        done["ablation_s"] = time.perf_counter() - t1
+    if cfg.model.asr:
+        done["fold"] = _fold_check(run_dir, device)
+    dest.mkdir(parents=True, exist_ok=True)
+    done["predictions"] = _save_predictions(run_dir, dest, device)
+    for rel in RESULT_FILES:
+        src = run_dir / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest / rel)
+    done["wall_s"] = time.perf_counter() - t0
+    fsio.write_json(dest / "DONE.json", done)
+    return done
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def is_done(out: Path, run: ZooRun) -> bool:
+    """Whether ``run`` has finished in campaign folder ``out`` (its results hold ``DONE.json``)."""
+    return (out / "results" / run.slug / "DONE.json").is_file()
+
+
+def run_campaign(out: str | Path, *, jobs: int = 2, sizes: ZooSizes = ZOO, data_root: str | None = None,
+                 only: list[str] | None = None, log=print, deadline: float | None = None) -> list[dict[str, Any]]:
+    """Every unfinished run of the campaign in ``jobs`` worker processes (cores split between them); returns
+    what each worker reported. ``deadline`` (a ``time.monotonic()`` value): start no run after it."""
+    out = Path(out)
+    todo = [r for r in zoo_runs() if (only is None or r.slug in only or r.label in only) and not is_done(out, r)]
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, jobs))
+    pending = list(todo)
+    active: dict[subprocess.Popen, tuple[ZooRun, float, Any]] = {}
+    reports = []
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    while pending or active:
+        while pending and len(active) < jobs and (deadline is None or time.monotonic() < deadline):
+            r = pending.pop(0)
+            cmd = [sys.executable, "-m", "stripe.experiments.zoo", r.slug, "--out", str(out),
+                   "--threads", str(threads)] + (["--data-root", data_root] if data_root else []) + \
+                  (["--dry-run"] if sizes == ZOO_DRY else [])
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            logf = open(out / "logs" / f"{r.slug}.log", "a")
+            active[subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env)] = (r, time.monotonic(), logf)
+            log({"stage": "zoo-start", "run": r.label, "threads": threads})
+        if not pending or len(active) >= jobs or (deadline is not None and time.monotonic() >= deadline):
+            if not active:
+                break
+            time.sleep(2)
+        for p in [p for p in active if p.poll() is not None]:
+            r, t0, logf = active.pop(p)
+            logf.close()
+            report = {"stage": "zoo-run", "run": r.label, "rc": p.returncode, "wall_s": round(time.monotonic() - t0, 1)}
+            if p.returncode == 0 and is_done(out, r):
+                report.update(json.loads((out / "results" / r.slug / "DONE.json").read_text()))
+            else:
+                report["log_tail"] = (out / "logs" / f"{r.slug}.log").read_text(errors="replace")[-2000:]
+            reports.append(report)
+            log(report)
+        if pending and deadline is not None and time.monotonic() >= deadline and not active:
+            log({"stage": "zoo", "skipped": [r.label for r in pending], "reason": "out of budget"})
+            break
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One campaign run in this process (what :func:`run_campaign` starts)."""
+    p = argparse.ArgumentParser(prog="python -m stripe.experiments.zoo", description=__doc__.splitlines()[0])
+    p.add_argument("run", help="slug of the run: " + ", ".join(r.slug for r in zoo_runs()))
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    report = run_one(run_by_slug(args.run), args.out, sizes=ZOO_DRY if args.dry_run else ZOO, data_root=args.data_root)
+    print(json.dumps(report, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
