@@ -1,14 +1,18 @@
 """The ``stripe`` command: parsing and dispatch only. ``main(argv)`` is callable from tests.
 
 Every handler turns its options into one call of the library and prints what it returned; the
-work itself lives in the subpackages. Errors the user can fix are one line on stderr, exit 2.
+work itself lives in the subpackages. Errors the user can fix (:class:`~stripe.errors.StripeError`, and
+the operating system's missing / denied / disk-full errors) are one line on stderr, exit 2; anything
+else is a bug and keeps its traceback (exit 1).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+from .errors import StripeError, UserError
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -82,9 +86,9 @@ def cmd_fold(args: argparse.Namespace) -> int:
     if is_source(args.model):
         return _fold_source(args)
     if not args.all and args.attn is None:
-        raise ValueError("give --attn NAME (one of: " + ", ".join(list_attn()) + ") or --all")
+        raise UserError("give --attn NAME (one of: " + ", ".join(list_attn()) + ") or --all")
     if args.weights or args.input_shape:
-        raise ValueError("--weights and --input-shape apply to source models (--model timm:NAME, torchvision:NAME …)")
+        raise UserError("--weights and --input-shape apply to source models (--model timm:NAME, torchvision:NAME …)")
     atol = 1e-5 if args.atol is None else args.atol
     rows, failed = fold_table(args.model, list_attn() if args.all else [args.attn],
                               both_variants=[False, True] if args.all else [args.both],
@@ -145,14 +149,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     base = config_from_args(args)
     if base.model.attn is None:
-        raise ValueError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
+        raise UserError("compare needs --attn (the attention module of the +att, +ASR(att), +ASR(att)+att variants)")
     if args.table_only:
         from .experiments.compare import table_of_existing
 
         if not args.out:
-            raise ValueError("--table-only needs --out (the folder whose runs/ to compare)")
-        table = table_of_existing(args.out, base.model.attn, device=args.device)
+            raise UserError("--table-only needs --out (the folder whose runs/ to compare)")
+        skipped: list[tuple[str, str]] = []
+        table = table_of_existing(args.out, base.model.attn, device=args.device, skipped=skipped)
         print((Path(args.out) / "results.md").read_text())
+        for run, why in skipped:
+            print(f"left out {run}: {why}", file=sys.stderr)
         print(f"wrote {args.out}/results.csv and results.md ({len(table)} variants, no training)")
         return 0
     out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{base.model.name}-{base.model.attn}"
@@ -270,16 +277,17 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     model_config = read_model_config(args.model_config) if args.model_config else None
     if args.run_dir is None and not args.files and not args.model:
-        raise ValueError("give a RUN_DIR, checkpoint files with --files, --model-config and --dataset, or --model NAME "
+        raise UserError("give a RUN_DIR, checkpoint files with --files, --model-config and --dataset, or --model NAME "
                          "--weights FILE --dataset")
     r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
                 dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe,
                 probe_split=args.probe_split, probe_seed=args.probe_seed, taps=args.taps, raw_n=args.raw_n,
                 folds=args.folds, batch_size=args.batch_size, device=args.device, precision=args.precision,
                 progress=not args.no_progress, model=args.model, weights=args.weights, num_classes=args.num_classes,
-                preprocess=_preprocess(args))
+                preprocess=_preprocess(args), overwrite=args.overwrite)
     if dist_from_env().rank == 0:
-        again = f" ({len(r.rerecorded)} re-recorded: their checkpoint file changed)" if r.rerecorded else ""
+        again = (" (" + "; ".join(f"epoch {e} re-recorded: {why}" for e, why in r.rerecorded) + ")") \
+            if r.rerecorded else ""
         print(f"recording: {r.out}  recorded {len(r.recorded)} checkpoint(s){again}, skipped {len(r.skipped)} "
               f"already done, {len(r.failed)} failed ({r.images / max(r.seconds, 1e-9):.0f} images/s overall, "
               f"{r.seconds:.1f} s)")
@@ -290,26 +298,19 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 @command("stats")
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .analysis import aggregate_seeds, compute_tables, summary_text, write_tables
+    from .analysis import stats, summary_text
 
-    if len(args.recording) > 1:
-        tables = [compute_tables(r, eps=args.eps, threshold=args.threshold) for r in args.recording]
-        seeds = aggregate_seeds([t["stages"] for t in tables])
-        out = Path(args.out) if args.out else Path(args.recording[0]).parent / "tables_seeds"
-        written = write_tables({"seeds": seeds}, out)
-        print(f"{len(tables)} recordings aggregated per (epoch, stage): mean and 95% t-interval over runs")
+    r = stats(args.recording, out=args.out, eps=args.eps, threshold=args.threshold)
+    if r.aggregated:
+        seeds = r.tables["seeds"]
+        print(f"{len(r.recordings)} runs aggregated per (epoch, stage): mean and 95% t-interval over runs")
         print(seeds[seeds["epoch"] >= 1].to_string(index=False, float_format=lambda v: f"{v:.3f}",
                                                    columns=[c for c in ("epoch", "stage", "asr", "n_runs",
                                                                         "stripe_after", "stripe_after_lo",
                                                                         "stripe_after_hi", "stripe_before")]))
-        print(f"wrote {len(written)} files to {out}")
-        return 0
-    rec = args.recording[0]
-    tables = compute_tables(rec, eps=args.eps, threshold=args.threshold)
-    out = Path(args.out) if args.out else Path(rec) / "tables"
-    written = write_tables(tables, out)
-    print(summary_text(tables))
-    print(f"wrote {len(written)} files to {out}")
+    else:
+        print(summary_text(r.tables))
+    print(f"wrote {len(r.written)} files to {r.out}")
     return 0
 
 
@@ -320,7 +321,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
     if args.run_dir is None:
         if not (args.model and args.dataset and args.out):
-            raise ValueError("give a RUN_DIR, or --model NAME --weights FILE --dataset D --out DIR")
+            raise UserError("give a RUN_DIR, or --model NAME --weights FILE --dataset D --out DIR")
         table = ablate_model(args.model, weights=args.weights, dataset=args.dataset, out=args.out,
                              num_classes=args.num_classes, data_root=args.data_root, probe_n=args.probe_n,
                              test_subset=args.test_subset, scopes=scopes, taps=args.taps,
@@ -340,7 +341,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from .viz.notebooks import default_figures_out, discover, render_figures
 
     src = discover(args.source)  # fails early, with a clear message, when there is nothing to plot
-    out = Path(args.out) if args.out else default_figures_out(Path(args.source))
+    from . import fsio
+
+    out = fsio.claim_dir(Path(args.out) if args.out else default_figures_out(Path(args.source)), "figures")
     print(src.describe())
     formats = tuple(f for f in args.formats.split(",") if f)
     files = render_figures(Path(args.source), out, timeout=args.timeout, formats=formats)
@@ -549,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="recording directory (default RUN_DIR/recording)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="record --files/--weights in place of the recording of other files in --out")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("stats", help="stripe statistics of a recording (tables + summary); several: across seeds")
@@ -630,10 +635,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stripe: interrupted; everything already written is kept", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, OSError) as e:
+    except (StripeError, OSError) as e:
+        if not isinstance(e, StripeError) and e.errno not in _USER_ERRNOS:
+            raise  # a bug: keep the traceback (exit 1) so it can be reported
         message = " ".join(str(e).split())  # one line
         print(f"stripe {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+#: operating-system errors that are the user's files or disk, not a bug: missing, denied, full, read-only, …
+_USER_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 if __name__ == "__main__":

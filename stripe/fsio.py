@@ -1,8 +1,18 @@
-"""Atomic file writes (a temporary file in the same folder, fsync, then rename) and directory locks.
+"""Atomic file writes (a temporary file in the same folder, fsync, then rename), directory locks, and
+which folders are stripe's own.
 
 A kill at any moment leaves either the old file or the new one under the final name, never half
 of one; temporary files are named ``.<name>.*.tmp`` and removed on failure. A failed write (disk
 full, permissions) raises :class:`WriteError` naming the file and saying the old one is intact.
+
+**Ownership.** stripe replaces or deletes only what it wrote itself. Every folder it creates for its
+output holds a small marker file, ``.stripe`` (what it is, the version that made it, when);
+:func:`claim_dir` is called before anything is written to an output folder: a new or empty folder is
+claimed (marked), a folder of stripe's own is accepted, and any other non-empty folder is refused
+(:class:`~stripe.errors.RefusedError`), with ``--overwrite`` or without. Folders written before the
+marker existed are recognised by their own formats (a run's ``config.json``, a recording's
+``manifest.json``, a preset's ``measurements.jsonl``), and a folder inside one of stripe's own is
+stripe's own.
 """
 from __future__ import annotations
 
@@ -20,17 +30,28 @@ from typing import IO, Any, Callable
 
 import torch
 
+from .errors import RefusedError, StripeError, UserError
 
-class WriteError(OSError):
+
+class WriteError(StripeError, OSError):
     """A file could not be written; the message names it and says that what was there is unchanged."""
 
 
-def _write_error(path: Path, exc: BaseException) -> WriteError:
+def _no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full (an OSError, or torch's zip writer failing on a full disk)."""
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return True
+    text = str(exc)
+    return "No space left" in text or ("unexpected pos" in text and "inline_container" in text)
+
+
+def _write_error(path: Path, exc: BaseException, partial: bool = True) -> WriteError:
     """A one-line :class:`WriteError` for a failed write of ``path``."""
-    why = "no space left on device" if getattr(exc, "errno", None) == errno.ENOSPC else str(exc).strip() or type(exc).__name__
+    why = "no space left on device (the disk is full)" if _no_space(exc) else \
+        " ".join(str(exc).split()) or type(exc).__name__
+    tail = " (the partial file was removed)" if partial else ""
     return WriteError(getattr(exc, "errno", None) or errno.EIO,
-                      f"could not write {path}: {why}; nothing already written was changed (the partial file was "
-                      "removed)")
+                      f"could not write {path}: {why}; nothing already written was changed{tail}")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
@@ -40,7 +61,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise _write_error(path, e) from None
+        raise _write_error(path, e, partial=False) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -53,8 +74,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and "write" in str(e).lower()):
-            # torch.save reports a full disk as a RuntimeError from its zip writer
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and ("write" in str(e).lower() or _no_space(e))):
+            # torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos")
             raise _write_error(path, e) from None
         raise
     with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
@@ -87,7 +108,7 @@ def read_json(path: str | os.PathLike[str], what: str = "") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{what + ' ' if what else ''}{path}: not JSON ({e})") from None
+        raise UserError(f"{what + ' ' if what else ''}{path}: not JSON ({e})") from None
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -95,7 +116,7 @@ def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-class LockedError(RuntimeError):
+class LockedError(StripeError, RuntimeError):
     """Another process holds the lock of a run or recording directory."""
 
 
@@ -117,7 +138,7 @@ class DirLock:
     def acquire(self) -> "DirLock":
         """Take the lock or raise :class:`LockedError` naming its owner."""
         if self.directory.exists() and not self.directory.is_dir():
-            raise NotADirectoryError(f"{self.directory}: exists and is not a directory")
+            raise UserError(f"{self.directory}: exists and is not a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / self.NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -147,3 +168,101 @@ class DirLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+# --------------------------------------------------------------------------- ownership
+MARK = ".stripe"
+#: files stripe may find in a folder it is about to claim that do not make the folder anyone else's
+_IGNORABLE = frozenset({DirLock.NAME, MARK, ".DS_Store"})
+
+
+def _first_json(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.readline() if path.suffix == ".jsonl" else f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def owner_kind(path: str | os.PathLike[str]) -> str | None:
+    """What stripe wrote in folder ``path`` ('run', 'recording', 'figures' …), or None if it is not stripe's.
+
+    The ``.stripe`` marker says it; folders from before the marker are recognised by their formats; a
+    folder right inside one of stripe's own folders is stripe's too ('part of <kind>').
+    """
+    path = Path(path).absolute()
+    own = _own_kind(path)
+    if own is not None or path.parent == path:
+        return own
+    parent = _own_kind(path.parent)
+    return None if parent is None else f"part of {parent}"
+
+
+_LEGACY = (("config.json", "run", lambda d: str(d.get("format", "")).startswith("stripe-run/")),
+           ("manifest.json", "recording", lambda d: str(d.get("format", "")).startswith("stripe-recording/")),
+           ("measurements.jsonl", "preset", lambda d: d.get("stage") == "env" and "preset" in d))
+
+
+def _own_kind(path: Path) -> str | None:
+    """:func:`owner_kind` of ``path`` itself (its marker or its format), without looking at its parent."""
+    mark = path / MARK
+    if mark.is_file():
+        info = _first_json(mark)
+        return str(info.get("kind", "stripe")) if isinstance(info, dict) else "stripe"
+    for name, kind, test in _LEGACY:
+        d = _first_json(path / name) if (path / name).is_file() else None
+        if isinstance(d, dict) and test(d):
+            return kind
+    return None
+
+
+def foreign_entries(path: str | os.PathLike[str]) -> list[str]:
+    """Names in folder ``path`` that make it someone else's when it is not stripe's (all but stripe's lock/marker)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name not in _IGNORABLE)
+
+
+def claim_dir(path: str | os.PathLike[str], kind: str, *, option: str = "--out") -> Path:
+    """Make ``path`` stripe's output folder of ``kind`` before anything is written there, or refuse.
+
+    A missing or empty folder is created and marked; a folder stripe wrote is accepted as it is; any other
+    folder that holds something raises :class:`~stripe.errors.RefusedError` (nothing is changed).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {path}: exists and is not a folder")
+    if path.is_dir() and owner_kind(path) is None:
+        entries = foreign_entries(path)
+        if entries:
+            shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+            raise RefusedError(f"{option} {path}: this folder holds files stripe did not write ({shown}); stripe "
+                               f"writes only into a new or empty folder or one it made itself (choose another {option})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / MARK).exists():
+            write_json(path / MARK, {"kind": kind, "stripe": _version(),
+                                     "created": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except WriteError:
+        raise
+    except OSError as e:
+        raise _write_error(path / MARK, e, partial=False) from None
+    return path
+
+
+def check_replaceable(path: str | os.PathLike[str], is_ours: Callable[[Path], bool], *, option: str) -> Path:
+    """Refuse to replace an existing file ``path`` that stripe did not write (``is_ours(path)`` False)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not is_ours(path):
+        raise RefusedError(f"{option} {path}: the file exists and was not written by stripe; it is left as it is "
+                           f"(choose another {option})")
+    return path
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

@@ -2,6 +2,7 @@
 import json
 import tarfile
 
+import numpy as np
 import pytest
 
 from stripe.cli import main
@@ -214,4 +215,34 @@ def test_unknown_preset_and_cuda_presets_without_cuda(tmp_path, capsys):
     if not torch.cuda.is_available():
         assert main(["reproduce", "gpu-quick", "--out", str(tmp_path / "x")]) == 2
         assert "needs a CUDA device" in capsys.readouterr().err
-    assert set(PRESETS) == {"demo-cpu", "cifar10-resnet20-cpu", "gpu-quick", "paper-cifar10"}
+    assert set(PRESETS) == {"demo-cpu", "cifar10-resnet20-cpu", "zoo-cifar10-cpu", "gpu-quick", "paper-cifar10"}
+
+
+@pytest.mark.real_data
+def test_zoo_campaign_dry_run_checks_the_fold_and_continues(tmp_path, capsys):
+    """Two runs of the zoo in worker processes side by side: +SE (ablated) and +ASR(SE) (its fold checked after
+    training); a second call finds both done and trains nothing; unknown runs are refused."""
+    from stripe.experiments import zoo
+
+    out = tmp_path / "zoo"
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se,+ASR(SE)", "--jobs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    for slug in ("plus_se", "plus_asr_se"):
+        done = json.loads((out / "results" / slug / "DONE.json").read_text())
+        assert done["epochs"] == zoo.ZOO_DRY.epochs and done["threads"] == 1
+        assert (out / "results" / slug / "recording" / "tables" / "taps.csv").is_file()
+        with np.load(out / "results" / slug / "predictions.npz") as z:
+            assert len(z["pred"]) == done["predictions"]["n_test"] == zoo.ZOO_DRY.test_subset
+    assert (out / "results" / "plus_se" / "ablation" / "ablation.csv").is_file()
+    fold = json.loads((out / "results" / "plus_asr_se" / "DONE.json").read_text())["fold"]
+    assert fold["changed_predictions"] == 0 and fold["max_abs_logit_diff"] < 1e-4
+    assert fold["params_deployed"] == fold["params_baseline"] < fold["params_trained"]
+    before = (out / "measurements.jsonl").read_text()
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--out", str(out),
+                 "--no-progress"]) == 0
+    added = (out / "measurements.jsonl").read_text()[len(before):]
+    assert "zoo-start" not in added  # nothing left to train
+    capsys.readouterr()
+    assert main(["reproduce", "zoo-cifar10-cpu", "--only", "plus_xyz", "--out", str(tmp_path / "z2")]) == 2
+    assert "unknown zoo run 'plus_xyz'" in capsys.readouterr().err
+    assert main(["reproduce", "demo-cpu", "--jobs", "2", "--out", str(tmp_path / "z3")]) == 2

@@ -84,7 +84,7 @@ def test_a_changed_checkpoint_is_recorded_again(capsys, tmp_path):
     torch.save(ckpt, run / "checkpoints" / "epoch_0001.pt")
     capsys.readouterr()
     assert main(["collect", str(run), "--device", "cpu", "--no-progress"]) == 0
-    assert "recorded 1 checkpoint(s) (1 re-recorded" in capsys.readouterr().out
+    assert "recorded 1 checkpoint(s) (epoch 1 re-recorded: checkpoint file changed)" in capsys.readouterr().out
 
 
 def test_a_recording_is_tied_to_its_tap_selection(capsys, tmp_path):

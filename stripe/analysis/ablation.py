@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from torch import nn
 
+from .. import fsio
+from ..errors import NotFoundError, UserError
 from ..nn import ASRNorm, CBAM, IEBatchNorm, fold_norm, set_submodule
 
 if TYPE_CHECKING:
@@ -91,7 +93,7 @@ def _replace_dia(model: nn.Module, cell_path: str, group: list[dict[str, Any]], 
     stage_path, _, leaf = cell_path.rpartition(".")
     stage = model.get_submodule(stage_path)
     if sorted(t["call"] for t in group) != list(range(stage.num_blocks)):
-        raise ValueError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
+        raise UserError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
                          "stage (scope stage or all), not single blocks")
     for t in group:
         block = stage.blocks()[t["call"]]
@@ -155,7 +157,7 @@ def scope_groups(taps: list[dict[str, Any]], scopes: Sequence[str]) -> list[tupl
     out = []
     for scope in scopes:
         if scope not in SCOPES:
-            raise ValueError(f"--scope: unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+            raise UserError(f"--scope: unknown scope {scope!r}; known: {', '.join(SCOPES)}")
         if scope == "all":
             out.append(("all", "all", list(taps)))
         elif scope == "stage":  # gates of other models have no stage
@@ -186,7 +188,7 @@ def sites_of_taps(sites: Sequence[Any], taps: list[dict[str, Any]]) -> dict[str,
     for t in taps:
         site = by_key.get(t["key"]) or (by_path.get(t["module"]) if t["key"] == f"{t['module']}.tap" else None)
         if site is None:
-            raise ValueError(f"tap {t['key']}: no gate site to replace (a gate called several times per forward, "
+            raise UserError(f"tap {t['key']}: no gate site to replace (a gate called several times per forward, "
                              "or a package gate called by its parent such as IEBN or DIA)")
         out[t["key"]] = site
     return out
@@ -222,7 +224,6 @@ def _thirdparty_rows(model: nn.Module, probe_loader, test_loader, labels: torch.
 
 def _write(table: "pd.DataFrame", rows: list[AblationRow], out: Path, where: Path | str, epoch: int | None,
            n_test: int, n_probe: int, probe_split: str) -> None:
-    from .. import fsio
 
     fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
     fsio.write_text(out / "ablation.md", _markdown(rows, where, epoch, n_test, n_probe, probe_split))
@@ -251,6 +252,7 @@ def ablate_model(model_name: str, *, weights: str | Path | None, dataset: str, o
     data = eval_sets(test_full, train_full=train_full, probe_split=probe_split, probe_n=probe_n,
                      test_subset=test_subset, seed=seed)
     pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
+    out = fsio.claim_dir(out, "ablation")
     probe_loader = Loader(data.probe, batch_size, train=False, device=dev, **pp)
     test_loader = Loader(data.score, batch_size, train=False, device=dev, **pp)
     rows, _ = _thirdparty_rows(model, probe_loader, test_loader, data.score.labels, scopes, taps=taps,
@@ -258,9 +260,20 @@ def ablate_model(model_name: str, *, weights: str | Path | None, dataset: str, o
     table = pd.DataFrame([r.__dict__ for r in rows])
     table.insert(0, "epoch", None)
     table["n_test"], table["n_probe"] = len(data.score), len(data.probe)
-    _write(table, rows, Path(out), f"{model_name} ({weights or 'no weights file'})", None, len(data.score),
+    _write(table, rows, out, f"{model_name} ({weights or 'no weights file'})", None, len(data.score),
            len(data.probe), probe_split)
     return table
+
+
+def _is_stripe_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint stripe wrote (so ``--save`` may replace it)."""
+    from ..train import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Sequence[str] = ("all", "stage"),
@@ -275,7 +288,6 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .. import fsio
     from ..data import Loader
     from ..nn import build_model, ModelConfig
     from ..record import Recorder, parse_checkpoint_spec
@@ -286,19 +298,18 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     info = read_run(run_dir)
     paths = dict(list_checkpoints(run_dir))
     if not paths:
-        raise FileNotFoundError(f"{run_dir}: the run has no checkpoints")
+        raise NotFoundError(f"{run_dir}: the run has no checkpoints")
     (epoch,) = parse_checkpoint_spec(checkpoint, sorted(paths))[-1:]
     if save is not None:
-        save = Path(save)
-        if save.is_dir():
-            raise IsADirectoryError(f"--save {save}: is a directory; give a file name")
+        save = fsio.check_replaceable(save, _is_stripe_checkpoint, option="--save")
     dev = resolve_device(device)
     model, _ = load_weights(paths[epoch], info["model"])
     model.to(dev).eval()
     _, data = run_eval_sets(info)
+    out = fsio.claim_dir(Path(out) if out else run_dir / "ablation", "ablation")
     if ModelConfig.from_dict(info["model"]).is_source:
         if save is not None:
-            raise ValueError("--save: a source model's folded gates change its architecture, so it cannot be saved "
+            raise UserError("--save: a source model's folded gates change its architecture, so it cannot be saved "
                              "as a checkpoint of its config; use stripe fold --model NAME --weights FILE")
         rows, _ = _thirdparty_rows(model, Loader(data.probe, batch_size, train=False, device=dev),
                                    Loader(data.test, batch_size, train=False, device=dev), data.test.labels, scopes,
@@ -306,7 +317,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         table = pd.DataFrame([r.__dict__ for r in rows])
         table.insert(0, "epoch", epoch)
         table["n_test"], table["n_probe"] = len(data.test), len(data.probe)
-        _write(table, rows, Path(out) if out else run_dir / "ablation", run_dir, epoch, len(data.test),
+        _write(table, rows, out, run_dir, epoch, len(data.test),
                len(data.probe), data.eval.probe_spec.split)
         return table
     with Recorder(model, "*") as rec, torch.no_grad():
@@ -325,7 +336,6 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     table.insert(0, "epoch", epoch)
     table["n_test"] = len(data.test)
     table["n_probe"] = len(data.probe)
-    out = Path(out) if out else run_dir / "ablation"
     fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
     fsio.write_text(out / "ablation.md", _markdown(rows, run_dir, epoch, len(data.test), len(data.probe),
                                                    data.eval.probe_spec.split))
@@ -336,7 +346,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         try:
             plain.load_state_dict(folded.state_dict(), strict=True)
         except RuntimeError:
-            raise ValueError(f"{cfg.attn}: part of the attention is input-dependent (CBAM's spatial gate) and "
+            raise UserError(f"{cfg.attn}: part of the attention is input-dependent (CBAM's spatial gate) and "
                              "cannot fold into the plain backbone; nothing saved") from None
         saved = paired_row("all", "all", len(taps), base_pred, predict(plain.to(dev), test_loader), labels)
         save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": saved.test_acc,

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ..errors import UserError
 
 _HASH_VERSION = "stripe-data-v1"
 
@@ -31,15 +32,15 @@ class ImageSet:
         """Check dtypes, shapes and devices."""
         im, lb = self.images, self.labels
         if im.dtype != torch.uint8 or im.dim() != 4:
-            raise ValueError(f"ImageSet.images must be uint8 [N, C, H, W], got {im.dtype} {tuple(im.shape)}")
+            raise UserError(f"ImageSet.images must be uint8 [N, C, H, W], got {im.dtype} {tuple(im.shape)}")
         if lb.dtype != torch.int64 or lb.dim() != 1 or lb.numel() != im.shape[0]:
-            raise ValueError(f"ImageSet.labels must be int64 [{im.shape[0]}], got {lb.dtype} {tuple(lb.shape)}")
+            raise UserError(f"ImageSet.labels must be int64 [{im.shape[0]}], got {lb.dtype} {tuple(lb.shape)}")
         if im.device.type != "cpu" or lb.device.type != "cpu":
-            raise ValueError("ImageSet tensors must live on the CPU")
+            raise UserError("ImageSet tensors must live on the CPU")
         if not im.is_contiguous() or not lb.is_contiguous():
-            raise ValueError("ImageSet tensors must be contiguous")
+            raise UserError("ImageSet tensors must be contiguous")
         if len(self.mean) != im.shape[1] or len(self.std) != im.shape[1]:
-            raise ValueError(f"ImageSet mean/std need {im.shape[1]} channels, got {len(self.mean)}/{len(self.std)}")
+            raise UserError(f"ImageSet mean/std need {im.shape[1]} channels, got {len(self.mean)}/{len(self.std)}")
 
     def __len__(self) -> int:
         """Number of images."""
@@ -66,7 +67,7 @@ class ImageSet:
         """Side length of the (square) images."""
         h, w = int(self.images.shape[2]), int(self.images.shape[3])
         if h != w:
-            raise ValueError(f"{self.name} images are {h}x{w}, not square; use images.shape[-2:]")
+            raise UserError(f"{self.name} images are {h}x{w}, not square; use images.shape[-2:]")
         return h
 
 
@@ -101,12 +102,12 @@ def as_indices(indices: Any, n: int | None = None) -> np.ndarray:
     arr = np.asarray(indices)
     if arr.dtype == np.bool_:
         if n is not None and arr.shape != (n,):
-            raise ValueError(f"boolean mask must have shape ({n},), got {arr.shape}")
+            raise UserError(f"boolean mask must have shape ({n},), got {arr.shape}")
         arr = np.flatnonzero(arr)
     if arr.size == 0:
         arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"indices must be integers, got dtype {arr.dtype}")
+        raise UserError(f"indices must be integers, got dtype {arr.dtype}")
     arr = arr.astype(np.int64).reshape(-1)
     if n is not None and arr.size and (arr.min() < 0 or arr.max() >= n):
         raise IndexError(f"indices must lie in [0, {n}), got range [{arr.min()}, {arr.max()}]")
@@ -163,11 +164,11 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> np.ndarray:
     lab = as_indices(labels)
     total = lab.size
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+        raise UserError(f"n must be >= 0, got {n}")
     if n >= total:
         return np.arange(total, dtype=np.int64)
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise UserError(f"seed must be >= 0, got {seed}")
     # PCG64's raw stream is stable across NumPy versions, unlike Generator's sampling methods.
     keys = np.random.PCG64(np.random.SeedSequence([seed, 0x5EED])).random_raw(total)
     classes, inverse = np.unique(lab, return_inverse=True)

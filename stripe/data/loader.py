@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from .imageset import ImageSet
 
 
@@ -47,11 +48,11 @@ class Loader:
         augmentation; left at their defaults, batches are exactly what they were without them.
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
+            raise UserError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         if len(ds) == 0:
-            raise ValueError(f"{ds.name} {ds.split} is empty")
+            raise UserError(f"{ds.name} {ds.split} is empty")
         self.ds = ds
         self.batch_size = int(batch_size)
         self.train = bool(train)
@@ -94,31 +95,31 @@ class Loader:
         """The checked preprocessing (None when every option is at its default)."""
         if resize is None and crop is None and mean is None and std is None and channels is None:
             if interpolation not in INTERPOLATIONS:
-                raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+                raise UserError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
             return None
         c, h, w = self._c, self._h, self._w
         if channels not in (None, c) and not (c == 1 and channels == 3):
-            raise ValueError(f"channels={channels}: {self.ds.name} images have {c} channel(s); only gray -> 3 converts")
+            raise UserError(f"channels={channels}: {self.ds.name} images have {c} channel(s); only gray -> 3 converts")
         out_c = channels or c
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+            raise UserError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
         for name, v in (("resize", resize), ("crop", crop)):
             if v is not None and (isinstance(v, bool) or int(v) != v or v < 1):
-                raise ValueError(f"{name} must be a positive number of pixels, got {v!r}")
+                raise UserError(f"{name} must be a positive number of pixels, got {v!r}")
         if resize is not None:
             short = min(h, w)
             h, w = (resize, int(resize * w / short)) if h <= w else (int(resize * h / short), resize)
         size = (h, w)
         if crop is not None:
             if crop > min(h, w):
-                raise ValueError(f"crop {crop} is larger than the {h}x{w} images it would cut from")
+                raise UserError(f"crop {crop} is larger than the {h}x{w} images it would cut from")
             h = w = crop
         ds_mean = tuple(self.ds.mean) * (out_c // c)
         ds_std = tuple(self.ds.std) * (out_c // c)
         mean = tuple(float(v) for v in (mean if mean is not None else ds_mean))
         std = tuple(float(v) for v in (std if std is not None else ds_std))
         if len(mean) != out_c or len(std) != out_c or min(std) <= 0:
-            raise ValueError(f"mean/std need {out_c} values (std > 0), got {mean} / {std}")
+            raise UserError(f"mean/std need {out_c} values (std > 0), got {mean} / {std}")
         self._h_out, self._w_out = h, w
         return {"channels": out_c, "size": size, "crop": crop, "interpolation": interpolation,
                 "mean": torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, out_c, 1, 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import pickle
 import warnings
 import zipfile
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import UserError
 from .. import fsio
 from .imageset import ImageSet, sha256_bytes, sha256_file, source_hash
 from .search import FASHION_SYSTEM_DIR, DataNotFoundError, check_split, default_data_dir, find_cifar10_jpeg
@@ -63,10 +65,11 @@ def _decode_jpegs(raws: Sequence[bytes], names: Sequence[str], size: tuple[int, 
             try:
                 with Image.open(io.BytesIO(raws[i])) as im:
                     if im.size != (w, h):
-                        raise ValueError(f"is {im.size[0]}x{im.size[1]}, expected {w}x{h}")
+                        raise UserError(f"is {im.size[0]}x{im.size[1]}, expected {w}x{h}")
                     out[i] = np.asarray(im.convert("RGB"))
             except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on broken files
-                raise ValueError(f"{where}: member {names[i]} is not a readable image ({e})") from None
+                why = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip() or type(e).__name__
+                raise UserError(f"{where}: member {names[i]} is not a readable image ({why})") from None
         return hi - lo
 
     chunk = 1000
@@ -83,7 +86,7 @@ def _read_jpeg_zip(data: bytes, split: str, where: str) -> tuple[list[str], list
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{where}: not a readable zip file ({e}); replace it with an intact copy") from None
+        raise UserError(f"{where}: not a readable zip file ({e}); replace it with an intact copy") from None
     with zf:
         names = sorted(
             n for n in zf.namelist()
@@ -91,12 +94,12 @@ def _read_jpeg_zip(data: bytes, split: str, where: str) -> tuple[list[str], list
         )
         bad = [n for n in names if len(n.split("/")) != 3 or n.split("/")[0] != split]
         if bad or not names:
-            raise ValueError(f"{where}: expected members {split}/<class>/<file>.jpg, found "
+            raise UserError(f"{where}: expected members {split}/<class>/<file>.jpg, found "
                              f"{bad[0] if bad else 'no JPEG members'}")
         try:
             raws = [zf.read(n) for n in names]
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise ValueError(f"{where}: damaged zip file ({e}); replace it with an intact copy") from None
+            raise UserError(f"{where}: damaged zip file ({e}); replace it with an intact copy") from None
     classes = tuple(sorted({n.split("/")[1] for n in names}))
     return names, raws, classes
 
@@ -121,7 +124,7 @@ def _load_cifar10_jpeg(folder: Path, split: str, cache_dir: Path) -> ImageSet:
 
     names, raws, classes = _read_jpeg_zip(data, split, str(zpath))
     if classes != CIFAR10_CLASSES:
-        raise ValueError(f"{zpath}: class folders {classes} are not the ten CIFAR-10 classes")
+        raise UserError(f"{zpath}: class folders {classes} are not the ten CIFAR-10 classes")
     del data
     arr = _decode_jpegs(raws, names, (32, 32), f"decoding {zpath.name}", where=str(zpath))
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # [N, H, W, C] -> [N, C, H, W]
@@ -167,11 +170,11 @@ def _load_cifar_pickle_file(path: Path) -> dict[str, Any]:
         try:
             obj = _CifarUnpickler(f, encoding="latin1").load()
         except pickle.UnpicklingError as e:
-            raise ValueError(f"{path}: {e}") from None
+            raise UserError(f"{path}: {e}") from None
         except (EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
+            raise UserError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+        raise UserError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in obj.items()}
 
 
@@ -202,7 +205,7 @@ def _load_cifar_pickle(name: str, folder: Path, split: str) -> ImageSet:
         d = _load_cifar_pickle_file(folder / fname)
         data = np.asarray(d["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(f"{folder / fname}: 'data' must be [N, 3072] uint8, got {data.shape}")
+            raise UserError(f"{folder / fname}: 'data' must be [N, 3072] uint8, got {data.shape}")
         chunks.append(data.reshape(-1, 3, 32, 32))  # [N, 3072] -> [N, C, H, W] (row-major planes)
         labels.append(np.asarray(d[label_key], dtype=np.int64))
     meta = _load_cifar_pickle_file(folder / meta_file)
@@ -210,7 +213,7 @@ def _load_cifar_pickle(name: str, folder: Path, split: str) -> ImageSet:
     images = torch.from_numpy(np.ascontiguousarray(np.concatenate(chunks)))
     lab = torch.from_numpy(np.concatenate(labels))
     if lab.numel() != images.shape[0] or (lab.numel() and (lab.min() < 0 or lab.max() >= len(classes))):
-        raise ValueError(f"{folder}: labels do not match images or classes")
+        raise UserError(f"{folder}: labels do not match images or classes")
     mean, std = _NORM[name]
     return ImageSet(name, split, images, lab, classes, mean, std, str(folder),
                     source_hash(name, split, "cifar-pickle", parts))
@@ -271,12 +274,12 @@ def _read_idx(path: Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        raise UserError(f"{path}: not an unsigned-byte IDX file")
     ndim = raw[3]
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: IDX header says {tuple(dims)} but holds {body.size} bytes")
+        raise UserError(f"{path}: IDX header says {tuple(dims)} but holds {body.size} bytes")
     return body.reshape(tuple(dims)).copy()
 
 
@@ -318,7 +321,7 @@ def _load_fashion(split: str, root: Path | None, download: bool) -> ImageSet:
     images = _read_idx(img_path)
     labels = _read_idx(lab_path)
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{img_path}: images {images.shape} and labels {labels.shape} do not match")
+        raise UserError(f"{img_path}: images {images.shape} and labels {labels.shape} do not match")
     parts = [("images", sha256_bytes(images.tobytes())), ("labels", sha256_bytes(labels.tobytes()))]
     mean, std = _NORM["fashion-mnist"]
     return ImageSet(
@@ -356,14 +359,14 @@ def _read_folder_images(items: Sequence[tuple[str, Path]]) -> np.ndarray:
                 size, mode = im.size, im.mode
                 a = np.asarray(im)
         except OSError as exc:
-            raise ValueError(f"cannot read image {f}: {exc}") from exc
+            raise UserError(f"cannot read image {f}: {exc}") from exc
         if first_size is None:
             first_size, first_mode = size, mode
         elif (size, mode) != (first_size, first_mode):
-            raise ValueError(f"{f} is {size[0]}x{size[1]} {mode}; expected {first_size[0]}x{first_size[1]} "
+            raise UserError(f"{f} is {size[0]}x{size[1]} {mode}; expected {first_size[0]}x{first_size[1]} "
                              f"{first_mode} like the first image")
         if a.dtype != np.uint8:
-            raise ValueError(f"{f}: mode {mode} is not 8-bit")
+            raise UserError(f"{f}: mode {mode} is not 8-bit")
         arrs.append(a[:, :, None] if a.ndim == 2 else a)  # [H, W] -> [H, W, 1]
     return np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2))  # [N, H, W, C] -> [N, C, H, W]
 
@@ -389,10 +392,10 @@ def _load_imagefolder(split: str, root: Path | None) -> ImageSet:
             raise DataNotFoundError(f"imagefolder: no images found under {split_dir}/<class>/")
         extra = sorted({c for c, _ in items} - set(classes))
         if extra:
-            raise ValueError(f"imagefolder: {split_dir} has classes missing from train: {extra}")
+            raise UserError(f"imagefolder: {split_dir} has classes missing from train: {extra}")
         images = _read_folder_images(items)
         if images.shape[1:] != train_images.shape[1:]:
-            raise ValueError(f"imagefolder: {items[0][1]} has shape {images.shape[1:]} but train images are "
+            raise UserError(f"imagefolder: {items[0][1]} has shape {images.shape[1:]} but train images are "
                              f"{train_images.shape[1:]}")
     pix = train_images.transpose(1, 0, 2, 3).reshape(train_images.shape[1], -1)  # [N, C, H, W] -> [C, N*H*W]
     pix = pix.astype(np.float64) / 255.0
@@ -414,7 +417,7 @@ def load_dataset(name: str, split: str, *, root: str | Path | None = None,
     """Load a real image data set split ('train' or 'test') into memory as an ImageSet."""
     key = name.lower().replace("_", "-")
     if key not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(_DATASETS)}")
     check_split(split)
     root_p = Path(root).expanduser() if root is not None else None
     cache_p = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir() / "cache"

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from ..errors import NotFoundError, UserError
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(NotFoundError):
     """A data set's files were not found; the message says where it looked and how to get them."""
 
 
@@ -59,5 +60,5 @@ def find_cifar10_jpeg(split: str) -> tuple[Path | None, list[str]]:
 def check_split(split: str) -> str:
     """Validate a split name."""
     if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise UserError(f"split must be 'train' or 'test', got {split!r}")
     return split

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from .imageset import ImageSet, probe_hash, stratified_indices, take
 
 PROBE_SPLITS = ("train", "test")
@@ -52,9 +53,9 @@ def _check_n(option: str, n: int | None, available: int, what: str) -> int:
     if n is None:
         return available
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"{option} must be a positive number of images, got {n!r}")
+        raise UserError(f"{option} must be a positive number of images, got {n!r}")
     if n > available:
-        raise ValueError(f"{option} {n} is larger than the {available} images of {what}")
+        raise UserError(f"{option} {n} is larger than the {available} images of {what}")
     return int(n)
 
 
@@ -66,11 +67,11 @@ def probe_and_score_indices(test_labels: Any, *, probe_split: str = "train", pro
     Sizes larger than what a split holds raise ``ValueError`` naming the option (nothing is clamped).
     """
     if probe_split not in PROBE_SPLITS:
-        raise ValueError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
+        raise UserError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
     test_labels = np.asarray(test_labels)
     if probe_split == "train":
         if train_labels is None:
-            raise ValueError("a training-split probe needs the training labels")
+            raise UserError("a training-split probe needs the training labels")
         train_labels = np.asarray(train_labels)
         n = _check_n("--probe-n", probe_n, len(train_labels), "the training split")
         probe = stratified_indices(train_labels, n, probe_seed)
@@ -105,5 +106,5 @@ def eval_sets(test_full: ImageSet, *, train_full: ImageSet | None = None, probe_
 def subset_from_spec(full: ImageSet, spec: dict[str, Any], indices: np.ndarray, what: str) -> ImageSet:
     """The subset ``indices`` of ``full`` after checking it against the hash saved in ``spec``."""
     if probe_hash(full.source_hash, indices) != spec["hash"]:
-        raise ValueError(f"the {what} differs from the one saved (the data set's files changed?)")
+        raise UserError(f"the {what} differs from the one saved (the data set's files changed?)")
     return take(full, indices)

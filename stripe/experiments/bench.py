@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import UserError
 from ..data import Loader
 from ..train import TrainConfig, TrainStep, build_training, load_run_data, resolve_device
 
@@ -31,7 +32,7 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
     step = TrainStep(model.train(), opt, cfg, dev)
     loader = Loader(train_ds, cfg.batch_size, train=True, device=dev, seed=cfg.seed, channels_last=cfg.channels_last)
     if len(loader) == 0:
-        raise ValueError(f"batch {cfg.batch_size} is larger than the {len(train_ds)} training images")
+        raise UserError(f"batch {cfg.batch_size} is larger than the {len(train_ds)} training images")
 
     def batches():
         epoch = 0
@@ -221,7 +222,7 @@ def write_speed(speed, out: str | Path) -> list[Path]:
     from .. import fsio
     from ..viz.figures import save_figure, speed_markdown, speed_table
 
-    out = Path(out)
+    out = fsio.claim_dir(out, "speed")
     written = [fsio.write_text(out / "speed.csv", speed.to_csv(index=False)),
                fsio.write_text(out / "speed.md", speed_markdown(speed))]
     return written + save_figure(speed_table(speed), out, "speed_table")

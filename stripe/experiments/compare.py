@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import fsio
+from ..errors import NotFoundError, UserError
 from ..nn.variants import Variant, config_label, variants
 from ..train import TrainConfig, read_metrics, read_run, train
 
@@ -42,7 +43,7 @@ def run_comparison(base: TrainConfig, attn: str, seeds: list[int], out: str | Pa
     """
     from tqdm.auto import tqdm
 
-    out = Path(out)
+    out = fsio.claim_dir(out, "comparison")
     jobs = [(label, v, seed) for label, v in variants(attn).items() for seed in seeds]
     for label, v, seed in tqdm(jobs, desc="compare", unit="run", disable=not progress):
         run = run_dir_of(out, label, seed)
@@ -84,29 +85,47 @@ def welch_p(a: list[float], b: list[float]) -> float:
         return float(stats.ttest_ind(a64, b64, equal_var=False).pvalue)
 
 
+def _cached_predictions(cache: Path, run: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The content of a run's ``predictions_final.npz``; a file made for another run or other scored images is
+    refused (a one-line error naming it)."""
+    if not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as z:
+            got = {k: z[k].copy() for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{cache}: unreadable ({e})") from None
+    run_id = str(got.get("run_id", ""))
+    score = str(got.get("scored_hash", ""))
+    want_score = (info.get("score") or {}).get("hash", "")
+    if run_id != str(info.get("run_id", "")) or (want_score and score != want_score):
+        raise UserError(f"{cache}: made for run {run_id or '(unknown)'} on scored images {score[:12] or '(unknown)'}, "
+                        f"not for {run} (run {info.get('run_id')}, scored images {want_score[:12]}); delete it")
+    return got
+
+
 def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(predicted labels, true labels) of a run's last checkpoint, deployed, on its scored test images; cached
-    in ``RUN/predictions_final.npz`` next to the checkpoint it came from. A run whose checkpoints were left
-    behind (an unpacked archive) is served from the cache when it was made at the run's last epoch."""
+    in ``RUN/predictions_final.npz`` with the checkpoint's sha256, the run id and the scored set's hash (all
+    checked on read). A run whose checkpoints were left behind (an unpacked archive) is served from the cache
+    when it was made at the run's last epoch."""
     from ..data import Loader
     from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, resolve_device, run_eval_sets
 
+    run = Path(run)
+    info = read_run(run)
     ckpts = list_checkpoints(run)
     cache = run / "predictions_final.npz"
+    got = _cached_predictions(cache, run, info)
     if not ckpts:
         last = int(read_metrics(run)["epoch"].max()) if (run / "metrics.csv").is_file() else None
-        if cache.is_file() and last is not None:
-            with np.load(cache) as z:
-                if int(z["epoch"]) == last:
-                    return z["pred"].copy(), z["labels"].copy()
-        raise FileNotFoundError(f"{run}: the run has no checkpoints (and no final predictions of its last epoch)")
+        if got is not None and last is not None and int(got["epoch"]) == last:
+            return got["pred"], got["labels"]
+        raise NotFoundError(f"{run}: the run has no checkpoints (and no final predictions of its last epoch)")
     epoch, path = ckpts[-1]
     sha = file_sha256(path)
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["checkpoint_sha256"]) == sha:
-                return z["pred"], z["labels"]
-    info = read_run(run)
+    if got is not None and str(got["checkpoint_sha256"]) == sha:
+        return got["pred"], got["labels"]
     _, data = run_eval_sets(info)
     dev = resolve_device(device)
     model, _ = load_weights(path, info["model"])
@@ -115,16 +134,39 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, pred=pred, labels=labels, epoch=epoch, checkpoint_sha256=sha)
+    np.savez(buf, pred=pred, labels=labels, epoch=epoch, checkpoint_sha256=sha, run_id=str(info.get("run_id", "")),
+             scored_hash=(info.get("score") or {}).get("hash", ""))
     fsio.write_bytes(cache, buf.getvalue())
     return pred, labels
 
 
+def _run_summary(run: Path, device: str | None) -> dict[str, Any]:
+    """Final/best top-1, images/s, parameters and final predictions of one run; a one-line
+    :class:`~stripe.errors.UserError` naming the run and the file when something it needs is missing."""
+    info = read_run(run)
+    if not isinstance(info.get("params"), dict) or "deployed" not in info["params"]:
+        raise UserError(f"{run / 'config.json'}: no parameter counts ('params'); written by an old version?")
+    try:
+        m = read_metrics(run)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run / 'metrics.csv'}: unreadable ({e})") from None
+    missing = [c for c in ("epoch", "test_acc", "images_per_s") if c not in m.columns]
+    if missing:
+        raise UserError(f"{run / 'metrics.csv'}: no column {', '.join(missing)}")
+    trained = m[m["epoch"] >= 1]
+    if trained.empty:
+        raise UserError(f"{run / 'metrics.csv'}: no trained epoch yet (only epoch 0)")
+    return {"params": info["params"]["deployed"], "n_test": info["data"]["test_n"],
+            "final": float(trained["test_acc"].iloc[-1]), "best": float(trained["test_acc"].max()),
+            "speed": float(trained["images_per_s"].median()), "pred": final_predictions(run, device)}
+
+
 def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str | None = "cpu",
-                  missing_ok: bool = False) -> pd.DataFrame:
+                  missing_ok: bool = False, skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """One row per variant: deployed parameters, final/best top-1 (mean, std, 95 % interval), img/s, and tests
     against the baseline (Welch over seeds; exact McNemar of the paired predictions, per seed). With
-    ``missing_ok``, runs that do not exist are left out (a campaign in progress) and so are variants without any."""
+    ``missing_ok``, runs that do not exist are left out (a campaign in progress) and so are variants without any,
+    and runs that cannot be tabulated are left out with the reason appended to ``skipped``."""
     from scipy import stats
 
     from ..analysis.ablation import mcnemar_exact
@@ -139,15 +181,18 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
             run = run_dir_of(out, label, seed)
             if missing_ok and not (run / "config.json").is_file():
                 continue
-            info, m = read_run(run), read_metrics(run)
-            trained = m[m["epoch"] >= 1]
-            if trained.empty:
+            try:
+                r = _run_summary(run, device)
+            except UserError as e:
+                if not missing_ok:
+                    raise
+                (skipped if skipped is not None else []).append((str(run), str(e)))
                 continue
-            params, n_test = info["params"]["deployed"], info["data"]["test_n"]
-            fin.append(float(trained["test_acc"].iloc[-1]))
-            best.append(float(trained["test_acc"].max()))
-            speeds.append(float(trained["images_per_s"].median()))
-            preds[(label, seed)] = final_predictions(run, device)
+            params, n_test = r["params"], r["n_test"]
+            fin.append(r["final"])
+            best.append(r["best"])
+            speeds.append(r["speed"])
+            preds[(label, seed)] = r["pred"]
         finals[label] = fin
         s = pd.Series(fin, dtype=float)
         if len(fin) > 1:
@@ -181,30 +226,48 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
     return pd.DataFrame(rows)
 
 
-def table_of_existing(out: str | Path, attn: str, *, device: str | None = "cpu") -> pd.DataFrame:
+def table_of_existing(out: str | Path, attn: str, *, device: str | None = "cpu",
+                      skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """The results table of the runs already under ``out/runs`` (no training): every seed found, variants
     without runs left out; written as ``results.csv``/``results.md``. The runs must share one recipe (a
-    campaign continued over several machines or slots, its archives unpacked into one folder)."""
+    campaign continued over several machines or slots, its archives unpacked into one folder). Runs that
+    cannot be tabulated (no trained epoch, a damaged file, a folder name whose seed or variant is not its
+    config's) are left out, each with the reason appended to ``skipped``."""
     from ..train import run_config
 
-    out = Path(out)
+    skipped = skipped if skipped is not None else []
+    out = fsio.claim_dir(out, "comparison")
     runs = sorted(p for p in (out / "runs").glob("*_seed*") if (p / "config.json").is_file()) \
         if (out / "runs").is_dir() else []
     if not runs:
-        raise FileNotFoundError(f"{out}: no runs under {out / 'runs'} (expected runs/<variant>_seed<k>/config.json)")
-    cfgs = {p: run_config(read_run(p)) for p in runs}
+        raise NotFoundError(f"{out}: no runs under {out / 'runs'} (expected runs/<variant>_seed<k>/config.json)")
+    cfgs = {}
+    for p in runs:
+        try:
+            c = run_config(read_run(p))
+        except (UserError, KeyError, TypeError) as e:
+            skipped.append((str(p), f"{p / 'config.json'}: unreadable run config ({e})"))
+            continue
+        expected = run_dir_of(out, config_label(c.model), c.seed)
+        if expected.name != p.name:
+            skipped.append((str(p), f"the folder name says {p.name}, but its config.json is {config_label(c.model)} "
+                                    f"seed {c.seed} (expected folder {expected.name})"))
+            continue
+        cfgs[p] = c
+    if not cfgs:
+        raise UserError(f"{out}: no run could be tabulated: " + "; ".join(why for _, why in skipped))
     # what must agree: everything but the variant, the seed and where the data was read from
     recipe = {json.dumps(replace(c, seed=0, data_root=None, model=replace(c.model, attn=None, asr=False, both=False))
                          .to_dict(), sort_keys=True, default=str) for c in cfgs.values()}
     if len(recipe) > 1:
-        raise ValueError(f"{out}: the runs were trained with different recipes (model, data, epochs or "
+        raise UserError(f"{out}: the runs were trained with different recipes (model, data, epochs or "
                          "optimiser); compare runs of one recipe")
     wanted = {v.label for v in variants(attn).values()}
     other = sorted({config_label(c.model) for c in cfgs.values()} - wanted)
     if other:
-        raise ValueError(f"{out}: runs of variants outside {attn}'s four: {', '.join(other)}")
+        raise UserError(f"{out}: runs of variants outside {attn}'s four: {', '.join(other)}")
     seeds = sorted({c.seed for c in cfgs.values()})
-    table = results_table(out, attn, seeds, device=device, missing_ok=True)
+    table = results_table(out, attn, seeds, device=device, missing_ok=True, skipped=skipped)
     base = next(iter(cfgs.values()))
     fsio.write_text(out / "results.csv", table.to_csv(index=False))
     fsio.write_text(out / "results.md", results_markdown(table, base))

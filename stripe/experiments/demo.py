@@ -59,7 +59,7 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     from .bench import inference_speed
     from .compare import run_comparison, run_dir_of, variants
 
-    out = Path(out) if out else default_data_dir() / "demo"
+    out = fsio.claim_dir(Path(out) if out else default_data_dir() / "demo", "demo")
     figures_out = Path(figures_out) if figures_out else out / "figures"
     times: dict[str, float] = {}
     t_all = time.perf_counter()

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import EnvironmentProblem, UserError
 from .. import __version__, fsio
 
 
@@ -114,15 +115,15 @@ class Campaign:
 
         unknown = [x for x in self.stages if x not in GPU_STAGES]
         if unknown or not self.stages:
-            raise ValueError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; known: "
+            raise UserError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; known: "
                              f"{', '.join(GPU_STAGES)}")
         v = parse_label(self.variant)
         if v.attn not in (None, "se"):
-            raise ValueError(f"--variant {self.variant}: the campaign is of SE (baseline, +SE, +ASR(SE), +ASR(SE)+SE)")
+            raise UserError(f"--variant {self.variant}: the campaign is of SE (baseline, +SE, +ASR(SE), +ASR(SE)+SE)")
         if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
         if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1, got {self.epochs}")
+            raise UserError(f"--epochs must be >= 1, got {self.epochs}")
 
 
 @dataclass(frozen=True)
@@ -219,23 +220,36 @@ def cifar10_resnet20_cpu(ctx: Context) -> None:
     from ..nn.variants import Variant, slug
 
     labels = {"+SE": Variant("se"), "+ASR(SE)": Variant("se", True)}
-    runs = {}
+    runs, complete = {}, {}
     for i, (label, v) in enumerate(labels.items()):
+        if ctx.budget.left() <= 0:
+            ctx.log({"stage": "train", "variant": label, "skipped": "out of budget"})
+            continue
         cfg = _base_config(ctx, model=replace(_base_config(ctx).model, **v.overrides()),
                            keep_checkpoints="last,every:5")
         run = ctx.out / "runs" / f"{slug(label)}_seed0"
         runs[label] = run
         # leave the later variants and the analysis their share of the budget
         reserve = ctx.budget.left() * (len(labels) - 1 - i) / (len(labels) - i) + 300 * (not ctx.dry_run)
-        ctx.log({"stage": "train", "variant": label, **_train_recorded(ctx, cfg, run, reserve=reserve)})
+        result = _train_recorded(ctx, cfg, run, reserve=reserve)
+        complete[label] = result["epochs_done"] >= result["epochs"]
+        ctx.log({"stage": "train", "variant": label, **result})
     for label, run in runs.items():
+        if ctx.budget.left() <= 0:
+            ctx.log({"stage": "stats", "variant": label, "skipped": "out of budget"})
+            continue
         _tables(ctx, run, label)
-    _ablate(ctx, runs["+SE"], "+SE", ("all", "stage", "tap"))
+    if "+SE" in runs and ctx.budget.left() > 0:
+        _ablate(ctx, runs["+SE"], "+SE", ("all", "stage", "tap"))
+    if len(runs) < len(labels) or ctx.budget.left() <= 0:
+        ctx.log({"stage": "compare", "skipped": "out of budget", "complete": complete})
+        return
     preds = {label: final_predictions(run, ctx.sizes.device) for label, run in runs.items()}
-    row = {}
+    row: dict[str, Any] = {}
     for label, (p, y) in preds.items():
         row[label] = {"top1": 100 * float((p == y).mean()), "wilson95": wilson_interval(int((p == y).sum()), len(y)),
-                      "n_test": len(y)}
+                      "n_test": len(y), "complete": complete[label],
+                      **({} if complete[label] else {"note": "stopped by the budget before its last epoch"})}
     (pa, ya), (pb, yb) = preds["+SE"], preds["+ASR(SE)"]
     ok_a, ok_b = pa == ya, pb == yb
     row["mcnemar_p_se_vs_asr"] = mcnemar_exact(int((ok_a & ~ok_b).sum()), int((ok_b & ~ok_a).sum()))
@@ -457,13 +471,13 @@ def pack(out: Path, limit_mib: float = ARCHIVE_MIB) -> Path:
 
     archive = out / "results.tar.gz"
 
-    def members() -> list[Path]:
-        return [p for p in sorted(out.rglob("*")) if p.is_file() and p != archive and "checkpoints" not in p.parts
-                and not p.name.startswith(".stripe")]
+    def members() -> list[Path]:  # "checkpoints" looked for inside out, wherever out itself lies
+        return [p for p in sorted(out.rglob("*")) if p.is_file() and p != archive and not p.name.startswith(".")
+                and "checkpoints" not in p.relative_to(out).parts]
 
     size = sum(p.stat().st_size for p in members())
     limit = limit_mib * 2**20
-    recs = [m.parent for m in out.rglob(MANIFEST_NAME) if "checkpoints" not in m.parts]
+    recs = [m.parent for m in out.rglob(MANIFEST_NAME) if "checkpoints" not in m.relative_to(out).parts]
     drop: set[Path] = set()
     replace_: dict[Path, bytes] = {}
     thinned = []
@@ -486,17 +500,20 @@ def pack(out: Path, limit_mib: float = ARCHIVE_MIB) -> Path:
         drop |= d
         replace_.update(r)
         thinned.append(str(rec.relative_to(out)))
-    with tarfile.open(archive, "w:gz") as tar:
-        for p in members():  # again: tables written above travel too
-            if p in drop:
-                continue
-            if p in replace_:
-                _add_bytes(tar, str(p.relative_to(out)), replace_[p])
-            else:
-                tar.add(p, arcname=str(p.relative_to(out)))
-        if thinned:
-            _add_bytes(tar, "PACKING.json", (json.dumps({"limit_mib": limit_mib, "thinned_recordings": thinned,
-                                                         "left_out_files": len(drop)}, indent=1) + "\n").encode())
+    def write(f) -> None:  # into a temporary file renamed over the old archive: a full disk keeps the old one
+        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+            for p in members():  # again: tables written above travel too
+                if p in drop:
+                    continue
+                if p in replace_:
+                    _add_bytes(tar, str(p.relative_to(out)), replace_[p])
+                else:
+                    tar.add(p, arcname=str(p.relative_to(out)))
+            if thinned:
+                _add_bytes(tar, "PACKING.json", (json.dumps({"limit_mib": limit_mib, "thinned_recordings": thinned,
+                                                             "left_out_files": len(drop)}, indent=1) + "\n").encode())
+
+    fsio.atomic_write(archive, write)
     if thinned:
         print(f"archive: thinned {len(thinned)} recording(s) to their last epoch to stay under {limit_mib:g} MiB: "
               f"{', '.join(thinned)}")
@@ -523,29 +540,31 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
     from ..experiments.demo import pick_dataset
 
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        raise UserError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     preset = PRESETS[name]
     if campaign is not None and name != "gpu-quick":
-        raise ValueError("--stages, --variant, --seed and --epochs apply to gpu-quick only")
+        raise UserError("--stages, --variant, --seed and --epochs apply to gpu-quick only")
     if (jobs is not None or only is not None) and name != "zoo-cifar10-cpu":
-        raise ValueError("--jobs and --only apply to zoo-cifar10-cpu only")
+        raise UserError("--jobs and --only apply to zoo-cifar10-cpu only")
     if jobs is not None and jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
     if only:
         from .zoo import run_by_slug
 
         for o in only:
             run_by_slug(o)
+    if budget is not None and not budget > 0:
+        raise UserError(f"--budget must be a positive number of seconds, got {budget:g}")
     if archive_mib <= 0:
-        raise ValueError(f"--archive-mib must be > 0, got {archive_mib}")
+        raise UserError(f"--archive-mib must be > 0, got {archive_mib}")
     sizes = preset.dry if dry_run else preset.sizes
     if device != "auto":
         sizes = replace(sizes, device=device)
     if sizes.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{name} needs a CUDA device and none is available here; --dry-run rehearses it on the CPU")
+        raise EnvironmentProblem(f"{name} needs a CUDA device and none is available here; --dry-run rehearses it on the CPU")
     ctx_budget = Budget(budget if budget is not None else (600 if dry_run else preset.budget))
-    out = Path(out) if out else default_data_dir() / "reproduce" / (name + ("-dry" if dry_run else ""))
-    out.mkdir(parents=True, exist_ok=True)
+    out = fsio.claim_dir(Path(out) if out else default_data_dir() / "reproduce" / (name + ("-dry" if dry_run else "")),
+                         "preset")
     dataset, sentence = pick_dataset(data_root) if name != "demo-cpu" else ("cifar10", "")
     ctx = Context(out, ctx_budget, sizes, sizes.device, dataset, data_root if dataset == "cifar10" else None,
                   progress, dry_run, campaign or Campaign())

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from ..nn import (GateSite, build_source, count_params, fold_constants, preprocessing, randomize_norms,
                   replace_with_constant, verify_posthoc_fold)
 from ..nn.sources import MissingDependency, load_onnx
@@ -233,7 +234,7 @@ def fold_report(spec: str, *, num_classes: int | None = None, weights: str | Pat
     x = _images(2, shape, 0)
     sites = detect_gates(model, x)
     if not sites:
-        raise ValueError(f"{spec}: no channel gate found (no module of a registered adapter, no gate-shaped multiply)")
+        raise UserError(f"{spec}: no channel gate found (no module of a registered adapter, no gate-shaped multiply)")
     means = record_means(model, sites, _images(8, shape, 1))
     v = verify_posthoc_fold(model, sites, means, x)
     done = {r["key"]: r for r in v["report"]}
@@ -348,7 +349,7 @@ def load_ppocr_cls(*, logits: bool = False) -> nn.Module:
         soft = [n for n in gm.graph.nodes
                 if n.op == "call_module" and "Softmax" in type(gm.get_submodule(n.target)).__name__]
         if not soft:
-            raise ValueError(f"{CLS_FILE}: no softmax to cut")
+            raise UserError(f"{CLS_FILE}: no softmax to cut")
         out = next(n for n in gm.graph.nodes if n.op == "output")
         out.args = (soft[-1].args[0],)
         gm.graph.eliminate_dead_code()

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UserError
 from .. import fsio
 from ..nn.variants import Variant, slug
 
@@ -72,7 +73,7 @@ def run_by_slug(name: str) -> ZooRun:
     for r in zoo_runs():
         if name in (r.slug, r.label):
             return r
-    raise ValueError(f"unknown zoo run {name!r}; known: {', '.join(r.slug for r in zoo_runs())}")
+    raise UserError(f"unknown zoo run {name!r}; known: {', '.join(r.slug for r in zoo_runs())}")
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .registry import gate_classes, get_spec
 
 Layout = Literal["bc11", "b1c", "bc"]
@@ -129,13 +130,13 @@ def _taps_for(classes: tuple[tuple[type, str], ...]) -> dict[type, GateAdapter]:
 def register_adapter(adapter: GateAdapter) -> GateAdapter:
     """Add a third-party adapter; a second one for the same class, or a bad layout, raises ``ValueError``."""
     if adapter.qualname in _ADAPTERS or adapter.qualname in {a.qualname for a in _taps_adapters().values()}:
-        raise ValueError(f"an adapter is already registered for {adapter.qualname}")
+        raise UserError(f"an adapter is already registered for {adapter.qualname}")
     if adapter.layout not in LAYOUTS:
-        raise ValueError(f"unknown adapter layout {adapter.layout!r}; known: {', '.join(LAYOUTS)}")
+        raise UserError(f"unknown adapter layout {adapter.layout!r}; known: {', '.join(LAYOUTS)}")
     if adapter.kind != "module":
-        raise ValueError("adapters of kind 'taps' come from the attention registry (stripe.nn.register_attn)")
+        raise UserError("adapters of kind 'taps' come from the attention registry (stripe.nn.register_attn)")
     if adapter.qualname in UNSUPPORTED:
-        raise ValueError(f"{adapter.qualname} is not a channel gate: {UNSUPPORTED[adapter.qualname]}")
+        raise UserError(f"{adapter.qualname} is not a channel gate: {UNSUPPORTED[adapter.qualname]}")
     _ADAPTERS[adapter.qualname] = adapter
     return adapter
 
@@ -159,7 +160,7 @@ def read_after(out: torch.Tensor, layout: str) -> torch.Tensor:
         return out.reshape(out.shape[0], out.shape[-1])  # [B, 1, C] -> [B, C]
     if layout == "bc":
         return out
-    raise ValueError(f"unknown adapter layout {layout!r}; known: {', '.join(LAYOUTS)}")
+    raise UserError(f"unknown adapter layout {layout!r}; known: {', '.join(LAYOUTS)}")
 
 
 def read_before(x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import copy
 import torch
 from torch import nn
 
+from ..errors import StripeError
 from .utils import set_submodule
 
 
@@ -63,7 +64,7 @@ def reparameterize(model: nn.Module) -> nn.Module:
     return new
 
 
-class FoldError(AssertionError):
+class FoldError(StripeError, AssertionError):
     """The folded model's output differs from the ASR model's by more than the tolerance."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor, fx, nn
 
+from ..errors import UserError
 from .adapters import UNSUPPORTED, find_adapter, qualname_of
 from .asr import FoldError
 from .utils import count_params
@@ -234,7 +235,7 @@ def _scale(model: nn.Module, site: GateSite, c: Tensor) -> None:
         if mod.bias is not None:
             mod.bias.mul_(c.to(mod.bias))
     else:
-        raise ValueError(f"{site.key}: cannot fold {site.fold!r}")
+        raise UserError(f"{site.key}: cannot fold {site.fold!r}")
 
 
 def _fx_remove(gm: fx.GraphModule, removed: dict[str, int]) -> None:

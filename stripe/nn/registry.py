@@ -10,6 +10,7 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from ..errors import UserError
 from .cbam import CBAM
 from .dia import DIACell
 from .eca import ECA
@@ -64,7 +65,7 @@ _SPECS: dict[str, AttnSpec] = {}
 def register_attn(spec: AttnSpec) -> AttnSpec:
     """Add an attention to the registry; a second registration of a name raises ``ValueError``."""
     if spec.name in _SPECS:
-        raise ValueError(f"attention {spec.name!r} is registered twice")
+        raise UserError(f"attention {spec.name!r} is registered twice")
     _SPECS[spec.name] = spec
     return spec
 
@@ -88,7 +89,7 @@ def get_spec(name: str) -> AttnSpec:
     try:
         return _SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown attention {name!r}; known: {', '.join(_SPECS)}") from None
+        raise UserError(f"unknown attention {name!r}; known: {', '.join(_SPECS)}") from None
 
 
 def create_attn(name: str, channels: int, *, for_asr: bool = False, **kw: Any) -> nn.Module:

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from .asr import FoldError, reparameterize, verify_fold
 from .registry import list_attn
 from .resnet import create_model
@@ -32,7 +33,7 @@ def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_c
 
     for attn in attns:
         if attn not in list_attn():
-            raise ValueError(f"unknown attention {attn!r}; known: {', '.join(list_attn())}")
+            raise UserError(f"unknown attention {attn!r}; known: {', '.join(list_attn())}")
     plain = count_params(create_model(model, num_classes=num_classes, block=block))
     rows, failed = [], 0
     bar = tqdm(total=len(attns) * len(both_variants), desc="fold+verify", unit="model", disable=not progress)

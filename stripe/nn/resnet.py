@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .asr import ASRNorm
 from .dia import DIAStep
 from .ie import IEBatchNorm
@@ -52,7 +53,7 @@ class ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise UserError(f"unknown model config keys: {sorted(unknown)}")
         return cls(**d)
 
     @property
@@ -71,34 +72,34 @@ class ModelConfig:
             used = [f for f, v in (("attn", self.attn), ("asr", self.asr), ("both", self.both), ("block", self.block),
                                    ("psi_size", self.psi_size)) if v not in (None, False)]
             if used or self.attn_kw:
-                raise ValueError(f"{self.name}: {', '.join(used or ['attn_kw'])} only apply to this package's "
+                raise UserError(f"{self.name}: {', '.join(used or ['attn_kw'])} only apply to this package's "
                                  "cifar_resnet models; a source model keeps its own attention (record it with "
                                  "taps='auto')")
             if self.num_classes is not None and self.num_classes < 1:
-                raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+                raise UserError(f"num_classes must be >= 1, got {self.num_classes}")
             return self
         m = _NAME.match(self.name)
         if m is None:
-            raise ValueError(f"unknown model {self.name!r}; models are cifar_resnet{{depth}}, "
+            raise UserError(f"unknown model {self.name!r}; models are cifar_resnet{{depth}}, "
                              f"e.g. {', '.join(list_models())}")
         spec = get_spec(self.attn) if self.attn is not None else None
         if self.asr and spec is None:
-            raise ValueError("asr=True needs an attention module (attn=...) to feed with ψ")
+            raise UserError("asr=True needs an attention module (attn=...) to feed with ψ")
         if self.both and not self.asr:
-            raise ValueError("both=True keeps a normal attention beside ASR, so it needs asr=True")
+            raise UserError("both=True keeps a normal attention beside ASR, so it needs asr=True")
         if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise UserError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.reduction is not None:
             if spec is None or "reduction" not in spec.options():
-                raise ValueError(f"--reduction {self.reduction}: {self.attn or 'the baseline (no attention)'} has no "
+                raise UserError(f"--reduction {self.reduction}: {self.attn or 'the baseline (no attention)'} has no "
                                  "reduction; it applies to " + ", ".join(n for n in list_attn() if "reduction" in
                                                                           get_spec(n).options()))
             if isinstance(self.reduction, bool) or int(self.reduction) != self.reduction or self.reduction < 1:
-                raise ValueError(f"--reduction must be a positive integer, got {self.reduction!r}")
+                raise UserError(f"--reduction must be a positive integer, got {self.reduction!r}")
         min_psi = spec.min_psi_size if self.asr else 1
         psi_size = min_psi if self.psi_size is None else self.psi_size
         if psi_size < min_psi:
-            raise ValueError(f"{self.attn}: ASR needs a ψ of spatial size >= {min_psi} (got psi_size={psi_size})")
+            raise UserError(f"{self.attn}: ASR needs a ψ of spatial size >= {min_psi} (got psi_size={psi_size})")
         return replace(self, block=pick_block(int(m.group(1)), self.block), psi_size=psi_size)
 
     def bind(self, num_classes: int, in_chans: int, image_size: int) -> "ModelConfig":
@@ -107,7 +108,7 @@ class ModelConfig:
         A source model given a number of classes that differs from the data set's raises ``ValueError``.
         """
         if self.is_source and self.num_classes is not None and self.num_classes != num_classes:
-            raise ValueError(f"{self.name}: num_classes={self.num_classes} but the data set has {num_classes} classes")
+            raise UserError(f"{self.name}: num_classes={self.num_classes} but the data set has {num_classes} classes")
         return replace(self, num_classes=num_classes, in_chans=in_chans, image_size=image_size)
 
     def folded(self) -> "ModelConfig":
@@ -125,7 +126,7 @@ class ModelConfig:
         """The network's depth (the number in its name); a source model has none (``ValueError``)."""
         m = _NAME.match(self.name)
         if m is None:
-            raise ValueError(f"{self.name}: only cifar_resnet models have a depth")
+            raise UserError(f"{self.name}: only cifar_resnet models have a depth")
         return int(m.group(1))
 
     @property
@@ -316,7 +317,7 @@ def _fits(depth: int, block: str) -> bool:
 
 def _blocks_per_stage(depth: int, block: str) -> int:
     if not _fits(depth, block):
-        raise ValueError(f"cifar_resnet{depth}: a {block} CIFAR ResNet needs depth {9 if block == 'bottleneck' else 6}n+2 "
+        raise UserError(f"cifar_resnet{depth}: a {block} CIFAR ResNet needs depth {9 if block == 'bottleneck' else 6}n+2 "
                          "(n >= 1)")
     return (depth - 2) // (9 if block == "bottleneck" else 6)
 
@@ -327,14 +328,14 @@ def pick_block(depth: int, block: str | None) -> str:
     bottleneck for the remaining 9n+2 depths."""
     if block is not None:
         if block not in BLOCKS:
-            raise ValueError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}")
+            raise UserError(f"unknown block {block!r}; known: {', '.join(BLOCKS)}")
         _blocks_per_stage(depth, block)
         return block
     if depth in BOTTLENECK_BY_CONVENTION or (not _fits(depth, "basic") and _fits(depth, "bottleneck")):
         return "bottleneck"
     if _fits(depth, "basic"):
         return "basic"
-    raise ValueError(f"cifar_resnet{depth}: depth must be 9n+2 (bottleneck) or 6n+2 (basic), n >= 1")
+    raise UserError(f"cifar_resnet{depth}: depth must be 9n+2 (bottleneck) or 6n+2 (basic), n >= 1")
 
 
 def list_models() -> list[str]:
@@ -364,11 +365,11 @@ def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:
     if cfg.is_source:
         model, _ = build_source(cfg.name, num_classes=cfg.num_classes, in_chans=cfg.in_chans)
         if "config" in dir(model) and not isinstance(getattr(model, "config", None), ModelConfig):
-            raise ValueError(f"{cfg.name}: the model already has an attribute 'config'; it cannot carry its "
+            raise UserError(f"{cfg.name}: the model already has an attribute 'config'; it cannot carry its "
                              "ModelConfig")
         model.config = cfg
         return model
     if cfg.num_classes is None or cfg.in_chans is None or cfg.image_size is None:
-        raise ValueError(f"{cfg.name}: num_classes, in_chans and image_size must be known to build the model "
+        raise UserError(f"{cfg.name}: num_classes, in_chans and image_size must be known to build the model "
                          "(bind the config to a data set)")
     return CifarResNet(cfg)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ..errors import NotFoundError, UserError
 
 SOURCE_KINDS = ("torchvision", "timm", "onnx")
 #: keys under which a checkpoint file may hold the state_dict (stripe checkpoints use "model")
@@ -48,11 +49,11 @@ def parse_source(spec: str) -> tuple[str, str]:
     """(kind, target) of a source name; kind is torchvision, timm, onnx or factory. Bad syntax raises ValueError."""
     kind, sep, target = str(spec).partition(":")
     if not sep or not kind or not target:
-        raise ValueError(f"model source {spec!r}: {_SYNTAX}")
+        raise UserError(f"model source {spec!r}: {_SYNTAX}")
     if kind in SOURCE_KINDS:
         return kind, target
     if not all(part.isidentifier() for part in kind.split(".")) or not target.isidentifier():
-        raise ValueError(f"model source {spec!r}: {_SYNTAX}")
+        raise UserError(f"model source {spec!r}: {_SYNTAX}")
     return "factory", spec
 
 
@@ -81,7 +82,7 @@ def _kwargs_for(fn: Any, spec: str, **wanted: Any) -> dict[str, Any]:
         if v is None:
             continue
         if k not in params and not open_kw:
-            raise ValueError(f"model source {spec!r}: {getattr(fn, '__name__', fn)}() does not accept {k}=")
+            raise UserError(f"model source {spec!r}: {getattr(fn, '__name__', fn)}() does not accept {k}=")
         out[k] = v
     return out
 
@@ -91,9 +92,9 @@ def _torchvision(name: str, spec: str, num_classes: int | None, in_chans: int | 
 
     names = torchvision.models.list_models()
     if name not in names:
-        raise ValueError(f"unknown torchvision model {name!r}{_close(name, names)}")
+        raise UserError(f"unknown torchvision model {name!r}{_close(name, names)}")
     if in_chans not in (None, 3):
-        raise ValueError(f"{spec}: torchvision models take 3-channel images, not {in_chans}")
+        raise UserError(f"{spec}: torchvision models take 3-channel images, not {in_chans}")
     builder = torchvision.models.get_model_builder(name)
     kw: dict[str, Any] = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
@@ -106,7 +107,7 @@ def _torchvision(name: str, spec: str, num_classes: int | None, in_chans: int | 
 def _timm(name: str, spec: str, num_classes: int | None, in_chans: int | None) -> nn.Module:
     timm = _need("timm", spec)
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
+        raise UserError(f"unknown timm model {name!r}{_close(name, timm.list_models())}")
     kw = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans)) if v is not None}
     return timm.create_model(name, pretrained=False, **kw)
 
@@ -116,14 +117,21 @@ def _factory(spec: str, num_classes: int | None, in_chans: int | None) -> nn.Mod
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise ValueError(f"model source {spec!r}: cannot import {mod_name!r} ({e})") from None
+        raise UserError(f"model source {spec!r}: cannot import {mod_name!r} ({e})") from None
     fn = getattr(mod, attr, None)
     if fn is None or not callable(fn):
         public = [n for n in dir(mod) if not n.startswith("_")]
-        raise ValueError(f"model source {spec!r}: {mod_name} has no callable {attr!r}{_close(attr, public)}")
-    model = fn(**_kwargs_for(fn, spec, num_classes=num_classes, in_chans=None if in_chans == 3 else in_chans))
+        raise UserError(f"model source {spec!r}: {mod_name} has no callable {attr!r}{_close(attr, public)}")
+    kwargs = _kwargs_for(fn, spec, num_classes=num_classes, in_chans=None if in_chans == 3 else in_chans)
+    try:
+        model = fn(**kwargs)
+    except SystemExit as e:  # a factory must not end the program
+        raise UserError(f"model factory {spec!r} called sys.exit({e.code!r}) instead of returning a model") from None
+    except Exception as e:  # noqa: BLE001 - the user's code failed: one line that says whose
+        msg = " ".join(str(e).split())[:200]
+        raise UserError(f"model factory {spec!r} raised {type(e).__name__}: {msg}") from None
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model source {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
+        raise UserError(f"model source {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module")
     return model
 
 
@@ -153,20 +161,24 @@ def load_onnx(path: str | Path) -> nn.Module:
     """An ONNX file as a ``torch.fx.GraphModule`` (onnx2torch), in eval mode."""
     spec = f"onnx:{path}"
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"model source {spec!r}: is a folder, not an ONNX file")
     if not path.is_file():
-        raise FileNotFoundError(f"model source {spec!r}: no such file")
+        raise NotFoundError(f"model source {spec!r}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"model source {spec!r}: the file is empty (0 bytes), not an ONNX model")
     onnx = _need("onnx", spec)
     onnx2torch = _need("onnx2torch", spec)
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - a protobuf parse error of any kind becomes one line
-        raise ValueError(f"model source {spec!r}: not an ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
+        raise UserError(f"model source {spec!r}: not an ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
     constants_to_initializers(proto)
     try:
         return onnx2torch.convert(proto).eval()
     except Exception as e:  # noqa: BLE001 - an unsupported op of any kind becomes one line
         msg = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"model source {spec!r}: onnx2torch cannot convert it ({type(e).__name__}: {msg})") from None
+        raise UserError(f"model source {spec!r}: onnx2torch cannot convert it ({type(e).__name__}: {msg})") from None
 
 
 def build_source(spec: str, *, num_classes: int | None = None, in_chans: int | None = None,
@@ -183,7 +195,7 @@ def build_source(spec: str, *, num_classes: int | None = None, in_chans: int | N
         model = _timm(target, spec, num_classes, in_chans)
     elif kind == "onnx":
         if num_classes is not None or in_chans not in (None, 3):
-            raise ValueError(f"model source {spec!r}: an ONNX model has a fixed head and input; "
+            raise UserError(f"model source {spec!r}: an ONNX model has a fixed head and input; "
                              "num_classes/in_chans cannot be changed")
         model = load_onnx(target)
     else:
@@ -205,9 +217,9 @@ def _state_of(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None
         for key in CHECKPOINT_KEYS:
             if tensors(obj.get(key)):
                 return obj[key], key
-        raise ValueError(f"--weights {path}: a dict that is not a state_dict and holds none of the keys "
+        raise UserError(f"--weights {path}: a dict that is not a state_dict and holds none of the keys "
                          f"{', '.join(CHECKPOINT_KEYS)} (keys: {', '.join(map(str, list(obj)[:8]))})")
-    raise ValueError(f"--weights {path}: not a state_dict (got {type(obj).__name__})")
+    raise UserError(f"--weights {path}: not a state_dict (got {type(obj).__name__})")
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -217,13 +229,17 @@ def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
     ``torch.compile``) are stripped. Every problem is one line naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--weights {path}: is a folder, not a weights file")
     if not path.is_file():
-        raise FileNotFoundError(f"--weights {path}: no such file")
+        raise NotFoundError(f"--weights {path}: no such file")
+    if path.stat().st_size == 0:
+        raise UserError(f"--weights {path}: the file is empty (0 bytes)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/format error becomes one line
         msg = (str(e).strip().splitlines() or [""])[0][:160]
-        raise ValueError(f"--weights {path}: cannot be read with weights_only=True ({type(e).__name__}: {msg})") \
+        raise UserError(f"--weights {path}: cannot be read with weights_only=True ({type(e).__name__}: {msg})") \
             from None
     state, key = _state_of(obj, path)
     info: dict[str, Any] = {"weights": str(path), "checkpoint_key": key}
@@ -236,11 +252,11 @@ def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
     if missing or unexpected:
         parts = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})"
                  for what, v in (("missing", missing), ("unexpected", unexpected)) if v]
-        raise ValueError(f"--weights {path}: does not fit the model: {'; '.join(parts)}")
+        raise UserError(f"--weights {path}: does not fit the model: {'; '.join(parts)}")
     bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
-        raise ValueError(f"--weights {path}: does not fit the model: {len(bad)} shape mismatch(es), e.g. {k} is "
+        raise UserError(f"--weights {path}: does not fit the model: {len(bad)} shape mismatch(es), e.g. {k} is "
                          f"{tuple(state[k].shape)} in the file and {tuple(want[k].shape)} in the model")
     model.load_state_dict(state, strict=True)
     return info
@@ -282,7 +298,7 @@ def resolve_preprocess(base: dict[str, Any] | None, *, mode: str = "auto", resiz
     """The preprocessing to use: ``base`` (a source's own, for mode ``auto``) with the explicit options on top;
     mode ``none`` ignores ``base``. None means the data set's own normalisation and size."""
     if mode not in ("auto", "none"):
-        raise ValueError(f"--preprocess must be auto or none, got {mode!r}")
+        raise UserError(f"--preprocess must be auto or none, got {mode!r}")
     pp = dict(base or {}) if mode == "auto" else {}
     pp.update({k: v for k, v in (("resize", resize), ("crop", crop), ("mean", mean), ("std", std),
                                   ("interpolation", interpolation)) if v is not None})
@@ -305,7 +321,7 @@ def preprocess_for(name: str, preprocess: str | dict[str, Any] | None = "auto", 
     channels = opts.pop("channels", None)
     unknown = set(opts) - {"resize", "crop", "mean", "std", "interpolation"}
     if unknown:
-        raise ValueError(f"unknown preprocessing options {sorted(unknown)}")
+        raise UserError(f"unknown preprocessing options {sorted(unknown)}")
     own = preprocessing(name) if base == "auto" and pretrained and is_source(name) else None
     pp = resolve_preprocess(own, mode=base, **opts)
     if pp is not None and (channels or (in_chans == 1 and len(pp.get("mean", ())) == 3)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import UserError
 from .taps import ChannelAttention
 
 
@@ -44,7 +45,7 @@ class SRM(ChannelAttention):
 
     def compute(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         if x.shape[2] * x.shape[3] < 2:
-            raise ValueError("srm: std over H x W is undefined on a 1 x 1 map; use an input of at least 2 x 2")
+            raise UserError("srm: std over H x W is undefined on a 1 x 1 map; use an input of at least 2 x 2")
         std = (x.flatten(2).var(dim=2, unbiased=True) + self.eps).sqrt()  # [B, C]
         z = pooled * self.cfc[:, 0] + std * self.cfc[:, 1]  # [B, C]
         return torch.sigmoid(self.bn(z))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+from ..errors import UserError
 
 _LABEL = re.compile(r"^\+(?:ASR\((?P<asr>[A-Za-z0-9_-]+)\)(?:\+(?P<both>[A-Za-z0-9_-]+))?|(?P<att>[A-Za-z0-9_-]+))$")
 
@@ -72,7 +73,7 @@ def parse_label(label: str) -> Variant:
         return Variant()
     m = _LABEL.match(label)
     if m is None or (m["both"] and m["both"].lower() != m["asr"].lower()):
-        raise ValueError(f"not a variant label: {label!r} (expected baseline, +ATT, +ASR(ATT) or +ASR(ATT)+ATT)")
+        raise UserError(f"not a variant label: {label!r} (expected baseline, +ATT, +ASR(ATT) or +ASR(ATT)+ATT)")
     if m["att"]:
         return Variant(m["att"].lower())
     return Variant(m["asr"].lower(), True, m["both"] is not None)

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__, fsio
+from ..errors import NotFoundError, UserError
 from .moments import MOMENT_KEYS, ChannelStats, FoldStats
 
 __all__ = [
@@ -62,7 +63,22 @@ _V1_NAMES = [n for n in STATS_SCHEMA.names if n != "fold"]
 _INT_META = ("stage", "block", "depth", "call", "channels")
 
 
-class RecordingMismatch(ValueError):
+def inside(root: Path, rel: str) -> Path:
+    """``root / rel`` for a manifest path ``rel`` that stays inside ``root``; a path that leaves it is refused."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or not (root / p).resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{root / MANIFEST_NAME}: the path {rel!r} points outside the recording")
+    return root / p
+
+
+def _digest(path: Path) -> tuple[int, str]:
+    """(size in bytes, hex sha256) of a file."""
+    from ..data.imageset import sha256_file
+
+    return path.stat().st_size, sha256_file(path)
+
+
+class RecordingMismatch(UserError):
     """A recording directory holds a recording of something else (model, probe, taps, run …)."""
 
 
@@ -76,7 +92,7 @@ def stats_to_table(epoch: int, stats: Mapping[tuple[str, str], FoldStats | Chann
     cols: dict[str, list[np.ndarray]] = {name: [] for name in STATS_SCHEMA.names}
     for tap, kind in sorted(stats):
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r} for tap {tap!r}")
+            raise UserError(f"kind must be one of {KINDS}, got {kind!r} for tap {tap!r}")
         s = stats[(tap, kind)]
         if isinstance(s, ChannelStats):
             s = FoldStats([s.count_], *(getattr(s, k + "_")[None] for k in MOMENT_KEYS))
@@ -102,7 +118,7 @@ def write_stats_parquet(path: str | os.PathLike[str], table: pa.Table) -> Path:
     if not isinstance(table, pa.Table):
         raise TypeError(f"expected a pyarrow Table, got {type(table).__name__}")
     if not table.schema.equals(STATS_SCHEMA):
-        raise ValueError(f"table schema differs from STATS_SCHEMA: {table.schema.names} {table.schema.types}")
+        raise UserError(f"table schema differs from STATS_SCHEMA: {table.schema.names} {table.schema.types}")
     return fsio.atomic_write(path, lambda f: pq.write_table(table, f))
 
 
@@ -110,20 +126,20 @@ def read_stats_parquet(path: str | os.PathLike[str]) -> pa.Table:
     """Read one stats Parquet file as a :data:`STATS_SCHEMA` table (format-1 files get fold 0)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"stats file not found: {path}")
+        raise NotFoundError(f"stats file not found: {path}")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"unreadable stats file {path}: {e}") from None
+        raise UserError(f"unreadable stats file {path}: {e}") from None
     if table.schema.names == _V1_NAMES:
         table = table.add_column(3, "fold", pa.array(np.zeros(table.num_rows, dtype=np.int32)))
     if table.schema.names != STATS_SCHEMA.names:
-        raise ValueError(f"stats file {path} has columns {table.schema.names}, expected {STATS_SCHEMA.names}")
+        raise UserError(f"stats file {path} has columns {table.schema.names}, expected {STATS_SCHEMA.names}")
     if not table.schema.equals(STATS_SCHEMA):
         try:
             table = table.cast(STATS_SCHEMA)
         except (pa.ArrowException, ValueError) as e:
-            raise ValueError(f"stats file {path} has incompatible column types: {e}") from None
+            raise UserError(f"stats file {path} has incompatible column types: {e}") from None
     return table
 
 
@@ -132,7 +148,7 @@ def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple
     df = table_or_df.to_pandas() if isinstance(table_or_df, pa.Table) else table_or_df
     missing = [k for k in STATS_SCHEMA.names if k not in df.columns]
     if missing:
-        raise ValueError(f"stats table lacks columns {missing}")
+        raise UserError(f"stats table lacks columns {missing}")
     out: dict[int, dict[tuple[str, str], FoldStats]] = {}
     df = df.sort_values(["epoch", "tap", "kind", "fold", "channel"], kind="stable")
     for (epoch, tap, kind), g in df.groupby(["epoch", "tap", "kind"], sort=False, observed=True):
@@ -140,10 +156,10 @@ def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple
         c = len(g) // k
         if k * c != len(g) or not (g["channel"].to_numpy().reshape(k, c) == np.arange(c)).all() \
                 or not (g["fold"].to_numpy().reshape(k, c) == np.arange(k)[:, None]).all():
-            raise ValueError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold")
+            raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold")
         cnt = g["count"].to_numpy().reshape(k, c)
         if not (cnt == cnt[:, :1]).all():
-            raise ValueError(f"tap {tap!r} ({kind}): counts differ across channels")
+            raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
         arr = lambda col: g[col].to_numpy(dtype=np.float64).reshape(k, c)
         out.setdefault(int(epoch), {})[(str(tap), str(kind))] = FoldStats(
             cnt[:, 0], arr("mean"), arr("m2"), arr("min"), arr("max"), arr("unit_sum"))
@@ -191,26 +207,26 @@ class Recording:
         self.path = Path(path)
         self.manifest = manifest
         if not isinstance(manifest, dict):
-            raise ValueError(f"manifest must be a JSON object, got {type(manifest).__name__}")
+            raise UserError(f"manifest must be a JSON object, got {type(manifest).__name__}")
         fmt = manifest.get("format")
         if fmt not in READABLE_FORMATS:
-            raise ValueError(f"unsupported format {fmt!r}, expected {RECORDING_FORMAT!r}")
+            raise UserError(f"unsupported format {fmt!r}, expected {RECORDING_FORMAT!r}")
         taps = manifest.get("taps")
         if not isinstance(taps, list) or not all(isinstance(t, dict) and "key" in t for t in taps):
-            raise ValueError("'taps' must be a list of objects with a 'key'")
+            raise UserError("'taps' must be a list of objects with a 'key'")
         self.taps = _taps_frame(taps)
         if self.taps["key"].duplicated().any():
             dup = self.taps.loc[self.taps["key"].duplicated(), "key"].tolist()
-            raise ValueError(f"duplicate tap keys {dup}")
+            raise UserError(f"duplicate tap keys {dup}")
         ckpts = manifest.get("checkpoints")
         if not isinstance(ckpts, list):
-            raise ValueError("'checkpoints' must be a list")
+            raise UserError("'checkpoints' must be a list")
         self._checkpoints: dict[int, dict[str, Any]] = {}
         for ck in ckpts:
             if not isinstance(ck, dict) or not isinstance(ck.get("epoch"), int) or not isinstance(ck.get("stats"), str):
-                raise ValueError(f"checkpoint entry needs an int 'epoch' and a str 'stats': {ck!r}")
+                raise UserError(f"checkpoint entry needs an int 'epoch' and a str 'stats': {ck!r}")
             if ck["epoch"] in self._checkpoints:
-                raise ValueError(f"duplicate checkpoint epoch {ck['epoch']}")
+                raise UserError(f"duplicate checkpoint epoch {ck['epoch']}")
             self._checkpoints[ck["epoch"]] = ck
         self.epochs: list[int] = sorted(self._checkpoints)
         self.folds: int = int(manifest.get("folds") or 1)
@@ -222,20 +238,20 @@ class Recording:
         if path.is_file() and path.name == MANIFEST_NAME:
             path = path.parent
         if not path.exists():
-            raise FileNotFoundError(f"recording directory not found: {path}")
+            raise NotFoundError(f"recording directory not found: {path}")
         if not path.is_dir():
-            raise NotADirectoryError(f"not a recording directory: {path}")
+            raise UserError(f"not a recording directory: {path}")
         mpath = path / MANIFEST_NAME
         if not mpath.is_file():
-            raise FileNotFoundError(f"recording manifest not found: {mpath}")
+            raise NotFoundError(f"recording manifest not found: {mpath}")
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"corrupt recording manifest {mpath}: {e}") from None
+            raise UserError(f"corrupt recording manifest {mpath}: {e}") from None
         try:
             return cls(path, manifest)
         except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"invalid recording manifest {mpath}: {e}") from None
+            raise UserError(f"invalid recording manifest {mpath}: {e}") from None
 
     def __repr__(self) -> str:
         return f"Recording({str(self.path)!r}, taps={len(self.taps)}, epochs={len(self.epochs)})"
@@ -245,12 +261,11 @@ class Recording:
         try:
             return self._checkpoints[int(epoch)]
         except KeyError:
-            raise KeyError(f"epoch {epoch} is not a checkpoint of {self.path} (epochs {self.epochs})") from None
+            raise UserError(f"epoch {epoch} is not a checkpoint of {self.path} (epochs {self.epochs})") from None
 
     def _file(self, rel: str) -> Path:
-        """A path from the manifest, relative to the recording directory."""
-        p = Path(rel)
-        return p if p.is_absolute() else self.path / p
+        """A path from the manifest, inside the recording directory (anything else is refused)."""
+        return inside(self.path, rel)
 
     def _epochs(self, epoch: int | None) -> list[int]:
         """The requested checkpoint epochs (all when None)."""
@@ -271,7 +286,7 @@ class Recording:
             table = read_stats_parquet(f)
             bad = sorted(set(pc.unique(table["epoch"]).to_pylist()) - {e})
             if bad:
-                raise ValueError(f"stats file {f} holds epochs {bad}, but the manifest lists it for epoch {e}")
+                raise UserError(f"stats file {f} holds epochs {bad}, but the manifest lists it for epoch {e}")
             tables.append(table)
         table = pa.concat_tables(tables) if tables else STATS_SCHEMA.empty_table()
         for name in ("tap", "kind"):
@@ -296,7 +311,7 @@ class Recording:
         try:
             return table_to_stats(self.frame(epoch)).get(int(epoch), {})
         except ValueError as e:
-            raise ValueError(f"{self.path}: epoch {epoch}: {e}") from None
+            raise UserError(f"{self.path}: epoch {epoch}: {e}") from None
 
     def stats(self, epoch: int | None = None) -> dict[int, dict[tuple[str, str], ChannelStats]]:
         """{epoch: {(tap, kind): ChannelStats}} (every fold merged) for one checkpoint or all of them."""
@@ -307,17 +322,17 @@ class Recording:
         from safetensors import safe_open  # only needed here
 
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            raise UserError(f"kind must be one of {KINDS}, got {kind!r}")
         rel = self._checkpoint(epoch).get("raw")
         if not rel:
-            raise FileNotFoundError(f"epoch {epoch} has no raw file in {self.path / MANIFEST_NAME}")
+            raise NotFoundError(f"epoch {epoch} has no raw file in {self.path / MANIFEST_NAME}")
         f = self._file(rel)
         if not f.is_file():
-            raise FileNotFoundError(f"raw file not found: {f}")
+            raise NotFoundError(f"raw file not found: {f}")
         key = f"{tap}/{kind}"
         with safe_open(str(f), framework="numpy") as st:
             if key not in st.keys():
-                raise KeyError(f"raw file {f} has no tensor {key!r}")
+                raise UserError(f"raw file {f} has no tensor {key!r}")
             return np.asarray(st.get_tensor(key), dtype=np.float32)
 
 
@@ -335,8 +350,9 @@ class RecordingWriter:
     ``header`` holds the identity of the recording (:data:`_IDENTITY`: model config, the run id of
     the weights, the probe set, folds, precision, tap selection) and descriptive fields. A folder
     that holds a recording of something else raises :class:`RecordingMismatch`. A checkpoint counts
-    as done only when its statistics *and* raw files exist and its checkpoint file's sha256 is the
-    one recorded, so a changed checkpoint (a run trained again into the same folder) is recorded anew.
+    as done only when its statistics and raw files are there as written (size and sha256 kept in the
+    manifest, paths inside the recording), the manifest lists taps, and its checkpoint file's sha256 is
+    the one recorded; :meth:`check` says what is wrong otherwise, and a sweep records it anew.
     """
 
     def __init__(self, out: str | os.PathLike[str], header: dict[str, Any]) -> None:
@@ -348,7 +364,11 @@ class RecordingWriter:
         self.lock = fsio.DirLock(self.out, "--out")
 
     def open(self) -> "RecordingWriter":
-        """Lock the folder and read what an earlier sweep recorded there (checking it is the same recording)."""
+        """Lock the folder and read what an earlier sweep recorded there (checking it is the same recording).
+
+        A folder that holds files stripe did not write is refused (:func:`stripe.fsio.claim_dir`)."""
+        self.created = not self.out.exists()
+        fsio.claim_dir(self.out, "recording")
         self.lock.acquire()
         try:
             if self.path.exists():
@@ -370,8 +390,15 @@ class RecordingWriter:
         return self
 
     def close(self) -> None:
-        """Release the folder's lock."""
+        """Release the folder's lock; a folder this writer created and recorded nothing into is removed again."""
         self.lock.release()
+        if getattr(self, "created", False) and not self.done and not self.path.exists():
+            for name in (fsio.DirLock.NAME, fsio.MARK):
+                (self.out / name).unlink(missing_ok=True)
+            try:
+                self.out.rmdir()
+            except OSError:  # something else appeared in it meanwhile: leave it
+                pass
 
     def __enter__(self) -> "RecordingWriter":
         return self.open()
@@ -379,14 +406,44 @@ class RecordingWriter:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def is_done(self, epoch: int, checkpoint_sha256: str | None) -> bool:
-        """Whether ``epoch`` is recorded from this very checkpoint file, with both its files present."""
+    def check(self, epoch: int, checkpoint_sha256: str | None) -> str | None:
+        """None when ``epoch`` is recorded from this very checkpoint file and its files are intact; otherwise
+        why not ('not recorded', 'stats file missing', 'raw file damaged (…)', 'checkpoint file changed' …)."""
         entry = self.done.get(epoch)
-        if entry is None or not (self.out / entry["stats"]).is_file():
-            return False
-        if entry.get("raw") and not (self.out / entry["raw"]).is_file():
-            return False
-        return checkpoint_sha256 is None or entry.get("checkpoint_sha256") == checkpoint_sha256
+        if entry is None:
+            return "not recorded"
+        if not self.manifest.get("taps"):
+            return "the manifest lists no taps"
+        for kind in ("stats", "raw"):
+            rel = entry.get(kind)
+            if not rel:
+                if kind == "stats":
+                    return "no stats file in the manifest"
+                continue
+            try:
+                path = inside(self.out, rel)
+            except UserError:
+                return f"{kind} path {rel!r} points outside the recording"
+            if not path.is_file():
+                return f"{kind} file missing"
+            size, sha = entry.get(f"{kind}_bytes"), entry.get(f"{kind}_sha256")
+            if size is not None and sha is not None:
+                if _digest(path) != (size, sha):
+                    return f"{kind} file damaged (its size or sha256 differs from the manifest's)"
+            elif kind == "stats":  # written before the manifest kept hashes: the file must at least read back
+                try:
+                    epochs = set(pc.unique(read_stats_parquet(path)["epoch"]).to_pylist())
+                except (ValueError, FileNotFoundError) as e:
+                    return f"stats file unreadable ({e})"
+                if epochs != {int(epoch)}:
+                    return f"stats file holds epochs {sorted(epochs)}, not {epoch}"
+        if checkpoint_sha256 is not None and entry.get("checkpoint_sha256") != checkpoint_sha256:
+            return "checkpoint file changed"
+        return None
+
+    def is_done(self, epoch: int, checkpoint_sha256: str | None) -> bool:
+        """Whether ``epoch`` is recorded from this very checkpoint file, its files intact (:meth:`check`)."""
+        return self.check(epoch, checkpoint_sha256) is None
 
     def add(self, epoch: int, stats: Mapping[tuple[str, str], FoldStats], raw: Mapping[str, np.ndarray],
             taps: list[dict[str, Any]], *, checkpoint: str | None, checkpoint_sha256: str | None,
@@ -395,8 +452,10 @@ class RecordingWriter:
         stats_rel, raw_rel = f"stats/epoch_{epoch:04d}.parquet", f"raw/epoch_{epoch:04d}.safetensors"
         write_stats_parquet(self.out / stats_rel, stats_to_table(epoch, stats))
         _save_safetensors(dict(raw), self.out / raw_rel)
+        (sb, ss), (rb, rs) = _digest(self.out / stats_rel), _digest(self.out / raw_rel)
         entry = {"epoch": int(epoch), "stats": stats_rel, "raw": raw_rel, "checkpoint": checkpoint,
-                 "checkpoint_sha256": checkpoint_sha256}
+                 "checkpoint_sha256": checkpoint_sha256, "stats_bytes": sb, "stats_sha256": ss, "raw_bytes": rb,
+                 "raw_sha256": rs}
         self.done[int(epoch)] = entry
         if not self.manifest["taps"]:
             self.manifest["taps"] = taps

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..errors import UserError
 from ..nn import ASRNorm, Tap, is_compiled, unwrap
 from ..nn.adapters import AUTO_ONLY, UNSUPPORTED, GateAdapter, find_adapter, qualname_of
 from ..nn.posthoc import MUL_FUNCS, STD_CONVS, GateSite, split_gate
@@ -74,7 +75,7 @@ class TapInfo:
 def recordable(model: nn.Module) -> nn.Module:
     """The module to hook: DP/DDP unwrapped; a ``torch.compile`` wrapper refused (its graphs skip Python hooks)."""
     if is_compiled(model):
-        raise ValueError("the model is wrapped by torch.compile, whose graphs skip Python hooks; record the "
+        raise UserError("the model is wrapped by torch.compile, whose graphs skip Python hooks; record the "
                          "original module (model._orig_mod) instead")
     return unwrap(model)
 
@@ -496,7 +497,7 @@ def select_gates(model: nn.Module, points: dict[str, GatePoint | GateSite], sele
     selectors = [select] if isinstance(select, str) else list(select)
     for s in selectors:
         if s.startswith("stage:") and not s[6:].isdigit():
-            raise ValueError(f"--taps {s!r}: expected stage:N with N a stage number")
+            raise UserError(f"--taps {s!r}: expected stage:N with N a stage number")
     chosen = []
     for name, p in points.items():
         site = isinstance(p, GateSite)
@@ -512,7 +513,7 @@ def select_gates(model: nn.Module, points: dict[str, GatePoint | GateSite], sele
                 break
     if not chosen:
         sample = ", ".join(list(points)[:4]) or "none: the model has no attention taps"
-        raise ValueError(f"no tap matches {selectors!r} (taps look like: {sample}{' …' if len(points) > 4 else ''})")
+        raise UserError(f"no tap matches {selectors!r} (taps look like: {sample}{' …' if len(points) > 4 else ''})")
     return chosen
 
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from ..errors import UserError
 
 __all__ = [
     "MOMENT_KEYS",
@@ -58,7 +59,7 @@ def batch_moments(a: torch.Tensor, folds: torch.Tensor | None = None, k: int = 1
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"batch_moments expects a torch.Tensor, got {type(a).__name__}")
     if a.ndim < 2:
-        raise ValueError(f"batch_moments expects a [N, C] (or [*T, N, C]) tensor, got shape {tuple(a.shape)}")
+        raise UserError(f"batch_moments expects a [N, C] (or [*T, N, C]) tensor, got shape {tuple(a.shape)}")
     if a.is_complex():
         raise TypeError(f"batch_moments expects a real tensor, got {a.dtype}")
     x = a.detach().to(torch.float64)
@@ -68,7 +69,7 @@ def batch_moments(a: torch.Tensor, folds: torch.Tensor | None = None, k: int = 1
         squeeze = True
     else:
         if folds.shape != (n,):
-            raise ValueError(f"folds must be [N] = [{n}], got {tuple(folds.shape)}")
+            raise UserError(f"folds must be [N] = [{n}], got {tuple(folds.shape)}")
         folds = folds.to(device=x.device, dtype=torch.int64)
         squeeze = False
     lead = x.shape[:-2]
@@ -79,7 +80,7 @@ def batch_moments(a: torch.Tensor, folds: torch.Tensor | None = None, k: int = 1
     mean = total / count.clamp(min=1).to(x.dtype)[:, None]  # exact for equal values
     m2 = x.new_zeros(shape).scatter_add_(-2, index, (x - mean.gather(-2, index)).square())
     if segments is not None and (sum(segments) != c or min(segments, default=0) < 1):
-        raise ValueError(f"segments must be positive channel counts summing to {c}, got {list(segments)}")
+        raise UserError(f"segments must be positive channel counts summing to {c}, got {list(segments)}")
     parts = x.split(list(segments), dim=-1) if segments is not None else (x,)
     # a row with zero norm is all zeros, so dividing it by 1 makes it contribute 0
     unit = torch.cat([p / torch.where(n > 0, n, torch.ones_like(n))
@@ -192,9 +193,9 @@ class ChannelStats:
         """Stats holding the given (already merged) moments."""
         arrays = [np.array(v, dtype=np.float64).reshape(-1) for v in (mean, m2, min, max, unit_sum)]
         if len({v.shape[0] for v in arrays}) != 1:
-            raise ValueError(f"moment arrays differ in length: {[v.shape[0] for v in arrays]}")
+            raise UserError(f"moment arrays differ in length: {[v.shape[0] for v in arrays]}")
         if count < 0:
-            raise ValueError(f"count must be >= 0, got {count}")
+            raise UserError(f"count must be >= 0, got {count}")
         self = cls()
         self.count_ = int(count)
         self.mean_, self.m2_, self.min_, self.max_, self.unit_sum_ = arrays
@@ -213,7 +214,7 @@ class ChannelStats:
         """Merge one :func:`batch_moments` dict (moved to the CPU as float64); returns self."""
         missing = [k for k in ("count", *MOMENT_KEYS) if k not in m]
         if missing:
-            raise ValueError(f"moments dict lacks keys {missing}")
+            raise UserError(f"moments dict lacks keys {missing}")
         count = m["count"]
         count = int(count.item()) if isinstance(count, torch.Tensor) else int(np.asarray(count))
         other = self._from_arrays(count, *(_to_numpy64(m[k]) for k in MOMENT_KEYS))
@@ -224,7 +225,7 @@ class ChannelStats:
         if not isinstance(other, ChannelStats):
             raise TypeError(f"can only merge ChannelStats, got {type(other).__name__}")
         if self.channels and other.channels and self.channels != other.channels:
-            raise ValueError(f"channel count mismatch: {self.channels} != {other.channels}")
+            raise UserError(f"channel count mismatch: {self.channels} != {other.channels}")
         if other.count_ == 0:
             if not self.channels and other.channels:  # adopt the channel count, stay empty
                 self.mean_, self.m2_, self.min_, self.max_, self.unit_sum_ = (
@@ -259,7 +260,7 @@ class ChannelStats:
         tens = [{k: torch.as_tensor(m[k]) for k in ("count", *MOMENT_KEYS)} for m in moments]
         shapes = {tuple(t[k].shape) for t in tens for k in MOMENT_KEYS}
         if len(shapes) != 1 or len(next(iter(shapes))) != 1:
-            raise ValueError(f"moments must all be [C] vectors of one C, got shapes {sorted(shapes)}")
+            raise UserError(f"moments must all be [C] vectors of one C, got shapes {sorted(shapes)}")
         c = next(iter(shapes))[0]
         b = len(tens)
         device = tens[0]["mean"].device
@@ -347,16 +348,16 @@ class ChannelStats:
         """Stats from :meth:`to_frame`-like rows of one (tap, kind): the inverse of to_frame."""
         missing = [k for k in ("channel", "count", *MOMENT_KEYS) if k not in df.columns]
         if missing:
-            raise ValueError(f"stats frame lacks columns {missing}")
+            raise UserError(f"stats frame lacks columns {missing}")
         if len(df) == 0:
             return cls()
         df = df.sort_values("channel", kind="stable")
         channel = df["channel"].to_numpy()
         if not np.array_equal(channel, np.arange(len(df))):
-            raise ValueError(f"stats frame channels must be exactly 0..{len(df) - 1}, each once")
+            raise UserError(f"stats frame channels must be exactly 0..{len(df) - 1}, each once")
         counts = np.unique(df["count"].to_numpy())
         if len(counts) != 1:
-            raise ValueError(f"stats frame has differing counts across channels: {counts.tolist()}")
+            raise UserError(f"stats frame has differing counts across channels: {counts.tolist()}")
         return cls._from_arrays(int(counts[0]), *(df[k].to_numpy(dtype=np.float64) for k in MOMENT_KEYS))
 
     def __repr__(self) -> str:
@@ -437,7 +438,7 @@ class FoldStats:
         self.count_ = np.asarray(count, dtype=np.int64).reshape(-1)
         arrays = [np.asarray(v, dtype=np.float64) for v in (mean, m2, min, max, unit_sum)]
         if any(a.ndim != 2 or a.shape[0] != self.count_.shape[0] for a in arrays):
-            raise ValueError(f"fold moments must be [K, C] with K = {self.count_.shape[0]}, got "
+            raise UserError(f"fold moments must be [K, C] with K = {self.count_.shape[0]}, got "
                              f"{[a.shape for a in arrays]}")
         self.mean_, self.m2_, self.min_, self.max_, self.unit_sum_ = arrays
 
@@ -456,7 +457,7 @@ class FoldStats:
         """Merge per-batch :func:`batch_moments` dicts with fold axes (count [K], moments [K, C]) exactly."""
         moments = list(moments)
         if not moments:
-            raise ValueError("no moments to merge")
+            raise UserError("no moments to merge")
         keys = ("count", *MOMENT_KEYS)
         # one device-to-host transfer per key: stack on the device, then move
         stacked = {k: torch.stack([torch.as_tensor(m[k]) for m in moments]).cpu().numpy() for k in keys}

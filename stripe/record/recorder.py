@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..nn import GateSite, Tap
 from ..nn.adapters import read_after, read_before
 from ..nn.posthoc import OwnerModeHooks, gate_vector
@@ -61,7 +62,7 @@ class Recorder:
     def __init__(self, model: nn.Module, taps: str | Sequence[str] = "*", *, raw_n: int = 0, folds: int = 1,
                  raw_dtype: torch.dtype = torch.float16, example: Any = None) -> None:
         if folds < 1:
-            raise ValueError(f"folds must be >= 1, got {folds}")
+            raise UserError(f"folds must be >= 1, got {folds}")
         self.model = recordable(model)
         self.raw_dtype = raw_dtype
         points, selectors = _gate_points(self.model, taps, example)
@@ -89,7 +90,7 @@ class Recorder:
         def hook(module: Tap, inputs, output: torch.Tensor) -> None:
             a = output.detach()
             if a.dim() != 2:
-                raise RuntimeError(f"tap {name}.{'tap' if kind == 'after' else 'tap_in'} gave shape "
+                raise UserError(f"tap {name}.{'tap' if kind == 'after' else 'tap_in'} gave shape "
                                    f"{tuple(a.shape)}; expected [B, C]")
             key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
             if kind == "after" and key not in self._info:
@@ -122,13 +123,13 @@ class Recorder:
     def _before_of_input(self, site: GateSite, args: tuple) -> None:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise RuntimeError(f"gate {site.key}: the module's first input is not a [B, C, H, W] map, so 'before' "
+            raise UserError(f"gate {site.key}: the module's first input is not a [B, C, H, W] map, so 'before' "
                                "cannot be read from it")
         self._site_tap(site, "before", read_before(x.detach()))
 
     def _auto_act(self, site: GateSite, m: torch.Tensor, g: torch.Tensor, pos: int, func, args, kwargs):
         if site.channels is not None and g.shape[1] != site.channels:
-            raise RuntimeError(f"gate {site.key}: the tapped multiply has {g.shape[1]} channels, {site.channels} at "
+            raise UserError(f"gate {site.key}: the tapped multiply has {g.shape[1]} channels, {site.channels} at "
                                "detection; calibrate (example=...) on inputs of the size you record")
         self._site_tap(site, "after", gate_vector(g.detach()).clone())
         self._site_tap(site, "before", read_before(m.detach()))
@@ -254,6 +255,6 @@ def _example(model: nn.Module, example: Any) -> Any:
     cfg = getattr(model, "config", None)
     chans, size = getattr(cfg, "in_chans", None), getattr(cfg, "image_size", None)
     if not chans or not size:
-        raise ValueError("taps='auto' runs one calibration forward: give example= (a batch of the inputs to record)")
+        raise UserError("taps='auto' runs one calibration forward: give example= (a batch of the inputs to record)")
     p = next(model.parameters())
     return torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)

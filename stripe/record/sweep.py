@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import fsio
+from ..errors import NotFoundError, RefusedError, UserError
 from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
 from ..nn import ModelConfig, build_model, is_source, load_weights_file, preprocess_for
 from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
@@ -36,7 +37,7 @@ class SweepResult:
     recorded: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-    rerecorded: list[int] = field(default_factory=list)
+    rerecorded: list[tuple[int, str]] = field(default_factory=list)  # (epoch, why it was recorded again)
     seconds: float = 0.0
     images: int = 0
 
@@ -71,7 +72,7 @@ def parse_checkpoint_spec(spec: str | None, available: list[int]) -> list[int]:
     wanted = [int(t) for t in terms if t.isdigit()]
     missing = sorted(set(wanted) - set(available))
     if missing:
-        raise ValueError(f"--checkpoints: no checkpoint for epoch(s) {missing}; available: {available}")
+        raise UserError(f"--checkpoints: no checkpoint for epoch(s) {missing}; available: {available}")
     every = any(t.startswith("every:") for t in terms)
     return [e for e in available if epoch_matches(terms, e, last) or (every and e == last)]
 
@@ -87,17 +88,17 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
     """A model config from a JSON file (a bare config, or a run's ``config.json``); errors name the file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"--model-config {path}: no such file")
+        raise NotFoundError(f"--model-config {path}: no such file")
     obj = fsio.read_json(path, "--model-config")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "train" in obj:
         obj = obj["model"]
     if not isinstance(obj, dict):
-        raise ValueError(f"--model-config {path}: expected a JSON object with a model config, got "
+        raise UserError(f"--model-config {path}: expected a JSON object with a model config, got "
                          f"{type(obj).__name__}")
     try:
         return ModelConfig.from_dict(obj).to_dict()
     except (TypeError, ValueError) as e:
-        raise ValueError(f"--model-config {path}: {e}") from None
+        raise UserError(f"--model-config {path}: {e}") from None
 
 
 def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
@@ -110,38 +111,50 @@ def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[st
     epoch 1 (a trained model) unless its name says ``epoch_N``."""
     if model is not None:
         if run_dir is not None or model_config is not None:
-            raise ValueError("--model names the model of --weights/--files; it excludes a RUN_DIR and --model-config")
+            raise UserError("--model names the model of --weights/--files; it excludes a RUN_DIR and --model-config")
         if weights is None and checkpoints is None and model.startswith("onnx:"):
             weights = model[len("onnx:"):]  # an ONNX file holds its weights
         files = [weights] if weights is not None else checkpoints
         if not files or isinstance(files, str):
-            raise ValueError(f"--model {model}: give its weights (--weights FILE, or checkpoint files with --files)")
+            raise UserError(f"--model {model}: give its weights (--weights FILE, or checkpoint files with --files)")
         model_config = ModelConfig(name=model, num_classes=num_classes).to_dict()
         if dataset is None:
-            raise ValueError(f"--model {model}: give the data set of the probe images (--dataset)")
+            raise UserError(f"--model {model}: give the data set of the probe images (--dataset)")
+        for f in files:
+            _check_file(f, "--weights" if weights is not None else "--files")
         if weights is not None:  # trained weights: epoch 1 unless the file name says epoch N
             m = re.search(r"epoch[_-]?(\d+)", Path(weights).name)
             return SweepSource([(int(m.group(1)) if m else 1, Path(weights))], model_config, dataset, data_root)
         checkpoints = files
     elif weights is not None or num_classes is not None:
-        raise ValueError("--weights and --num-classes go with --model NAME")
+        raise UserError("--weights and --num-classes go with --model NAME")
     if run_dir is not None:
         info = read_run(run_dir)
         paths = dict(list_checkpoints(run_dir))
         if not paths:
-            raise FileNotFoundError(f"{run_dir}: the run has no checkpoints")
+            raise NotFoundError(f"{run_dir}: the run has no checkpoints")
         spec = checkpoints if isinstance(checkpoints, str) or checkpoints is None else ",".join(map(str, checkpoints))
         epochs = parse_checkpoint_spec(spec, sorted(paths))
         return SweepSource([(e, paths[e]) for e in epochs], info["model"], dataset or info["train"]["dataset"],
                            data_root or info["train"].get("data_root"), Path(run_dir), info)
     if not checkpoints or isinstance(checkpoints, str) or model_config is None or dataset is None:
-        raise ValueError("without a run directory, give checkpoint files (--files), a model config (--model-config) "
+        raise UserError("without a run directory, give checkpoint files (--files), a model config (--model-config) "
                          "and a data set (--dataset)")
-    files = [Path(p) for p in checkpoints]
+    files = [_check_file(p, "--files") for p in checkpoints]
     jobs = [(_epoch_of(p, i), p) for i, p in enumerate(files)]
     if len({e for e, _ in jobs}) != len(jobs):
         jobs = [(i, p) for i, (_, p) in enumerate(jobs)]
     return SweepSource(jobs, ModelConfig.from_dict(model_config).to_dict(), dataset, data_root)
+
+
+def _check_file(path: str | Path, option: str) -> Path:
+    """``path`` as a Path when it is a readable file; a one-line error naming ``option`` otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {p}: is a folder, not a weights or checkpoint file")
+    if not p.is_file():
+        raise NotFoundError(f"{option} {p}: no such file")
+    return p
 
 
 def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0,
@@ -152,7 +165,7 @@ def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0
         try:
             _, data = run_eval_sets(source.run_info, data_root=source.data_root)
         except ValueError as e:
-            raise ValueError(f"{source.run_dir}: {e}") from None
+            raise UserError(f"{source.run_dir}: {e}") from None
         return data.probe, data.eval.probe_spec.to_dict()
     if probe == "run":
         probe = "1000"
@@ -162,12 +175,12 @@ def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0
         return ds, {"split": probe, "n": len(ds), "seed": None, "hash": probe_hash(ds.source_hash, idx),
                     "excludes": None}
     if not probe.isdigit() or int(probe) < 1:
-        raise ValueError(f"--probe must be run, train, test or a positive number of images, got {probe!r}")
+        raise UserError(f"--probe must be run, train, test or a positive number of images, got {probe!r}")
     if probe_split not in PROBE_SPLITS:
-        raise ValueError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
+        raise UserError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
     full = load_dataset(source.dataset, probe_split, root=source.data_root)
     if int(probe) > len(full):
-        raise ValueError(f"--probe {probe} is larger than the {len(full)} images of the {probe_split} split")
+        raise UserError(f"--probe {probe} is larger than the {len(full)} images of the {probe_split} split")
     idx = stratified_indices(full.labels, int(probe), probe_seed)
     return take(full, idx), {"split": probe_split, "n": len(idx), "seed": probe_seed,
                              "hash": probe_hash(full.source_hash, idx), "excludes": None}
@@ -247,7 +260,7 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
             taps: str | Sequence[str] = "*", raw_n: int = 256, folds: int = 10, batch_size: int = 500,
             device: str | None = "auto", precision: str = "fp32", progress: bool = True, model: str | None = None,
             weights: str | Path | None = None, num_classes: int | None = None,
-            preprocess: str | dict[str, Any] | None = "auto") -> SweepResult:
+            preprocess: str | dict[str, Any] | None = "auto", overwrite: bool = False) -> SweepResult:
     """Record every tap over the probe set at each checkpoint; writes a recording directory.
 
     Either ``run_dir`` (a training run: its checkpoints, data and probe set), or a list of
@@ -256,33 +269,43 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
     ``weights`` file (or ``checkpoints`` files), ``num_classes`` and ``dataset``. ``taps="auto"``
     also records gates found by the generic detector. ``preprocess``: see :func:`stripe.nn.preprocess_for`
     (``auto``: the model's own resize/crop/normalisation for ``model`` + ``weights``).
-    Resumable and atomic; under torchrun the checkpoints are shared out between ranks.
+    Resumable and atomic; under torchrun the checkpoints are shared out between ranks. A checkpoint
+    recorded before is recorded again when its files are damaged or missing (the result says why); a
+    recording of *other* files at the same epochs (``--files``/``--weights``) is refused unless
+    ``overwrite``. Everything is checked before the recording folder is created.
     """
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     if folds < 1:
-        raise ValueError(f"--folds must be >= 1, got {folds}")
+        raise UserError(f"--folds must be >= 1, got {folds}")
     if raw_n < 0:
-        raise ValueError(f"--raw-n must be >= 0, got {raw_n}")
+        raise UserError(f"--raw-n must be >= 0, got {raw_n}")
     info = dist_from_env()
     dev = resolve_device(device, info)
     init_distributed(info, dev)
     source = resolve_source(run_dir, checkpoints=checkpoints, model_config=model_config, dataset=dataset,
                             data_root=data_root, model=model, weights=weights, num_classes=num_classes)
     if out is None and source.run_dir is None:
-        raise ValueError("give --out for a recording of checkpoint files")
+        raise UserError("give --out for a recording of checkpoint files")
     out = Path(out) if out else source.run_dir / "recording"
     probe_ds, probe_spec = select_probe(source, probe, probe_seed=probe_seed, probe_split=probe_split)
     if folds > len(probe_ds):
-        raise ValueError(f"--folds {folds} exceeds the {len(probe_ds)} probe images")
+        raise UserError(f"--folds {folds} exceeds the {len(probe_ds)} probe images")
     raw_n = min(raw_n, len(probe_ds))
     pp = preprocess_for(source.model["name"], preprocess, pretrained=model is not None, in_chans=probe_ds.in_chans)
     writer = RecordingWriter(out, _header(source, probe_spec, raw_n=raw_n, folds=folds, precision=precision,
                                           taps=taps, preprocess=pp))
+    if source.run_dir is None and not source.model["name"].startswith("onnx:"):
+        build_model(ModelConfig.from_dict(source.model))  # a model that cannot be built fails before anything is made
     done_box: list[Any] = [None]
     if info.main:
         writer.open()
+        try:
+            _refuse_other_files(source, writer, overwrite)
+        except BaseException:
+            writer.close()
+            raise
         done_box[0] = writer.done
     try:
         if info.enabled:
@@ -297,6 +320,21 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
             writer.close()
 
 
+def _refuse_other_files(source: SweepSource, writer: RecordingWriter, overwrite: bool) -> None:
+    """Checkpoint files from elsewhere recorded into a folder that holds the recording of other files at the same
+    epochs: refused unless ``overwrite`` (a run's own checkpoints that changed are simply recorded again)."""
+    if source.run_id is not None or overwrite:
+        return
+    other = []
+    for epoch, path in source.jobs:
+        entry = writer.done.get(epoch)
+        if entry and entry.get("checkpoint_sha256") and entry["checkpoint_sha256"] != file_sha256(path):
+            other.append(f"epoch {epoch}: {entry.get('checkpoint')}")
+    if other:
+        raise RefusedError(f"{writer.out} holds the recording of other files ({'; '.join(other[:3])}); choose "
+                           "another --out, or pass --overwrite to record these files in their place")
+
+
 def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, info, dev: torch.device,
            t_start: float, *, taps, raw_n: int, folds: int, batch_size: int, precision: str, progress: bool,
            tqdm, preprocess: dict[str, Any] | None = None) -> SweepResult:
@@ -309,7 +347,8 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
         bar.set_postfix_str(path.name)
         try:
             sha = file_sha256(path) if path.is_file() else None
-            if sha is not None and writer.is_done(epoch, sha):
+            why = writer.check(epoch, sha) if sha is not None else "not recorded"
+            if why is None:
                 result.skipped.append(epoch)
                 continue
             model, ckpt = _load_model(path, source.model)
@@ -321,7 +360,7 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
             bar.write(f"skipped: {e}")
             continue
         if epoch in writer.done:
-            result.rerecorded.append(epoch)
+            result.rerecorded.append((epoch, why))
         stats, raw, tap_list = record_checkpoint(model.to(dev), loader, taps=taps, raw_n=raw_n, folds=folds,
                                                  device=dev, precision=precision)
         entry = writer.add(epoch, stats, raw, [t.to_dict() for t in tap_list], checkpoint=str(path),
@@ -371,7 +410,7 @@ class OnlineRecorder:
         probe = state.data.probe
         raw_n = min(self.raw_n, len(probe))
         if self.folds > len(probe):
-            raise ValueError(f"--record-folds {self.folds} exceeds the {len(probe)} probe images")
+            raise UserError(f"--record-folds {self.folds} exceeds the {len(probe)} probe images")
         self.writer = RecordingWriter(out, _header(source, state.data.eval.probe_spec.to_dict(), raw_n=raw_n,
                                                    folds=self.folds, precision=cfg.precision, taps=self.taps)).open()
         self.raw_n = raw_n

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import fsio
+from ..errors import UserError
 from ..data.imageset import sha256_file
 from ..nn import ModelConfig, build_model
 
@@ -16,7 +17,7 @@ FORMAT = "stripe-checkpoint/1"
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file is missing, corrupt, truncated, or does not match its model config."""
 
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
+from ..errors import UserError
 from ..data import PROBE_SPLITS, list_datasets
 from ..nn import BLOCKS, ModelConfig, list_attn
 
@@ -34,7 +35,7 @@ def fast_path(device_type: str) -> dict[str, Any]:
     try:
         return dict(FAST_PATH[device_type])
     except KeyError:
-        raise ValueError(f"no fast path for device type {device_type!r}; known: {', '.join(FAST_PATH)}") from None
+        raise UserError(f"no fast path for device type {device_type!r}; known: {', '.join(FAST_PATH)}") from None
 
 
 _EPOCH_SPEC = re.compile(r"^(last|all|every:\d+|\d+)$")
@@ -45,9 +46,9 @@ def parse_epoch_spec(text: str, option: str = "--keep-checkpoints") -> tuple[str
     terms = tuple(t.strip() for t in str(text).split(",") if t.strip())
     bad = [t for t in terms if not _EPOCH_SPEC.match(t)]
     if not terms or bad:
-        raise ValueError(f"{option}: expected all, last, every:K or epoch numbers (comma-separated), got {text!r}")
+        raise UserError(f"{option}: expected all, last, every:K or epoch numbers (comma-separated), got {text!r}")
     if any(t.startswith("every:") and int(t[6:]) < 1 for t in terms):
-        raise ValueError(f"{option}: every:K needs K >= 1, got {text!r}")
+        raise UserError(f"{option}: every:K needs K >= 1, got {text!r}")
     return terms
 
 
@@ -135,7 +136,7 @@ class TrainConfig:
         """Check every field's range and every name, without touching data or disk; ``ValueError`` names the option."""
         self.model.resolved()  # unknown model / attention / block, bad combinations
         if self.dataset.lower().replace("_", "-") not in list_datasets():
-            raise ValueError(f"unknown dataset {self.dataset!r}; known: {', '.join(list_datasets())}")
+            raise UserError(f"unknown dataset {self.dataset!r}; known: {', '.join(list_datasets())}")
         checks = [
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
@@ -162,7 +163,7 @@ class TrainConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UserError(message)
         parse_epoch_spec(self.keep_checkpoints)
 
     # -- serialisation
@@ -187,7 +188,7 @@ class TrainConfig:
             d.setdefault("probe_split", LEGACY_PROBE_SPLIT)
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown train config keys: {sorted(unknown)}")
+            raise UserError(f"unknown train config keys: {sorted(unknown)}")
         if isinstance(d.get("model"), dict):
             d["model"] = ModelConfig.from_dict(d["model"])
         return cls(**d)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -43,5 +44,5 @@ def resolve_device(device: str | None, info: DistInfo = DistInfo()) -> torch.dev
         return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but CUDA is not available here")
+        raise UserError(f"device {device!r} asked for, but CUDA is not available here")
     return dev

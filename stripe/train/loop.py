@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__, fsio
+from ..errors import RefusedError, StripeError, UserError
 from ..data import Loader
 from ..nn import count_params, reparameterize, unwrap
 from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
@@ -35,7 +36,7 @@ from .rundir import (RunData, check_run_dir, clear_run_dir, empty_trash, load_ru
 from .step import TrainStep, autocast
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(StripeError, RuntimeError):
     """The training loss became NaN or infinite; the run stopped with its checkpoints kept."""
 
 
@@ -131,12 +132,12 @@ def build_training(cfg: TrainConfig, train_ds, device: torch.device) -> tuple[nn
 
 def _check_fits(cfg: TrainConfig, data: RunData, info: DistInfo) -> None:
     if cfg.batch_size % info.world_size:
-        raise ValueError(f"--batch-size {cfg.batch_size} does not split over {info.world_size} ranks")
+        raise UserError(f"--batch-size {cfg.batch_size} does not split over {info.world_size} ranks")
     if len(data.train) < cfg.batch_size:
-        raise ValueError(f"the training set has {len(data.train)} images, fewer than one batch of {cfg.batch_size} "
+        raise UserError(f"the training set has {len(data.train)} images, fewer than one batch of {cfg.batch_size} "
                          "(lower --batch-size or raise --train-subset)")
     if info.enabled and cfg.compile == "cudagraph":
-        raise ValueError("--compile cudagraph captures a single process's step; under torchrun use "
+        raise UserError("--compile cudagraph captures a single process's step; under torchrun use "
                          "--compile reduce-overhead")
 
 
@@ -149,7 +150,7 @@ def _agree(info: DistInfo, value: Any) -> Any:
     box = [value if not isinstance(value, BaseException) else ("__error__", f"{type(value).__name__}: {value}")]
     dist.broadcast_object_list(box, src=0)
     if isinstance(box[0], tuple) and box[0][:1] == ("__error__",):
-        raise RuntimeError(box[0][1])
+        raise UserError(box[0][1])
     return box[0]
 
 
@@ -177,6 +178,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwr
         start: int | None = None
         if info.main:
             try:
+                if resume and not (run_dir / "config.json").is_file():
+                    raise RefusedError(f"--resume: {run_dir} holds no run to resume (no config.json); leave out "
+                                       "--resume to start one")
+                fsio.claim_dir(run_dir, "run")
                 lock.acquire()
                 start = check_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
             except (OSError, ValueError, RuntimeError) as e:

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ..errors import UserError
 
 
 class SGD:
@@ -48,7 +49,7 @@ class SGD:
         """Restore momentum buffers saved by :meth:`state_dict`."""
         bufs = state["momentum_buffer"]
         if set(bufs) != set(self.names):
-            raise ValueError("optimizer state does not match the model's parameters")
+            raise UserError("optimizer state does not match the model's parameters")
         with torch.no_grad():
             for n, b in zip(self.names, self.bufs):
                 b.copy_(bufs[n])

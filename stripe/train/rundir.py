@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fsio
+from ..errors import NotFoundError, StripeError, UserError
 import numpy as np
 
 from ..data import EvalSets, ImageSet, SubsetSpec, eval_sets, load_dataset, probe_hash, stratified_indices, take
@@ -28,7 +29,7 @@ METRIC_COLUMNS = ["epoch", "lr", "lr_end", "train_loss", "train_acc", "test_loss
 _INT_COLUMNS = ("epoch",)
 
 
-class RunExistsError(FileExistsError):
+class RunExistsError(StripeError, FileExistsError):
     """The run directory already holds a run and neither resume nor overwrite was asked for."""
 
 
@@ -56,7 +57,7 @@ def read_metrics_rows(path: str | Path) -> list[dict[str, Any]]:
         try:
             return [_typed(r) for r in csv.DictReader(f)]
         except ValueError as e:
-            raise ValueError(f"{path}: corrupt metrics file ({e})") from None
+            raise UserError(f"{path}: corrupt metrics file ({e})") from None
 
 
 def write_metrics(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -94,13 +95,13 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     """A run's ``config.json``; a clear one-line error when it is not a run directory."""
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
+        raise NotFoundError(f"{run_dir}: no such run directory")
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: not a run directory (no config.json)")
+        raise NotFoundError(f"{run_dir}: not a run directory (no config.json)")
     info = fsio.read_json(path)
     if not isinstance(info, dict) or info.get("format") not in READABLE_RUN_FORMATS:
         fmt = info.get("format") if isinstance(info, dict) else None
-        raise ValueError(f"{path}: not a stripe run (format {fmt!r})")
+        raise UserError(f"{path}: not a stripe run (format {fmt!r})")
     return info
 
 
@@ -177,7 +178,7 @@ def load_run_data(cfg: TrainConfig, *, download: bool = False, need_train: bool 
     train = train_full
     if train is not None and cfg.train_subset is not None:
         if cfg.train_subset > len(train):
-            raise ValueError(f"--train-subset {cfg.train_subset} is larger than the {len(train)} images of the "
+            raise UserError(f"--train-subset {cfg.train_subset} is larger than the {len(train)} images of the "
                              "training split")
         train = take(train, stratified_indices(train.labels, cfg.train_subset, cfg.seed))
     return RunData(train, test_full, sets)
@@ -193,10 +194,10 @@ def run_eval_sets(info: dict[str, Any], *, data_root: str | None = None) -> tupl
     data = load_run_data(cfg, need_train=False)
     probe_spec = info["probe"]
     if data.eval.probe_spec.hash != probe_spec["hash"]:
-        raise ValueError("the probe set differs from the one saved with the run (the data set's files changed?)")
+        raise UserError("the probe set differs from the one saved with the run (the data set's files changed?)")
     score_spec = info.get("score")  # stripe-run/1 has none: its scored set is rebuilt by the legacy rule
     if score_spec is not None and data.eval.score_spec.hash != score_spec["hash"]:
-        raise ValueError("the scored test set differs from the one saved with the run (the data set's files changed?)")
+        raise UserError("the scored test set differs from the one saved with the run (the data set's files changed?)")
     return cfg, data
 
 
@@ -213,7 +214,7 @@ def resume_epoch(run_dir: Path, cfg: TrainConfig) -> int | None:
     saved = run_config(read_run(run_dir))
     diff = _config_diff(saved.to_dict(), cfg.to_dict())
     if diff:
-        raise ValueError(f"{config_file}: cannot resume with a different config ({'; '.join(diff)})")
+        raise UserError(f"{config_file}: cannot resume with a different config ({'; '.join(diff)})")
     ckpts = list_checkpoints(run_dir)
     return ckpts[-1][0] if ckpts else None
 
@@ -224,9 +225,9 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: b
     Raises :class:`RunExistsError` when it holds a run and neither resume nor overwrite was asked for.
     """
     if resume and overwrite:
-        raise ValueError("--resume and --overwrite exclude each other")
+        raise UserError("--resume and --overwrite exclude each other")
     if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"{run_dir}: exists and is not a directory")
+        raise UserError(f"{run_dir}: exists and is not a directory")
     has_run = (run_dir / "config.json").exists()
     if not has_run:
         if list_checkpoints(run_dir) and not overwrite:
@@ -241,13 +242,18 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: b
     return resume_epoch(run_dir, cfg)
 
 
+#: what a run directory holds that stripe wrote (``--overwrite`` moves these aside and nothing else)
+RUN_ENTRIES = ("config.json", "metrics.csv", "checkpoints", "recording", "ablation", "predictions_final.npz")
+
+
 def clear_run_dir(run_dir: Path) -> Path | None:
-    """Move everything in ``run_dir`` (but its lock) into a hidden trash folder beside the new run; returns it.
+    """Move the old run's files (:data:`RUN_ENTRIES`; nothing else in ``run_dir``) into a hidden trash folder
+    beside the new run; returns it.
 
     Each move is a rename, so nothing is lost if this is interrupted; :func:`empty_trash` deletes the
     old run once the new one has its first checkpoint.
     """
-    entries = [p for p in run_dir.iterdir() if p.name != fsio.DirLock.NAME and not p.name.startswith(".trash-")]
+    entries = [run_dir / n for n in RUN_ENTRIES if (run_dir / n).exists() or (run_dir / n).is_symlink()]
     if not entries:
         return None
     trash = run_dir / f".trash-{time.strftime('%Y%m%d-%H%M%S')}-{id(entries) & 0xFFFF:04x}"
@@ -259,9 +265,12 @@ def clear_run_dir(run_dir: Path) -> Path | None:
 
 def restore_run_dir(run_dir: Path, trash: Path) -> None:
     """Undo :func:`clear_run_dir`: remove what the new run wrote and move the old run back."""
-    for p in run_dir.iterdir():
-        if p.name != fsio.DirLock.NAME and p != trash and not p.name.startswith(".trash-"):
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    for n in RUN_ENTRIES:  # while the old run is in the trash, these are the new run's
+        new = run_dir / n
+        if new.is_dir() and not new.is_symlink():
+            shutil.rmtree(new)
+        elif new.exists() or new.is_symlink():
+            new.unlink()
     for p in trash.iterdir():
         p.rename(run_dir / p.name)
     trash.rmdir()

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from .optim import SGD
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ class TrainStep:
         self._static: tuple[torch.Tensor, torch.Tensor] | None = None
         self._eager_steps = 0
         if cfg.compile == "cudagraph" and device.type != "cuda":
-            raise ValueError("compile='cudagraph' captures the step as a CUDA graph and needs a CUDA device")
+            raise UserError("compile='cudagraph' captures the step as a CUDA graph and needs a CUDA device")
 
     def _body(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.opt.zero_grad()
