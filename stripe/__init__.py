@@ -19,7 +19,7 @@ _API = {
     # data
     "load_dataset": "data", "eval_sets": "data", "Loader": "data",
     # train
-    "TrainConfig": "train", "train": "train",
+    "TrainConfig": "train", "train": "train", "load_model": "train",
     # record
     "Recorder": "record", "Recording": "record", "ChannelStats": "record", "FoldStats": "record",
     "collect": "record", "OnlineRecorder": "record", "detect_gates": "record",

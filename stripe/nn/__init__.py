@@ -12,6 +12,9 @@ from .cbam import CBAM
 from .dia import DIACell, DIAStep
 from .eca import ECA, eca_kernel_size
 from .ie import IEBatchNorm, IEGate
+from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_state, from_official, infer_config,
+                       is_official, normalize_names, official_input, split_fused, stale_fused, state_mismatch,
+                       state_shapes, strip_prefix, to_official)
 from .posthoc import (GateSite, fold_constants, force_constant, randomize_norms, replace_with_constant,
                       verify_posthoc_fold)
 from .registry import AttnSpec, attn_name_of, create_attn, gate_classes, get_spec, list_attn, register_attn
@@ -38,4 +41,7 @@ __all__ = [
     "is_compiled", "list_attn", "list_models", "parse_label", "pick_block", "randomize_batchnorm", "register_attn",
     "reparameterize", "set_submodule", "slug", "unwrap", "variant_label", "variant_of", "variant_rank", "variants",
     "verify_fold",
+    "OFFICIAL_MEAN", "OFFICIAL_STD", "check_official", "deployed_state", "from_official", "infer_config", "is_official",
+    "normalize_names", "official_input", "split_fused", "stale_fused", "state_mismatch", "state_shapes", "strip_prefix",
+    "to_official",
 ]

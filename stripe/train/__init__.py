@@ -7,6 +7,8 @@ from .checkpoint import (CheckpointError, checkpoint_path, file_sha256, list_che
 from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, TrainConfig, add_config_args,
                      config_from_args, epoch_matches, fast_path, parse_epoch_spec)
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
+from .loading import (OFFICIAL_CHECKPOINTS, OFFICIAL_LOG_COLUMNS, LoadInfo, OfficialCheckpoint, OfficialRun,
+                      fold_vs_official, load_model, official_run, read_official_log)
 from .loop import Callback, NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
 from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, load_run_data, read_metrics,
@@ -20,4 +22,6 @@ __all__ = [
     "dist_from_env", "epoch_matches", "evaluate", "fast_path", "file_sha256", "init_distributed", "list_checkpoints",
     "load_checkpoint", "load_run_data", "load_weights", "loss_fn", "parse_epoch_spec", "predict", "read_metrics",
     "read_metrics_rows", "read_run", "resolve_device", "run_config", "run_eval_sets", "save_checkpoint", "train",
+    "LoadInfo", "OFFICIAL_CHECKPOINTS", "OFFICIAL_LOG_COLUMNS", "OfficialCheckpoint", "OfficialRun", "fold_vs_official",
+    "load_model", "official_run", "read_official_log",
 ]
