@@ -78,11 +78,31 @@ def _fold_source(args: argparse.Namespace) -> int:
     return 0 if r["ok"] else 1
 
 
+def _fold_checkpoint(args: argparse.Namespace) -> int:
+    from .train.loading import fold_checkpoint
+
+    r = fold_checkpoint(args.checkpoint, atol=1e-9 if args.atol is None else args.atol)
+    print(r["summary"])
+    if not r["folded"]:
+        print(f"{r['note']}; parameters {r['params_before']:,}")
+        return 0
+    print(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
+          f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its fold, float64, the file's own weights and BN "
+          f"statistics: {r['max_abs_diff_fp64']:.1e}")
+    if "official" in r:
+        o = r["official"]
+        print(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight {o['weight']:.1e}, "
+              f"bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, running_var {o['running_var']:.1e}")
+    return 0
+
+
 @command("fold")
 def cmd_fold(args: argparse.Namespace) -> int:
     from .nn import is_source, list_attn
     from .nn.report import fold_table
 
+    if args.checkpoint:
+        return _fold_checkpoint(args)
     if is_source(args.model):
         return _fold_source(args)
     if not args.all and args.attn is None:
@@ -182,8 +202,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def bench_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .experiments.bench import train_speed
+    from .experiments.bench import compare_train_paths, train_speed
     from .train import config_from_args
+
+    if args.compare:
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        steps = {m: (args.steps if "164" not in m else max(5, args.steps // 3)) for m in models}
+        table = compare_train_paths(models, attn=getattr(args, "model.attn") or "se", asr=getattr(args, "model.asr"),
+                                    paths=[p.strip() for p in args.paths.split(",") if p.strip()],
+                                    repeats=args.repeats, steps=steps, warmup=args.warmup,
+                                    batch_size=getattr(args, "train.batch_size"), device=args.device,
+                                    threads=args.threads)
+        cols = ["model", "path", "images_per_s_min", "images_per_s_median", "speedup_vs_eager", "values"]
+        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+        if args.out:
+            from . import fsio
+
+            fsio.write_text(args.out, table.to_csv(index=False))
+            print(f"wrote {args.out}")
+        return 0
 
     cfg = replace(config_from_args(args), epochs=1)
     r = train_speed(cfg, steps=args.steps, warmup=args.warmup, device=args.device)
@@ -277,7 +314,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     model_config = read_model_config(args.model_config) if args.model_config else None
     if args.run_dir is None and not args.files and not args.model:
-        raise UserError("give a RUN_DIR, checkpoint files with --files, --model-config and --dataset, or --model NAME "
+        raise UserError("give a RUN_DIR (or a run folder of the official ASR code), checkpoint files with --files, or --model NAME "
                          "--weights FILE --dataset")
     r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
                 dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe,
@@ -319,9 +356,24 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .analysis import ablate_model, run_ablation
 
     scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
-    if args.run_dir is None:
+    target = Path(args.run_dir) if args.run_dir else None
+    if target is not None and not (target / "config.json").is_file():
+        # a checkpoint file of any format, or a run folder of the official ASR code (its last checkpoint)
+        if target.is_dir() and (target / "checkpoint.pth.tar").is_file():
+            target = target / "checkpoint.pth.tar"
+        elif target.is_dir():
+            raise UserError(f"{target}: neither a stripe run (config.json) nor a run folder of the official ASR code "
+                            "(checkpoint.pth.tar)")
+        if not args.out:
+            raise UserError(f"{args.run_dir}: not a stripe run, so give --out DIR for the ablation")
+        if args.save:
+            raise UserError("--save applies to a stripe run")
+        table = ablate_model(None, weights=target, dataset=args.dataset, out=args.out, data_root=args.data_root,
+                             probe_n=args.probe_n, test_subset=args.test_subset, scopes=scopes,
+                             device=args.device, progress=not args.no_progress)
+    elif target is None:
         if not (args.model and args.dataset and args.out):
-            raise UserError("give a RUN_DIR, or --model NAME --weights FILE --dataset D --out DIR")
+            raise UserError("give a RUN_DIR, a checkpoint file, or --model NAME --weights FILE --dataset D --out DIR")
         table = ablate_model(args.model, weights=args.weights, dataset=args.dataset, out=args.out,
                              num_classes=args.num_classes, data_root=args.data_root, probe_n=args.probe_n,
                              test_subset=args.test_subset, scopes=scopes, taps=args.taps,
@@ -329,7 +381,9 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     else:
         table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
                              device=args.device, progress=not args.no_progress, taps=args.taps)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    out = Path(table.attrs["out"])
+    print((out / "ablation.md").read_text().rstrip())
+    print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
     if args.save:
         print(f"saved the folded plain model to {args.save}")
     return 0
@@ -436,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "package.module:factory")
     s.add_argument("--attn", default=None, help="attention module")
     s.add_argument("--all", action="store_true", help="every attention module, asr and asr+both")
+    s.add_argument("--checkpoint", default=None, help="fold the ASR model in this file (any format: this package's, a "
+                   "state dict, the official ASR code's, whose fused_bn it is compared with)")
     s.add_argument("--both", action="store_true", help="keep a normal attention beside ASR")
     s.add_argument("--block", default=None, choices=["basic", "bottleneck"])
     s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None,
@@ -452,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train one model on real data with checkpoints (and recording with --record)")
     add_config_args(s)
     s.add_argument("--num-classes", dest="model.num_classes", type=_positive_int("--num-classes"), default=None,
-                   help="a source model (--model torchvision:NAME, timm:NAME …): classes, which must be the data "
+                   metavar="NUM_CLASSES", help="a source model (--model torchvision:NAME, timm:NAME …): classes, which must be the data "
                         "set's (default: the data set's)")
     _record_args(s)
     s.add_argument("--out", default=None, help="run directory (default data/runs/MODEL-BLOCK-VARIANT-seedN)")
@@ -478,9 +534,19 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = s.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = bsub.add_parser("train", help="training images/s on this device (real data, augmentation included)")
     add_config_args(b, exclude=("epochs",))
-    b.add_argument("--steps", type=_positive_int("--steps"), default=30)
-    b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--steps", type=_positive_int("--steps"), default=30,
+                   help="timed training steps (with --compare, a third of them for ResNet-164)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation happens there)")
     b.add_argument("--device", default="auto")
+    g = b.add_argument_group("compare training paths, each measurement in a fresh process, interleaved")
+    g.add_argument("--compare", action="store_true",
+                   help="eager fp32 against the fast path (and --paths) per model (attention: --attn, default se)")
+    g.add_argument("--models", default="cifar_resnet20,cifar_resnet164", help="comma-separated models")
+    g.add_argument("--paths", default="eager,fast",
+                   help="comma-separated: eager, channels_last, compile, bf16, fast (the device's fast path)")
+    g.add_argument("--repeats", type=_positive_int("--repeats"), default=3, help="interleaved repeats")
+    g.add_argument("--threads", type=int, default=0, help="torch threads per measurement (0: leave as is)")
+    g.add_argument("--out", default=None, help="also write the table as CSV to this file")
     b = bsub.add_parser("collect", help="recording throughput / plain eval throughput; sweep memory")
     b.add_argument("--model", default="cifar_resnet20")
     b.add_argument("--attn", default="se")
@@ -567,7 +633,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convergence: stripe index of the attention")
 
     s = sub.add_parser("ablate", help="replace attention by its probe-set mean (folded into BN); test accuracy")
-    s.add_argument("run_dir", nargs="?", default=None, help="a training run (or --model NAME --weights FILE)")
+    s.add_argument("run_dir", nargs="?", default=None, help="a training run, a checkpoint file (any format: this "
+                   "package's, a state dict, the official ASR code's), a run folder of the official code, or none with "
+                   "--model NAME --weights FILE")
     s.add_argument("--checkpoint", default="last", help="last (default) or an epoch")
     s.add_argument("--scope", default="all,stage", help="comma list of all, stage, tap (other models: no stages)")
     s.add_argument("--taps", nargs="+", default=["auto"], help="gates of a source model to replace (default auto)")

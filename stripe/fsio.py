@@ -213,6 +213,11 @@ def _own_kind(path: Path) -> str | None:
         d = _first_json(path / name) if (path / name).is_file() else None
         if isinstance(d, dict) and test(d):
             return kind
+    runs = path / "runs"  # a comparison: runs/<variant>_seed<k>/ (e.g. unpacked from several archives)
+    if runs.is_dir():
+        children = [p for p in runs.iterdir() if not p.name.startswith(".")]
+        if children and all(p.is_dir() and _own_kind(p) == "run" for p in children):
+            return "comparison"
     return None
 
 

@@ -37,15 +37,14 @@ def _shared_dir() -> Path | None:
     env = os.environ.get("STRIPE_OFFICIAL_ASR_CKPTS")
     candidates = [Path(env)] if env else []
     candidates += [REPO.parent / "shared" / "data" / "official-asr-ckpts",
-                   Path.cwd().parent / "shared" / "data" / "official-asr-ckpts",
-                   Path("/work/shared/data/official-asr-ckpts")]
+                   Path.cwd().parent / "shared" / "data" / "official-asr-ckpts"]
     return next((c for c in candidates if (c / "cifar10-resnet20" / "checkpoint.pth.tar").is_file()), None)
 
 
 SHARED = _shared_dir()
 needs_shared = pytest.mark.skipif(SHARED is None, reason="the official ASR checkpoints are not here "
-                                  "(looked for ../shared/data/official-asr-ckpts next to the repository and "
-                                  "/work/shared/data/official-asr-ckpts; or set STRIPE_OFFICIAL_ASR_CKPTS)")
+                                  "(looked for ../shared/data/official-asr-ckpts next to the repository and the working "
+                                  "directory; or set STRIPE_OFFICIAL_ASR_CKPTS)")
 
 
 def _reference(folder: str) -> dict[str, np.ndarray]:
@@ -373,3 +372,39 @@ def test_official_run_notes_disagreements(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="neither"):
         official_run(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- the command line, no config
+@needs_shared
+@pytest.mark.real_data
+@pytest.mark.parametrize("folder", list(FOLDERS))
+def test_cli_collects_stats_ablates_and_folds_official_run_folders(folder, tmp_path, capsys):
+    """Each official run folder as it is: collect (taps expected from the variant), stats, ablate, fold."""
+    from stripe.cli import main
+    from stripe.record import Recording
+
+    attn, asr, both = FOLDERS[folder]
+    rec = tmp_path / "rec"
+    code = main(["collect", str(SHARED / folder), "--out", str(rec), "--probe", "100", "--device", "cpu",
+                 "--no-progress"])
+    cap = capsys.readouterr()
+    if attn is None:
+        assert code == 2 and "no tap matches" in cap.err
+        return
+    assert code == 0, cap.err
+    taps = Recording.open(rec).taps
+    assert len(taps) == 6 * (1 + both) and int(taps["asr"].sum()) == (6 if asr else 0)
+    assert sorted(set(taps["stage"])) == [1, 2, 3] and list(Recording.open(rec).epochs) == [2]
+    assert Recording.open(rec).manifest["probe"]["preprocess"]["std"] == [0.2023, 0.1994, 0.201]
+    assert main(["stats", str(rec)]) == 0
+    capsys.readouterr()
+    if not asr or both:
+        assert main(["ablate", str(SHARED / folder), "--out", str(tmp_path / "abl"), "--probe-n", "100",
+                     "--test-subset", "200", "--device", "cpu", "--no-progress"]) == 0
+        assert "wrote" in capsys.readouterr().out
+    if asr:
+        assert main(["fold", "--checkpoint", str(SHARED / folder / "checkpoint.pth.tar")]) == 0
+        out = capsys.readouterr().out
+        diff = float(re.search(r"float64, the file's own weights and BN statistics: ([0-9.e+-]+)", out).group(1))
+        weight = float(re.search(r"max \|Δ\| weight ([0-9.e+-]+)", out).group(1))
+        assert diff < 1e-12 and weight < 1e-6, out

@@ -222,46 +222,93 @@ def _thirdparty_rows(model: nn.Module, probe_loader, test_loader, labels: torch.
     return rows, len(recorded)
 
 
+def _own_rows(model: nn.Module, probe_loader, test_loader, labels: torch.Tensor, scopes: Sequence[str], *,
+              progress: bool) -> tuple[list[AblationRow], list[dict[str, Any]], dict[str, torch.Tensor], torch.Tensor]:
+    """Rows of the ablation of one of this package's models (each attention replaced through its taps by its
+    probe-set mean), with the taps, the means and the deployed model's predictions."""
+    from tqdm.auto import tqdm
+
+    from ..record import Recorder
+    from ..train import deployed, predict
+
+    with Recorder(model, "*") as rec, torch.no_grad():
+        for x, _ in probe_loader:
+            model(x)
+    taps = [t.to_dict() for t in rec.taps]
+    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
+    base_pred = predict(deployed(model), test_loader)
+    rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
+    for scope, target, group in tqdm(scope_groups(taps, scopes), desc="ablate", unit="scope", disable=not progress):
+        rows.append(paired_row(scope, target, len(group), base_pred,
+                               predict(replace_with_constants(model, group, means), test_loader), labels))
+    return rows, taps, means, base_pred
+
+
 def _write(table: "pd.DataFrame", rows: list[AblationRow], out: Path, where: Path | str, epoch: int | None,
            n_test: int, n_probe: int, probe_split: str) -> None:
 
-    fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
+    fsio.write_text(out / "ablation.csv", table.to_csv(index=False, float_format="%.10g"))
     fsio.write_text(out / "ablation.md", _markdown(rows, where, epoch, n_test, n_probe, probe_split))
 
 
-def ablate_model(model_name: str, *, weights: str | Path | None, dataset: str, out: str | Path,
+def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset: str | None, out: str | Path,
                  num_classes: int | None = None, data_root: str | None = None, probe_n: int = 1000,
                  probe_split: str = "train", test_subset: int | None = None, seed: int = 0,
                  scopes: Sequence[str] = ("all", "tap"), taps: str | Sequence[str] = "auto",
                  preprocess: str | dict[str, Any] | None = "auto", device: str | None = "auto", batch_size: int = 100,
                  progress: bool = True) -> "pd.DataFrame":
-    """The ablation of a model named ``model_name`` (``timm:NAME``, ``torchvision:NAME`` …) with its ``weights``
-    file, on ``dataset``: μ from ``probe_n`` images of ``probe_split``, accuracy on the (disjoint) scored test
-    images, with the model's own preprocessing (``preprocess``, see :func:`stripe.nn.preprocess_for`)."""
+    """The ablation of a model from elsewhere on ``dataset``: μ from ``probe_n`` images of ``probe_split``,
+    accuracy on the (disjoint) scored test images.
+
+    ``model_name`` a source (``timm:NAME``, ``torchvision:NAME`` …) with its ``weights`` file and its own
+    preprocessing (``preprocess``, see :func:`stripe.nn.preprocess_for`); or ``model_name`` None and
+    ``weights`` a checkpoint of one of this package's models in any format :func:`stripe.train.load_model`
+    reads (this package's, a plain state dict, the official ASR code's: its model inferred; an official
+    CIFAR-100 file is normalised the official way, with CIFAR-10's mean and std, and ``dataset`` defaults to
+    CIFAR-10 or CIFAR-100 by its classes)."""
     import pandas as pd
 
     from ..data import Loader, eval_sets, load_dataset
     from ..nn import build_source, preprocess_for
-    from ..train import resolve_device
+    from ..nn.official import OFFICIAL_MEAN, OFFICIAL_STD
+    from ..train import load_model, resolve_device
 
     dev = resolve_device(device)
-    model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
+    if model_name is None:
+        if weights is None:
+            raise UserError("give a checkpoint file (or a model NAME with --weights)")
+        model = load_model(weights)
+        official = model.load_info.format == "official-checkpoint"
+        if dataset is None and official:
+            dataset = {10: "cifar10", 100: "cifar100"}.get(model.config.num_classes)
+        where = f"{weights} ({model.load_info.summary()})"
+    else:
+        model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
+        official, where = False, f"{model_name} ({weights or 'no weights file'})"
+    if dataset is None:
+        raise UserError("give the data set to ablate on (--dataset)")
     model.to(dev).eval()
     test_full = load_dataset(dataset, "test", root=data_root)
     train_full = load_dataset(dataset, "train", root=data_root) if probe_split == "train" else None
     data = eval_sets(test_full, train_full=train_full, probe_split=probe_split, probe_n=probe_n,
                      test_subset=test_subset, seed=seed)
-    pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
+    if model_name is None:
+        pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD} if official else {}
+    else:
+        pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
     out = fsio.claim_dir(out, "ablation")
     probe_loader = Loader(data.probe, batch_size, train=False, device=dev, **pp)
     test_loader = Loader(data.score, batch_size, train=False, device=dev, **pp)
-    rows, _ = _thirdparty_rows(model, probe_loader, test_loader, data.score.labels, scopes, taps=taps,
-                               progress=progress)
+    if model_name is None:
+        rows = _own_rows(model, probe_loader, test_loader, data.score.labels, scopes, progress=progress)[0]
+    else:
+        rows, _ = _thirdparty_rows(model, probe_loader, test_loader, data.score.labels, scopes, taps=taps,
+                                   progress=progress)
     table = pd.DataFrame([r.__dict__ for r in rows])
-    table.insert(0, "epoch", None)
+    table.insert(0, "epoch", getattr(getattr(model, "load_info", None), "epoch", None))
     table["n_test"], table["n_probe"] = len(data.score), len(data.probe)
-    _write(table, rows, out, f"{model_name} ({weights or 'no weights file'})", None, len(data.score),
-           len(data.probe), probe_split)
+    _write(table, rows, out, where, table["epoch"].iloc[0], len(data.score), len(data.probe), probe_split)
+    table.attrs["out"] = str(out)
     return table
 
 
@@ -319,24 +366,17 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         table["n_test"], table["n_probe"] = len(data.test), len(data.probe)
         _write(table, rows, out, run_dir, epoch, len(data.test),
                len(data.probe), data.eval.probe_spec.split)
+        table.attrs["out"] = str(out)
         return table
-    with Recorder(model, "*") as rec, torch.no_grad():
-        for x, _ in Loader(data.probe, batch_size, train=False, device=dev):
-            model(x)
-    taps = [t.to_dict() for t in rec.taps]
-    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
     test_loader = Loader(data.test, batch_size, train=False, device=dev)
     labels = data.test.labels
-    base_pred = predict(deployed(model), test_loader)
-    rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
-    for scope, target, group in tqdm(scope_groups(taps, scopes), desc="ablate", unit="scope", disable=not progress):
-        rows.append(paired_row(scope, target, len(group), base_pred,
-                               predict(replace_with_constants(model, group, means), test_loader), labels))
+    rows, taps, means, base_pred = _own_rows(model, Loader(data.probe, batch_size, train=False, device=dev),
+                                             test_loader, labels, scopes, progress=progress)
     table = pd.DataFrame([r.__dict__ for r in rows])
     table.insert(0, "epoch", epoch)
     table["n_test"] = len(data.test)
     table["n_probe"] = len(data.probe)
-    fsio.write_text(out / "ablation.csv", table.to_csv(index=False))
+    fsio.write_text(out / "ablation.csv", table.to_csv(index=False, float_format="%.10g"))
     fsio.write_text(out / "ablation.md", _markdown(rows, run_dir, epoch, len(data.test), len(data.probe),
                                                    data.eval.probe_spec.split))
     if save is not None:
@@ -351,4 +391,5 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         saved = paired_row("all", "all", len(taps), base_pred, predict(plain.to(dev), test_loader), labels)
         save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": saved.test_acc,
                                                                  "n_test": len(data.test)})
+    table.attrs["out"] = str(out)
     return table

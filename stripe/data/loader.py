@@ -159,6 +159,10 @@ class Loader:
         """Batches per epoch on this rank."""
         return self._num_batches
 
+    def order(self) -> list[int]:
+        """The data set indices in the order this rank yields them in the current epoch."""
+        return self._plan()[0].tolist()
+
     def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """This rank's sample order and (if augmenting) crop offsets and flip flags, drawn on the CPU."""
         g = torch.Generator(device="cpu")

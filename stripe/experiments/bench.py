@@ -61,6 +61,84 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
             "finite": bool(torch.isfinite(torch.tensor(loss_sum)))}
 
 
+#: what ``stripe bench train --paths`` compares: TrainConfig fields of each training path
+TRAIN_PATHS: dict[str, dict[str, Any]] = {
+    "eager": {},  # plain eager fp32, NCHW: the reference
+    "channels_last": {"channels_last": True},
+    "compile": {"compile": "compile"},
+    "bf16": {"precision": "bf16", "channels_last": True},
+    "fast": {},  # the device's fast path (stripe.train.fast_path): filled in per device
+}
+
+
+def _path_overrides(path: str, device_type: str) -> dict[str, Any]:
+    from ..train import fast_path
+
+    if path not in TRAIN_PATHS:
+        raise UserError(f"unknown training path {path!r}; known: {', '.join(TRAIN_PATHS)}")
+    return fast_path(device_type) if path == "fast" else dict(TRAIN_PATHS[path])
+
+
+def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet164"), *, attn: str | None = "se",
+                        asr: bool = False, paths: Sequence[str] = ("eager", "fast"), repeats: int = 3,
+                        steps: dict[str, int] | int = 30, warmup: int = 5, batch_size: int = 128,
+                        device: str = "cpu", threads: int = 0, data_root: str | None = None,
+                        log=print) -> "pd.DataFrame":
+    """Training images/s of each path (eager fp32, the fast path, …) for each model, every measurement in a fresh
+    process (so compile caches and allocator state do not carry over), interleaved: repeat r runs every
+    (model, path) once before repeat r + 1 starts. Returns one row per (model, path): min, median and every
+    value, and the speed-up over ``eager`` (median of the per-repeat ratios) when eager is among the paths."""
+    import json
+    import os
+    import statistics
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    if "eager" not in paths:
+        paths = ("eager", *paths)
+    for p in paths:
+        _path_overrides(p, "cpu")  # unknown names fail before anything runs
+    values: dict[tuple[str, str], list[float]] = {}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    for r in range(repeats):
+        for model in models:
+            n = steps[model] if isinstance(steps, dict) else steps
+            for p in paths:
+                job = {"model": model, "attn": attn, "asr": asr, "path": p, "steps": n, "warmup": warmup,
+                       "batch_size": batch_size, "device": device, "data_root": data_root, "threads": threads}
+                proc = subprocess.run([sys.executable, "-m", "stripe.experiments.bench", json.dumps(job)],
+                                      capture_output=True, text=True, env=env)
+                if proc.returncode != 0:
+                    raise UserError(f"bench train {model} {p} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                values.setdefault((model, p), []).append(res["images_per_s"])
+                log(f"repeat {r + 1}/{repeats}  {model} {p}: {res['images_per_s']:.1f} images/s")
+    rows = []
+    for (model, p), v in values.items():
+        eager = values[(model, "eager")]
+        ratios = [a / b for a, b in zip(v, eager)]
+        rows.append({"model": model, "attn": attn or "", "asr": asr, "path": p,
+                     **{k: val for k, val in _path_overrides(p, device.split(":")[0]).items()},
+                     "images_per_s_min": min(v), "images_per_s_median": statistics.median(v),
+                     "values": " ".join(f"{x:.1f}" for x in v), "speedup_vs_eager": statistics.median(ratios)})
+    return pd.DataFrame(rows)
+
+
+def _train_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One measurement of :func:`compare_train_paths` (run in its own process)."""
+    from ..nn import ModelConfig
+
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    dev = resolve_device(job["device"])
+    cfg = TrainConfig(model=ModelConfig(job["model"], attn=job["attn"], asr=job["asr"]), epochs=1,
+                      batch_size=job["batch_size"], data_root=job.get("data_root"), train_subset=5000, test_subset=100,
+                      probe_n=10, **_path_overrides(job["path"], dev.type))
+    return train_speed(cfg, steps=job["steps"], warmup=job["warmup"], device=job["device"])
+
+
 def _real_images(dataset: str, n: int, data_root: str | None = None):
     from ..data import load_dataset, stratified_indices, take
 
@@ -226,3 +304,10 @@ def write_speed(speed, out: str | Path) -> list[Path]:
     written = [fsio.write_text(out / "speed.csv", speed.to_csv(index=False)),
                fsio.write_text(out / "speed.md", speed_markdown(speed))]
     return written + save_figure(speed_table(speed), out, "speed_table")
+
+
+if __name__ == "__main__":  # one measurement of compare_train_paths, in a fresh process
+    import json
+    import sys
+
+    print(json.dumps(_train_one(json.loads(sys.argv[1])), default=str))

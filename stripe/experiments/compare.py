@@ -268,6 +268,8 @@ def table_of_existing(out: str | Path, attn: str, *, device: str | None = "cpu",
         raise UserError(f"{out}: runs of variants outside {attn}'s four: {', '.join(other)}")
     seeds = sorted({c.seed for c in cfgs.values()})
     table = results_table(out, attn, seeds, device=device, missing_ok=True, skipped=skipped)
+    if table.empty:
+        raise UserError(f"{out}: no run could be tabulated: " + "; ".join(why for _, why in skipped))
     base = next(iter(cfgs.values()))
     fsio.write_text(out / "results.csv", table.to_csv(index=False))
     fsio.write_text(out / "results.md", results_markdown(table, base))

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..errors import UserError
 from .registry import get_spec, list_attn
 from .resnet import ModelConfig, build_model
 
@@ -97,7 +98,7 @@ def from_official(state: Mapping[str, torch.Tensor]) -> State:
     live = _asr_prefixes_official(state)
     stale = [k for k in state if k.partition(".fused_bn.")[0] in live and ".fused_bn." in k]
     if stale:
-        raise ValueError(f"the state dict holds {len(stale)} fused_bn tensors (e.g. {stale[0]}), the official fold, "
+        raise UserError(f"the state dict holds {len(stale)} fused_bn tensors (e.g. {stale[0]}), the official fold, "
                          "which are not model weights; split them off first with split_fused()")
     out: State = {}
     for k, v in state.items():
@@ -145,7 +146,7 @@ def check_official(config: ModelConfig) -> ModelConfig:
         if cfg.in_chans != 3:
             problems.append(f"in_chans={cfg.in_chans} (the official stem takes 3 channels)")
     if problems:
-        raise ValueError(f"{cfg.name}: the official code cannot build this model: {'; '.join(problems)}")
+        raise UserError(f"{cfg.name}: the official code cannot build this model: {'; '.join(problems)}")
     return cfg
 
 
@@ -163,7 +164,7 @@ def to_official(state: Mapping[str, torch.Tensor], config: ModelConfig,
     state = dict(state)
     prefixes = _asr_prefixes(state)
     if cfg.asr and not prefixes:
-        raise ValueError("config says asr=True but the state dict holds no ASR norm (no '.psi' key)")
+        raise UserError("config says asr=True but the state dict holds no ASR norm (no '.psi' key)")
     if prefixes and fused is None:
         model = build_model(cfg)
         model.load_state_dict(state, strict=True)
@@ -180,14 +181,14 @@ def to_official(state: Mapping[str, torch.Tensor], config: ModelConfig,
             elif head in ("norm", "attn"):
                 out[f"{p}.{'bn' if head == 'norm' else 'attention_module'}.{tail}"] = v
             else:
-                raise ValueError(f"{k}: not part of an ASR norm the official code has")
+                raise UserError(f"{k}: not part of an ASR norm the official code has")
         else:
             out[".".join("attention_module" if part == "attn" else part for part in k.split("."))] = v
     for p in prefixes:
         for n in _NORM_PARTS:
             key = f"{p}.fused_bn.{n}"
             if key not in fused:
-                raise ValueError(f"fused tensors lack {key}")
+                raise UserError(f"fused tensors lack {key}")
             out[key] = fused[key]
     return out
 
@@ -202,10 +203,10 @@ def deployed_state(state: Mapping[str, torch.Tensor], fused: Mapping[str, torch.
     """
     prefixes = _asr_prefixes(state)
     if not prefixes:
-        raise ValueError("the state dict holds no ASR norm (no '.psi' key): there is nothing to deploy")
+        raise UserError("the state dict holds no ASR norm (no '.psi' key): there is nothing to deploy")
     missing = [p for p in prefixes if f"{p}.fused_bn.weight" not in fused]
     if missing:
-        raise ValueError(f"{len(missing)} ASR norm(s) have no fused_bn tensors (e.g. {missing[0]})")
+        raise UserError(f"{len(missing)} ASR norm(s) have no fused_bn tensors (e.g. {missing[0]})")
     out: State = {}
     for k, v in state.items():
         if any(k.startswith(p + ".") for p in prefixes) or re.match(r"^layer\d+\.asr_attn\.", k):
@@ -291,20 +292,20 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     state, _, _ = normalize_names(state)
     for key in ("conv1.weight", "fc.weight"):
         if key not in state:
-            raise ValueError(f"not a CIFAR ResNet state dict: no {key!r} (keys: {', '.join(list(state)[:5])}, …)")
+            raise UserError(f"not a CIFAR ResNet state dict: no {key!r} (keys: {', '.join(list(state)[:5])}, …)")
     conv1, fc = state["conv1.weight"], state["fc.weight"]
     if conv1.dim() != 4 or conv1.shape[0] != 16 or fc.dim() != 2:
-        raise ValueError(f"not a CIFAR ResNet state dict: the stem is {tuple(conv1.shape)} (expected [16, C, 3, 3])")
+        raise UserError(f"not a CIFAR ResNet state dict: the stem is {tuple(conv1.shape)} (expected [16, C, 3, 3])")
     in_chans, num_classes = int(conv1.shape[1]), int(fc.shape[0])
     counts = []
     for s in (1, 2, 3):
         idx = {int(m.group(2)) for k in state if (m := _STAGE_KEY.match(k)) and int(m.group(1)) == s}
         if not idx or idx != set(range(len(idx))):
-            raise ValueError(f"not a CIFAR ResNet state dict: stage layer{s} has blocks {sorted(idx)} "
+            raise UserError(f"not a CIFAR ResNet state dict: stage layer{s} has blocks {sorted(idx)} "
                              "(expected 0 … n-1)")
         counts.append(len(idx))
     if len(set(counts)) != 1 or any(_STAGE_KEY.match(k) and int(_STAGE_KEY.match(k).group(1)) > 3 for k in state):
-        raise ValueError(f"not a CIFAR ResNet state dict: blocks per stage {counts} (expected three equal stages)")
+        raise UserError(f"not a CIFAR ResNet state dict: blocks per stage {counts} (expected three equal stages)")
     n = counts[0]
     block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
     depth = (9 if block == "bottleneck" else 6) * n + 2
@@ -346,16 +347,16 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
         gate = sorted({k.split(".", 2)[2] if k.count(".") >= 2 else k for k in first
                        if re.match(r"^layer1\.(0|attn|asr_attn)\.", k)
                        and not re.match(r"^layer1\.0\.(conv\d|bn[12]\.|downsample\.)", k)})
-        raise ValueError(f"layout not recognised: a {block} CIFAR ResNet-{depth} whose first block holds "
+        raise UserError(f"layout not recognised: a {block} CIFAR ResNet-{depth} whose first block holds "
                          f"{', '.join(gate[:6]) or 'nothing beyond convs and BNs'}{', …' if len(gate) > 6 else ''}; "
                          f"it is none of baseline, X, ASR(X), ASR(X)+X for X in {', '.join(list_attn())}")
     if len(found) > 1:
-        raise ValueError("layout ambiguous: the tensors fit " + ", ".join(
+        raise UserError("layout ambiguous: the tensors fit " + ", ".join(
             f"attn={c.attn} asr={c.asr} both={c.both}" for c in found))
     cfg = ModelConfig(**{**found[0].to_dict(), "name": f"cifar_resnet{depth}"})
     problem = state_mismatch(_meta_shapes(cfg), state_shapes(state))
     if problem:
-        raise ValueError(f"layout not recognised: the first blocks fit {cfg.arch} attn={cfg.attn} asr={cfg.asr} "
+        raise UserError(f"layout not recognised: the first blocks fit {cfg.arch} attn={cfg.attn} asr={cfg.asr} "
                          f"both={cfg.both}, but the whole state dict does not: {problem}")
     return cfg
 
@@ -365,7 +366,7 @@ def official_input(images: Any) -> torch.Tensor:
     [N, C, H, W], ToTensor's /255, then Normalize with :data:`OFFICIAL_MEAN` / :data:`OFFICIAL_STD`."""
     x = torch.as_tensor(images)
     if x.dtype != torch.uint8 or x.dim() != 4:
-        raise ValueError(f"expected uint8 images [N, H, W, C], got {x.dtype} {tuple(x.shape)}")
+        raise UserError(f"expected uint8 images [N, H, W, C], got {x.dtype} {tuple(x.shape)}")
     x = x.permute(0, 3, 1, 2).contiguous().to(torch.float32).div(255)  # [N, H, W, C] -> [N, C, H, W]
     mean = torch.tensor(OFFICIAL_MEAN, dtype=torch.float32)[:, None, None]
     std = torch.tensor(OFFICIAL_STD, dtype=torch.float32)[:, None, None]

@@ -323,13 +323,58 @@ def _first_tensor(out: Any) -> Tensor:
     return next(t for t in items if isinstance(t, Tensor))
 
 
+SOFTMAX_FUNCS: frozenset[Any] = frozenset({torch.softmax, torch.nn.functional.softmax, Tensor.softmax,
+                                           torch.nn.functional.log_softmax, torch.log_softmax, Tensor.log_softmax})
+
+
+#: ops that copy or reshape a tensor without changing its values: applied to the logits alongside
+PASS_FUNCS: frozenset[Any] = frozenset({
+    Tensor.clone, torch.clone, Tensor.contiguous, Tensor.detach, torch.detach, Tensor.reshape, torch.reshape,
+    Tensor.view, Tensor.flatten, torch.flatten, Tensor.squeeze, torch.squeeze, Tensor.unsqueeze, torch.unsqueeze,
+    Tensor.to,
+})
+
+
+class _SoftmaxInputs(torch.overrides.TorchFunctionMode):
+    """Remembers the input of every softmax call by the id of its output (followed through copies and reshapes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: dict[int, Tensor] = {}
+        self.keep: list[Tensor] = []  # outputs stay alive, so their ids stay unique
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not (args and isinstance(args[0], Tensor) and isinstance(out, Tensor)):
+            return out
+        if func in SOFTMAX_FUNCS:
+            self.inputs[id(out)] = args[0]
+            self.keep.append(out)
+        elif func in PASS_FUNCS and id(args[0]) in self.inputs:
+            self.inputs[id(out)] = func(self.inputs[id(args[0])], *args[1:], **kwargs)
+            self.keep.append(out)
+        return out
+
+
+def compared_output(model: nn.Module, x: Tensor) -> Tensor:
+    """The model's output as a fold check compares it: the first output tensor, or, when that is a softmax,
+    the softmax's input (the logits). A softmax saturates (to exactly 0 and 1) under perturbed BN statistics,
+    which would hide any difference and make the check unable to fail."""
+    mode = _SoftmaxInputs()
+    with mode:
+        out = _first_tensor(model(x))
+    return mode.inputs.get(id(out), out)
+
+
 @torch.no_grad()
 def verify_posthoc_fold(model: nn.Module, sites: Iterable[GateSite], means: dict[str, Tensor], example: Tensor, *,
                         seed: int = 0, randomize: bool = True, atol: float | None = None) -> dict[str, Any]:
     """Check the folds in float64: max |out(replace_with_constant) - out(fold_constants)| on ``example``,
     on a copy with perturbed BN statistics and gains (:func:`randomize_norms`).
 
-    Returns max_abs_diff, max_abs_ref (the largest output magnitude), n_gates, n_folded, params
+    A model that ends in a softmax is compared before it (:func:`compared_output`). Returns max_abs_diff,
+    max_abs_ref (the largest output magnitude), n_gates, n_folded, params
     before/after, gate modules left and the fold report; with ``atol``, a difference above
     ``atol * max(1, max_abs_ref)`` raises :class:`stripe.nn.FoldError`.
     """
@@ -342,8 +387,8 @@ def verify_posthoc_fold(model: nn.Module, sites: Iterable[GateSite], means: dict
     folded, report = fold_constants(m64, sites, mu64)
     folded.eval()
     x = example.double()
-    ref = _first_tensor(ref_model(x))
-    diff = (ref - _first_tensor(folded(x))).abs().max().item()
+    ref = compared_output(ref_model, x)  # logits, also for a model that ends in a softmax
+    diff = (ref - compared_output(folded, x)).abs().max().item()
     scale = ref.abs().max().item()
     if atol is not None and not diff <= atol * max(1.0, scale):
         raise FoldError(f"post-hoc fold differs from constant replacement by {diff:.3g} "

@@ -7,7 +7,9 @@ A recording directory holds
   size, seed, hash), the number of folds K, precision, the tap selection, the taps seen (key,
   module, attention type, ASR flag, stage, block, depth, call, channels) and the checkpoints done;
 * ``stats/epoch_XXXX.parquet``: per (tap, kind, fold, channel) the exact moments count, mean, m2,
-  min, max and unit_sum (:data:`STATS_SCHEMA`; fold k holds probe images i with i mod K = k);
+  min, max and unit_sum (:data:`STATS_SCHEMA`). The probe images are recorded in one seeded random
+  order, kept in the manifest as ``probe_order`` (the probe set's indices, in recorded order): fold k
+  holds the images at *positions* i of that order with i mod K = k (not probe index i);
 * ``raw/epoch_XXXX.safetensors``: the first ``raw_n`` probe vectors of every (tap, kind), fp16.
 
 Format ``stripe-recording/1`` (no fold column: one fold) still reads. Every file is written

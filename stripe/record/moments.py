@@ -429,7 +429,8 @@ def jackknife(full: np.ndarray, loo: np.ndarray, level: float = 0.95) -> dict[st
 class FoldStats:
     """Per-fold streaming statistics of an [N, C] matrix: count_ [K] and float64 [K, C] moments.
 
-    Folds are disjoint subsets of the rows (a recording assigns probe image i to fold i mod K).
+    Folds are disjoint subsets of the rows (a recording assigns the image at position i of its recorded order
+    to fold i mod K; the order is the manifest's ``probe_order``).
     :meth:`total` is the exact merge over folds (identical to :class:`ChannelStats` of all rows).
     """
 

@@ -37,13 +37,14 @@ class Recorder:
             for x, _ in loader:
                 model(x)
         stats = rec.stats()            # {(tap key, kind): ChannelStats}, every image
-        folds = rec.fold_stats()       # {(tap key, kind): FoldStats}, image i in fold i mod 10
+        folds = rec.fold_stats()       # {(tap key, kind): FoldStats}, the i-th image seen in fold i mod 10
         raw = rec.raw()                # {"<key>/<kind>": float16 ndarray [raw_n, C]}
 
     The model is put in eval mode for the duration (BN statistics never change) and restored
     after; every hook is removed in ``finally``, user hooks are left alone. An ASR tap gives one
     vector per forward (its input is ψ): it is broadcast to the batch, constant by construction.
-    Images are numbered in the order they are seen: image i falls in fold i mod ``folds``.
+    Images are numbered in the order they are seen (not by their index in a data set): the i-th image seen
+    falls in fold i mod ``folds``.
 
     Any model: ``taps="*"`` records this package's taps and every module of a registered adapter's
     class (:mod:`stripe.nn.adapters`); ``taps="auto"`` also runs the generic detector

@@ -21,8 +21,10 @@ from .. import fsio
 from ..errors import NotFoundError, RefusedError, UserError
 from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
 from ..nn import ModelConfig, build_model, is_source, load_weights_file, preprocess_for
+from ..nn.official import OFFICIAL_MEAN, OFFICIAL_STD
 from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
-                     load_weights, read_run, resolve_device, run_eval_sets)
+                     load_model, load_weights, read_run, resolve_device, run_eval_sets)
+from ..train.loading import official_run
 from ..train.config import epoch_matches, parse_epoch_spec
 from .format import FoldStats, RecordingWriter
 from .gates import TapInfo
@@ -52,6 +54,7 @@ class SweepSource:
     data_root: str | None
     run_dir: Path | None = None
     run_info: dict[str, Any] | None = None
+    official: bool = False  # files written by the official ASR code (their inputs normalised its way)
 
     @property
     def run_id(self) -> str | None:
@@ -128,6 +131,14 @@ def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[st
         checkpoints = files
     elif weights is not None or num_classes is not None:
         raise UserError("--weights and --num-classes go with --model NAME")
+    if run_dir is not None and not (Path(run_dir) / "config.json").is_file() and Path(run_dir).is_dir() \
+            and any(Path(run_dir).glob("*.pth.tar")):
+        if checkpoints is not None:
+            raise UserError(f"{run_dir} is a run folder of the official ASR code: it records all its checkpoint "
+                            "files; --checkpoints does not apply")
+        run = official_run(run_dir)  # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best)
+        checkpoints = [c.path for c in run.checkpoints.values()]
+        run_dir = None
     if run_dir is not None:
         info = read_run(run_dir)
         paths = dict(list_checkpoints(run_dir))
@@ -137,14 +148,36 @@ def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[st
         epochs = parse_checkpoint_spec(spec, sorted(paths))
         return SweepSource([(e, paths[e]) for e in epochs], info["model"], dataset or info["train"]["dataset"],
                            data_root or info["train"].get("data_root"), Path(run_dir), info)
-    if not checkpoints or isinstance(checkpoints, str) or model_config is None or dataset is None:
-        raise UserError("without a run directory, give checkpoint files (--files), a model config (--model-config) "
-                         "and a data set (--dataset)")
+    if not checkpoints or isinstance(checkpoints, str):
+        raise UserError("without a run directory, give checkpoint files (--files) and the data set (--dataset)")
     files = [_check_file(p, "--files") for p in checkpoints]
-    jobs = [(_epoch_of(p, i), p) for i, p in enumerate(files)]
-    if len({e for e, _ in jobs}) != len(jobs):
-        jobs = [(i, p) for i, (_, p) in enumerate(jobs)]
-    return SweepSource(jobs, ModelConfig.from_dict(model_config).to_dict(), dataset, data_root)
+    infos = [load_model(p, model_config).load_info for p in files]  # every file read, its model checked
+    cfg = infos[0].config
+    for p, i in zip(files[1:], infos[1:]):
+        if i.config != cfg:
+            raise UserError(f"--files: {p} holds another model ({i.config.arch}, {i.config.attn}) than {files[0]}")
+    official = any(i.format == "official-checkpoint" for i in infos)
+    if dataset is None:
+        guess = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes) if official else None
+        if guess is None:
+            raise UserError("give the data set of the probe images (--dataset)")
+        dataset = guess  # the official code trains on CIFAR-10 or CIFAR-100, told apart by the classes
+    jobs = []
+    for i, (p, li) in enumerate(zip(files, infos)):
+        jobs.append((li.epoch if li.epoch is not None else _epoch_of(p, i), p))
+    if len({e for e, _ in jobs}) != len(jobs):  # two files of one epoch (an official run's last and best)
+        seen, unique = set(), []
+        for (e, p), li in zip(jobs, infos):
+            key = (e, file_sha256(p))
+            if e in {x for x, _ in seen}:
+                if key in seen:
+                    continue  # the same weights twice
+                raise UserError(f"--files: two different files for epoch {e} ({p} and another); record them into "
+                                "separate --out folders")
+            seen.add(key)
+            unique.append((e, p))
+        jobs = unique
+    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, official=official)
 
 
 def _check_file(path: str | Path, option: str) -> Path:
@@ -223,35 +256,33 @@ def probe_loader(ds: ImageSet, batch_size: int, device: torch.device | str, **kw
 
 
 def _header(source: SweepSource, probe_spec: dict[str, Any], *, raw_n: int, folds: int, precision: str,
-            taps: str | Sequence[str], preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+            taps: str | Sequence[str], preprocess: dict[str, Any] | None = None,
+            order: list[int] | None = None) -> dict[str, Any]:
     probe = {**probe_spec, "raw_n": raw_n, "order": dict(PROBE_ORDER)}
     if preprocess is not None:  # part of the probe's identity: the images the model saw
         probe["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
-    return {"model": source.model, "source_run_id": source.run_id,
-            "run_dir": str(source.run_dir) if source.run_dir else None, "dataset": source.dataset,
-            "probe": probe, "folds": folds, "precision": precision,
-            "taps_selector": [taps] if isinstance(taps, str) else list(taps)}
+    header = {"model": source.model, "source_run_id": source.run_id,
+              "run_dir": str(source.run_dir) if source.run_dir else None, "dataset": source.dataset,
+              "probe": probe, "folds": folds, "precision": precision,
+              "taps_selector": [taps] if isinstance(taps, str) else list(taps)}
+    if order is not None:  # position i of the recorded order is in fold i mod K: what rebuilds the folds
+        header["probe_order"] = order
+    return header
 
 
 def _load_model(path: Path, model_config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """The model of a checkpoint: a stripe checkpoint or state_dict (:func:`stripe.train.load_weights`), or for a
-    source model any weights file :func:`stripe.nn.load_weights_file` reads."""
-    if model_config["name"] == f"onnx:{path}":  # the ONNX file itself: its weights are in it
+    """The model of a checkpoint file and what it says (run id, epoch): this package's checkpoints, plain state
+    dicts and the official ASR code's files through :func:`stripe.train.load_model`; for a source model any
+    weights file :func:`stripe.nn.load_weights_file` reads (an ONNX model holds its weights)."""
+    if is_source(model_config["name"]):
         try:
-            return build_model(ModelConfig.from_dict(model_config)), {"format": None, "epoch": None, "run_id": None}
+            model = build_model(ModelConfig.from_dict(model_config))
+            info = {} if model_config["name"] == f"onnx:{path}" else load_weights_file(model, path)
         except (ValueError, FileNotFoundError) as e:
             raise CheckpointError(str(e)) from None
-    try:
-        return load_weights(path, model_config, map_location="cpu")
-    except CheckpointError:
-        if not is_source(model_config["name"]) or not path.is_file():
-            raise
-    model = build_model(ModelConfig.from_dict(model_config))
-    try:
-        info = load_weights_file(model, path)
-    except (ValueError, FileNotFoundError) as e:
-        raise CheckpointError(str(e)) from None
-    return model, {"format": None, "epoch": None, "run_id": None, **info}
+        return model, {"epoch": None, "run_id": None, **info}
+    model = load_model(path, model_config)
+    return model, {"epoch": model.load_info.epoch, "run_id": model.load_info.extra.get("run_id")}
 
 
 def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[str | Path] | None = None,
@@ -294,8 +325,11 @@ def collect(run_dir: str | Path | None = None, *, checkpoints: str | Sequence[st
         raise UserError(f"--folds {folds} exceeds the {len(probe_ds)} probe images")
     raw_n = min(raw_n, len(probe_ds))
     pp = preprocess_for(source.model["name"], preprocess, pretrained=model is not None, in_chans=probe_ds.in_chans)
+    if source.official:  # the official code normalises CIFAR-100 with CIFAR-10's values (given --mean/--std win)
+        pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD, **(pp or {})}
     writer = RecordingWriter(out, _header(source, probe_spec, raw_n=raw_n, folds=folds, precision=precision,
-                                          taps=taps, preprocess=pp))
+                                          taps=taps, preprocess=pp,
+                                          order=probe_loader(probe_ds, batch_size, "cpu").order()))
     if source.run_dir is None and not source.model["name"].startswith("onnx:"):
         build_model(ModelConfig.from_dict(source.model))  # a model that cannot be built fails before anything is made
     done_box: list[Any] = [None]
@@ -412,7 +446,8 @@ class OnlineRecorder:
         if self.folds > len(probe):
             raise UserError(f"--record-folds {self.folds} exceeds the {len(probe)} probe images")
         self.writer = RecordingWriter(out, _header(source, state.data.eval.probe_spec.to_dict(), raw_n=raw_n,
-                                                   folds=self.folds, precision=cfg.precision, taps=self.taps)).open()
+                                                   folds=self.folds, precision=cfg.precision, taps=self.taps,
+                                                   order=probe_loader(probe, 1, "cpu").order())).open()
         self.raw_n = raw_n
         self.loader = probe_loader(probe, self.batch_size or cfg.eval_batch_size, state.device,
                                    channels_last=cfg.channels_last)

@@ -241,6 +241,11 @@ MODEL_OPTIONS: dict[str, tuple[str, str]] = {
 MODEL_FROM_DATA = ("num_classes", "in_chans", "image_size", "attn_kw")
 
 
+def _metavar(flag: str) -> str:
+    """What an option's value is called in --help: ``--batch-size`` -> ``N`` style names from the flag."""
+    return flag.lstrip("-").upper().replace("-", "_")
+
+
 def _flag(f) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
@@ -269,13 +274,16 @@ def add_config_args(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
         else:
             typ = type(ModelConfig.psi_init) if name == "psi_init" else int if name in ("psi_size", "reduction") else str
             group("model").add_argument(flag, dest=f"model.{name}", type=typ, default=default, help=help,
-                                        choices=BLOCKS if name == "block" else None)
+                                        choices=BLOCKS if name == "block" else None, metavar=_metavar(flag)
+                                        if name != "block" else None)
     for f in fields(TrainConfig):
         meta = f.metadata
         if not meta.get("cli", True) or f.name in exclude:
             continue
         default = _default(f)
         kw: dict[str, Any] = {"dest": f"train.{f.name}", "help": meta["help"]}
+        if not isinstance(default, bool) and not meta.get("choices"):
+            kw["metavar"] = _metavar(_flag(f))
         if isinstance(default, bool):
             kw["action"] = "store_true"
         else:

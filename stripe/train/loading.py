@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import NotFoundError, UserError
 from ..nn import ModelConfig, build_model, reparameterize, variant_label
 from ..nn.official import (deployed_state, infer_config, normalize_names, official_input, stale_fused,
                            state_mismatch, state_shapes)
@@ -78,7 +79,7 @@ class LoadInfo:
 
 def _read(path: Path, map_location: Any) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise NotFoundError(f"{path}: checkpoint file not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a bad pickle, a truncated zip, code in the file: one line
@@ -205,7 +206,7 @@ def fold_vs_official(path: str | Path, images: Any = None) -> dict[str, Any]:
     model = load_model(path)
     info = model.load_info
     if not info.fused:
-        raise ValueError(f"{path}: holds no fused_bn tensors (not an ASR checkpoint of the official code)")
+        raise UserError(f"{path}: holds no fused_bn tensors (not an ASR checkpoint of the official code)")
     ours = reparameterize(model).eval()
     folded = ours.state_dict()
     prefixes = sorted({k.split(".fused_bn.")[0] for k in info.fused_state})
@@ -230,14 +231,14 @@ def read_official_log(path: str | Path):
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: log file not found")
+        raise NotFoundError(f"{path}: log file not found")
     lines = path.read_text(errors="replace").splitlines()
     if not lines:
-        raise ValueError(f"{path}: empty; expected the official log's header ({', '.join(OFFICIAL_LOG_COLUMNS)})")
+        raise UserError(f"{path}: empty; expected the official log's header ({', '.join(OFFICIAL_LOG_COLUMNS)})")
     header = [c.strip() for c in lines[0].split("\t")]
     header = header[:-1] if header and header[-1] == "" else header  # the Logger ends each line with a tab
     if sorted(header) != sorted(OFFICIAL_LOG_COLUMNS):
-        raise ValueError(f"{path}: not an official log.txt: header {header} (expected the tab-separated columns "
+        raise UserError(f"{path}: not an official log.txt: header {header} (expected the tab-separated columns "
                          f"{', '.join(OFFICIAL_LOG_COLUMNS)})")
     rows = []
     for i, line in enumerate(lines[1:], start=2):
@@ -246,12 +247,12 @@ def read_official_log(path: str | Path):
         cells = [c.strip() for c in line.split("\t")]
         cells = cells[:-1] if cells and cells[-1] == "" else cells
         if len(cells) != len(header):
-            raise ValueError(f"{path}: line {i} has {len(cells)} fields, expected {len(header)}")
+            raise UserError(f"{path}: line {i} has {len(cells)} fields, expected {len(header)}")
         try:
             values = [float(c) for c in cells]
         except ValueError:
             bad = next(c for c in cells if not _is_float(c))
-            raise ValueError(f"{path}: line {i}: {bad!r} is not a number") from None
+            raise UserError(f"{path}: line {i}: {bad!r} is not a number") from None
         rows.append({OFFICIAL_LOG_COLUMNS[h]: v for h, v in zip(header, values)})
     columns = [c for c in METRIC_COLUMNS if c == "epoch" or c in OFFICIAL_LOG_COLUMNS.values()]
     df = pd.DataFrame(rows, columns=[c for c in columns if c != "epoch"])
@@ -299,12 +300,12 @@ def official_run(folder: str | Path) -> OfficialRun:
     the epoch, acc and best_acc it records (read with weights_only), and the log; ``notes`` flag disagreements."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such run folder")
+        raise NotFoundError(f"{folder}: no such run folder")
     names = [n for n in OFFICIAL_CHECKPOINTS if (folder / n).is_file()]
     names += sorted(p.name for p in folder.glob("*.pth.tar") if p.name not in names)
     log_path = folder / "log.txt"
     if not names and not log_path.is_file():
-        raise FileNotFoundError(f"{folder}: holds neither *.pth.tar checkpoints nor log.txt (not an official run "
+        raise NotFoundError(f"{folder}: holds neither *.pth.tar checkpoints nor log.txt (not an official run "
                                 "folder)")
     checkpoints = {}
     for name in names:
@@ -326,3 +327,38 @@ def official_run(folder: str | Path) -> OfficialRun:
                          f"{float(log['test_acc'].iloc[-1])}")
     return run
 
+
+
+def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
+    """``stripe fold --checkpoint FILE``: load a checkpoint of any format, fold its ASR norms, and check the fold.
+
+    The check runs in float64 with the file's own weights and BN statistics (max |Δ logits| between the
+    ASR model and its fold on random inputs, ``FoldError`` above ``atol``); an official ASR file is also
+    compared with its ``fused_bn`` (:func:`fold_vs_official`). Returns the numbers and the parameter counts.
+    """
+    import copy
+
+    from ..nn import count_params
+    from ..nn.asr import FoldError
+
+    model = load_model(path)
+    cfg, info = model.config, model.load_info
+    out: dict[str, Any] = {"summary": info.summary(), "config": cfg, "params_before": count_params(model)}
+    if not cfg.asr:
+        out.update(params_after=out["params_before"], folded=False, note="no ASR norm: nothing to fold")
+        return out
+    folded = reparameterize(model).eval()
+    out.update(params_after=count_params(folded), folded=True,
+               params_expected=count_params(build_model(cfg.folded())))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, cfg.in_chans or 3, cfg.image_size or 32, cfg.image_size or 32, generator=g, dtype=torch.float64)
+    m64 = copy.deepcopy(model).double().eval()
+    f64 = reparameterize(m64).eval()  # folded in float64: the check is of the algebra, not of fp32 rounding
+    with torch.no_grad():
+        diff = (m64(x) - f64(x)).abs().max().item()
+    out["max_abs_diff_fp64"] = diff
+    if not diff <= atol:
+        raise FoldError(f"{path}: the fold differs from the ASR model by {diff:.3g} > atol {atol:g}")
+    if info.fused:
+        out["official"] = fold_vs_official(path)
+    return out

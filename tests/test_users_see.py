@@ -1,0 +1,92 @@
+"""What users see must be right: checks that can fail, hidden widths, the recorded order, the README's examples."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _SoftmaxNet(nn.Module):
+    """conv -> BN -> SE gate -> conv -> pool -> linear -> softmax (then a copy, as onnx2torch's Identity does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops import SqueezeExcitation
+
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.se = SqueezeExcitation(16, 4)
+        self.conv2 = nn.Conv2d(16, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(self.se(torch.relu(self.bn(self.conv(x)))))
+        return torch.softmax(self.fc(y.mean((2, 3))) * 50, dim=1).clone()  # saturates to 0/1 easily
+
+
+def test_fold_check_compares_logits_of_a_model_that_ends_in_a_softmax(monkeypatch):
+    """A wrong fold must fail even where the softmax saturates; the right one passes."""
+    from stripe.nn import FoldError, posthoc, verify_posthoc_fold
+    from stripe.record import detect_gates
+
+    torch.manual_seed(0)
+    model = _SoftmaxNet().eval()
+    x = torch.randn(4, 3, 16, 16)
+    sites = detect_gates(model, x[:2])
+    assert len(sites) == 1 and sites[0].fold == "conv_after"
+    means = {sites[0].key: torch.rand(16) * 0.5 + 0.25}
+    ok = verify_posthoc_fold(model, sites, means, x, atol=1e-9)
+    assert ok["max_abs_diff"] < 1e-9 and ok["max_abs_ref"] > 1.0  # logits are compared, not probabilities
+    assert posthoc.compared_output(model.double(), x.double()).shape == (4, 5)
+    model.float()
+
+    real = posthoc._scale
+
+    def wrong(m, site, c):  # a fold off by 0.1 % in every channel
+        real(m, site, c * 1.001)
+
+    monkeypatch.setattr(posthoc, "_scale", wrong)
+    with pytest.raises(FoldError, match="post-hoc fold differs"):
+        verify_posthoc_fold(model, sites, means, x, atol=1e-9)
+
+
+@pytest.mark.real_data
+def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
+    """Fold k holds the images at positions i ≡ k (mod K) of the recorded order, kept as ``probe_order``: the per-fold
+    means recomputed from the probe images in that order equal the recording's."""
+    import numpy as np
+
+    from stripe.data import Loader
+    from stripe.record import Recorder, Recording
+    from stripe.train import load_weights, run_eval_sets, train
+
+    from helpers import run_data, tiny_cfg
+
+    cfg = tiny_cfg(epochs=1, asr=False, probe_n=60)
+    run = tmp_path / "run"
+    from stripe.record import OnlineRecorder
+
+    train(cfg, run, device="cpu", progress=False, data=run_data(cfg), callbacks=[OnlineRecorder(folds=4)])
+    rec = Recording.open(run / "recording")
+    order = rec.manifest["probe_order"]
+    import json
+
+    info = json.loads((run / "config.json").read_text())
+    _, data = run_eval_sets(info)
+    assert sorted(order) == list(range(len(data.probe))) and order != sorted(order)
+    model, _ = load_weights(run / "checkpoints" / "epoch_0001.pt")
+    x = torch.cat([xb for xb, _ in Loader(data.probe, 1000, train=False)])[torch.tensor(order)]
+    with Recorder(model, "layer1.0.attn", raw_n=len(x), raw_dtype=torch.float32) as r, torch.no_grad():
+        model(x)
+    key = r.taps[0].key
+    vecs = r.raw()[f"{key}/after"].astype(np.float64)  # [N, C], the probe images in the recorded order
+    folds = rec.fold_stats(1)[(key, "after")]
+    for k in range(4):
+        np.testing.assert_allclose(folds.mean_[k], vecs[k::4].mean(0), rtol=0, atol=1e-6)
+    shuffled = vecs[np.argsort(order)]  # the probe index order instead: other folds, other means
+    assert not np.allclose(folds.mean_[0], shuffled[0::4].mean(0), atol=1e-6)
