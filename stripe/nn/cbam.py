@@ -21,6 +21,7 @@ class CBAM(ChannelAttention):
     def __init__(self, channels: int, reduction: int = 16, spatial: bool = True) -> None:
         super().__init__(channels)
         hidden = self.hidden_width = max(1, channels // reduction)
+        self.tap_hidden = Tap()
         self.mlp = nn.Sequential(
             nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
         )
@@ -31,7 +32,10 @@ class CBAM(ChannelAttention):
             self.tap_spatial = Tap()
 
     def compute(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.mlp(pooled) + self.mlp(x.amax(dim=(2, 3))))
+        fc1, relu, fc2 = self.mlp
+        h_avg, h_max = relu(fc1(pooled)), relu(fc1(x.amax(dim=(2, 3))))  # [B, hidden] each
+        self.hidden(torch.maximum(h_avg, h_max))  # a hidden unit is dead when it is zero on both paths
+        return torch.sigmoid(fc2(h_avg) + fc2(h_max))
 
     def spatial_map(self, y: torch.Tensor) -> torch.Tensor:
         """Spatial gate [B, 1, H, W] of the channel-gated map y [B, C, H, W]."""

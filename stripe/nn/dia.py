@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .taps import ChannelAttention, global_pool
+from .taps import ChannelAttention, Tap, global_pool
 
 
 def _gate_mlp(channels: int, reduction: int) -> nn.Sequential:
@@ -26,6 +26,7 @@ class DIACell(ChannelAttention):
     def __init__(self, channels: int, reduction: int = 4) -> None:
         super().__init__(channels)
         self.hidden_width = max(1, channels // reduction)
+        self.tap_hidden = Tap()
         self.mlp_x = _gate_mlp(channels, reduction)
         self.mlp_h = _gate_mlp(channels, reduction)
         self._state: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -38,7 +39,11 @@ class DIACell(ChannelAttention):
             h = c = pooled.new_zeros(pooled.shape)
         else:
             h, c = self._state
-        i, f, o, g = (self.mlp_x(pooled) + self.mlp_h(h)).chunk(4, dim=1)
+        self.tap_hidden.index = index
+        hx = self.mlp_x[1](self.mlp_x[0](pooled))  # [B, hidden]: the x-path MLP's hidden layer
+        hh = self.mlp_h[1](self.mlp_h[0](h))  # [B, hidden]: the h-path MLP's
+        self.hidden(torch.maximum(hx, hh))  # a hidden unit is dead when it is zero on both paths
+        i, f, o, g = (self.mlp_x[2](hx) + self.mlp_h[2](hh)).chunk(4, dim=1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.sigmoid(c)
         self._state = None if last else (h, c)  # drop the state after the stage's last block

@@ -36,12 +36,19 @@ def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_c
             raise UserError(f"unknown attention {attn!r}; known: {', '.join(list_attn())}")
     plain = count_params(create_model(model, num_classes=num_classes, block=block))
     rows, failed = [], 0
-    bar = tqdm(total=len(attns) * len(both_variants), desc="fold+verify", unit="model", disable=not progress)
+    # one step per phase (build, fold, check in float64, check in float32): a deep model takes minutes per model
+    bar = tqdm(total=4 * len(attns) * len(both_variants), desc="fold+verify", unit="step", disable=not progress)
     for attn in attns:
         attn_params = count_params(create_model(model, num_classes=num_classes, attn=attn, block=block))
         for both in both_variants:
+            name = f"{attn}{'+both' if both else ''}"
+            bar.set_postfix_str(f"{name}: build")
             m = create_model(model, num_classes=num_classes, attn=attn, asr=True, both=both, block=block)
+            bar.update()
+            bar.set_postfix_str(f"{name}: fold")
             folded = reparameterize(m)
+            bar.update()
+            bar.set_postfix_str(f"{name}: check in float64")
             row = {"attention": attn, "variant": "asr+both" if both else "asr", "plain": plain,
                    "with attn": attn_params, "asr (train)": count_params(m), "folded": count_params(folded)}
             try:
@@ -50,6 +57,8 @@ def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_c
             except FoldError as e:
                 row["max|Δ| fp64"], row["check"] = str(e), "FAIL"
                 failed += 1
+            bar.update()
+            bar.set_postfix_str(f"{name}: check in float32")
             row["max|Δ| fp32"] = f"{verify_fold(m, atol=float('inf'), dtype=torch.float32, perturb=0.1):.1e}"
             want = attn_params if both else plain
             if count_params(folded) != want:

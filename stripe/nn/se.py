@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .taps import ChannelAttention
+from .taps import ChannelAttention, Tap
 
 
 class SE(ChannelAttention):
@@ -17,8 +17,9 @@ class SE(ChannelAttention):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels)
         hidden = self.hidden_width = max(1, round(channels / reduction))
+        self.tap_hidden = Tap()
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, channels)
 
     def compute(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(pooled))))
+        return torch.sigmoid(self.fc2(self.hidden(torch.relu(self.fc1(pooled)))))

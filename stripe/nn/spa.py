@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .taps import ChannelAttention
+from .taps import ChannelAttention, Tap
 
 
 class SPA(ChannelAttention):
@@ -19,6 +19,7 @@ class SPA(ChannelAttention):
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__(channels)
         hidden = self.hidden_width = max(1, channels // reduction)
+        self.tap_hidden = Tap()
         self.fc1 = nn.Linear(21 * channels, hidden, bias=False)
         self.fc2 = nn.Linear(hidden, channels, bias=False)
 
@@ -26,4 +27,4 @@ class SPA(ChannelAttention):
         p2 = F.adaptive_avg_pool2d(x, 2).flatten(1)  # [B, 4C]
         p4 = F.adaptive_avg_pool2d(x, 4).flatten(1)  # [B, 16C]
         z = torch.cat([pooled, p2, p4], dim=1)  # [B, 21C]
-        return torch.sigmoid(self.fc2(torch.relu(self.fc1(z))))
+        return torch.sigmoid(self.fc2(self.hidden(torch.relu(self.fc1(z)))))

@@ -27,7 +27,11 @@ class ChannelAttention(nn.Module):
 
     The pooled input that feeds the gate goes through ``tap_in`` (always the global average
     pool [B, C], the common part of what feeds every module, so "before" statistics compare
-    across module types) and the attention vector goes through ``tap``.
+    across module types) and the attention vector goes through ``tap``. A module with a hidden
+    (bottleneck) layer also routes its post-ReLU activations [B, hidden_width] through ``tap_hidden``
+    (:meth:`hidden`), so a recording sees dead hidden units: a unit that is zero for every image
+    makes the gate ignore it, and with one hidden unit (SE with round(16/16) = 1) a dead unit makes
+    the gate exactly constant across images.
     """
 
     #: smallest ψ spatial size this module accepts under ASR (the registry reads it from here)
@@ -40,6 +44,11 @@ class ChannelAttention(nn.Module):
         self.channels = channels
         self.tap_in = Tap()
         self.tap = Tap()
+
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """Route the hidden layer's activations h [B, hidden_width] through ``tap_hidden`` (a module with a hidden
+        layer creates it in its constructor, with ``hidden_width``)."""
+        return self.tap_hidden(h)
 
     def compute(self, x: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Attention [B, C] from the feature map x [B, C, H, W] and its average pool [B, C]."""

@@ -34,7 +34,7 @@ from ..errors import NotFoundError, UserError
 from .moments import MOMENT_KEYS, ChannelStats, FoldStats
 
 __all__ = [
-    "KINDS", "MANIFEST_NAME", "READABLE_FORMATS", "RECORDING_FORMAT", "STATS_SCHEMA", "Recording", "RecordingWriter",
+    "ALL_KINDS", "HIDDEN", "KINDS", "MANIFEST_NAME", "READABLE_FORMATS", "RECORDING_FORMAT", "STATS_SCHEMA", "Recording", "RecordingWriter",
     "RecordingMismatch", "read_stats_parquet", "stats_to_table", "table_to_stats", "write_stats_parquet",
 ]
 
@@ -44,6 +44,9 @@ READABLE_FORMATS = ("stripe-recording/1", RECORDING_FORMAT)
 
 #: the two recorded kinds of a tap: the attention values, and the pooled input of the module
 KINDS: tuple[str, str] = ("after", "before")
+#: a third kind, for gates with a hidden (bottleneck) layer: its post-ReLU activations (dead units show as max 0)
+HIDDEN = "hidden"
+ALL_KINDS: tuple[str, ...] = (*KINDS, HIDDEN)
 
 #: fixed Parquet schema of one checkpoint's statistics (column order matters)
 STATS_SCHEMA: pa.Schema = pa.schema(
@@ -93,8 +96,8 @@ def stats_to_table(epoch: int, stats: Mapping[tuple[str, str], FoldStats | Chann
     """One checkpoint's statistics {(tap, kind): FoldStats or ChannelStats (one fold)} as a :data:`STATS_SCHEMA` table."""
     cols: dict[str, list[np.ndarray]] = {name: [] for name in STATS_SCHEMA.names}
     for tap, kind in sorted(stats):
-        if kind not in KINDS:
-            raise UserError(f"kind must be one of {KINDS}, got {kind!r} for tap {tap!r}")
+        if kind not in ALL_KINDS:
+            raise UserError(f"kind must be one of {ALL_KINDS}, got {kind!r} for tap {tap!r}")
         s = stats[(tap, kind)]
         if isinstance(s, ChannelStats):
             s = FoldStats([s.count_], *(getattr(s, k + "_")[None] for k in MOMENT_KEYS))
@@ -199,6 +202,8 @@ def _taps_frame(taps: list[dict[str, Any]]) -> pd.DataFrame:
     df["asr"] = df["asr"].map(lambda v: bool(v) if v is not None and v == v else False).astype(bool)
     for col in _INT_META:
         df[col] = _int_column(df[col], always_nullable=(col == "call"))
+    if "hidden" in df.columns:  # a gate's hidden width (None for gates without a hidden layer)
+        df["hidden"] = _int_column(df["hidden"], always_nullable=True)
     return df
 
 
@@ -296,7 +301,7 @@ class Recording:
                 table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]).combine_chunks()
             )
         df = table.to_pandas()
-        for name, first in (("tap", list(self.taps["key"])), ("kind", list(KINDS))):
+        for name, first in (("tap", list(self.taps["key"])), ("kind", list(ALL_KINDS))):
             cat = df[name].astype("category")
             known = set(first)
             order = first + sorted(c for c in cat.cat.categories if c not in known)
@@ -323,8 +328,8 @@ class Recording:
         """Raw probe vectors of one tap at one checkpoint as float32 [n_raw, C]."""
         from safetensors import safe_open  # only needed here
 
-        if kind not in KINDS:
-            raise UserError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind not in ALL_KINDS:
+            raise UserError(f"kind must be one of {ALL_KINDS}, got {kind!r}")
         rel = self._checkpoint(epoch).get("raw")
         if not rel:
             raise NotFoundError(f"epoch {epoch} has no raw file in {self.path / MANIFEST_NAME}")

@@ -66,6 +66,7 @@ class TapInfo:
     depth: int | None
     call: int | None
     channels: int
+    hidden: int | None = None  # width of the gate's hidden layer (recorded as kind "hidden"), None without one
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (what the recording manifest lists)."""
@@ -526,8 +527,9 @@ def tap_info(model: nn.Module, key: str, point: GatePoint, call: int | None, cha
         stage = place.stage
         block = place.block if place.block is not None else call
         depth = None if block is None else place.first_depth + block
+    width = getattr(model.get_submodule(point.module), "hidden_width", None)
     return TapInfo(key=key, module=point.module, attn=point.attn, asr=point.asr, stage=stage, block=block,
-                   depth=depth, call=call, channels=channels)
+                   depth=depth, call=call, channels=channels, hidden=width)
 
 
 def site_info(site: GateSite, key: str, order: int, call: int | None, channels: int) -> TapInfo:

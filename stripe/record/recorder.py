@@ -25,6 +25,7 @@ from ..nn.adapters import read_after, read_before
 from ..nn.posthoc import OwnerModeHooks, gate_vector
 from .gates import (GatePoint, TapInfo, adapter_sites, detect_gates, find_gates, recordable, select_gates, site_info,
                     tap_info)
+from .format import HIDDEN
 from .moments import ChannelStats, FoldStats, batch_moments, constant_moments, fold_counts
 
 
@@ -91,8 +92,8 @@ class Recorder:
         def hook(module: Tap, inputs, output: torch.Tensor) -> None:
             a = output.detach()
             if a.dim() != 2:
-                raise UserError(f"tap {name}.{'tap' if kind == 'after' else 'tap_in'} gave shape "
-                                   f"{tuple(a.shape)}; expected [B, C]")
+                raise UserError(f"tap {name}.{ {'after': 'tap', 'before': 'tap_in'}.get(kind, 'tap_' + kind)} gave "
+                                f"shape {tuple(a.shape)}; expected [B, C]")
             key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
             if kind == "after" and key not in self._info:
                 self._info[key] = tap_info(self.model, key, point, module.index, a.shape[1])
@@ -188,6 +189,8 @@ class Recorder:
                 attn = self.model.get_submodule(name)
                 self._handles.append(attn.tap.register_forward_hook(self._tap_hook(name, "after")))
                 self._handles.append(attn.tap_in.register_forward_hook(self._tap_hook(name, "before")))
+                if isinstance(getattr(attn, "tap_hidden", None), Tap):  # a gate with a hidden layer
+                    self._handles.append(attn.tap_hidden.register_forward_hook(self._tap_hook(name, HIDDEN)))
             self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._post_forward))
         except BaseException:
