@@ -460,3 +460,48 @@ def test_write_tables_and_summary(tmp_path, tables) -> None:
     assert "ASR taps: 1" in text and "by construction" in text
     assert "of 7 non-ASR taps" in text
     assert len(text.splitlines()) < 12
+
+
+def _small_recording(root: Path, epochs: list[int], stages: list[int | None], asr: list[bool] | None = None,
+                     k: int = 4) -> Path:
+    """A recording (RecordingWriter, K folds) of gate-like taps at ``epochs``, one tap per entry of ``stages``."""
+    import torch
+
+    from stripe.record import FoldStats, RecordingWriter, batch_moments
+
+    rng = np.random.default_rng(5)
+    asr = asr or [False] * len(stages)
+    taps = [{"key": f"block{i}.attn.tap", "module": f"block{i}.attn", "attn": "se", "asr": a, "stage": s,
+             "block": i, "depth": i, "call": None, "channels": 6} for i, (s, a) in enumerate(zip(stages, asr))]
+    folds = torch.arange(120) % k
+    with RecordingWriter(root, {"model": {"name": "synthetic", "attn": "se"}, "folds": k}) as w:
+        for e in epochs:
+            stats = {}
+            for t in taps:
+                for kind in ("after", "before"):
+                    a = np.clip(0.5 + 0.3 * np.sin(np.arange(6) * (e + 1)) + 0.05 * rng.normal(size=(120, 6)), 0, 1)
+                    if t["asr"]:
+                        a = np.tile(a[0], (120, 1))
+                    stats[(t["key"], kind)] = FoldStats.from_moments_list([batch_moments(torch.from_numpy(a), folds, k)])
+            w.add(e, stats, {}, taps, checkpoint=None, checkpoint_sha256=None)
+    return root
+
+
+def test_summary_prints_only_what_applies(tmp_path) -> None:
+    # a source model: one checkpoint (epoch 1), taps without a stage, no flags
+    text = summary_text(compute_tables(_small_recording(tmp_path / "source", [1], [None, None, None])))
+    assert "stage ?" not in text and "all 3 taps" in text and "epoch 1:" in text
+    assert "Settling" not in text and "initialisation" not in text and "Flags" not in text and "ASR" not in text
+    assert "95% jackknife interval" in text and "[" in text
+    # two checkpoints: nothing can settle (the first is at distance 1, the last at 0), so no settling line
+    text = summary_text(compute_tables(_small_recording(tmp_path / "two", [0, 3], [1, 2])))
+    assert "Settling" not in text and "stage 1 (1 tap)" in text and "initialisation (epoch 0" in text
+    assert "≈ 0.5" not in text and "random biases" in text  # not "near 0.5 for every image"
+    # three checkpoints: the settling line; an ASR-only model: no S-per-stage block, only the ASR line
+    text = summary_text(compute_tables(_small_recording(tmp_path / "three", [0, 1, 2], [1, 2])))
+    assert "Settling" in text and "of 2 non-ASR taps" in text
+    text = summary_text(compute_tables(_small_recording(tmp_path / "asr", [0, 1, 2], [1, 2], asr=[True, True])))
+    assert text.splitlines()[0].startswith("ASR taps: 2") and "Stripe index" not in text and "Settling" not in text
+    # only the initialisation recorded: said so, once
+    text = summary_text(compute_tables(_small_recording(tmp_path / "init", [0], [1])))
+    assert "the initialisation only" in text and "initialisation (epoch 0" not in text

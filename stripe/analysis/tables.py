@@ -720,9 +720,11 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
             span = f"epoch {first}" if first == last else f"epoch {first} -> {last}"
         folds = any(attn[f"stripe_{k}_lo"].notna().any() for k in KINDS if f"stripe_{k}_lo" in attn.columns)
         how = "; 95% jackknife interval over probe folds" if folds else ""
-        lines.append(f"Stripe index S (mean over a stage's non-ASR taps{how}), after (attention) vs before "
-                     f"(its pooled input), {span}:")
         groups = list(attn.groupby("stage", sort=True, dropna=False))
+        staged = not (len(groups) == 1 and pd.isna(groups[0][0]))
+        over = ("a stage's " if staged else "the ") + ("non-ASR taps" if stages["asr"].astype(bool).any() else "taps")
+        lines.append(f"Stripe index S (mean over {over}{how}), after (attention) vs before (its pooled input), "
+                     f"{span}:")
         for stage, g in groups:
             at = lambda e, g=g: g[g["epoch"] == e].iloc[0] if (g["epoch"] == e).any() else None
             parts = []
@@ -738,8 +740,8 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
             lines.append(f"  {label}: " + (" | ".join(parts) if parts else "no values"))
         init = attn[attn["epoch"] == 0]
         if len(init) and trained:
-            lines.append("  initialisation (epoch 0, untrained: a gate's channel means come from its random biases, "
-                         "so S is high without training; not a finding): "
+            lines.append("  initialisation (epoch 0, untrained: its channel pattern comes from random biases, "
+                         "not a finding): "
                          + ", ".join(f"{_stage_label(r.stage, int(r.n_taps), len(init) == 1).split(' (')[0]} "
                                      f"after {_fmt(r.stripe_after)}" for r in init.itertuples()))
     asr_last = stages[stages["asr"].astype(bool) & (stages["epoch"] == last)]
