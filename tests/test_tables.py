@@ -505,3 +505,31 @@ def test_summary_prints_only_what_applies(tmp_path) -> None:
     # only the initialisation recorded: said so, once
     text = summary_text(compute_tables(_small_recording(tmp_path / "init", [0], [1])))
     assert "the initialisation only" in text and "initialisation (epoch 0" not in text
+
+
+def test_tables_of_the_earlier_version_in_a_thinned_recording_read_in_todays_terms(built, tables, tmp_path) -> None:
+    """A thinned recording keeps the tables computed before thinning; an earlier version wrote settle_dist relative
+    to ||c(μ_T)|| (today's pattern_dist_final) and plain intervals: both are brought to today's definitions."""
+    import shutil
+
+    root = tmp_path / "thin"
+    shutil.copytree(built[0], root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["thinned"] = {"epochs": EPOCHS, "kept": [EPOCHS[-1]], "tables": "tables"}
+    manifest["checkpoints"] = manifest["checkpoints"][-1:]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    old_taps = tables["taps"].drop(columns=["settle_dist"]).rename(columns={"pattern_dist_final": "settle_dist"})
+    old_taps[["stripe_after_hi", "std_after_lo", "cos_after_hi"]] = [1.00075, -0.0008, 1.00002]  # out of range
+    old_stages = tables["stages"].assign(stripe_after_hi=1.001)
+    (root / "tables").mkdir()
+    old_taps.to_parquet(root / "tables" / "taps.parquet")
+    old_stages.to_parquet(root / "tables" / "stages.parquet")
+    tables["convergence"].drop(columns=["pattern_change"]).to_parquet(root / "tables" / "convergence.parquet")
+    got = compute_tables(root)
+    assert list(got["taps"].columns) == list(tables["taps"].columns)
+    for col in ("settle_dist", "pattern_dist_final"):
+        np.testing.assert_allclose(got["taps"][col], tables["taps"][col], rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(got["convergence"], tables["convergence"], check_exact=False, rtol=1e-12)
+    assert (got["taps"]["stripe_after_hi"] == 1.0).all() and (got["taps"]["std_after_lo"] == 0.0).all()
+    assert (got["taps"]["cos_after_hi"] == 1.0).all() and (got["stages"]["stripe_after_hi"] == 1.0).all()
+    assert list(got["channels"]["epoch"].unique()) == [EPOCHS[-1]]
