@@ -308,7 +308,8 @@ def test_channel_std(rec_se, rec_both, rec_small, rec_asr, tmp_path) -> None:
     assert "constant by construction" in text and "ψ" in fig.get_suptitle()
     assert "pooled input" not in text and "stripe index" not in text  # no ψ boxes, no S panel
     assert len([ax for ax in fig.axes if ax.get_visible()]) == 1
-    assert "after (attention)" in text and "channel(s) with std = 0" in " ".join(x.get_text() for x in fig.axes[0].texts)
+    notes = " ".join(x.get_text() for x in fig.axes[0].texts)
+    assert "after (attention)" in text and "channel(s) with std = 0" in notes
     with pytest.raises(KeyError):
         plots.channel_std(tables, epoch=5)
 

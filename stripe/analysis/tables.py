@@ -32,7 +32,8 @@ cosine in [-1, 1]. Each is a jackknife over the recording's K folds of the probe
 probe images i with i mod K = k; every statistic is recomputed with one fold left out, from the same
 exact moments) computed on a scale where the range is the whole real line, and mapped back:
 logit(S), log(std), atanh(cos). With θ the statistic on every fold, θ_k without fold k and g the
-transform, the interval is g⁻¹(g(θ) ± t_{K−1, 0.975} · SE), SE = sqrt((K−1)/K · Σ_k (g(θ_k) − mean g(θ_·))²).
+transform, the interval is g⁻¹(g(θ) ± t_{K−1, 0.975} · SE) with
+SE = sqrt((K−1)/K · Σ_k (g(θ_k) − mean g(θ_·))²).
 Far from the range's ends this is the plain jackknife interval θ ± t · SE(θ) to first order (g is
 nearly linear over the interval); near an end it is asymmetric and never crosses it. Stated cases:
 
@@ -50,8 +51,8 @@ one run: NaN; every run equal: [m, m]; a run at an end of the range (others not)
 Settling. At initialisation a gate is *not* ≈ 0.5 for every channel: the biases of its last layer
 are random (PyTorch's default draws them from U(−1/√h, 1/√h), h the layer's fan-in), so an SE
 gate's channel means μ_c already spread over roughly 0.2–0.75 at epoch 0 (a CIFAR ResNet-20's first
-stage, h = 1), while its value varies little across images: S is close to 1 with no training. Settling is therefore measured
-relative to how far the channel pattern moved since the start:
+stage, h = 1), while its value varies little across images: S is close to 1 with no training.
+Settling is therefore measured relative to how far the channel pattern moved since the start:
 
 * c(v) = v − mean(v), the vector centred over channels (the offset all channels share removed);
 * ``settle_dist`` (taps) = ||c(μ_t) − c(μ_T)|| / ||c(μ_T) − c(μ_0)||, with T the last checkpoint and
@@ -88,8 +89,8 @@ from ..record.moments import leave_one_out, mean_cosine_from_moments, merge_fold
 
 __all__ = [
     "RANGES", "TAP_META", "aggregate_seeds", "channel_table", "compute_tables", "convergence_table",
-    "jackknife_interval", "seed_interval", "settle_distance", "settle_epoch", "stage_summary", "summary_text",
-    "tap_table", "write_tables",
+    "jackknife_interval", "pattern_distance", "seed_interval", "settle_distance", "settle_epoch", "stage_summary",
+    "summary_text", "tap_table", "write_tables",
 ]
 
 #: tap metadata merged from the manifest into every table (after the ``tap`` column)
@@ -334,9 +335,9 @@ def _centred(mu: np.ndarray) -> np.ndarray:
 
 
 def settle_distance(mu: np.ndarray) -> np.ndarray:
-    """||c(μ_t) − c(μ_T)|| / ||c(μ_T) − c(μ_0)|| for each row t of mu [E, C] (rows in checkpoint order), c centring
-    over channels, T the last row, 0 the first: 1 at the first row, 0 at the last; all NaN when the pattern did not
-    move from the first row to the last (relative 1e-9) and for a single row."""
+    """||c(μ_t) − c(μ_T)|| / ||c(μ_T) − c(μ_0)|| for each row t of mu [E, C] (rows in checkpoint order), c
+    centring over channels, T the last row, 0 the first: 1 at the first row, 0 at the last; all NaN when the
+    pattern did not move from the first row to the last (relative 1e-9) and for a single row."""
     centred = _centred(mu)
     if len(centred) < 2:
         return np.full(len(centred), np.nan)

@@ -323,7 +323,8 @@ def stripe_heatmap(
     with _theme():
         fig = _figure("stripe_heatmap")
         if is_asr:  # the input ψ is a constant: a panel of it could show nothing else
-            _heat_panel(fig, fig.subplots(1, 1), after, "after", "attention value", "attention of the constant input ψ")
+            _heat_panel(fig, fig.subplots(1, 1), after, "after", "attention value",
+                        "attention of the constant input ψ")
         else:
             ax_b, ax_a = fig.subplots(1, 2)
             if before is not None:
