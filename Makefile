@@ -44,12 +44,16 @@ demo: install data-system
 fold: install
 	$(BIN)/stripe fold --all
 
-# the notebooks in JupyterLab (notebooks/*.ipynb are generated from the jupytext .py sources)
+# the notebooks in JupyterLab (notebooks/*.ipynb are generated from the jupytext .py sources); saving a bundled
+# notebook leaves out its outputs and kernel metadata (stripe.viz.notebooks.clean_saved_notebook), so the tracked
+# files change only when their sources do
 lab: install
-	$(BIN)/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
+	$(BIN)/jupyter lab notebooks/ --ContentsManager.pre_save_hook=stripe.viz.notebooks.clean_saved_notebook \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
+# notebooks/*.ipynb from the .py sources, keeping their cell ids: unchanged sources change no byte
 notebooks: install
-	$(BIN)/jupytext --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
+	$(BIN)/jupytext --update --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
 test: install data-system browser-deps
 	$(BIN)/python -m pytest -q

@@ -2,9 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,9 +16,17 @@
 # %% [markdown]
 # # Explore the stripes
 #
-# Pick a recording (made by `stripe collect`), slide through its checkpoints and pick a tap: the heat
-# map (images x channels, before and after attention), the per-channel std across images, and the
-# tap's stripe-index curve update together. Open in JupyterLab (`make lab`).
+# Pick a recording (made by `stripe collect`; listed by its folder under the data folder and its variant,
+# the plain-attention model such as +SE first), slide through its checkpoints and pick a tap: the heat map
+# (images x channels, the raw values before and after attention, each on its own colour scale), the
+# per-channel std across images, and the tap's stripe-index curve update together. Open in JupyterLab
+# (`make lab`).
+#
+# **Checkpoint 0 ("init") is the untrained model, and no finding.** Its gates are not ≈ 0.5 for every
+# channel: a gate's channel means come from the random biases of its last layer (with PyTorch's default
+# init an SE gate's spread over roughly 0.2–0.75) and vary little across images, so the stripe index is
+# high before any training. The tables measure settling against how far the channel pattern moved since
+# then. ASR taps attend to ψ, a learned constant: their attention is constant by construction.
 
 # %% tags=["parameters"]
 source = None  # folder searched for recordings; default: $STRIPE_DATA_DIR, else the project's data/ folder
@@ -36,10 +46,11 @@ from stripe.viz import figures as plots
 from stripe.viz import notebooks
 
 root = notebooks.resolve_source(source)
-found = [recording] if recording else [str(p) for p in notebooks.discover(root).recordings]
+# (label, folder): the folder relative to the data folder and the variant, plain attention (+att) first
+found = notebooks.recording_choices(root, [recording] if recording else notebooks.discover(root).recordings)
 if not found:
     raise FileNotFoundError(f"no recording under {root}; run `make demo` or `stripe collect RUN_DIR` first")
-print(f"{len(found)} recording(s) found under {root}")
+print(f"{len(found)} recording(s) found under {root}; showing {found[0][0]}")
 
 # %%
 state = {}
@@ -59,7 +70,7 @@ def tap_options(rec):
     return [str(k) for k in taps["key"]]
 
 
-run_dd = W.Dropdown(options=found, value=found[0], description="recording", layout=W.Layout(width="90%"))
+run_dd = W.Dropdown(options=found, value=found[0][1], description="recording", layout=W.Layout(width="90%"))
 epoch_sl = W.SelectionSlider(options=[0], description="checkpoint", continuous_update=False)
 tap_dd = W.Dropdown(options=[""], description="tap", layout=W.Layout(width="60%"))
 view = W.Output()

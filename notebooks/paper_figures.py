@@ -2,9 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     notebook_metadata_filter: -jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,8 +45,10 @@ print(src.describe())
 
 # %% [markdown]
 # ## Stripe heat maps (Fig. 1a) and per-channel std across images (Fig. 1b)
-# One pair per recorded model: images x channels of a deep tap at the final checkpoint, before
-# attention (pooled input, z-scored per channel) and after (the attention values).
+# One pair per recorded model: images x channels of a deep tap at the final checkpoint, the raw values
+# before attention (the pooled input) and after (the attention values), each on its own colour scale
+# with its stripe index S. An ASR-only model (+ASR(att)) shows its attention alone: its input ψ is a
+# learned constant, so the attention is constant by construction.
 
 # %%
 tables = figures.recording_tables(src)
@@ -61,8 +65,8 @@ for label, rec_dir in figures.recordings_by_label(src).items():
 # ## Stripe dynamics
 # Stripe index and mean per-channel std against epoch, one line per tap coloured by depth, one panel
 # per stage, for the models with attention (+att and +ASR(att)+att). ASR taps are constant by
-# construction (dashed) and never a finding; epoch 0 is the initialisation, where a sigmoid gate is
-# ≈0.5 for every image.
+# construction (dashed) and never a finding; epoch 0 is the initialisation, where a gate's channel
+# pattern comes from its random biases (not ≈ 0.5 everywhere) and S is high without any training.
 
 # %%
 # models whose attention depends on the input (an ASR-only model has nothing but constant taps)

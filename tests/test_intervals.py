@@ -49,13 +49,18 @@ def test_the_earlier_default_overlapped_and_a_too_large_subset_is_refused():
         probe_and_score_indices(labels, probe_split="train", probe_n=5000, train_labels=labels)
 
 
-# 2: settling on a scale that ignores the shared offset ---------------------------------------------------
+# 2: settling relative to how far the channel pattern moved since initialisation ---------------------------
+def _fresh_gate(c: int, rng: np.random.Generator) -> np.ndarray:
+    """μ of an untrained sigmoid gate with one hidden unit: sigmoid of its U(-1, 1) biases (not 0.5 everywhere)."""
+    return 1.0 / (1.0 + np.exp(-rng.uniform(-1.0, 1.0, size=c)))
+
+
 def _mu_sequence(settle_at: int | None, epochs: int = 10, c: int = 32, seed: int = 0) -> np.ndarray:
-    """μ_t for t = 0..epochs: 0.5 + a small random pattern at t = 0 (a fresh gate), then a pattern that moves
-    until ``settle_at`` and stays (within 1 %) afterwards; None: it keeps moving."""
+    """μ_t for t = 0..epochs: a fresh gate at t = 0, then a pattern that moves until ``settle_at`` and stays
+    (within 1 %) afterwards; None: it keeps moving."""
     rng = np.random.default_rng(seed)
     final = 0.5 + 0.2 * rng.normal(size=c)
-    mus = [0.5 + 0.002 * rng.normal(size=c)]
+    mus = [_fresh_gate(c, rng)]
     for t in range(1, epochs + 1):
         if settle_at is not None and t >= settle_at:
             mus.append(final + 0.0005 * rng.normal(size=c))
@@ -69,22 +74,53 @@ def _mu_sequence(settle_at: int | None, epochs: int = 10, c: int = 32, seed: int
 def test_settling_rule_on_sequences_that_settle(settle_at):
     mu = _mu_sequence(settle_at)
     d = settle_distance(mu)
-    assert d[0] > 0.9  # the fresh gate's pattern is nothing like the final one: not "settled"
+    assert d[0] == 1.0 and d[-1] == 0.0  # by definition: the fresh gate is at distance 1, never "settled"
     assert settle_epoch(np.arange(len(mu)), d < 0.1) == settle_at
 
 
 def test_settling_rule_on_a_sequence_that_never_settles():
     mu = _mu_sequence(None)
     d = settle_distance(mu)
-    assert settle_epoch(np.arange(len(mu)), d < 0.1) == 10.0  # only the last checkpoint (trivially its own)
+    assert np.isnan(settle_epoch(np.arange(len(mu)), d < 0.1))  # the last checkpoint alone is no evidence
     assert (d[1:-1] > 0.5).all()
 
 
-def test_raw_distance_would_call_the_fresh_gate_settled():
-    """Why the offset must go: relative to ||μ_T|| the fresh gate (all ≈ 0.5) is already within 0.05."""
-    mu = np.stack([np.full(64, 0.5), 0.5 + 0.02 * np.random.default_rng(0).normal(size=64)])
-    raw = np.linalg.norm(mu[0] - mu[1]) / np.linalg.norm(mu[1])
-    assert raw < 0.05 and settle_distance(mu)[0] == pytest.approx(1.0)
+def test_an_untrained_se_gate_is_not_half_everywhere():
+    """The premise the old rule stood on is false: PyTorch's default biases spread an SE gate's channel means."""
+    from stripe.nn import create_model
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet8", num_classes=10, attn="se").eval()
+    with Recorder(model, raw_n=0) as rec, torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))
+    mu = rec.stats()[("layer1.0.attn.tap", "after")].mean_
+    assert mu.max() - mu.min() > 0.2  # far from "≈ 0.5 for every channel"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_fresh_gate_never_counts_as_settled_even_when_it_already_has_the_final_pattern(seed):
+    """The init pattern equals the final one up to noise (training kept the random biases' pattern): the earlier
+    rule (distance relative to ||c(μ_T)||) called epoch 0 settled; now epoch 0 is at distance 1 and nothing
+    settles, because the pattern never moved."""
+    rng = np.random.default_rng(seed)
+    init = _fresh_gate(16, rng)
+    mu = np.array([init + 0.002 * rng.normal(size=16) for _ in range(8)])  # every epoch: the init pattern + noise
+    centred = mu - mu.mean(axis=1, keepdims=True)
+    earlier = np.linalg.norm(centred - centred[-1], axis=1) / np.linalg.norm(centred[-1])
+    assert earlier[0] < 0.1  # the earlier rule: "settled" at initialisation
+    d = settle_distance(mu)
+    assert d[0] == 1.0
+    assert np.isnan(settle_epoch(np.arange(len(mu)), d < 0.1))
+    # exactly the same pattern (an offset shift only, as an ASR tap's may be): no settling distance at all
+    exact = np.array([init + 0.01 * e for e in range(5)])
+    assert np.isnan(settle_distance(exact)).all()
+    assert np.isnan(settle_distance(mu[:1])).all()  # one checkpoint
+
+
+def test_settling_without_an_epoch_0_checkpoint_is_measured_from_the_first_one():
+    mu = _mu_sequence(4)[3:]  # checkpoints 3..10: epoch 3 stands in for the start
+    d = settle_distance(mu)
+    assert d[0] == 1.0 and settle_epoch(np.arange(3, 11), d < 0.1) == 4.0
 
 
 # 4: jackknife intervals from the fold moments = brute force on the raw rows -------------------------------
@@ -154,6 +190,152 @@ def test_recorder_folds_follow_the_image_order():
     np.testing.assert_allclose(fs.total().mean_, full.mean_, rtol=1e-6)  # fp32 forwards at other batch sizes
     # fold 1 holds images 1, 5, 9, …: its mean is theirs (the raw rows are fp16: loose tolerance)
     np.testing.assert_allclose(fs.mean_[1], raw[1::4].mean(0).numpy(), atol=2e-3)
+
+
+# 4b: every interval stays inside its statistic's range ----------------------------------------------------
+def _one_tap_recording(root, after: np.ndarray, before: np.ndarray | None = None, k: int = 10):
+    """A recording (RecordingWriter, K folds) of one tap at epochs 0 and 1 holding ``after`` (and ``before``)."""
+    from stripe.record import RecordingWriter
+
+    n, c = after.shape
+    tap = {"key": "layer1.0.attn.tap", "module": "layer1.0.attn", "attn": "se", "asr": False, "stage": 1,
+           "block": 0, "depth": 0, "call": None, "channels": c}
+    folds = torch.arange(n) % k
+    with RecordingWriter(root, {"model": {"name": "synthetic", "attn": "se"}, "folds": k}) as w:
+        for epoch in (0, 1):
+            stats = {(tap["key"], kind): FoldStats.from_moments_list([batch_moments(torch.from_numpy(a), folds, k)])
+                     for kind, a in (("after", after), ("before", after if before is None else before))}
+            w.add(epoch, stats, {}, [tap], checkpoint=None, checkpoint_sha256=None)
+    return compute_tables(root)
+
+
+def _transformed_brute(a: np.ndarray, k: int, fn, g, g_inv) -> tuple[float, float, float, float, float]:
+    """(value, lo, hi, plain lo, plain hi) from the raw rows: the jackknife on g's scale, and the plain one."""
+    from scipy import stats
+
+    folds = np.arange(len(a)) % k
+    full = fn(a)
+    loo = np.array([fn(a[folds != j]) for j in range(k)])
+    t = stats.t.ppf(0.975, k - 1)
+    se = lambda x: np.sqrt((k - 1) / k * np.square(x - x.mean()).sum())
+    z = g(full)
+    return full, g_inv(z - t * se(g(loo))), g_inv(z + t * se(g(loo))), full - t * se(loo), full + t * se(loo)
+
+
+_LOGIT = (lambda s: np.log(s) - np.log1p(-s), lambda z: 1 / (1 + np.exp(-z)))
+
+
+def _near_one_gate(rng: np.random.Generator, n: int = 400, c: int = 16) -> np.ndarray:
+    """Gate values with S ≈ 0.999: fixed channel means, a tiny spread across images and one outlying image (so
+    most of the within-channel variance sits in one fold, as in real first-stage SE gates)."""
+    a = np.linspace(0.2, 0.8, c) + 0.001 * rng.normal(size=(n, c))
+    a[3] += 0.1 * rng.normal(size=c)
+    return np.clip(a, 0, 1)
+
+
+def test_stripe_interval_near_one_stays_below_one_and_matches_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    a = _near_one_gate(rng)
+    taps = _one_tap_recording(tmp_path / "rec", a)["taps"]
+    row = taps[taps["epoch"] == 1].iloc[0]
+    full, lo, hi, plain_lo, plain_hi = _transformed_brute(a, 10, _s, *_LOGIT)
+    assert 0.998 < full < 1 and plain_hi > 1  # the plain jackknife interval leaves the range here
+    assert row["stripe_after"] == pytest.approx(full, rel=1e-12)
+    assert row["stripe_after_lo"] == pytest.approx(lo, rel=1e-9)
+    assert row["stripe_after_hi"] == pytest.approx(hi, rel=1e-9)
+    assert 0 <= row["stripe_after_lo"] < row["stripe_after"] < row["stripe_after_hi"] < 1
+    # mean channel std (log scale) and mean cosine (atanh scale) from the same rows
+    mean_std = lambda x: x.std(axis=0).mean()
+    full, lo, hi, _, _ = _transformed_brute(a, 10, mean_std, np.log, np.exp)
+    assert (row["std_after_lo"], row["std_after_hi"]) == pytest.approx((lo, hi), rel=1e-9)
+    full, lo, hi, _, plain_hi = _transformed_brute(a, 10, _cos, np.arctanh, np.tanh)
+    assert (row["cos_after_lo"], row["cos_after_hi"]) == pytest.approx((lo, hi), rel=1e-9)
+    assert row["cos_after_hi"] <= 1
+    ch = _one_tap_recording(tmp_path / "rec2", a)["channels"]
+    assert (ch["std_lo"] > 0).all() and (ch["std_lo"] <= ch["std"]).all() and (ch["std"] <= ch["std_hi"]).all()
+
+
+def test_exact_ends_of_the_range_give_point_intervals(tmp_path):
+    """S exactly 1 and std exactly 0 (every image the same vector): the point interval, stated, not NaN."""
+    a = np.tile(np.linspace(0.1, 0.9, 8), (200, 1))
+    tables = _one_tap_recording(tmp_path / "rec", a)
+    row = tables["taps"].iloc[-1]
+    assert row["stripe_after"] == 1.0 and row["stripe_after_lo"] == 1.0 and row["stripe_after_hi"] == 1.0
+    assert row["std_after"] == 0.0 and row["std_after_lo"] == 0.0 and row["std_after_hi"] == 0.0
+    assert row["cos_after_lo"] <= row["cos_after"] <= row["cos_after_hi"] <= 1.0
+    assert row["cos_after_hi"] - row["cos_after_lo"] < 1e-12
+    ch = tables["channels"]
+    assert (ch.loc[ch["kind"] == "after", ["std", "std_lo", "std_hi"]] == 0.0).all().all()
+    stages = tables["stages"].iloc[-1]
+    assert stages["stripe_after_lo"] == stages["stripe_after_hi"] == 1.0
+
+
+def test_std_near_zero_and_a_value_only_one_fold_moves(tmp_path):
+    rng = np.random.default_rng(1)
+    a = np.tile(np.linspace(0.1, 0.9, 4), (200, 1))
+    a[:, 0] += 1e-7 * rng.normal(size=200)  # near 0: a positive interval around it
+    a[5, 1] += 0.01  # image 5 only (fold 5): without fold 5 the channel's std is exactly 0
+    ch = _one_tap_recording(tmp_path / "rec", a)["channels"]
+    ch = ch[(ch["kind"] == "after") & (ch["epoch"] == 1)].set_index("channel")
+    assert 0 < ch.loc[0, "std_lo"] < ch.loc[0, "std"] < ch.loc[0, "std_hi"] < 1e-6
+    assert np.isnan(ch.loc[1, "std_lo"]) and np.isnan(ch.loc[1, "std_hi"])  # log(0): no interval, stated
+    assert (ch.loc[2:, ["std", "std_lo", "std_hi"]] == 0).all().all()
+
+
+def test_far_from_the_ends_the_transformed_interval_is_close_to_the_plain_one():
+    from stripe.analysis.tables import jackknife_interval
+
+    rng = np.random.default_rng(2)
+    for stat, centre, scale in (("stripe", 0.5, 0.0005), ("std", 0.3, 0.0005), ("cos", 0.2, 0.0005)):
+        loo = centre + scale * rng.normal(size=(50, 10))  # 50 statistics, 10 folds
+        value = loo.mean(axis=1)
+        got = jackknife_interval(value, loo, stat)
+        from stripe.record import jackknife
+
+        plain = jackknife(value, loo)
+        half = plain["hi"] - value
+        np.testing.assert_allclose(got["lo"], plain["lo"], atol=0.02 * half.max())  # within 2 % of a half-width
+        np.testing.assert_allclose(got["hi"], plain["hi"], atol=0.02 * half.max())
+        assert (got["lo"] < value).all() and (value < got["hi"]).all()
+    with pytest.raises(ValueError, match="unknown statistic"):
+        jackknife_interval(value, loo, "nope")
+    nan = jackknife_interval(np.array([0.5]), np.array([[0.5]]), "stripe")  # one fold
+    assert np.isnan(nan["lo"]).all() and np.isnan(nan["hi"]).all()
+
+
+def test_seed_intervals_stay_in_range_with_two_seeds():
+    from scipy import stats
+
+    from stripe.analysis import aggregate_seeds
+    from stripe.analysis.tables import seed_interval
+
+    def stage(s, std=0.01, cos=0.99):
+        return pd.DataFrame({"epoch": [5], "stage": pd.array([1], dtype="Int64"), "asr": [False], "n_taps": [3],
+                             "stripe_after": [s], "std_after": [std], "cos_after": [cos]})
+
+    seeds = aggregate_seeds([stage(0.998, 0.0001, 0.9999), stage(0.9995, 0.004, 0.99999)])
+    row = seeds.iloc[0]
+    assert row["n_runs"] == 2 and row["stripe_after"] == pytest.approx((0.998 + 0.9995) / 2)
+    plain_half = stats.t.ppf(0.975, 1) * np.std([0.998, 0.9995], ddof=1) / np.sqrt(2)
+    assert row["stripe_after"] + plain_half > 1  # the plain t-interval would leave [0, 1]
+    assert 0 <= row["stripe_after_lo"] < row["stripe_after"] < row["stripe_after_hi"] < 1
+    assert 0 < row["std_after_lo"] < row["std_after"] < row["std_after_hi"]
+    assert -1 <= row["cos_after_lo"] < row["cos_after"] < row["cos_after_hi"] <= 1
+    # by hand: logit scale, centred on the logit of the mean
+    z = np.log([0.998, 0.9995]) - np.log1p(-np.array([0.998, 0.9995]))
+    zm = np.log(row["stripe_after"]) - np.log1p(-row["stripe_after"])
+    half = stats.t.ppf(0.975, 1) * z.std(ddof=1) / np.sqrt(2)
+    assert row["stripe_after_hi"] == pytest.approx(1 / (1 + np.exp(-(zm + half))), rel=1e-12)
+    # the stated cases: one run, equal runs, a run at an end of the range
+    assert np.isnan(seed_interval([0.9], "stripe")[1:]).all()
+    assert seed_interval([1.0, 1.0, 1.0], "stripe") == (1.0, 1.0, 1.0)
+    assert seed_interval([0.0, 0.0], "std") == (0.0, 0.0, 0.0)
+    assert np.isnan(seed_interval([1.0, 0.99], "stripe")[1:]).all()
+    # far from the ends: close to the plain t-interval
+    x = 0.5 + 0.001 * np.random.default_rng(3).normal(size=6)
+    m, lo, hi = seed_interval(x, "stripe")
+    plain = stats.t.ppf(0.975, 5) * x.std(ddof=1) / np.sqrt(6)
+    assert lo == pytest.approx(m - plain, abs=0.02 * plain) and hi == pytest.approx(m + plain, abs=0.02 * plain)
 
 
 # 5: constant channels have σ = 0 exactly -----------------------------------------------------------------

@@ -93,8 +93,114 @@ def test_explore_stripes_headless(demo_dir, tmp_path):
     assert _png_size(tmp_path / "explore_heatmap.png") == _expected("stripe_heatmap")
     assert _png_size(tmp_path / "explore_channel_std.png") == _expected("channel_std")
     assert _png_size(tmp_path / "explore_tap_curve.png") == _expected("tap_curve")
+    # without a recording named: every one found is listed relative to the data folder, and +SE is shown
+    out = execute_notebook("explore_stripes", {"source": str(demo_dir)}, tmp_path / "explore_default.ipynb")
+    printed = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+                      for o in c.outputs)
+    rel = run_dir_of(demo_dir / "compare", "+SE", 0).relative_to(demo_dir) / "recording"
+    assert f"3 recording(s) found under {demo_dir}; showing {rel.as_posix()} (+SE)" in printed
 
 
 def test_figures_on_a_folder_without_artifacts(tmp_path, capsys):
     assert main(["figures", str(tmp_path)]) == 2
     assert "no run, comparison, recording, speed or ablation table found" in capsys.readouterr().err
+
+
+# the tracked pairs stay byte-stable -------------------------------------------------------------------------
+def _copy_notebooks(dest: Path) -> dict[str, bytes]:
+    """The bundled pairs copied into ``dest``; their bytes by file name."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name in NOTEBOOKS:
+        for ext in (".py", ".ipynb"):
+            shutil.copy2(NB_DIR / f"{name}{ext}", dest / f"{name}{ext}")
+            files[f"{name}{ext}"] = (NB_DIR / f"{name}{ext}").read_bytes()
+    return files
+
+
+def _changed(dest: Path, files: dict[str, bytes]) -> list[str]:
+    return [name for name, data in files.items() if (dest / name).read_bytes() != data]
+
+
+def test_a_sync_of_unchanged_sources_changes_no_byte(tmp_path):
+    import os
+
+    from jupytext.cli import jupytext as jupytext_cli
+
+    nb = tmp_path / "notebooks"
+    files = _copy_notebooks(nb)
+    py = [str(nb / f"{n}.py") for n in NOTEBOOKS]
+    jupytext_cli(["--update", "--to", "ipynb", *py])  # what `make notebooks` runs
+    assert _changed(nb, files) == [], "`make notebooks` rewrote unchanged notebooks (cell ids, metadata)"
+    for newer in (".py", ".ipynb"):  # a sync either way (the newer file is the source)
+        for n in NOTEBOOKS:
+            os.utime(nb / f"{n}{newer}", (2e9, 2e9))
+        jupytext_cli(["--sync", *py])
+        assert _changed(nb, files) == [], f"a sync from the {newer} files rewrote them"
+    # the check can fail: a plain conversion draws new cell ids
+    jupytext_cli(["--to", "ipynb", py[0]])
+    assert _changed(nb, files) == [f"{NOTEBOOKS[0]}.ipynb"]
+
+
+def _lab_contents_manager(root: Path, hook: bool):
+    """The contents manager `make lab` runs (jupytext's), with the Makefile's pre-save hook or without."""
+    from jupytext import TextFileContentsManager
+    from traitlets.config import Config
+
+    c = Config()
+    if hook:
+        c.ContentsManager.pre_save_hook = "stripe.viz.notebooks.clean_saved_notebook"  # as on the command line
+    return TextFileContentsManager(root_dir=str(root), config=c)
+
+
+def _open_run_and_save(cm, path: str) -> None:
+    """What JupyterLab does: open the notebook, start a kernel (language_info), run cells (outputs), save."""
+    model = cm.get(path)
+    nb = model["content"]
+    nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.2", "mimetype": "text/x-python"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
+        cell["execution_count"] = i + 1
+        cell["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
+        cell["metadata"]["execution"] = {"iopub.status.busy": "2024-01-01T00:00:00Z"}
+    cm.save({"type": "notebook", "content": nb}, path)
+
+
+def test_saving_an_opened_notebook_from_lab_leaves_the_tracked_files_as_they_are(tmp_path):
+    nb = tmp_path / "notebooks"
+    files = _copy_notebooks(nb)
+    cm = _lab_contents_manager(nb, hook=True)
+    for name in NOTEBOOKS:
+        _open_run_and_save(cm, f"{name}.ipynb")
+    assert _changed(nb, files) == []
+    # another notebook in the folder keeps its outputs: the hook touches only the bundled pairs
+    (nb / "scratch.ipynb").write_text(nbformat.writes(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])))
+    _open_run_and_save(cm, "scratch.ipynb")
+    assert nbformat.read(nb / "scratch.ipynb", as_version=4).cells[0].outputs
+    # without the hook the same save rewrites both files of the pair (the test can fail)
+    _open_run_and_save(_lab_contents_manager(nb, hook=False), f"{NOTEBOOKS[0]}.ipynb")
+    assert f"{NOTEBOOKS[0]}.ipynb" in _changed(nb, files)
+
+
+def test_recording_choices_are_relative_and_open_on_the_plain_attention_model(tmp_path):
+    import json
+
+    from stripe.viz.notebooks import recording_choices
+
+    made = {}
+    for slug, model in (("plus_asr_se_plus_se", {"attn": "se", "asr": True, "both": True}),
+                        ("plus_asr_se", {"attn": "se", "asr": True, "both": False}),
+                        ("plus_se", {"attn": "se", "asr": False, "both": False})):
+        rec = tmp_path / "compare" / "runs" / f"{slug}_seed0" / "recording"
+        rec.mkdir(parents=True)
+        (rec / "manifest.json").write_text(json.dumps({"model": {"name": "cifar_resnet8", **model}}))
+        made[slug] = rec
+    choices = recording_choices(tmp_path, sorted(made.values()))  # path order: +ASR(SE)+SE would come first
+    assert [label for label, _ in choices] == ["compare/runs/plus_se_seed0/recording (+SE)",
+                                               "compare/runs/plus_asr_se_seed0/recording (+ASR(SE))",
+                                               "compare/runs/plus_asr_se_plus_se_seed0/recording (+ASR(SE)+SE)"]
+    assert choices[0][1] == str(made["plus_se"].resolve())
+    outside = recording_choices(tmp_path / "compare" / "runs" / "plus_se_seed0", [made["plus_asr_se"]])
+    assert outside[0][0] == f"{made['plus_asr_se']} (+ASR(SE))"  # outside the data folder: the path as given

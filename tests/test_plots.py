@@ -1,4 +1,5 @@
-"""Tests of stripe.plots on a hand-built recording and small realistic tables."""
+"""Tests of stripe.viz.figures on recordings written by RecordingWriter and small realistic tables; figures are
+checked through matplotlib's public API only (titles, labels, images' arrays and colour limits)."""
 from __future__ import annotations
 
 import json
@@ -11,18 +12,18 @@ matplotlib.use("Agg", force=False)
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 from PIL import Image
-from safetensors.numpy import save_file
 
-from stripe.viz import figures as plots
 from stripe.analysis import compute_tables
-from stripe.record import Recording
-from stripe.record import ChannelStats, stats_to_table, write_stats_parquet
+from stripe.record import FoldStats, Recording, RecordingWriter, batch_moments
+from stripe.viz import figures as plots
 
 EPOCHS = [0, 2, 4, 6]
 N = 96  # probe images per checkpoint (statistics)
 N_RAW = 24  # raw vectors kept per checkpoint
+K = 4  # probe folds
 STAGE_CHANNELS = {1: 16, 2: 32, 3: 64}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +42,8 @@ def tap_specs(asr_stage: int | None = None, taps_per_stage: int = 2) -> list[dic
 
 
 def make_matrices(taps: list[dict], epochs: list[int], seed: int = 0) -> dict[tuple[int, str, str], np.ndarray]:
-    """Sigmoid gates that converge to per-channel constants ('after') and noisy pooled inputs ('before')."""
+    """Sigmoid gates that converge to per-channel constants ('after') and noisy pooled inputs ('before'); an ASR
+    tap's input is ψ, a constant vector, and its attention the same vector for every image."""
     rng = np.random.default_rng(seed)
     mats = {}
     last = max(epochs)
@@ -58,39 +60,31 @@ def make_matrices(taps: list[dict], epochs: list[int], seed: int = 0) -> dict[tu
                 spread = 2.0 * (1.0 - e / (last + 1)) ** 2 + 0.02
                 logit = target + spread * x
             mats[(e, t["key"], "after")] = 1.0 / (1.0 + np.exp(-logit))
-            mats[(e, t["key"], "before")] = np.maximum(rng.normal(0.4, 1.0, size=(N, c)), 0.0) * (1 + t["depth"])
+            if t["asr"]:
+                mats[(e, t["key"], "before")] = np.tile(rng.normal(size=c), (N, 1))  # ψ
+            else:
+                mats[(e, t["key"], "before")] = np.maximum(rng.normal(0.4, 1.0, size=(N, c)), 0.0) * (1 + t["depth"])
     return mats
 
 
 def write_recording(root: Path, taps: list[dict], epochs: list[int], mats: dict, *, before: bool = True,
                     model: dict | None = None) -> Path:  # fmt: skip
-    """A recording directory as the recorder writes it (stats Parquet, raw safetensors, manifest)."""
-    (root / "stats").mkdir(parents=True)
-    (root / "raw").mkdir()
+    """A recording as the recorder writes it (RecordingWriter: K folds, stats Parquet, raw safetensors, manifest)."""
     kinds = ("after", "before") if before else ("after",)
-    checkpoints = []
-    for e in epochs:
-        stats, raw = {}, {}
-        for t in taps:
-            for kind in kinds:
-                a = mats[(e, t["key"], kind)]
-                s = ChannelStats()
-                for lo in range(0, N, 32):
-                    s.update(a[lo : lo + 32])
-                stats[(t["key"], kind)] = s
-                raw[f"{t['key']}/{kind}"] = a[:N_RAW].astype(np.float16)
-        write_stats_parquet(root / f"stats/epoch_{e:04d}.parquet", stats_to_table(e, stats))
-        save_file(raw, str(root / f"raw/epoch_{e:04d}.safetensors"))
-        checkpoints.append({"epoch": e, "stats": f"stats/epoch_{e:04d}.parquet", "raw": f"raw/epoch_{e:04d}.safetensors"})
-    manifest = {
-        "format": "stripe-recording/1",
-        "stripe_version": "0.1.0",
-        "model": model or {"model": "cifar_resnet20", "attn": "se", "asr": False, "both": False, "num_classes": 10},
-        "probe": {"split": "test", "n": N, "seed": 0, "hash": "abc", "raw_n": N_RAW},
-        "taps": taps,
-        "checkpoints": checkpoints,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    header = {"model": model or {"model": "cifar_resnet20", "attn": "se", "asr": False, "both": False,
+                                 "num_classes": 10},
+              "probe": {"split": "test", "n": N, "seed": 0, "hash": "abc", "raw_n": N_RAW}, "folds": K}
+    folds = torch.arange(N) % K
+    with RecordingWriter(root, header) as w:
+        for e in epochs:
+            stats, raw = {}, {}
+            for t in taps:
+                for kind in kinds:
+                    a = torch.from_numpy(mats[(e, t["key"], kind)].astype(np.float32))
+                    stats[(t["key"], kind)] = FoldStats.from_moments_list(
+                        [batch_moments(a[lo:lo + 32], folds[lo:lo + 32], K) for lo in range(0, N, 32)])  # batches
+                    raw[f"{t['key']}/{kind}"] = a[:N_RAW].numpy().astype(np.float16)
+            w.add(e, stats, raw, taps, checkpoint=None, checkpoint_sha256=None)
     return root
 
 
@@ -191,7 +185,7 @@ def check_figure(fig: Figure, out: Path, name: str) -> None:
     with Image.open(png) as im:
         assert im.size == (round(w * plots.DPI), round(h * plots.DPI))
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
-    assert fig._suptitle is not None and fig._suptitle.get_text().strip()
+    assert fig.get_suptitle().strip()
     drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert drawn
     for ax in drawn:  # in a grid, the top row carries titles and the first column the row labels
@@ -217,6 +211,23 @@ def test_module_constants() -> None:
         plots.FIGURES["x"] = plots.ablation  # type: ignore[index]
 
 
+def colour_limits(fig: Figure) -> dict[str, tuple[float, float]]:
+    """Each heat map image's colour limits by gid."""
+    return {im.get_gid(): im.get_clim() for ax in fig.axes for im in ax.images}
+
+
+def all_text(fig: Figure) -> str:
+    """Every title, axis label, legend entry and colour bar label of a figure, and its suptitle, on one line."""
+    parts = [fig.get_suptitle()]
+    for ax in fig.axes:
+        parts += [ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]
+        legend = ax.get_legend()
+        if legend is not None:
+            parts += [x.get_text() for x in legend.get_texts()]
+    parts += [x.get_text() for leg in fig.legends for x in leg.get_texts()]
+    return " ".join(" ".join(parts).split())  # line breaks (wrapped notes) as spaces
+
+
 def test_heatmap_defaults(rec_se, tmp_path) -> None:
     root, mats = rec_se
     rec = Recording.open(root)
@@ -224,22 +235,23 @@ def test_heatmap_defaults(rec_se, tmp_path) -> None:
     check_figure(fig, tmp_path, "heatmap")
     assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_heatmap"]
     # default: the last tap of the last stage at the final checkpoint; images on y, channels on x
-    title = fig._suptitle.get_text()
+    title = fig.get_suptitle()
     assert "layer3.1.attn.tap" in title and "epoch 6" in title and "cifar_resnet20 +SE" in title
+    assert "raw values, each panel on its own colour scale" in title
     ims = images(fig)
-    want = mats[(6, "layer3.1.attn.tap", "after")][:20, :40].astype(np.float16).astype(np.float64)
-    np.testing.assert_array_equal(ims["after"], want)
-    # before: z-score per channel over the shown images
-    b = mats[(6, "layer3.1.attn.tap", "before")][:20, :40].astype(np.float16).astype(np.float64)
-    sd = b.std(0)
-    z = np.where(sd > 0, (b - b.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
-    np.testing.assert_allclose(ims["before"], z, atol=1e-5)
-    titles = " ".join(ax.get_title() for ax in fig.axes)
-    assert "z-scored per channel" in titles and "raw values" in titles
+    # both sides drawn the same way: raw values (as recorded, fp16), each on the min–max of its shown values
+    for kind in ("after", "before"):
+        want = mats[(6, "layer3.1.attn.tap", kind)][:20, :40].astype(np.float32).astype(np.float16).astype(np.float64)
+        np.testing.assert_array_equal(ims[kind], want)
+        assert colour_limits(fig)[kind] == pytest.approx((want.min(), want.max()), rel=1e-6)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 2 and all("(S of the shown values = " in x for x in titles)  # S beside each side
+    assert "pooled input" in titles[0] and "attention values" in titles[1]
+    assert "z-score" not in all_text(fig)
     for ax in fig.axes:
         if ax.images:
             assert ax.get_xlabel() == "channel" and ax.get_ylabel() == "probe image"
-    assert "ASR" not in title
+    assert "ASR" not in title and "ψ" not in all_text(fig)
 
 
 def test_heatmap_explicit_tap_epoch0_and_clipping(rec_se, tmp_path) -> None:
@@ -248,21 +260,26 @@ def test_heatmap_explicit_tap_epoch0_and_clipping(rec_se, tmp_path) -> None:
     check_figure(fig, tmp_path, "heatmap0")
     ims = images(fig)
     assert ims["after"].shape == (N_RAW, STAGE_CHANNELS[1])  # asked for more than there is
-    assert "init" in fig._suptitle.get_text()
+    assert "init" in fig.get_suptitle() and "≈ 0.5" not in fig.get_suptitle()
     with pytest.raises(KeyError):
         plots.stripe_heatmap(root, tap="nope")
     with pytest.raises(KeyError):
         plots.stripe_heatmap(root, epoch=99)
 
 
-def test_heatmap_skips_asr_and_flags_asr_only(rec_both, rec_asr, tmp_path) -> None:
+def test_heatmap_of_an_asr_tap_draws_its_attention_alone(rec_both, rec_asr, tmp_path) -> None:
     fig = plots.stripe_heatmap(rec_both, epoch=2)
-    assert "layer3.1.attn.tap" in fig._suptitle.get_text()
-    fig = plots.stripe_heatmap(rec_both, tap="layer2.0.attn.tap")
-    assert "ASR: constant by construction" in fig._suptitle.get_text()
-    fig = plots.stripe_heatmap(rec_asr)
-    check_figure(fig, tmp_path, "heatmap_asr")
-    assert "ASR: constant by construction" in fig._suptitle.get_text()
+    assert "layer3.1.attn.tap" in fig.get_suptitle()  # the default skips ASR taps
+    for fig in (plots.stripe_heatmap(rec_both, tap="layer2.0.attn.tap"), plots.stripe_heatmap(rec_asr)):
+        check_figure(fig, tmp_path, "heatmap_asr")
+        text = all_text(fig)
+        assert "ASR: the input ψ is a learned constant" in text and "constant by construction, not a finding" in text
+        assert "pooled input" not in text  # ψ is not a pooled input
+        assert set(images(fig)) == {"after"}  # the constant input ψ has no panel
+        (ax,) = [ax for ax in fig.axes if ax.images]
+        assert "ψ" in ax.get_title() and "(S of the shown values = 1.000)" in ax.get_title()
+        a = images(fig)["after"]
+        assert (a == a[0]).all()  # the same vector for every image
 
 
 def test_heatmap_without_before(rec_small, tmp_path) -> None:
@@ -276,16 +293,23 @@ def test_channel_std(rec_se, rec_both, rec_small, rec_asr, tmp_path) -> None:
     tables = compute_tables(rec_se[0])
     fig = plots.channel_std(tables)
     check_figure(fig, tmp_path, "channel_std")
-    assert "epoch 6" in fig._suptitle.get_text()
-    assert fig.axes[0].get_yscale() == "log"
+    assert "epoch 6" in fig.get_suptitle()
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(drawn) == 2 and drawn[0].get_yscale() == "log"
+    assert "before (pooled input)" in all_text(fig)
     fig = plots.channel_std(tables, epoch=0)
-    assert "init" in fig._suptitle.get_text()
+    assert "init" in fig.get_suptitle()
     fig = plots.channel_std(compute_tables(rec_both))
-    assert "ASR" in fig._suptitle.get_text()
+    assert "ASR taps (constant by construction) left out" in fig.get_suptitle()
     check_figure(plots.channel_std(compute_tables(rec_small)), tmp_path, "channel_std_small")
-    fig = plots.channel_std(compute_tables(rec_asr))  # only ASR taps: std exactly 0
+    fig = plots.channel_std(compute_tables(rec_asr))  # only ASR taps: ψ constant, std exactly 0, S = 1
     check_figure(fig, tmp_path, "channel_std_asr")
-    assert "constant by construction" in fig._suptitle.get_text()
+    text = all_text(fig)
+    assert "constant by construction" in text and "ψ" in fig.get_suptitle()
+    assert "pooled input" not in text and "stripe index" not in text  # no ψ boxes, no S panel
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 1
+    notes = " ".join(x.get_text() for x in fig.axes[0].texts)
+    assert "after (attention)" in text and "channel(s) with std = 0" in notes
     with pytest.raises(KeyError):
         plots.channel_std(tables, epoch=5)
 
@@ -295,7 +319,7 @@ def test_stripe_dynamics(rec_se, rec_both, rec_small, tmp_path) -> None:
     fig = plots.stripe_dynamics(t_se)
     check_figure(fig, tmp_path, "dynamics")
     assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
-    assert "+SE" in fig._suptitle.get_text()
+    assert "+SE" in fig.get_suptitle()
     legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
     assert "init" in legend
     # one line (or marker) per non-ASR tap plus a stage mean; epoch 0 not joined to the trained epochs
@@ -308,7 +332,8 @@ def test_stripe_dynamics(rec_se, rec_both, rec_small, tmp_path) -> None:
     w, h = plots.FIGSIZE["stripe_dynamics"]
     assert tuple(fig.get_size_inches()) == (w, 2 * h)
     legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
-    assert "ASR tap (constant by construction)" in legend
+    assert "ASR tap (constant by construction: its input ψ is a learned constant)" in legend
+    assert "≈ 0.5" not in all_text(fig)
     fig = plots.stripe_dynamics(t_se, runs={"+SE": t_se})  # not drawn twice
     assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
     check_figure(plots.stripe_dynamics(compute_tables(rec_small)), tmp_path, "dynamics_small")
@@ -333,7 +358,7 @@ def test_learning_curves(tmp_path) -> None:
     fig = plots.learning_curves(one)
     check_figure(fig, tmp_path, "curves_one")
     assert not fig.axes[0].collections
-    assert "one seed" in fig._suptitle.get_text()
+    assert "one seed" in fig.get_suptitle()
 
 
 def test_speed(tmp_path) -> None:
@@ -387,3 +412,13 @@ def test_no_pyplot_state(rec_se) -> None:
     plots.stripe_dynamics(compute_tables(rec_se[0]))
     assert plt.get_fignums() == before
     assert dict(matplotlib.rcParams) == rc
+
+
+def test_tap_curve_labels_the_input_of_an_asr_tap_psi(rec_se, rec_both, tmp_path) -> None:
+    fig = plots.tap_curve(compute_tables(rec_se[0])["taps"], "layer2.0.attn.tap", epoch=4, label="+SE")
+    check_figure(fig, tmp_path, "tap_curve")
+    text = all_text(fig)
+    assert "before attention" in text and "ψ" not in text and "shown: epoch 4" in text
+    fig = plots.tap_curve(compute_tables(rec_both)["taps"], "layer2.0.attn.tap", label="+ASR(SE)+SE")
+    text = all_text(fig)
+    assert "input ψ (constant)" in text and "before attention" not in text and "by construction; not a finding" in text

@@ -27,8 +27,8 @@ N_RAW = 16
 
 # key, module, stage, block, depth, call, attn, asr, channels
 TAPS = [
-    ("layer1.0.attn.tap", "layer1.0.attn", 1, 0, 0, None, "se", False, 6),  # noisy at 3, settles from 6
-    ("layer1.1.attn.tap", "layer1.1.attn", 1, 1, 1, None, "se", False, 6),  # settled at every epoch
+    ("layer1.0.attn.tap", "layer1.0.attn", 1, 0, 0, None, "se", False, 6),  # mirrored at 0, noisy at 3, then stripes
+    ("layer1.1.attn.tap", "layer1.1.attn", 1, 1, 1, None, "se", False, 6),  # the init pattern all along
     ("layer2.attn.tap[0]", "layer2.attn", 2, 0, 2, 0, "dia", False, 8),  # noisy at every epoch
     ("layer2.attn.tap[1]", "layer2.attn", 2, 1, 3, 1, "dia", False, 8),  # striped, mean moves until 12
     ("layer3.0.attn.tap", "layer3.0.attn", 3, 0, 4, None, "se", True, 4),  # ASR: exactly constant
@@ -37,11 +37,11 @@ TAPS = [
     ("layer3.3.attn.tap", "layer3.3.attn", 3, 3, 7, None, "gct", False, 5),  # not a gate, 2 dead channels
 ]
 TAP_KEYS = [t[0] for t in TAPS]
-EXPECTED_CONVERGENCE = {  # settled (settle_dist < 0.1 for good) and S_after > 0.9 for good, from epoch >= 1
-    "layer1.0.attn.tap": 6.0,  # noisy (low S) at epoch 3
-    "layer1.1.attn.tap": 3.0,  # epoch 0 satisfies the criteria too, but never counts
+EXPECTED_CONVERGENCE = {  # settled (settle_dist < 0.1 for good) and S_after > 0.9 for good, from 1 <= epoch < 12
+    "layer1.0.attn.tap": 6.0,  # settled from 3 (mean pattern in place), but noisy (low S) at epoch 3
+    "layer1.1.attn.tap": np.nan,  # striped at every epoch, but with the pattern it started with: nothing settled
     "layer2.attn.tap[0]": np.nan,  # a new random pattern every epoch
-    "layer2.attn.tap[1]": 9.0,  # centred mu = c(t8) * (1 + 0.3 (1 - e/12)): settle_dist 0.3 (1 - e/12) < 0.1 from 9
+    "layer2.attn.tap[1]": 9.0,  # centred mu = c(t8) * (1 + 0.3 (1 - e/12)^3): settle_dist (1 - e/12)^3 < 0.1 from 9
     "layer3.2.attn.tap": np.nan,  # c(mu_last) = 0: settle_dist is NaN
     "layer3.3.attn.tap": np.nan,  # settled, but S_after ~ 0.8
 }
@@ -61,14 +61,14 @@ def make_matrices(rng: np.random.Generator) -> dict[tuple[int, str, str], np.nda
         noise = lambda c, s: s * rng.normal(size=(N, c))  # noqa: E731
         after = {}
         if e == 0:
-            after["layer1.0.attn.tap"] = np.tile(t6, (N, 1))  # trivially striped at init
+            after["layer1.0.attn.tap"] = np.tile(1.0 - t6, (N, 1))  # striped at init, with another pattern
         elif e == 3:
             after["layer1.0.attn.tap"] = np.clip(t6 + noise(6, 0.25), 0.01, 0.99)
         else:
             after["layer1.0.attn.tap"] = t6 + noise(6, 0.002)
         after["layer1.1.attn.tap"] = t6[::-1] + noise(6, 0.002)
         after["layer2.attn.tap[0]"] = 1.0 / (1.0 + np.exp(-rng.normal(size=(N, 8))))
-        after["layer2.attn.tap[1]"] = t8 * (1.0 + 0.3 * (1.0 - e / 12)) + noise(8, 0.001)
+        after["layer2.attn.tap[1]"] = t8 * (1.0 + 0.3 * (1.0 - e / 12) ** 3) + noise(8, 0.001)
         after["layer3.0.attn.tap"] = np.tile(np.array([0.3, 0.6, 0.45, 0.7]) + 0.01 * e, (N, 1))
         sat = np.array([0.001, 0.999, 0.002, 0.998, 0.001, 0.5])
         after["layer3.1.attn.tap"] = np.clip(sat + noise(6, 0.0005), 0.0, 1.0)
@@ -286,7 +286,7 @@ def test_tap_table_matches_numpy(built, tables) -> None:
         "std_after", "std_after_lo", "std_after_hi", "std_before", "std_before_lo", "std_before_hi",
         "stripe_after", "stripe_after_lo", "stripe_after_hi", "stripe_before", "stripe_before_lo", "stripe_before_hi",
         "cos_after", "cos_after_lo", "cos_after_hi", "cos_before", "cos_before_lo", "cos_before_hi",
-        "drift_prev", "dist_final", "settle_dist", "saturated_frac", "dead_channels", "flag",
+        "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels", "flag",
     ]  # fmt: skip
     assert len(taps) == len(EPOCHS) * len(TAPS)
     # sorted by epoch, then manifest order
@@ -313,7 +313,12 @@ def test_tap_table_matches_numpy(built, tables) -> None:
         assert_close(row.drift_prev, want_drift)
         mu_last = mats[(EPOCHS[-1], key, "after")].mean(axis=0)
         assert_close(row.dist_final, rel(mu, mu_last))
-        assert_close(row.settle_dist, rel(mu - mu.mean(), mu_last - mu_last.mean()), 1e-9)
+        c, c_last = mu - mu.mean(), mu_last - mu_last.mean()
+        mu_0 = mats[(EPOCHS[0], key, "after")].mean(axis=0)
+        moved = np.linalg.norm(c_last - (mu_0 - mu_0.mean()))
+        want_settle = np.linalg.norm(c - c_last) / moved if moved > 1e-9 * np.linalg.norm(c_last) else np.nan
+        assert_close(row.settle_dist, want_settle, 1e-9)
+        assert_close(row.pattern_dist_final, rel(c, c_last), 1e-9)
         # documented rules, straight from the raw matrix
         dead = np.abs(a).max(axis=0) <= 1e-6
         saturated = ((mu < 0.02) | (mu > 0.98)) & ~dead
@@ -353,14 +358,24 @@ def test_convergence_on_recording(tables) -> None:
     for key, want in EXPECTED_CONVERGENCE.items():
         assert_close(conv.loc[key, "convergence_epoch"], want)
         assert conv.loc[key, "converged"] == (not np.isnan(want))
-    # epoch 0 of layer1.0 meets the criteria (constant gate equal to the final mean) but is not reported
     taps = tables["taps"]
+    # the first checkpoint is at distance 1 from the final pattern by definition, the last at 0: neither counts
+    for key in TAP_KEYS:
+        d = taps.loc[taps["tap"] == key, "settle_dist"].to_numpy()
+        assert (d[0] == 1.0 and d[-1] == 0.0) or np.isnan(d).all(), key
+    assert not conv["init_settled"].astype(bool).any()
+    # layer1.0 is perfectly striped at init (S = 1 there, a pattern unrelated to the final one): no finding
     init = taps[(taps["epoch"] == 0) & (taps["tap"] == "layer1.0.attn.tap")].iloc[0]
-    assert init["stripe_after"] > 1 - 1e-12 and init["settle_dist"] < 0.1
+    assert init["stripe_after"] > 1 - 1e-12 and init["pattern_dist_final"] > 1.5
     assert conv.loc["layer1.0.attn.tap", "stripe_init"] > 1 - 1e-12
-    assert bool(conv.loc["layer1.0.attn.tap", "init_settled"]) and conv.loc["layer1.0.attn.tap", "settle_epoch"] >= 3
-    assert not bool(conv.loc["layer2.attn.tap[1]", "init_settled"])
+    assert conv.loc["layer1.0.attn.tap", "settle_epoch"] == 3.0
+    assert conv.loc["layer1.0.attn.tap", "pattern_change"] > 1.5
+    # layer1.1 keeps the pattern it started with: striped throughout, never settled (the old rule said epoch 3)
+    assert conv.loc["layer1.1.attn.tap", "pattern_change"] < 0.01 and not conv.loc["layer1.1.attn.tap", "settled"]
     assert conv.loc["layer2.attn.tap[1]", "settle_epoch"] == 9.0
+    # an ASR tap whose vector only shifts by a common offset, and a dead tap: the pattern never moved
+    for key in ("layer3.0.attn.tap", "layer3.2.attn.tap"):
+        assert taps.loc[taps["tap"] == key, "settle_dist"].isna().all() and not conv.loc[key, "settled"]
     assert (conv["eps"] == 0.1).all() and (conv["threshold"] == 0.9).all()
     assert conv.loc["layer3.0.attn.tap", "flag"] == "asr" and conv.loc["layer3.2.attn.tap", "flag"] == "dead"
     assert (conv["final_epoch"] == 12).all() and (conv["first_epoch"] == 0).all()
@@ -388,7 +403,9 @@ def _fake_taps(epochs: list[int], ok: list[bool], tap: str = "t") -> pd.DataFram
         ([0, 1, 2, 5, 7], [False, False, False, False, False], np.nan),
         ([0, 1, 2, 5, 7], [True, True, True, True, False], np.nan),
         ([0], [True], np.nan),
-        ([2, 4, 8], [False, True, True], 4.0),  # no epoch 0 checkpoint
+        ([0, 1, 2, 5, 7], [False, False, False, False, True], np.nan),  # the last checkpoint alone is no evidence
+        ([0, 7], [False, True], np.nan),
+        ([2, 4, 8], [False, True, True], 4.0),  # no epoch 0 checkpoint: distances from epoch 2
     ],
 )
 def test_convergence_rule(epochs, ok, want) -> None:
@@ -398,12 +415,15 @@ def test_convergence_rule(epochs, ok, want) -> None:
 
 
 def test_convergence_eps_threshold() -> None:
-    taps = _fake_taps([0, 1, 2], [False, True, True])
+    taps = _fake_taps([0, 1, 2, 3], [False, True, True, True])
     taps.loc[1, "settle_dist"] = 0.04
     assert convergence_table(taps)["convergence_epoch"].iloc[0] == 1.0
     assert convergence_table(taps, eps=0.03)["convergence_epoch"].iloc[0] == 2.0
     assert convergence_table(taps, eps=0.03)["settle_epoch"].iloc[0] == 2.0
     assert np.isnan(convergence_table(taps, threshold=0.995)["convergence_epoch"].iloc[0])
+    for bad in (0.0, 1.0, 1.5, -0.1):  # the first checkpoint is at distance 1: eps must be below it
+        with pytest.raises(ValueError, match="eps must be in"):
+            convergence_table(taps, eps=bad)
 
 
 def test_stage_summary(tables) -> None:
@@ -441,3 +461,77 @@ def test_write_tables_and_summary(tmp_path, tables) -> None:
     assert "ASR taps: 1" in text and "by construction" in text
     assert "of 7 non-ASR taps" in text
     assert len(text.splitlines()) < 12
+
+
+def _small_recording(root: Path, epochs: list[int], stages: list[int | None], asr: list[bool] | None = None,
+                     k: int = 4) -> Path:
+    """A recording (RecordingWriter, K folds) of gate-like taps at ``epochs``, one tap per entry of ``stages``."""
+    import torch
+
+    from stripe.record import FoldStats, RecordingWriter, batch_moments
+
+    rng = np.random.default_rng(5)
+    asr = asr or [False] * len(stages)
+    taps = [{"key": f"block{i}.attn.tap", "module": f"block{i}.attn", "attn": "se", "asr": a, "stage": s,
+             "block": i, "depth": i, "call": None, "channels": 6} for i, (s, a) in enumerate(zip(stages, asr))]
+    folds = torch.arange(120) % k
+    with RecordingWriter(root, {"model": {"name": "synthetic", "attn": "se"}, "folds": k}) as w:
+        for e in epochs:
+            stats = {}
+            for t in taps:
+                for kind in ("after", "before"):
+                    a = np.clip(0.5 + 0.3 * np.sin(np.arange(6) * (e + 1)) + 0.05 * rng.normal(size=(120, 6)), 0, 1)
+                    if t["asr"]:
+                        a = np.tile(a[0], (120, 1))
+                    moments = batch_moments(torch.from_numpy(a), folds, k)
+                    stats[(t["key"], kind)] = FoldStats.from_moments_list([moments])
+            w.add(e, stats, {}, taps, checkpoint=None, checkpoint_sha256=None)
+    return root
+
+
+def test_summary_prints_only_what_applies(tmp_path) -> None:
+    # a source model: one checkpoint (epoch 1), taps without a stage, no flags
+    text = summary_text(compute_tables(_small_recording(tmp_path / "source", [1], [None, None, None])))
+    assert "stage ?" not in text and "all 3 taps" in text and "epoch 1:" in text
+    assert "Settling" not in text and "initialisation" not in text and "Flags" not in text and "ASR" not in text
+    assert "95% jackknife interval" in text and "[" in text
+    # two checkpoints: nothing can settle (the first is at distance 1, the last at 0), so no settling line
+    text = summary_text(compute_tables(_small_recording(tmp_path / "two", [0, 3], [1, 2])))
+    assert "Settling" not in text and "stage 1 (1 tap)" in text and "initialisation (epoch 0" in text
+    assert "≈ 0.5" not in text and "random biases" in text  # not "near 0.5 for every image"
+    # three checkpoints: the settling line; an ASR-only model: no S-per-stage block, only the ASR line
+    text = summary_text(compute_tables(_small_recording(tmp_path / "three", [0, 1, 2], [1, 2])))
+    assert "Settling" in text and "of 2 non-ASR taps" in text
+    text = summary_text(compute_tables(_small_recording(tmp_path / "asr", [0, 1, 2], [1, 2], asr=[True, True])))
+    assert text.splitlines()[0].startswith("ASR taps: 2") and "Stripe index" not in text and "Settling" not in text
+    # only the initialisation recorded: said so, once
+    text = summary_text(compute_tables(_small_recording(tmp_path / "init", [0], [1])))
+    assert "the initialisation only" in text and "initialisation (epoch 0" not in text
+
+
+def test_tables_of_the_earlier_version_in_a_thinned_recording_read_in_todays_terms(built, tables, tmp_path) -> None:
+    """A thinned recording keeps the tables computed before thinning; an earlier version wrote settle_dist relative
+    to ||c(μ_T)|| (today's pattern_dist_final) and plain intervals: both are brought to today's definitions."""
+    import shutil
+
+    root = tmp_path / "thin"
+    shutil.copytree(built[0], root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["thinned"] = {"epochs": EPOCHS, "kept": [EPOCHS[-1]], "tables": "tables"}
+    manifest["checkpoints"] = manifest["checkpoints"][-1:]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    old_taps = tables["taps"].drop(columns=["settle_dist"]).rename(columns={"pattern_dist_final": "settle_dist"})
+    old_taps[["stripe_after_hi", "std_after_lo", "cos_after_hi"]] = [1.00075, -0.0008, 1.00002]  # out of range
+    old_stages = tables["stages"].assign(stripe_after_hi=1.001)
+    (root / "tables").mkdir()
+    old_taps.to_parquet(root / "tables" / "taps.parquet")
+    old_stages.to_parquet(root / "tables" / "stages.parquet")
+    tables["convergence"].drop(columns=["pattern_change"]).to_parquet(root / "tables" / "convergence.parquet")
+    got = compute_tables(root)
+    assert list(got["taps"].columns) == list(tables["taps"].columns)
+    for col in ("settle_dist", "pattern_dist_final"):
+        np.testing.assert_allclose(got["taps"][col], tables["taps"][col], rtol=1e-12, atol=0)
+    pd.testing.assert_frame_equal(got["convergence"], tables["convergence"], check_exact=False, rtol=1e-12)
+    assert (got["taps"]["stripe_after_hi"] == 1.0).all() and (got["taps"]["std_after_lo"] == 0.0).all()
+    assert (got["taps"]["cos_after_hi"] == 1.0).all() and (got["stages"]["stripe_after_hi"] == 1.0).all()
+    assert list(got["channels"]["epoch"].unique()) == [EPOCHS[-1]]

@@ -9,11 +9,14 @@ nothing global is touched. :func:`save_figure` writes ``<name>.png`` and ``<name
 atomically at exactly ``figsize x DPI`` pixels (no tight bounding box: constrained layout keeps
 titles and labels inside the canvas).
 
-Epoch 0 is the initialisation: a sigmoid gate is close to 0.5 for every image there, so its
-stripe index is close to 1 trivially. Every figure over epochs draws epoch 0 with a hollow
-marker and a dotted line labelled "init", and never joins it to the trained epochs.
-ASR taps attend to a learnable constant, so their stripes are constant by construction; they
-are drawn apart (dashed, grey) or left out, and say so.
+Epoch 0 is the initialisation: an untrained gate's channel means come from the random biases of
+its last layer (an SE gate's spread over roughly 0.2–0.75 with PyTorch's default init) and vary
+little across images, so its stripe index is close to 1 with no training. Every figure over
+epochs draws epoch 0 with a hollow marker and a dotted line labelled "init", and never joins it
+to the trained epochs. ASR taps attend to ψ, a learned constant input, so their input and their
+attention are constant by construction: figures label that input ψ (never "pooled input"), draw
+ASR taps apart (dashed, grey) or leave them out, drop panels that could only show a constant,
+and say so.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import contextlib
 import math
 import os
 import re
+import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -208,6 +212,12 @@ def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
         raise ValueError(f"{what} lacks columns {missing}")
 
 
+def _notes(notes: Sequence[str], width: int = 120) -> str:
+    """Notes for a suptitle: '; '-joined and wrapped to lines of at most ``width`` characters ('' for none)."""
+    text = "; ".join(n for n in notes if n)
+    return "\n" + textwrap.fill(text, width) if text else ""
+
+
 def _epoch_str(epoch: int) -> str:
     """'epoch 12', or 'epoch 0 (init)'."""
     return f"epoch {epoch} (init)" if epoch == 0 else f"epoch {epoch}"
@@ -240,13 +250,28 @@ def _default_tap(rec: Recording, epoch: int) -> str:
     raise ValueError(f"{rec.path}: no tap has raw attention vectors at epoch {epoch}")
 
 
-def _zscore_columns(a: np.ndarray) -> np.ndarray:
-    """Z-score each column over the rows (ddof=0, NaNs ignored); a constant column becomes 0."""
-    with np.errstate(invalid="ignore", divide="ignore"), _warnings_off():
-        mu = np.nanmean(a, axis=0)
-        sd = np.nanstd(a, axis=0)
-        z = (a - mu) / np.where(sd > 0, sd, 1.0)
-    return np.where(np.isfinite(a), np.where(sd > 0, z, 0.0), np.nan)
+def _colour_range(a: np.ndarray) -> tuple[float, float]:
+    """(vmin, vmax) of a panel's colour scale: the min and max of its finite values (a width of 1 if constant)."""
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi) if hi > lo else (lo - 0.5, lo + 0.5)
+
+
+def _heat_panel(fig: Figure, ax: Axes, a: np.ndarray, gid: str, what: str, title: str) -> None:
+    """Raw values ``a`` [images, channels] on their own colour scale (min–max of the shown values), S in the title."""
+    vmin, vmax = _colour_range(a)
+    cmap = mpl.colormaps["viridis"].with_extremes(bad="0.85")
+    im = ax.imshow(a, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    im.set_gid(gid)
+    fig.colorbar(im, ax=ax, label=f"{what} (colour: min–max of this panel)")
+    ax.set_title(f"{title}\n(S of the shown values = {_fmt_s(_stripe_index(a))})")
+    ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("channel")
+    ax.set_ylabel("probe image")
+    ax.grid(False)
 
 
 def stripe_heatmap(
@@ -257,7 +282,8 @@ def stripe_heatmap(
     n_images: int = 20,
     n_channels: int = 60,
 ) -> Figure:
-    """Fig. 1a: images x channels heat maps before (z-scored per channel) and after (raw) the attention."""
+    """Fig. 1a: images x channels heat maps of the raw values before (the attention's input) and after the
+    attention, each on its own colour scale, with S beside each; an ASR tap shows its attention alone."""
     if n_images < 1 or n_channels < 1:
         raise ValueError(f"n_images and n_channels must be >= 1, got {n_images}, {n_channels}")
     rec = rec if isinstance(rec, Recording) else Recording.open(rec)
@@ -284,46 +310,30 @@ def stripe_heatmap(
     where_s = ", ".join(w for w in where if w)
     title = f"{_model_label(rec.manifest)} — tap {tap}" + (f" ({where_s})" if where_s else "")
     title += f"\n{_epoch_str(epoch)}: {n_img} probe images × {n_ch} of {after_full.shape[1]} channels"
-    notes = []
     if is_asr:
-        notes.append("ASR: constant by construction, not a finding")
+        title += "; raw attention values"
+        notes = ["ASR: the input ψ is a learned constant (not drawn), so the attention is the same vector for "
+                 "every image: constant by construction, not a finding"]
+    else:
+        title += "; raw values, each panel on its own colour scale"
+        notes = []
     if epoch == 0:
-        notes.append("init: an untrained gate is ≈ 0.5 for every image, so this is not a finding")
+        notes.append("init: untrained, its channel pattern comes from random biases (not a finding)")
 
     with _theme():
         fig = _figure("stripe_heatmap")
-        ax_b, ax_a = fig.subplots(1, 2)
-        # before: pooled input, z-scored per channel over the shown images
-        if before is not None:
-            z = _zscore_columns(before)
-            cmap_b = mpl.colormaps["RdBu_r"].with_extremes(bad="0.85")
-            im_b = ax_b.imshow(z, aspect="auto", cmap=cmap_b, vmin=-3, vmax=3, interpolation="nearest")
-            im_b.set_gid("before")
-            fig.colorbar(im_b, ax=ax_b, extend="both", label="z-score per channel (σ from the channel mean)")
-            s_before = _fmt_s(_stripe_index(before))
-            ax_b.set_title(f"before attention: pooled input, z-scored per channel\n"
-                           f"over the shown images (S of raw values = {s_before})")  # fmt: skip
+        if is_asr:  # the input ψ is a constant: a panel of it could show nothing else
+            _heat_panel(fig, fig.subplots(1, 1), after, "after", "attention value",
+                        "attention of the constant input ψ")
         else:
-            _empty(ax_b, "no 'before' vectors recorded for this tap")
-            ax_b.set_title("before attention: pooled input (not recorded)")
-        # after: raw attention values
-        finite = after[np.isfinite(after)]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        gate = finite.size > 0 and lo >= 0.0 and hi <= 1.0
-        vmin, vmax = (0.0, 1.0) if gate else (lo, hi if hi > lo else lo + 1.0)
-        cmap_a = mpl.colormaps["viridis"].with_extremes(bad="0.85")
-        im_a = ax_a.imshow(after, aspect="auto", cmap=cmap_a, vmin=vmin, vmax=vmax, interpolation="nearest")
-        im_a.set_gid("after")
-        fig.colorbar(im_a, ax=ax_a, label="attention value" + (" (gate, 0–1)" if gate else " (data range)"))
-        ax_a.set_title(f"after attention: raw values\n(S = {_fmt_s(_stripe_index(after))})")
-        for ax in (ax_b, ax_a):
-            if ax.images:
-                ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-                ax.yaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-                ax.set_xlabel("channel")
-                ax.set_ylabel("probe image")
-                ax.grid(False)
-        fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""))
+            ax_b, ax_a = fig.subplots(1, 2)
+            if before is not None:
+                _heat_panel(fig, ax_b, before, "before", "pooled input value", "before attention: pooled input")
+            else:
+                _empty(ax_b, "no 'before' vectors recorded for this tap")
+                ax_b.set_title("before attention: pooled input (not recorded)")
+            _heat_panel(fig, ax_a, after, "after", "attention value", "after attention: attention values")
+        fig.suptitle(title + _notes(notes))
     return fig
 
 
@@ -345,7 +355,8 @@ def _final_epoch(df: pd.DataFrame, epoch: int | None, what: str) -> int:
 
 
 def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None, label: str | None = None) -> Figure:
-    """Fig. 1b: per-channel std across images before vs after the attention per stage, and S per tap."""
+    """Fig. 1b: per-channel std across images before vs after the attention per stage, and S per tap. A model
+    with ASR taps only shows its attention's std alone (the input ψ is constant and S = 1 by construction)."""
     ch = tables["channels"]
     _require(ch, ["epoch", "tap", "kind", "channel", "stage", "asr", "std"], "channels table")
     epoch = _final_epoch(ch, epoch, "channels table")
@@ -357,18 +368,19 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
     only_asr = bool(d["asr"].all())
     note = ""
     if only_asr:
-        note = "ASR taps only: constant by construction, not a finding"
+        note = ("ASR taps only: the input ψ is a learned constant, so the attention is constant by construction: "
+                "every std is 0 and S = 1 (not a finding; ψ and S not drawn)")
     elif d["asr"].any():
         d = d[~d["asr"]]
         note = "ASR taps (constant by construction) left out"
     d["_stage"] = [_stage_key(s) for s in d["stage"]]
     stages = sorted(d["_stage"].unique().tolist())
-    kinds = [k for k in ("before", "after") if (d["kind"] == k).any()]
+    kinds = [k for k in (("after",) if only_asr else ("before", "after")) if (d["kind"] == k).any()]
     rng = np.random.default_rng(0)
 
     with _theme():
         fig = _figure("channel_std")
-        ax, ax_s = fig.subplots(1, 2, width_ratios=[2.2, 1])
+        ax, ax_s = (fig.subplots(1, 1), None) if only_asr else fig.subplots(1, 2, width_ratios=[2.2, 1])
         # a std at float round-off level (float32 moments) is a constant channel: count it as 0
         mean_abs = np.abs(d["mean"].to_numpy(dtype=float)) if "mean" in d.columns else np.ones(len(d))
         tol = _CONST_RTOL * np.maximum(np.nan_to_num(mean_abs, nan=1.0), 1.0)
@@ -411,14 +423,16 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
                             fontsize="x-small", color="0.35", va="bottom")  # fmt: skip
         else:
             _empty(ax, "no channels at this epoch")
-        ax.set_title("per-channel std across images, per stage\n(before and after are on different scales)")
+        ax.set_title("per-channel std across images of the attention, per stage\n(0 for every channel: its input ψ "
+                     "is constant)" if only_asr else
+                     "per-channel std across images, per stage\n(before and after are on different scales)")
 
         # stripe index per tap (scale-free): before vs after per stage
-        if taps is not None and len(taps) and {"stripe_after", "stripe_before"} <= set(taps.columns):
+        if ax_s is None:
+            pass
+        elif taps is not None and len(taps) and {"stripe_after", "stripe_before"} <= set(taps.columns):
             t = taps[taps["epoch"] == epoch].copy()
-            t["asr"] = t["asr"].astype(bool)
-            if not only_asr:
-                t = t[~t["asr"]]
+            t = t[~t["asr"].astype(bool)]
             t["_stage"] = [_stage_key(s) for s in t["stage"]]
             for j, kind in enumerate(("before", "after")):
                 col = f"stripe_{kind}"
@@ -437,10 +451,13 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
             ax_s.grid(axis="x", visible=False)
         else:
             _empty(ax_s, "no taps table")
-        ax_s.set_title("stripe index S per tap (scale-free),\ncolours as on the left")
-        title = f"Per-channel std across images and stripe index, {label}, {_epoch_str(epoch)}"
-        notes = [n for n in (note, "init: untrained, not a finding" if epoch == 0 else "") if n]
-        fig.suptitle(title + ("\n" + "; ".join(notes) if notes else ""))
+        if ax_s is not None:
+            ax_s.set_title("stripe index S per tap (scale-free),\ncolours as on the left")
+        what = "of the attention" if only_asr else "and stripe index"
+        title = f"Per-channel std across images {what}, {label}, {_epoch_str(epoch)}"
+        notes = [n for n in (note, "init: untrained (channel pattern from random biases), not a finding"
+                             if epoch == 0 else "") if n]
+        fig.suptitle(title + _notes(notes))
     return fig
 
 
@@ -454,6 +471,7 @@ _DYN_ROWS: tuple[tuple[str, str], ...] = (
     ("std_after", "mean channel std\nafter"),
     ("std_before", "mean channel std\nbefore"),
 )
+_DYN_BEFORE_ASR = "S before (pooled\ninput; ASR: ψ)"  # the row label when ASR taps are drawn too
 
 
 def _depth_cmap() -> ListedColormap:
@@ -526,7 +544,7 @@ def stripe_dynamics(
                     if r == 0:
                         ax.set_title(f"{name} · {_stage_name(stage)}", fontsize="medium", fontweight="bold")
                     if k == 0:
-                        ax.set_ylabel(ylab)
+                        ax.set_ylabel(_DYN_BEFORE_ASR if col == "stripe_before" and df["asr"].any() else ylab)
                     if not len(g) or not np.isfinite(g[col].to_numpy(dtype=float)).any():
                         what = "no taps" if not len(g) else f"no '{col.split('_')[1]}' data recorded"
                         ax.text(0.5, 0.5, what, transform=ax.transAxes,
@@ -566,10 +584,12 @@ def stripe_dynamics(
         if drew_mean:
             handles.append(Line2D([], [], color=_MEAN_COLOR, lw=4.0, label="mean over the stage's non-ASR taps"))
         if any_asr:
-            handles.append(Line2D([], [], color=_ASR_COLOR, lw=1.0, ls="--", label="ASR tap (constant by construction)"))
+            handles.append(Line2D([], [], color=_ASR_COLOR, lw=1.0, ls="--",
+                                  label="ASR tap (constant by construction: its input ψ is a learned constant)"))
         if any_init:
             handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2",
-                                  label="init = epoch 0, untrained (gate ≈ 0.5 everywhere): not a finding"))  # fmt: skip
+                                  label="init = epoch 0, untrained (channel pattern from random biases): "
+                                        "not a finding"))  # fmt: skip
         fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
         fig.suptitle(f"Stripe dynamics of {', '.join(frames)}\nstripe index S and mean per-channel std across "
                      f"images vs epoch, one line per tap, one column per stage")  # fmt: skip
@@ -834,14 +854,16 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
         if df.empty:
             _empty(ax_s, f"no tap {tap!r}")
             _empty(ax_d, f"no tap {tap!r}")
+        asr = bool(df["asr"].astype(bool).any()) if "asr" in df and len(df) else False
+        names = {"after": "after attention", "before": "input ψ (constant)" if asr else "before attention"}
         for kind in ("after", "before"):
-            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
-                      label=f"{kind} attention")
-            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind],
-                      label=f"{kind} attention")
+            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind], label=names[kind])
+            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind], label=names[kind])
         ax_s.set_ylim(-0.05, 1.05)
         ax_s.set_ylabel("stripe index S")
+        ax_s.set_title("stripe index S (1 = perfect stripes)")
         ax_d.set_ylabel("mean per-channel std\n(across images)")
+        ax_d.set_title("mean per-channel std across images")
         for ax in (ax_s, ax_d):
             ax.set_xlabel("epoch")
             if len(df):
@@ -849,9 +871,9 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
             if epoch is not None:
                 ax.axvline(epoch, color="0.2", lw=1.0, ls=":", label=f"shown: {_epoch_str(int(epoch))}")
             ax.legend(fontsize="x-small", loc="best")
-        asr = bool(df["asr"].any()) if "asr" in df and len(df) else False
         fig.suptitle(f"{label + ': ' if label else ''}{tap} over training"
-                     + (" (ASR: constant by construction, not a finding)" if asr else ""))
+                     + _notes(["ASR: its input ψ is a learned constant, so S = 1 and std = 0 by construction; not a "
+                               "finding"] if asr else []))
     return fig
 
 

@@ -5,22 +5,29 @@ The notebooks' jupytext sources ship with the package (``stripe.notebooks``, the
 ``notebooks/`` folder), so ``stripe figures`` works from a wheel. Their default data folder does not
 depend on the working directory: an explicit ``source``, else ``$STRIPE_DATA_DIR``, else the
 project's ``data/`` found from the package's location (:func:`data_root`).
+
+The tracked pairs stay byte-stable: each ``.py`` header pins what jupytext writes (its
+``notebook_metadata_filter`` leaves out the jupytext version; the format version is written), the
+``.ipynb`` files keep their cell ids (``make notebooks`` runs ``jupytext --update``), and ``make lab``
+saves the bundled notebooks through :func:`clean_saved_notebook`, which drops what opening or running
+them adds (outputs, execution counts, the kernel's ``language_info``, widget state, cell timings).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from .. import fsio
-from ..nn.variants import config_label, slug, variant_rank
+from ..nn.variants import config_label, parse_label, slug, variant_rank
 
-__all__ = ["NOTEBOOKS", "Sources", "config_label", "data_root", "default_figures_out", "discover", "execute_notebook",
-           "metrics_long", "notebook_path", "read_table", "recording_label", "recording_tables",
-           "recordings_by_label", "resolve_source", "run_label", "slug"]
+__all__ = ["NOTEBOOKS", "Sources", "clean_saved_notebook", "config_label", "data_root", "default_figures_out",
+           "discover", "execute_notebook", "metrics_long", "notebook_path", "read_table", "recording_choices",
+           "recording_label", "recording_tables", "recordings_by_label", "resolve_source", "run_label", "slug"]
 
 NOTEBOOKS = ("explore_stripes", "paper_figures")
 
@@ -69,6 +76,35 @@ def discover(source: str | Path) -> Sources:
 def recording_label(path: Path) -> str:
     """Variant label of a recording, from its manifest."""
     return config_label(json.loads((path / "manifest.json").read_text())["model"])
+
+
+def _plain_attention(label: str) -> bool:
+    """Whether a variant label is a model whose every tap depends on the input ('+SE', not ASR nor baseline)."""
+    try:
+        v = parse_label(label)
+    except ValueError:
+        return False
+    return v.attn is not None and not v.asr
+
+
+def recording_choices(root: str | Path, recordings: Sequence[str | Path]) -> list[tuple[str, str]]:
+    """(label, folder) of each recording for a notebook's drop-down: the label is the folder relative to ``root``
+    (as given when outside it) and the variant, e.g. 'compare/runs/plus_se_seed0/recording (+SE)'; plain-attention
+    models (+att) first, then the paper's variant order, then by folder. The first is the one to open on."""
+    root = Path(root).resolve()
+    rows = []
+    for rec in recordings:
+        path = Path(rec).resolve()
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError:
+            rel = str(rec)
+        try:
+            variant = recording_label(path)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            variant = "?"
+        rows.append((not _plain_attention(variant), variant_rank(variant), rel, variant, str(path)))
+    return [(f"{rel or '.'} ({variant})", path) for *_, rel, variant, path in sorted(rows)]
 
 
 def metrics_long(runs: list[Path]) -> pd.DataFrame:
@@ -173,6 +209,26 @@ def notebook_path(name: str) -> Path:
             return path
     raise FileNotFoundError(f"notebook source {name}.py not found (looked in: {', '.join(map(str, candidates))}); "
                             "reinstall the package")
+
+
+def clean_saved_notebook(model: dict[str, Any], path: str, contents_manager: Any = None, **_: Any) -> None:
+    """A Jupyter ``pre_save_hook`` (``make lab``): before a bundled notebook is saved, drop what opening or running
+    it adds -- outputs, execution counts, the kernel's ``language_info``, widget state, cell timings -- so saving
+    unchanged sources leaves the tracked files as they are. Other notebooks are saved untouched."""
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    target = Path(getattr(contents_manager, "root_dir", "") or ".") / path.lstrip("/")
+    if target.suffix != ".ipynb" or target.stem not in NOTEBOOKS or not target.with_suffix(".py").is_file():
+        return  # not one of the bundled pairs
+    nb = model["content"]
+    meta = nb.get("metadata", {})
+    for key in ("language_info", "widgets"):
+        meta.pop(key, None)
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.get("metadata", {}).pop("execution", None)
 
 
 def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *, timeout: int = 1200,
