@@ -395,9 +395,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from .viz.notebooks import default_figures_out, discover, render_figures
 
     src = discover(args.source)  # fails early, with a clear message, when there is nothing to plot
-    from . import fsio
-
-    out = fsio.claim_dir(Path(args.out) if args.out else default_figures_out(Path(args.source)), "figures")
+    out = Path(args.out) if args.out else default_figures_out(Path(args.source))
     print(src.describe())
     formats = tuple(f for f in args.formats.split(",") if f)
     files = render_figures(Path(args.source), out, timeout=args.timeout, formats=formats)

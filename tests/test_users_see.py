@@ -90,3 +90,33 @@ def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
         np.testing.assert_allclose(folds.mean_[k], vecs[k::4].mean(0), rtol=0, atol=1e-6)
     shuffled = vecs[np.argsort(order)]  # the probe index order instead: other folds, other means
     assert not np.allclose(folds.mean_[0], shuffled[0::4].mean(0), atol=1e-6)
+
+
+def test_hidden_widths_and_dead_hidden_units_are_reported(tmp_path):
+    """SE at r = 16 has one hidden unit in a 16-channel stage; when it is dead the gate is exactly constant over
+    images: the taps table counts dead hidden units and flags the tap, and S after is 1 for that reason alone."""
+    from stripe.analysis import compute_tables, summary_text
+    from stripe.nn import create_model
+    from stripe.record import Recorder
+    from stripe.record.format import RecordingWriter
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet14", num_classes=10, attn="se").eval()
+    with torch.no_grad():
+        model.get_submodule("layer1.0.attn").fc1.bias.fill_(-1e3)  # the one hidden unit of layer1.0 never fires
+    x = torch.randn(40, 3, 32, 32)
+    with Recorder(model, "*", folds=4) as rec, torch.no_grad():
+        model(x)
+    with RecordingWriter(tmp_path / "rec", {"model": model.config.to_dict(), "source_run_id": None, "probe": {},
+                                            "folds": 4, "precision": "fp32", "taps_selector": ["*"]}) as w:
+        w.add(1, rec.fold_stats(), rec.raw(), [t.to_dict() for t in rec.taps], checkpoint=None,
+              checkpoint_sha256=None)
+    taps = compute_tables(tmp_path / "rec")["taps"].set_index("tap")
+    assert list(taps["hidden_width"]) == [1, 1, 2, 2, 4, 4]
+    dead = taps.loc["layer1.0.attn.tap"]
+    assert dead["dead_hidden"] == 1 and dead["flag"] == "hidden_dead" and dead["stripe_after"] == 1.0
+    assert taps.loc["layer1.1.attn.tap", "flag"] != "hidden_dead"
+    text = summary_text(compute_tables(tmp_path / "rec"))
+    n_flagged = int((taps["flag"] == "hidden_dead").sum())
+    assert n_flagged == int((taps["dead_hidden"] == taps["hidden_width"]).sum()) >= 1
+    assert f"every hidden unit dead (a constant gate) {n_flagged}" in text and "layer1.0.attn 1/1" in text

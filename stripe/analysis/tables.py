@@ -83,8 +83,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import NotFoundError, UserError
 from ..fsio import atomic_write
-from ..record.format import KINDS, Recording
+from ..record.format import ALL_KINDS, HIDDEN, KINDS, Recording
 from ..record.moments import leave_one_out, mean_cosine_from_moments, merge_fold_arrays, stripe_index_from_moments
 
 __all__ = [
@@ -109,35 +110,38 @@ def _as_recording(rec: Recording | str | os.PathLike[str]) -> Recording:
 
 
 def _tap_meta(rec: Recording) -> pd.DataFrame:
-    """Per tap, in manifest order: tap, TAP_META..., channels."""
-    return rec.taps.rename(columns={"key": "tap"})[["tap", *TAP_META, "channels"]].reset_index(drop=True)
+    """Per tap, in manifest order: tap, TAP_META..., channels, hidden_width (None without a hidden layer)."""
+    taps = rec.taps.rename(columns={"key": "tap", "hidden": "hidden_width"})
+    if "hidden_width" not in taps.columns:  # recorded before hidden layers were
+        taps["hidden_width"] = pd.array([pd.NA] * len(taps), dtype="Int64")
+    return taps[["tap", *TAP_META, "channels", "hidden_width"]].reset_index(drop=True)
 
 
 def _groups(rec: Recording) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """{(tap, kind): epoch [E], count [E, K], moments [E, K, C]} of every recorded checkpoint, in manifest order."""
     if not rec.epochs:
-        raise ValueError(f"{rec.path}: the recording has no checkpoints yet (run `stripe collect` first)")
+        raise UserError(f"{rec.path}: the recording has no checkpoints yet (run `stripe collect` first)")
     frame = rec.frame()
     known = set(rec.taps["key"])
     unknown = sorted(set(frame["tap"].unique()) - known)
     if unknown:
-        raise ValueError(f"stats hold taps not listed in {rec.path / 'manifest.json'}: {unknown[:5]}")
+        raise UserError(f"stats hold taps not listed in {rec.path / 'manifest.json'}: {unknown[:5]}")
     out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     for (tap, kind), g in frame.groupby(["tap", "kind"], sort=True, observed=True):  # categorical: manifest order
-        if kind not in KINDS:
+        if kind not in ALL_KINDS:
             continue
         epochs = np.unique(g["epoch"].to_numpy())
         e, n = len(epochs), len(g)
         k = int(g["fold"].max()) + 1
         if n % (e * k):
-            raise ValueError(f"tap {tap!r} ({kind}): the number of channels differs between checkpoints or folds")
+            raise UserError(f"tap {tap!r} ({kind}): the number of channels differs between checkpoints or folds")
         c = n // (e * k)
         ch = g["channel"].to_numpy().reshape(e, k, c)
         if not (ch == np.arange(c)).all() or not (g["fold"].to_numpy().reshape(e, k, c) == np.arange(k)[:, None]).all():
-            raise ValueError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
+            raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
         cnt = g["count"].to_numpy().reshape(e, k, c)
         if not (cnt == cnt[..., :1]).all():
-            raise ValueError(f"tap {tap!r} ({kind}): counts differ across channels")
+            raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
         arrays = {"epoch": epochs, "count": cnt[..., 0].astype(np.int64)}
         for m in _MOMENTS:
             arrays[m] = g[m].to_numpy(dtype=np.float64).reshape(e, k, c)
@@ -208,7 +212,7 @@ def _from_scale(z: np.ndarray, stat: str) -> np.ndarray:
 
 def _check_stat(stat: str) -> tuple[float, float]:
     if stat not in RANGES:
-        raise ValueError(f"unknown statistic {stat!r}; known: {', '.join(RANGES)}")
+        raise UserError(f"unknown statistic {stat!r}; known: {', '.join(RANGES)}")
     return RANGES[stat]
 
 
@@ -385,7 +389,8 @@ _TAP_COLUMNS = [
     "std_after", "std_after_lo", "std_after_hi", "std_before", "std_before_lo", "std_before_hi",
     "stripe_after", "stripe_after_lo", "stripe_after_hi", "stripe_before", "stripe_before_lo", "stripe_before_hi",
     "cos_after", "cos_after_lo", "cos_after_hi", "cos_before", "cos_before_lo", "cos_before_hi",
-    "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels", "flag",
+    "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels",
+    "hidden_width", "dead_hidden", "flag",
 ]  # fmt: skip
 
 
@@ -394,12 +399,17 @@ def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.Da
     per_tap: dict[str, pd.DataFrame] = {}
     manifest_channels = dict(zip(meta["tap"], meta["channels"]))
     for (tap, kind), a in groups.items():
+        if kind == HIDDEN:  # a unit is dead when it is zero for every probe image (post-ReLU: max <= dead_tol)
+            d = {"epoch": a["epoch"], "dead_hidden": (a["max"].max(axis=1) <= dead_tol).sum(axis=1)}
+            df = pd.DataFrame(d)
+            per_tap[tap] = df if tap not in per_tap else per_tap[tap].merge(df, on="epoch", how="outer")
+            continue
         d = _kind_columns(a, kind)
         if kind == "after":
             c = a["mean"].shape[-1]
             want = manifest_channels.get(tap)
             if want is not None and not pd.isna(want) and int(want) != c:
-                raise ValueError(f"tap {tap!r} (after): {c} channels in the stats, {int(want)} in the manifest")
+                raise UserError(f"tap {tap!r} (after): {c} channels in the stats, {int(want)} in the manifest")
             d.update(_after_extras(a, saturation, dead_tol))
         df = pd.DataFrame(d)
         per_tap[tap] = df if tap not in per_tap else per_tap[tap].merge(df, on="epoch", how="outer")
@@ -409,7 +419,7 @@ def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.Da
         parts.append(df)
     df = pd.concat(parts, ignore_index=True)
     for col in _TAP_COLUMNS:
-        if col not in df.columns and col not in TAP_META and col not in ("flag", "count"):
+        if col not in df.columns and col not in TAP_META and col not in ("flag", "count", "hidden_width"):
             df[col] = np.nan
     count = df.get("count_after", pd.Series(np.nan, index=df.index)).fillna(df.get("count_before"))
     df["count"] = count.astype("Int64")
@@ -420,9 +430,14 @@ def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.Da
     channels = pd.to_numeric(df["channels"]).to_numpy(dtype=np.float64, na_value=np.nan)
     dead = pd.to_numeric(df["dead_channels"]).to_numpy(dtype=np.float64, na_value=np.nan)
     sat = df["saturated_frac"].to_numpy(dtype=np.float64)
-    df["flag"] = np.select([df["asr"].to_numpy(dtype=bool), sat > 0.5, (dead == channels) & (channels > 0)],
-                           ["asr", "saturated", "dead"], default="")
+    width = pd.to_numeric(df["hidden_width"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    dead_h = pd.to_numeric(df["dead_hidden"]).to_numpy(dtype=np.float64, na_value=np.nan)
+    # every hidden unit dead: the gate is exactly constant across images, by the dead units, not by learning
+    df["flag"] = np.select([df["asr"].to_numpy(dtype=bool), sat > 0.5, (dead == channels) & (channels > 0),
+                            (dead_h == width) & (width > 0)],
+                           ["asr", "saturated", "dead", "hidden_dead"], default="")
     df["dead_channels"] = pd.array(df["dead_channels"], dtype="Int64")
+    df["dead_hidden"] = pd.array(df["dead_hidden"], dtype="Int64")
     df["epoch"] = df["epoch"].astype(np.int64)
     for col in ("stage", "block", "depth", "call"):
         df[col] = pd.array(df[col], dtype="Int64")
@@ -433,9 +448,9 @@ def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.Da
 
 def _check_tap_params(saturation: float, dead_tol: float) -> None:
     if not 0.0 <= saturation < 0.5:
-        raise ValueError(f"saturation must be in [0, 0.5), got {saturation}")
+        raise UserError(f"saturation must be in [0, 0.5), got {saturation}")
     if dead_tol < 0:
-        raise ValueError(f"dead_tol must be >= 0, got {dead_tol}")
+        raise UserError(f"dead_tol must be >= 0, got {dead_tol}")
 
 
 # the tables' default parameters (a thinned recording's tables were computed with these)
@@ -456,7 +471,7 @@ def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = SA
 def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks columns {missing}")
+        raise UserError(f"{what} lacks columns {missing}")
 
 
 def settle_epoch(epochs: np.ndarray, ok: np.ndarray) -> float:
@@ -474,7 +489,7 @@ def settle_epoch(epochs: np.ndarray, ok: np.ndarray) -> float:
 
 def _check_eps(eps: float) -> None:
     if not 0.0 < eps < 1.0:
-        raise ValueError(f"eps must be in (0, 1) (the settling distance is 1 at the first checkpoint), got {eps}")
+        raise UserError(f"eps must be in (0, 1) (the settling distance is 1 at the first checkpoint), got {eps}")
 
 
 def convergence_table(taps: pd.DataFrame, *, eps: float = SETTLE_EPS, threshold: float = STRIPE_THRESHOLD) -> pd.DataFrame:
@@ -604,14 +619,14 @@ def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturatio
     thinned = rec.manifest.get("thinned")
     if thinned:
         if (saturation, dead_tol, eps, threshold) != _DEFAULT_TABLE_PARAMS:
-            raise ValueError(f"{rec.path} is thinned (epochs {thinned.get('kept')} of {len(thinned.get('epochs', []))} "
+            raise UserError(f"{rec.path} is thinned (epochs {thinned.get('kept')} of {len(thinned.get('epochs', []))} "
                              "kept): its tables were computed with the default parameters before thinning")
         folder = rec.path / str(thinned.get("tables", "tables"))
         saved = {}
         for name in ("taps", "convergence", "stages"):
             path = folder / f"{name}.parquet"
             if not path.is_file():
-                raise FileNotFoundError(f"{rec.path} is thinned but its table {path} is missing")
+                raise NotFoundError(f"{rec.path} is thinned but its table {path} is missing")
             saved[name] = pd.read_parquet(path)
         if "pattern_dist_final" not in saved["taps"].columns:
             saved = _upgrade_saved_tables(saved, eps, threshold)
@@ -655,7 +670,7 @@ def aggregate_seeds(stages: Sequence[pd.DataFrame], level: float = 0.95) -> pd.D
     t-interval over runs on the statistic's transformed scale (``*_lo``/``*_hi``, inside its range; NaN with
     one run: :func:`seed_interval`) of every stage statistic; ``n_runs``."""
     if not stages:
-        raise ValueError("no stage tables to aggregate")
+        raise UserError("no stage tables to aggregate")
     values = [c for c in stages[0].columns if any(c == f"{s}_{k}" for s in _STAGE_STATS for k in KINDS)]
     long = pd.concat([s.assign(_run=i) for i, s in enumerate(stages)], ignore_index=True)
     rows = []
@@ -674,7 +689,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike[
     written: list[Path] = []
     for name, df in tables.items():
         if not name or Path(name).name != name:
-            raise ValueError(f"table name must be a plain file stem, got {name!r}")
+            raise UserError(f"table name must be a plain file stem, got {name!r}")
         written.append(atomic_write(out_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False)))
         if name in _CSV_TABLES:
             text = df.to_csv(index=False, float_format="%.6g")
@@ -770,8 +785,17 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
             lines.append(text + ".")
     if taps is not None and len(taps):
         final = taps[taps["epoch"] == taps["epoch"].max()]
-        counts = final.loc[final["flag"].isin(["saturated", "dead"]), "flag"].value_counts()
-        found = [f"{name} {int(counts[name])}" for name in ("saturated", "dead") if counts.get(name, 0)]
+        counts = final.loc[final["flag"].isin(["saturated", "dead", "hidden_dead"]), "flag"].value_counts()
+        names = {"saturated": "saturated", "dead": "dead", "hidden_dead": "every hidden unit dead (a constant gate)"}
+        found = [f"{names[n]} {int(counts[n])}" for n in names if counts.get(n, 0)]
         if found:
             lines.append(f"Flags at epoch {last}: {', '.join(found)} tap(s).")
+        if "dead_hidden" in final.columns and final["hidden_width"].notna().any():
+            h = final[final["hidden_width"].notna() & ~final["asr"].astype(bool)]
+            if len(h):
+                parts = [f"{t.tap.rsplit('.tap', 1)[0]} {int(t.dead_hidden)}/{int(t.hidden_width)}"
+                         for t in h.itertuples() if pd.notna(t.dead_hidden)]
+                widths = sorted({int(w) for w in h["hidden_width"]})
+                lines.append(f"Hidden layers at epoch {last} (widths {', '.join(map(str, widths))}): dead units "
+                             + ", ".join(parts) + ".")
     return "\n".join(lines) + "\n"

@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..errors import UserError
 from ..fsio import atomic_write
 from ..nn.variants import Variant, config_label, variant_rank
 from ..record import ChannelStats, Recording
@@ -209,7 +210,7 @@ def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     """Raise a one-line error if a table lacks columns."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks columns {missing}")
+        raise UserError(f"{what} lacks columns {missing}")
 
 
 def _notes(notes: Sequence[str], width: int = 120) -> str:
@@ -247,7 +248,7 @@ def _default_tap(rec: Recording, epoch: int) -> str:
         for key in reversed(pool["key"].tolist()):
             if _has_raw(rec, epoch, key, "after"):
                 return key
-    raise ValueError(f"{rec.path}: no tap has raw attention vectors at epoch {epoch}")
+    raise UserError(f"{rec.path}: no tap has raw attention vectors at epoch {epoch}")
 
 
 def _colour_range(a: np.ndarray) -> tuple[float, float]:
@@ -285,10 +286,10 @@ def stripe_heatmap(
     """Fig. 1a: images x channels heat maps of the raw values before (the attention's input) and after the
     attention, each on its own colour scale, with S beside each; an ASR tap shows its attention alone."""
     if n_images < 1 or n_channels < 1:
-        raise ValueError(f"n_images and n_channels must be >= 1, got {n_images}, {n_channels}")
+        raise UserError(f"n_images and n_channels must be >= 1, got {n_images}, {n_channels}")
     rec = rec if isinstance(rec, Recording) else Recording.open(rec)
     if not rec.epochs:
-        raise ValueError(f"{rec.path}: the recording has no checkpoints")
+        raise UserError(f"{rec.path}: the recording has no checkpoints")
     epoch = rec.epochs[-1] if epoch is None else int(epoch)
     if epoch not in rec.epochs:
         raise KeyError(f"epoch {epoch} is not a checkpoint of {rec.path} (epochs {rec.epochs})")
@@ -346,7 +347,7 @@ def _final_epoch(df: pd.DataFrame, epoch: int | None, what: str) -> int:
     """The requested epoch (checked) or the last one of a table."""
     epochs = sorted(pd.unique(df["epoch"]).tolist())
     if not epochs:
-        raise ValueError(f"{what} is empty")
+        raise UserError(f"{what} is empty")
     if epoch is None:
         return int(epochs[-1])
     if int(epoch) not in epochs:
@@ -507,7 +508,7 @@ def stripe_dynamics(
     for name, t in (runs or {}).items():
         blocks[str(name)] = t
     if not blocks:
-        raise ValueError("stripe_dynamics needs tables or runs")
+        raise UserError("stripe_dynamics needs tables or runs")
     frames = {}
     for name, t in blocks.items():
         df = t["taps"]
@@ -890,10 +891,10 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str,
                 formats: Sequence[str] = FORMATS) -> list[Path]:
     """Write ``<name>.png`` and ``<name>.pdf`` (or ``formats``) into out_dir atomically (figsize x DPI pixels)."""
     if not name or Path(name).name != name or name in (".", ".."):
-        raise ValueError(f"figure name must be a plain file stem, got {name!r}")
+        raise UserError(f"figure name must be a plain file stem, got {name!r}")
     bad = [f for f in formats if f not in ("png", "pdf", "svg")]
     if bad or not formats:
-        raise ValueError(f"figure formats must be among png, pdf, svg; got {list(formats)}")
+        raise UserError(f"figure formats must be among png, pdf, svg; got {list(formats)}")
     out = Path(out_dir)
     written = []
     for fmt in formats:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import NotFoundError, UserError
 from .. import fsio
 from ..nn.variants import config_label, parse_label, slug, variant_rank
 
@@ -42,35 +43,71 @@ class Sources:
     recordings: list[Path] = field(default_factory=list)  # folders with manifest.json
     speed: list[Path] = field(default_factory=list)  # speed.csv files
     ablations: list[Path] = field(default_factory=list)  # ablation.csv files
+    notes: list[str] = field(default_factory=list)  # what was skipped or is missing, and why
 
     def describe(self) -> str:
-        """One line per kind of artifact."""
+        """One line per kind of artifact, then the notes."""
         rel = lambda ps: ", ".join(str(p.relative_to(self.root)) if p != self.root else "." for p in ps) or "none"
         return "\n".join([f"comparisons: {rel(self.comparisons)}", f"runs: {rel(self.runs)}",
                           f"recordings: {rel(self.recordings)}", f"speed tables: {rel(self.speed)}",
-                          f"ablations: {rel(self.ablations)}"])
+                          f"ablations: {rel(self.ablations)}", *(f"note: {n}" for n in self.notes)])
 
 
 def discover(source: str | Path) -> Sources:
     """Every artifact under ``source`` (itself included); a clear error if there is none."""
     root = Path(source)
     if not root.exists():
-        raise FileNotFoundError(f"{root}: no such folder")
+        raise NotFoundError(f"{root}: no such folder")
     s = Sources(root=root)
     for p in sorted(root.rglob("*")):
         if p.name == "results.csv":
             s.comparisons.append(p.parent)
         elif p.name == "config.json" and (p.parent / "metrics.csv").exists():
-            s.runs.append(p.parent)
+            if _format_of(p).startswith("stripe-run/"):
+                s.runs.append(p.parent)
+            else:
+                s.notes.append(f"{p.parent}: its config.json is not a stripe run's; skipped")
+        elif p.name == "log.txt" and _is_official_log(p):
+            s.runs.append(p.parent)  # a run of the official ASR code: its log's learning curves
         elif p.name == "manifest.json":
-            s.recordings.append(p.parent)
+            if _format_of(p).startswith("stripe-recording/"):
+                s.recordings.append(p.parent)
+            else:
+                s.notes.append(f"{p}: not a stripe recording's manifest; skipped")
         elif p.name == "speed.csv":
             s.speed.append(p)
         elif p.name == "ablation.csv":
             s.ablations.append(p)
+    recorded = {r.resolve() for r in s.recordings}
+    for run in s.runs:
+        rec = run / "recording"
+        if (run / "config.json").is_file() and rec.resolve() not in recorded and not any(
+                rec.resolve() in r.parents for r in recorded):
+            s.notes.append(f"run {run} has no recording inside it: record it with `stripe collect {run}`, or give "
+                           "the folder that holds its recording")
     if not (s.comparisons or s.runs or s.recordings or s.speed or s.ablations):
-        raise FileNotFoundError(f"{root}: no run, comparison, recording, speed or ablation table found")
+        raise NotFoundError(f"{root}: no run, comparison, recording, speed or ablation table found"
+                            + (f" ({'; '.join(s.notes)})" if s.notes else ""))
     return s
+
+
+def _format_of(path: Path) -> str:
+    """The ``format`` field of a JSON file ('' when it has none or is not JSON)."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str(d.get("format", "")) if isinstance(d, dict) else ""
+
+
+def _is_official_log(path: Path) -> bool:
+    """Whether ``path`` is the official ASR code's tab-separated log.txt (by its header)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.readline()
+    except OSError:
+        return False
+    return head.startswith("Learning Rate\t") and "Valid Acc." in head
 
 
 def recording_label(path: Path) -> str:
@@ -108,14 +145,34 @@ def recording_choices(root: str | Path, recordings: Sequence[str | Path]) -> lis
 
 
 def metrics_long(runs: list[Path]) -> pd.DataFrame:
-    """The metrics rows of several runs with ``variant`` and ``seed`` columns (for learning curves)."""
+    """The metrics rows of several runs with ``variant`` and ``seed`` columns (for learning curves); a run of the
+    official ASR code contributes its ``log.txt`` (variant from its checkpoint when there is one, else the folder's
+    name, marked "official")."""
     frames = []
     for run in runs:
+        if not (run / "config.json").is_file():
+            frames.append(_official_metrics(run))
+            continue
         info = json.loads((run / "config.json").read_text())
         m = pd.read_csv(run / "metrics.csv")
         m["variant"], m["seed"] = config_label(info["model"]), info["train"]["seed"]
         frames.append(m)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _official_metrics(run: Path) -> pd.DataFrame:
+    from ..train import CheckpointError, load_model, read_official_log
+
+    m = read_official_log(run / "log.txt")
+    label = run.name
+    ckpt = run / "checkpoint.pth.tar"
+    if ckpt.is_file():
+        try:
+            label = config_label(load_model(ckpt).config)
+        except (CheckpointError, UserError):
+            pass
+    m["variant"], m["seed"] = f"{label} (official)", 0
+    return m
 
 
 def recordings_by_label(src: Sources) -> dict[str, Path]:
@@ -168,7 +225,7 @@ def data_root(explicit: str | Path | None = None) -> Path:
         tried.append(f"{label} {path}")
         if label == "source":  # an explicit folder that does not exist is an error, not a fallback
             break
-    raise FileNotFoundError("no data folder found (looked at: " + ("; ".join(tried) or "nothing: no source given, "
+    raise NotFoundError("no data folder found (looked at: " + ("; ".join(tried) or "nothing: no source given, "
                             "$STRIPE_DATA_DIR unset, not a source checkout") + "); run `make demo` first or pass "
                             "source=FOLDER")
 
@@ -196,7 +253,7 @@ def notebook_path(name: str) -> Path:
     from importlib import resources
 
     if name not in NOTEBOOKS:
-        raise ValueError(f"unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
+        raise UserError(f"unknown notebook {name!r}; known: {', '.join(NOTEBOOKS)}")
     candidates = []
     try:
         candidates.append(Path(str(resources.files("stripe.notebooks") / f"{name}.py")))
@@ -207,7 +264,7 @@ def notebook_path(name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"notebook source {name}.py not found (looked in: {', '.join(map(str, candidates))}); "
+    raise NotFoundError(f"notebook source {name}.py not found (looked in: {', '.join(map(str, candidates))}); "
                             "reinstall the package")
 
 
@@ -245,7 +302,7 @@ def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *
     nb = jupytext.read(notebook_path(name))
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
     if index is None:
-        raise ValueError(f"{name}: the notebook has no cell tagged 'parameters'")
+        raise UserError(f"{name}: the notebook has no cell tagged 'parameters'")
     injected = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items()))
     injected.metadata["tags"] = ["injected-parameters"]
     nb.cells.insert(index + 1, injected)
@@ -266,7 +323,11 @@ def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *
 
 
 def render_figures(source: Path, out: Path, *, timeout: int = 1800, formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
-    """Execute ``paper_figures`` headless on ``source`` into ``out``; returns the files now in ``out``."""
+    """Execute ``paper_figures`` headless on ``source`` into ``out`` (a new or empty folder, or one stripe made:
+    :func:`stripe.fsio.claim_dir`); returns the files now in ``out``."""
+    from .. import fsio
+
+    fsio.claim_dir(out, "figures")
     execute_notebook("paper_figures", {"source": str(Path(source).resolve()), "out": str(Path(out).resolve()),
                                        "formats": list(formats)}, Path(out) / "paper_figures.ipynb", timeout=timeout)
     return sorted(p for p in Path(out).rglob("*") if p.is_file())
