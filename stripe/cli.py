@@ -353,34 +353,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 @command("ablate")
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .analysis import ablate_model, run_ablation
+    from .analysis import ablate
 
-    scopes = [s.strip() for s in args.scope.split(",") if s.strip()]
-    target = Path(args.run_dir) if args.run_dir else None
-    if target is not None and not (target / "config.json").is_file():
-        # a checkpoint file of any format, or a run folder of the official ASR code (its last checkpoint)
-        if target.is_dir() and (target / "checkpoint.pth.tar").is_file():
-            target = target / "checkpoint.pth.tar"
-        elif target.is_dir():
-            raise UserError(f"{target}: neither a stripe run (config.json) nor a run folder of the official ASR code "
-                            "(checkpoint.pth.tar)")
-        if not args.out:
-            raise UserError(f"{args.run_dir}: not a stripe run, so give --out DIR for the ablation")
-        if args.save:
-            raise UserError("--save applies to a stripe run")
-        table = ablate_model(None, weights=target, dataset=args.dataset, out=args.out, data_root=args.data_root,
-                             probe_n=args.probe_n, test_subset=args.test_subset, scopes=scopes,
-                             device=args.device, progress=not args.no_progress)
-    elif target is None:
-        if not (args.model and args.dataset and args.out):
-            raise UserError("give a RUN_DIR, a checkpoint file, or --model NAME --weights FILE --dataset D --out DIR")
-        table = ablate_model(args.model, weights=args.weights, dataset=args.dataset, out=args.out,
-                             num_classes=args.num_classes, data_root=args.data_root, probe_n=args.probe_n,
-                             test_subset=args.test_subset, scopes=scopes, taps=args.taps,
-                             preprocess=_preprocess(args), device=args.device, progress=not args.no_progress)
-    else:
-        table = run_ablation(args.run_dir, checkpoint=args.checkpoint, scopes=scopes, out=args.out, save=args.save,
-                             device=args.device, progress=not args.no_progress, taps=args.taps)
+    table = ablate(args.run_dir, model=args.model, weights=args.weights, dataset=args.dataset, out=args.out,
+                   checkpoint=args.checkpoint, scopes=[s.strip() for s in args.scope.split(",") if s.strip()],
+                   save=args.save, data_root=args.data_root, probe_n=args.probe_n, test_subset=args.test_subset,
+                   num_classes=args.num_classes, taps=args.taps, preprocess=_preprocess(args), device=args.device,
+                   progress=not args.no_progress)
     out = Path(table.attrs["out"])
     print((out / "ablation.md").read_text().rstrip())
     print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")

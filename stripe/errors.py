@@ -25,3 +25,14 @@ class RefusedError(StripeError, PermissionError):
 
 class EnvironmentProblem(StripeError, RuntimeError):
     """What the machine lacks (a GPU, a package, disk space) for the asked work."""
+
+
+class MissingEntryError(StripeError, KeyError):
+    """An epoch, tap or tensor that a recording or table does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; this one reads as a sentence
+        return str(self.args[0]) if self.args else ""
+
+
+class NotAFolderError(StripeError, NotADirectoryError):
+    """A path that should be a folder is a file."""

@@ -186,7 +186,7 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
 
     import stripe.record.sweep as S
 
-    real = S.load_weights
+    real = S.load_model
     calls = {"n": 0}
 
     def dies_on_third(*a, **k):
@@ -195,7 +195,7 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(S, "load_weights", dies_on_third)
+    monkeypatch.setattr(S, "load_model", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         collect(run, out=tmp_path / "part", device="cpu", progress=False)
     monkeypatch.setattr(S, "load_weights", real)

@@ -286,7 +286,8 @@ def test_tap_table_matches_numpy(built, tables) -> None:
         "std_after", "std_after_lo", "std_after_hi", "std_before", "std_before_lo", "std_before_hi",
         "stripe_after", "stripe_after_lo", "stripe_after_hi", "stripe_before", "stripe_before_lo", "stripe_before_hi",
         "cos_after", "cos_after_lo", "cos_after_hi", "cos_before", "cos_before_lo", "cos_before_hi",
-        "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels", "flag",
+        "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels",
+        "hidden_width", "dead_hidden", "flag",
     ]  # fmt: skip
     assert len(taps) == len(EPOCHS) * len(TAPS)
     # sorted by epoch, then manifest order

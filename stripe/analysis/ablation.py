@@ -393,3 +393,37 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
                                                                  "n_test": len(data.test)})
     table.attrs["out"] = str(out)
     return table
+
+
+def ablate(target: str | Path | None = None, *, model: str | None = None, weights: str | Path | None = None,
+           dataset: str | None = None, out: str | Path | None = None, checkpoint: str = "last",
+           scopes: Sequence[str] = ("all", "stage"), save: str | Path | None = None, data_root: str | None = None,
+           probe_n: int = 1000, test_subset: int | None = None, num_classes: int | None = None,
+           taps: str | Sequence[str] = "auto", preprocess: str | dict[str, Any] | None = "auto",
+           device: str | None = "auto", progress: bool = True) -> "pd.DataFrame":
+    """``stripe ablate`` as one call: ``target`` a stripe run (:func:`run_ablation`), a checkpoint file of any
+    format or a run folder of the official ASR code (its ``checkpoint.pth.tar``; :func:`ablate_model`), or None
+    with ``model`` (a source name) and ``weights``. The table's ``attrs["out"]`` says where it was written."""
+    if target is not None and (Path(target) / "config.json").is_file():
+        return run_ablation(target, checkpoint=checkpoint, scopes=scopes, out=out, save=save, device=device,
+                            progress=progress, taps=taps)
+    if target is not None:
+        path = Path(target)
+        if path.is_dir():
+            if not (path / "checkpoint.pth.tar").is_file():
+                raise UserError(f"{path}: neither a stripe run (config.json) nor a run folder of the official ASR "
+                                "code (checkpoint.pth.tar)")
+            path = path / "checkpoint.pth.tar"
+        elif not path.exists():
+            raise NotFoundError(f"{path}: no such run, folder or checkpoint file")
+        if out is None:
+            raise UserError(f"{target}: not a stripe run, so give the ablation's output folder (--out)")
+        if save is not None:
+            raise UserError("--save applies to a stripe run")
+        return ablate_model(None, weights=path, dataset=dataset, out=out, data_root=data_root, probe_n=probe_n,
+                            test_subset=test_subset, scopes=scopes, device=device, progress=progress)
+    if not (model and dataset and out):
+        raise UserError("give a RUN_DIR, a checkpoint file, or --model NAME --weights FILE --dataset D --out DIR")
+    return ablate_model(model, weights=weights, dataset=dataset, out=out, num_classes=num_classes,
+                        data_root=data_root, probe_n=probe_n, test_subset=test_subset, scopes=scopes, taps=taps,
+                        preprocess=preprocess, device=device, progress=progress)

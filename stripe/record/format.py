@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import __version__, fsio
-from ..errors import NotFoundError, UserError
+from ..errors import MissingEntryError, NotAFolderError, NotFoundError, UserError
 from .moments import MOMENT_KEYS, ChannelStats, FoldStats
 
 __all__ = [
@@ -247,7 +247,7 @@ class Recording:
         if not path.exists():
             raise NotFoundError(f"recording directory not found: {path}")
         if not path.is_dir():
-            raise UserError(f"not a recording directory: {path}")
+            raise NotAFolderError(f"not a recording directory: {path}")
         mpath = path / MANIFEST_NAME
         if not mpath.is_file():
             raise NotFoundError(f"recording manifest not found: {mpath}")
@@ -268,7 +268,7 @@ class Recording:
         try:
             return self._checkpoints[int(epoch)]
         except KeyError:
-            raise UserError(f"epoch {epoch} is not a checkpoint of {self.path} (epochs {self.epochs})") from None
+            raise MissingEntryError(f"epoch {epoch} is not a checkpoint of {self.path} (epochs {self.epochs})") from None
 
     def _file(self, rel: str) -> Path:
         """A path from the manifest, inside the recording directory (anything else is refused)."""
@@ -339,7 +339,7 @@ class Recording:
         key = f"{tap}/{kind}"
         with safe_open(str(f), framework="numpy") as st:
             if key not in st.keys():
-                raise UserError(f"raw file {f} has no tensor {key!r}")
+                raise MissingEntryError(f"raw file {f} has no tensor {key!r}")
             return np.asarray(st.get_tensor(key), dtype=np.float32)
 
 

@@ -84,7 +84,8 @@ def _read(path: Path, map_location: Any) -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a bad pickle, a truncated zip, code in the file: one line
         msg = (str(e).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"{path}: cannot be read with weights_only=True ({type(e).__name__}: {msg})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, or not readable with weights_only=True "
+                              f"({type(e).__name__}: {msg})") from None
 
 
 def _tensors(obj: Any) -> bool:

@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from ..errors import UserError
+from ..errors import MissingEntryError, UserError
 from ..fsio import atomic_write
 from ..nn.variants import Variant, config_label, variant_rank
 from ..record import ChannelStats, Recording
@@ -292,11 +292,11 @@ def stripe_heatmap(
         raise UserError(f"{rec.path}: the recording has no checkpoints")
     epoch = rec.epochs[-1] if epoch is None else int(epoch)
     if epoch not in rec.epochs:
-        raise KeyError(f"epoch {epoch} is not a checkpoint of {rec.path} (epochs {rec.epochs})")
+        raise MissingEntryError(f"epoch {epoch} is not a checkpoint of {rec.path} (epochs {rec.epochs})")
     tap = _default_tap(rec, epoch) if tap is None else str(tap)
     meta = rec.taps.set_index("key")
     if tap not in meta.index:
-        raise KeyError(f"tap {tap!r} is not in {rec.path} (taps: {list(meta.index)[:5]}...)")
+        raise MissingEntryError(f"tap {tap!r} is not in {rec.path} (taps: {list(meta.index)[:5]}...)")
     row = meta.loc[tap]
     is_asr = bool(row["asr"])
     after_full = rec.raw(epoch, tap, "after")
@@ -351,7 +351,7 @@ def _final_epoch(df: pd.DataFrame, epoch: int | None, what: str) -> int:
     if epoch is None:
         return int(epochs[-1])
     if int(epoch) not in epochs:
-        raise KeyError(f"epoch {epoch} is not in the {what} (epochs {epochs})")
+        raise MissingEntryError(f"epoch {epoch} is not in the {what} (epochs {epochs})")
     return int(epoch)
 
 
