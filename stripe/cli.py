@@ -52,7 +52,7 @@ def _positive_int(option: str) -> Callable[[str], int]:
 @command("models")
 def cmd_models(args: argparse.Namespace) -> int:
     from .nn import list_attn, list_models
-    from .nn.report import param_table
+    from .nn import param_table
 
     rows = param_table(list_models() if args.model is None else [args.model], num_classes=args.num_classes,
                        block=args.block)
@@ -99,7 +99,7 @@ def _fold_checkpoint(args: argparse.Namespace) -> int:
 @command("fold")
 def cmd_fold(args: argparse.Namespace) -> int:
     from .nn import is_source, list_attn
-    from .nn.report import fold_table
+    from .gates.report import fold_table
 
     if args.checkpoint:
         return _fold_checkpoint(args)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from stripe.data import ImageSet, Loader
-from stripe.nn import create_model, verify_fold
+from stripe.gates import verify_fold
+from stripe.nn import create_model
 from stripe.record import Recorder
 from stripe.train import SGD, TrainConfig, TrainStep
 from stripe.nn import ModelConfig

@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "stripe"
 #: the data flow; a subpackage may import from those listed before it (and the base modules)
-ORDER = ["nn", "data", "train", "record", "analysis", "viz", "experiments"]
+ORDER = ["nn", "gates", "data", "train", "record", "analysis", "viz", "experiments"]
 BASE = {"fsio", "errors"}  # the file helpers and the error classes every layer may use
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from stripe import load_model
-from stripe.nn import (ModelConfig, build_model, from_official, infer_config, list_attn, official_input,
-                       randomize_batchnorm, reparameterize, split_fused, strip_prefix, to_official)
+from stripe.nn import ModelConfig, build_model, list_attn
+from stripe.train import from_official, infer_config, official_input, split_fused, strip_prefix, to_official
+from stripe.gates import randomize_norms, reparameterize
 from stripe.train import (CheckpointError, fold_vs_official, official_run, read_official_log, save_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def _randomized(cfg: ModelConfig, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    randomize_batchnorm(model, torch.randn(4, cfg.in_chans or 3, 32, 32, generator=g), g)
+    randomize_norms(model, calib=torch.randn(4, cfg.in_chans or 3, 32, 32, generator=g))
     return model.eval()
 
 

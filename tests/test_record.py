@@ -16,7 +16,8 @@ from stripe.nn import list_attn
 from stripe.train import list_checkpoints, load_weights
 from stripe.cli import main
 from stripe.nn import create_model
-from stripe.record import Recorder, Recording, collect, find_gates, select_gates
+from stripe.gates import find_gates, select_gates
+from stripe.record import Recorder, Recording, collect
 from stripe.analysis import compute_tables
 from stripe.train import TrainConfig, train
 
@@ -125,14 +126,16 @@ def test_hooks_removed_user_hooks_kept_bn_untouched():
 
 def test_tap_selection():
     model = create_model("cifar_resnet20", num_classes=10, attn="se", asr=True, both=True, block="bottleneck")
-    points = find_gates(model)
-    assert len(points) == 12 and sum(p.asr for p in points.values()) == 6
-    assert select_gates(model, points, "stage:2") == ["layer2.0.bn3.attn", "layer2.0.attn", "layer2.1.bn3.attn", "layer2.1.attn"]
-    assert select_gates(model, points, "attention") == [n for n, p in points.items() if not p.asr]
-    assert select_gates(model, points, "layer3.?.attn") == ["layer3.0.attn", "layer3.1.attn"]  # * also crosses dots
-    assert len(select_gates(model, points, ["asr", "layer1.0.attn"])) == 7
+    gates = find_gates(model)
+    assert len(gates) == 12 and sum(g.asr for g in gates) == 6 and all(g.kind == "taps" for g in gates)
+    paths = lambda sel: [g.path for g in select_gates(model, gates, sel)]  # noqa: E731
+    assert paths("stage:2") == ["layer2.0.bn3.attn", "layer2.0.attn", "layer2.1.bn3.attn", "layer2.1.attn"]
+    assert paths("attention") == [g.path for g in gates if not g.asr]
+    assert paths("layer3.?.attn") == ["layer3.0.attn", "layer3.1.attn"]  # * also crosses dots
+    assert paths("layer3.0.attn.tap") == ["layer3.0.attn"]  # the recording key matches too
+    assert len(select_gates(model, gates, ["asr", "layer1.0.attn"])) == 7
     with pytest.raises(ValueError, match=r"no tap matches \['layer9\*'\]"):
-        select_gates(model, points, "layer9*")
+        select_gates(model, gates, "layer9*")
     with pytest.raises(ValueError, match="no tap matches"):
         Recorder(create_model("cifar_resnet20", num_classes=10), "*")
 
@@ -299,7 +302,7 @@ def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
 def test_constant_replacement_equals_forcing_the_taps(attn, variant):
     """The folded replacement gives the logits of the original model whose taps are forced to μ
     by forward hooks (an independent reference: the hook replaces the attention, nothing is folded)."""
-    from stripe.analysis import replace_with_constants
+    from stripe.gates import replace_with_constants
 
     torch.manual_seed(0)
     model = create_model("cifar_resnet14", num_classes=10, attn=attn, block="basic", **variant).eval()
@@ -309,8 +312,8 @@ def test_constant_replacement_equals_forcing_the_taps(attn, variant):
     x = _images()
     with Recorder(model) as rec, torch.no_grad():
         model(x)
-    taps = [t.to_dict() for t in rec.taps]
-    means = {t["key"]: torch.rand(t["channels"], dtype=torch.float64) for t in taps}
+    taps = rec.taps
+    means = {t.key: torch.rand(t.channels, dtype=torch.float64) for t in taps}
     folded = replace_with_constants(model, taps, means).eval()
 
     def force(module, inputs, output):
@@ -318,8 +321,7 @@ def test_constant_replacement_equals_forcing_the_taps(attn, variant):
         key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
         return means[key].to(output).expand_as(output)
 
-    handles = [m.tap.register_forward_hook(force) for n, m in model.named_modules() if n in
-               {t["module"] for t in taps}]
+    handles = [m.tap.register_forward_hook(force) for n, m in model.named_modules() if n in {t.path for t in taps}]
     with torch.no_grad():
         forced = model(x)
     for h in handles:

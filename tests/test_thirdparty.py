@@ -18,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from stripe.cli import main
-from stripe.nn import (FoldError, GateAdapter, ModelConfig, adapters, build_model, build_source, create_model,
-                       find_adapter, fold_constants, gate_classes, preprocess_for, preprocessing, randomize_norms,
-                       register_adapter, replace_with_constant, verify_posthoc_fold)
-from stripe.nn.adapters import AUTO_ONLY, UNSUPPORTED, read_after, read_before
+from stripe.gates import (FoldError, GateAdapter, adapters, detect_gates, find_adapter, fold_constants, randomize_norms,
+                          register_adapter, replace_with_constants, verify_posthoc_fold)
+from stripe.gates.adapters import AUTO_ONLY, UNSUPPORTED, read_after
+from stripe.nn import (ModelConfig, build_model, build_source, create_model, gate_classes, global_pool, preprocess_for,
+                       preprocessing)
 from stripe.nn.sources import MissingDependency, load_weights_file, parse_source
-from stripe.record import Recorder, Recording, detect_gates
+from stripe.record import Recorder, Recording
 
 from helpers import real_dataset_name, run_data, tiny_cfg
 
@@ -139,11 +140,11 @@ def test_one_registry_for_package_and_third_party_gates():
 
 def test_match_by_qualname_without_importing_timm():
     code = (
-        "import sys, torch.nn as nn, stripe.nn, stripe.record\n"
+        "import sys, torch.nn as nn, stripe.gates, stripe.record\n"
         "Fake = type('SEModule', (nn.Module,), {'__module__': 'timm.layers.squeeze_excite'})\n"
-        "a = stripe.nn.find_adapter(Fake())\n"
+        "a = stripe.gates.find_adapter(Fake())\n"
         "assert a is not None and a.name == 'timm_se' and a.gate_attr == 'gate', a\n"
-        "assert stripe.nn.find_adapter(nn.ReLU()) is None\n"
+        "assert stripe.gates.find_adapter(nn.ReLU()) is None\n"
         "assert 'timm' not in sys.modules and 'onnx' not in sys.modules, 'optional package imported'\n"
         "print('ok')\n"
     )
@@ -160,7 +161,7 @@ def test_unsupported_and_auto_only_carry_their_reasons():
 
 def test_read_helpers():
     x = torch.randn(2, 5, 4, 3)
-    assert torch.equal(read_before(x), x.mean((2, 3)))
+    assert torch.equal(global_pool(x), x.mean((2, 3)))
     g = torch.rand(2, 5)
     assert torch.equal(read_after(g.view(2, 5, 1, 1), "bc11"), g)
     assert torch.equal(read_after(g.view(2, 1, 5), "b1c"), g)
@@ -278,7 +279,7 @@ def test_auto_gate_recorded_exactly():
         g = torch.sigmoid(m.fc(h.mean((2, 3), keepdim=True))).flatten(1)
     torch.testing.assert_close(raw["gate/after"], g, rtol=0, atol=1e-6)
     torch.testing.assert_close(raw["gate/before"], h.mean((2, 3)), rtol=0, atol=1e-6)
-    assert rec.taps[0].attn == "auto" and rec.taps[0].module == ""
+    assert rec.taps[0].attn == "auto" and rec.taps[0].path == ""
     with pytest.raises(ValueError, match="no tap matches"):  # no adapter class: only the detector finds it
         Recorder(m, "*")
     with pytest.raises(ValueError, match="example"):  # no config to make a calibration input from
@@ -328,7 +329,8 @@ def test_auto_on_this_packages_models_records_what_star_records(attn):
     x = torch.randn(4, 3, 32, 32)
     a, raw_a = record(model, "*", x)
     b, raw_b = record(model, "auto", x)
-    assert [t.to_dict() for t in a.taps] == [t.to_dict() for t in b.taps] and not b.sites
+    assert [t.record() for t in a.taps] == [t.record() for t in b.taps]
+    assert all(g.kind == "taps" for g in b.gates)  # this package's modules: read through their taps, never "auto"
     assert all(torch.equal(raw_a[k], raw_b[k]) for k in raw_a)
 
 
@@ -352,7 +354,7 @@ def test_constant_replacement_equals_forced_adapter_gate():
     for s in sites:
         forced.get_submodule(s.path).scale_activation = Const(means[s.key])
     with torch.no_grad():
-        ref, rep = forced(x), replace_with_constant(m, sites, means)(x)
+        ref, rep = forced(x), replace_with_constants(m, sites, means)(x)
         assert (rep - ref).abs().max() <= 1e-5 * ref.abs().max()
         assert (rep - m(x)).abs().max() > 1e-2 * ref.abs().max()  # the replacement changed something
 
@@ -362,7 +364,7 @@ def test_constant_replacement_equals_forced_auto_gate():
     x = torch.randn(2, 3, 16, 16)
     sites = detect_gates(m, x)
     mu = torch.rand(8)
-    rep = replace_with_constant(m, sites, {"gate": mu})
+    rep = replace_with_constants(m, sites, {"gate": mu})
     m.force = mu
     with torch.no_grad():
         torch.testing.assert_close(rep(x), m(x), rtol=0, atol=1e-6)
@@ -413,9 +415,8 @@ def test_a_wrong_fold_fails_the_check():
 
 
 def test_posthoc_fold_of_this_packages_se_equals_its_own_ablation():
-    """The package's SE through the registry's taps adapter: replace_with_constant and fold_constants give the
-    logits of stripe.analysis.replace_with_constants (the package's own fold into the last BN)."""
-    from stripe.analysis import replace_with_constants
+    """The package's SE through the registry's taps adapter: fold_constants (the post-hoc fold of a detected gate)
+    gives the logits of replace_with_constants (the package's own fold into the last BN)."""
 
     torch.manual_seed(0)
     model = create_model("cifar_resnet8", num_classes=10, attn="se").eval()
@@ -426,11 +427,10 @@ def test_posthoc_fold_of_this_packages_se_equals_its_own_ablation():
     sites = detect_gates(model, x)
     assert [(s.kind, s.adapter, s.fold) for s in sites] == [("taps", "se", "bn_before")] * 3
     means = _means(sites)
-    taps = [{"key": f"{s.path}.tap", "module": s.path, "attn": "se", "asr": False, "call": None} for s in sites]
-    ref = replace_with_constants(model, taps, {f"{s.path}.tap": means[s.key] for s in sites})
+    assert [s.key for s in sites] == [f"{s.path}.tap" for s in sites]
+    ref = replace_with_constants(model, sites, means)
     with torch.no_grad():
-        for other in (replace_with_constant(model, sites, means), fold_constants(model, sites, means)[0]):
-            torch.testing.assert_close(other(x), ref(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(fold_constants(model, sites, means)[0](x), ref(x), rtol=0, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- model sources
@@ -690,7 +690,7 @@ def test_ppocr_classifier_gates_recorded_and_folded_exactly():
         warnings.simplefilter("ignore")  # onnx2torch's Slice indexes with a list
         with Recorder(model, "auto", example=x[:2]) as rec, torch.no_grad():
             model(x)
-        sites = rec.sites
+        sites = rec.gates
         assert len(sites) == 9 and all(s.adapter == "auto" and s.fold == "conv_after" for s in sites)
         stats = rec.stats()
         assert all(0 <= stats[(s.key, "after")].stripe_index() <= 1 for s in sites)

@@ -31,8 +31,8 @@ class _SoftmaxNet(nn.Module):
 
 def test_fold_check_compares_logits_of_a_model_that_ends_in_a_softmax(monkeypatch):
     """A wrong fold must fail even where the softmax saturates; the right one passes."""
-    from stripe.nn import FoldError, posthoc, verify_posthoc_fold
-    from stripe.record import detect_gates
+    from stripe.gates import FoldError, detect_gates, verify_posthoc_fold
+    from stripe.gates import fold as posthoc
 
     torch.manual_seed(0)
     model = _SoftmaxNet().eval()
@@ -109,7 +109,7 @@ def test_hidden_widths_and_dead_hidden_units_are_reported(tmp_path):
         model(x)
     with RecordingWriter(tmp_path / "rec", {"model": model.config.to_dict(), "source_run_id": None, "probe": {},
                                             "folds": 4, "precision": "fp32", "taps_selector": ["*"]}) as w:
-        w.add(1, rec.fold_stats(), rec.raw(), [t.to_dict() for t in rec.taps], checkpoint=None,
+        w.add(1, rec.fold_stats(), rec.raw(), [t.record() for t in rec.taps], checkpoint=None,
               checkpoint_sha256=None)
     taps = compute_tables(tmp_path / "rec")["taps"].set_index("tap")
     assert list(taps["hidden_width"]) == [1, 1, 2, 2, 4, 4]

@@ -15,13 +15,13 @@ number of test predictions that changed, and an exact McNemar test of the paired
 
 Any other model (a run of ``torchvision:NAME``/``timm:NAME``/…, or a model named with its weights
 file): its gates are found by adapters and the generic detector (``taps="auto"``) and each one is
-replaced at the gate by its constant (:func:`stripe.nn.replace_with_constant`); the table is the
+replaced at the gate by its constant (:func:`stripe.gates.replace_with_constants`, the same function that
+replaces this package's modules); the table is the
 same (scopes ``all`` and ``tap``; such gates have no stage). Folding them into the model's
 parameters is ``stripe fold --model NAME``.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -31,90 +31,12 @@ from torch import nn
 
 from .. import fsio
 from ..errors import NotFoundError, UserError
-from ..nn import ASRNorm, CBAM, IEBatchNorm, fold_norm, set_submodule
+from ..gates import Gate, replace_with_constants
 
 if TYPE_CHECKING:
     import pandas as pd
 
 SCOPES = ("all", "stage", "tap")
-
-
-class SpatialGate(nn.Module):
-    """CBAM's spatial gate alone (the channel gate was folded): y ⊙ s(y)."""
-
-    def __init__(self, cbam: CBAM) -> None:
-        super().__init__()
-        self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
-
-    spatial_map = CBAM.spatial_map  # the same computation, on these same submodules
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.spatial_map(y)
-
-
-def _last_norm_name(block: nn.Module) -> str:
-    return "bn3" if hasattr(block, "bn3") else "bn2"
-
-
-def replace_with_constants(model: nn.Module, taps: Sequence[dict[str, Any]], means: dict[str, torch.Tensor]) -> nn.Module:
-    """A new model in which each tap in ``taps`` (manifest-style dicts: key, module, attn, asr, call)
-    has its attention replaced by ``means[key]`` and folded; ``model`` is untouched."""
-    new = copy.deepcopy(model)
-    by_module: dict[str, list[dict[str, Any]]] = {}
-    for t in taps:
-        by_module.setdefault(t["module"], []).append(t)
-    for module_path, group in by_module.items():
-        first = group[0]
-        if first["attn"] == "dia":
-            _replace_dia(new, module_path, group, means)
-        elif first["asr"]:  # the ASR gate of an ASRNorm at <block>.<norm>.attn: the ASR fold, v = μ
-            norm_path = module_path.rpartition(".")[0]
-            asr_norm = new.get_submodule(norm_path)
-            set_submodule(new, norm_path, fold_norm(asr_norm.norm, means[first["key"]].to(asr_norm.norm.weight)))
-        else:
-            owner_path = module_path.rpartition(".")[0]
-            owner = new.get_submodule(owner_path)
-            mu = means[first["key"]]
-            if isinstance(owner, IEBatchNorm):  # IE: y = xhat·(γ·a) + β  ->  a plain BN with γ·μ
-                bn = nn.BatchNorm2d(owner.num_features, eps=owner.eps, momentum=owner.momentum)
-                bn.load_state_dict({k: v for k, v in owner.state_dict().items() if not k.startswith("attn.")})
-                with torch.no_grad():
-                    bn.weight.mul_(mu.to(bn.weight))
-                set_submodule(new, owner_path, bn.to(owner.weight.device))
-            else:  # the block's attention slot
-                _fold_into_last_norm(owner, mu)
-                attn = owner.attn
-                owner.attn = SpatialGate(attn) if isinstance(attn, CBAM) and attn.spatial else None
-    return new
-
-
-def _replace_dia(model: nn.Module, cell_path: str, group: list[dict[str, Any]], means: dict[str, torch.Tensor]) -> None:
-    """Replace every call of a stage's DIA cell (normal or ASR) by its constant, block by block."""
-    stage_path, _, leaf = cell_path.rpartition(".")
-    stage = model.get_submodule(stage_path)
-    if sorted(t["call"] for t in group) != list(range(stage.num_blocks)):
-        raise UserError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
-                         "stage (scope stage or all), not single blocks")
-    for t in group:
-        block = stage.blocks()[t["call"]]
-        mu = means[t["key"]]
-        if group[0]["asr"]:
-            name = _last_norm_name(block)
-            asr_norm = getattr(block, name)
-            setattr(block, name, fold_norm(asr_norm.norm, mu.to(asr_norm.norm.weight)))
-        else:
-            _fold_into_last_norm(block, mu)
-            block.attn = None
-    del stage._modules[leaf]
-
-
-def _fold_into_last_norm(block: nn.Module, mu: torch.Tensor) -> None:
-    name = _last_norm_name(block)
-    norm = getattr(block, name)
-    if isinstance(norm, ASRNorm):  # both=True: the ASR norm's output is what the attention multiplies
-        norm.norm = fold_norm(norm.norm, mu.to(norm.norm.weight))
-    else:
-        setattr(block, name, fold_norm(norm, mu.to(norm.weight)))
 
 
 @dataclass
@@ -152,19 +74,19 @@ def paired_row(scope: str, target: str, n_taps: int, base_pred: torch.Tensor, pr
                        mcnemar_exact(gained, lost))
 
 
-def scope_groups(taps: list[dict[str, Any]], scopes: Sequence[str]) -> list[tuple[str, str, list[dict[str, Any]]]]:
-    """(scope, target, taps) for each requested scope: all taps; each stage; each tap (DIA: skipped)."""
+def scope_groups(gates: list[Gate], scopes: Sequence[str]) -> list[tuple[str, str, list[Gate]]]:
+    """(scope, target, gates) for each requested scope: all gates; each stage; each gate (DIA: skipped)."""
     out = []
     for scope in scopes:
         if scope not in SCOPES:
             raise UserError(f"--scope: unknown scope {scope!r}; known: {', '.join(SCOPES)}")
         if scope == "all":
-            out.append(("all", "all", list(taps)))
+            out.append(("all", "all", list(gates)))
         elif scope == "stage":  # gates of other models have no stage
-            for s in sorted({t["stage"] for t in taps if t["stage"] is not None}):
-                out.append(("stage", f"stage {s}", [t for t in taps if t["stage"] == s]))
+            for st in sorted({g.stage for g in gates if g.stage is not None}):
+                out.append(("stage", f"stage {st}", [g for g in gates if g.stage == st]))
         else:
-            out.extend(("tap", t["key"], [t]) for t in taps if t["attn"] != "dia")  # DIA: whole stages only
+            out.extend(("tap", g.key, [g]) for g in gates if g.attn != "dia")  # DIA: whole stages only
     return out
 
 
@@ -180,68 +102,30 @@ def _markdown(rows: list[AblationRow], run_dir: Path | str, epoch: int | None, n
             + "\n".join(md) + "\n")
 
 
-def sites_of_taps(sites: Sequence[Any], taps: list[dict[str, Any]]) -> dict[str, Any]:
-    """The gate site of each recorded tap key (this package's gates are keyed ``<module>.tap``)."""
-    by_key = {s.key: s for s in sites}
-    by_path = {s.path: s for s in sites if s.kind == "taps"}
-    out = {}
-    for t in taps:
-        site = by_key.get(t["key"]) or (by_path.get(t["module"]) if t["key"] == f"{t['module']}.tap" else None)
-        if site is None:
-            raise UserError(f"tap {t['key']}: no gate site to replace (a gate called several times per forward, "
-                             "or a package gate called by its parent such as IEBN or DIA)")
-        out[t["key"]] = site
-    return out
-
-
-def _thirdparty_rows(model: nn.Module, probe_loader, test_loader, labels: torch.Tensor, scopes: Sequence[str], *,
-                     taps: str | Sequence[str], progress: bool) -> tuple[list[AblationRow], int]:
-    """Rows of the ablation of any model: each gate replaced at the gate by its probe-set mean (auto detection)."""
-    from tqdm.auto import tqdm
-
-    from ..nn import replace_with_constant
-    from ..record import Recorder, detect_gates
-    from ..train import predict
-
-    example = next(iter(probe_loader))[0][:2]
-    with Recorder(model, taps, example=example) as rec, torch.no_grad():
-        for x, _ in probe_loader:
-            model(x)
-    recorded = [t.to_dict() for t in rec.taps if t.call is None]
-    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
-    package = [s for s in detect_gates(model, example) if s.kind == "taps"] if rec.sites != list(rec.points.values()) \
-        else []  # this package's attention modules inside the model: replaced through their taps
-    sites = sites_of_taps(rec.sites + package, recorded)
-    base_pred = predict(model, test_loader)
-    rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
-    for scope, target, group in tqdm(scope_groups(recorded, scopes), desc="ablate", unit="scope", disable=not progress):
-        chosen = [sites[t["key"]] for t in group]
-        mu = {sites[t["key"]].key: means[t["key"]] for t in group}
-        rows.append(paired_row(scope, target, len(group), base_pred,
-                               predict(replace_with_constant(model, chosen, mu), test_loader), labels))
-    return rows, len(recorded)
-
-
-def _own_rows(model: nn.Module, probe_loader, test_loader, labels: torch.Tensor, scopes: Sequence[str], *,
-              progress: bool) -> tuple[list[AblationRow], list[dict[str, Any]], dict[str, torch.Tensor], torch.Tensor]:
-    """Rows of the ablation of one of this package's models (each attention replaced through its taps by its
-    probe-set mean), with the taps, the means and the deployed model's predictions."""
+def _rows(model: nn.Module, probe_loader, test_loader, labels: torch.Tensor, scopes: Sequence[str], *,
+          taps: str | Sequence[str] = "*", progress: bool = True
+          ) -> tuple[list[AblationRow], list[Gate], dict[str, torch.Tensor], torch.Tensor]:
+    """The ablation of any model: the gates (``taps``) recorded over the probe images, then each scope's gates
+    replaced by their probe-set means (:func:`stripe.gates.replace_with_constants`), scored against the deployed
+    model's predictions. Returns the rows, the gates, the means and the deployed model's predictions."""
     from tqdm.auto import tqdm
 
     from ..record import Recorder
     from ..train import deployed, predict
 
-    with Recorder(model, "*") as rec, torch.no_grad():
+    example = next(iter(probe_loader))[0][:2] if "auto" in ([taps] if isinstance(taps, str) else taps) else None
+    with Recorder(model, taps, example=example) as rec, torch.no_grad():
         for x, _ in probe_loader:
             model(x)
-    taps = [t.to_dict() for t in rec.taps]
-    means = {key: torch.from_numpy(s.mean_) for (key, kind), s in rec.stats().items() if kind == "after"}
+    # another model's gate that runs several times per forward is replaced at its module: by its first call's mean
+    gates = [g for g in rec.taps if g.kind == "taps" or g.call is None]
+    means = {key: torch.from_numpy(st.mean_) for (key, kind), st in rec.stats().items() if kind == "after"}
     base_pred = predict(deployed(model), test_loader)
     rows = [paired_row("none", "", 0, base_pred, base_pred, labels)]
-    for scope, target, group in tqdm(scope_groups(taps, scopes), desc="ablate", unit="scope", disable=not progress):
+    for scope, target, group in tqdm(scope_groups(gates, scopes), desc="ablate", unit="scope", disable=not progress):
         rows.append(paired_row(scope, target, len(group), base_pred,
                                predict(replace_with_constants(model, group, means), test_loader), labels))
-    return rows, taps, means, base_pred
+    return rows, gates, means, base_pred
 
 
 def _write(table: "pd.DataFrame", rows: list[AblationRow], out: Path, where: Path | str, epoch: int | None,
@@ -270,7 +154,7 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
 
     from ..data import Loader, eval_sets, load_dataset
     from ..nn import build_source, preprocess_for
-    from ..nn.official import OFFICIAL_MEAN, OFFICIAL_STD
+    from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
     from ..train import load_model, resolve_device
 
     dev = resolve_device(device)
@@ -299,11 +183,8 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     out = fsio.claim_dir(out, "ablation")
     probe_loader = Loader(data.probe, batch_size, train=False, device=dev, **pp)
     test_loader = Loader(data.score, batch_size, train=False, device=dev, **pp)
-    if model_name is None:
-        rows = _own_rows(model, probe_loader, test_loader, data.score.labels, scopes, progress=progress)[0]
-    else:
-        rows, _ = _thirdparty_rows(model, probe_loader, test_loader, data.score.labels, scopes, taps=taps,
-                                   progress=progress)
+    rows = _rows(model, probe_loader, test_loader, data.score.labels, scopes, taps="*" if model_name is None else taps,
+                 progress=progress)[0]
     table = pd.DataFrame([r.__dict__ for r in rows])
     table.insert(0, "epoch", getattr(getattr(model, "load_info", None), "epoch", None))
     table["n_test"], table["n_probe"] = len(data.score), len(data.probe)
@@ -358,9 +239,9 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         if save is not None:
             raise UserError("--save: a source model's folded gates change its architecture, so it cannot be saved "
                              "as a checkpoint of its config; use stripe fold --model NAME --weights FILE")
-        rows, _ = _thirdparty_rows(model, Loader(data.probe, batch_size, train=False, device=dev),
-                                   Loader(data.test, batch_size, train=False, device=dev), data.test.labels, scopes,
-                                   taps=taps, progress=progress)
+        rows = _rows(model, Loader(data.probe, batch_size, train=False, device=dev),
+                     Loader(data.test, batch_size, train=False, device=dev), data.test.labels, scopes,
+                     taps=taps, progress=progress)[0]
         table = pd.DataFrame([r.__dict__ for r in rows])
         table.insert(0, "epoch", epoch)
         table["n_test"], table["n_probe"] = len(data.test), len(data.probe)
@@ -370,8 +251,8 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         return table
     test_loader = Loader(data.test, batch_size, train=False, device=dev)
     labels = data.test.labels
-    rows, taps, means, base_pred = _own_rows(model, Loader(data.probe, batch_size, train=False, device=dev),
-                                             test_loader, labels, scopes, progress=progress)
+    rows, taps, means, base_pred = _rows(model, Loader(data.probe, batch_size, train=False, device=dev),
+                                         test_loader, labels, scopes, progress=progress)
     table = pd.DataFrame([r.__dict__ for r in rows])
     table.insert(0, "epoch", epoch)
     table["n_test"] = len(data.test)

@@ -306,7 +306,7 @@ def _channel_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: p
                  max=tot["max"].ravel())
         parts.append(pd.DataFrame(d))
     df = pd.concat(parts, ignore_index=True)
-    df["kind"] = pd.Categorical(df["kind"], categories=list(KINDS))
+    df["kind"] = pd.Categorical(df["kind"], categories=list(ALL_KINDS))
     df["tap"] = pd.Categorical(df["tap"], categories=list(meta["tap"]))
     df = df.sort_values(["epoch", "tap", "kind", "channel"], kind="stable", ignore_index=True)
     for col in ("stage", "block", "depth", "call"):

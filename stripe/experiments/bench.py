@@ -246,7 +246,8 @@ def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str]
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..nn import create_model, list_attn, reparameterize
+    from ..gates import reparameterize
+    from ..nn import create_model, list_attn
     from ..train import autocast
 
     dev = resolve_device(device)

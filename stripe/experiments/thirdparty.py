@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..nn import (GateSite, build_source, count_params, fold_constants, preprocessing, randomize_norms,
-                  replace_with_constant, verify_posthoc_fold)
+from ..gates import (Gate, detect_gates, fold_constants, randomize_norms, replace_with_constants,
+                     verify_posthoc_fold)
+from ..nn import build_source, count_params, preprocessing
 from ..nn.sources import MissingDependency, load_onnx
-from ..record import Recorder, detect_gates
+from ..record import Recorder
 
 #: (model, input size) of the gate table: every gate of these is found, and folds
 MODELS: tuple[tuple[str, int], ...] = (
@@ -59,7 +60,7 @@ def _images(n: int, shape: Sequence[int], seed: int) -> Tensor:
 
 
 @torch.no_grad()
-def record_means(model: nn.Module, sites: list[GateSite], x: Tensor) -> dict[str, Tensor]:
+def record_means(model: nn.Module, sites: list[Gate], x: Tensor) -> dict[str, Tensor]:
     """Per-gate mean attention ("after") over the images ``x``, by site key."""
     with Recorder(model, sites) as rec:
         model(x)
@@ -103,7 +104,7 @@ def recording_overhead(model: nn.Module, taps: Any, x: Tensor, repeats: int = 5,
             "passes": passes, "batch": int(x.shape[0]), "threads": torch.get_num_threads()}
 
 
-def _gate_act(model: nn.Module, sites: list[GateSite]) -> str:
+def _gate_act(model: nn.Module, sites: list[Gate]) -> str:
     names = set()
     for s in sites:
         if s.kind == "module" and s.gate_attr is not None:
@@ -263,7 +264,7 @@ def source_speed(spec: str, *, num_classes: int | None = None, weights: str | Pa
     shape = _input_shape(spec, image_size, None)
     sites = detect_gates(model, _images(2, shape, 0))
     means = record_means(model, sites, _images(8, shape, 1)) if sites else {}
-    variants = [("unfolded", model), ("constant gates", replace_with_constant(model, sites, means)),
+    variants = [("unfolded", model), ("constant gates", replace_with_constants(model, sites, means)),
                 ("folded", fold_constants(model, sites, means)[0])]
     variants = [(name, m.to(dev).eval()) for name, m in variants]
     rows = []
@@ -430,7 +431,7 @@ def ocr_study(batch: int = 64) -> dict[str, Any]:
     means = {s.key: torch.from_numpy(stats[(s.key, "after")].mean_).float() for s in sites}
     folded, report = fold_constants(model, sites, means)
     pf = _batched(folded, x, batch)
-    pc = _batched(replace_with_constant(model, sites, means), x, batch)
+    pc = _batched(replace_with_constants(model, sites, means), x, batch)
     logits_model = load_ppocr_cls(logits=True)
     v_random = verify_posthoc_fold(logits_model, sites, means, x[:8])
     v_real = verify_posthoc_fold(logits_model, sites, means, x[:8], randomize=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from .dia import DIAStep
 from .ie import IEBatchNorm
 from .registry import create_attn, get_spec, list_attn
 from .sources import build_source, is_source, parse_source
+from .utils import count_params
 
 _NAME = re.compile(r"^cifar_resnet(\d+)$")
 BLOCKS = ("basic", "bottleneck")
@@ -137,18 +138,6 @@ class ModelConfig:
         return f"{self.name} ({self.block or pick_block(self.depth, None)})"
 
 
-class TapPlace(NamedTuple):
-    """Where an attention module sits: stage (1-based), block within the stage, global block index.
-
-    ``block``/``depth`` are None for a module shared by a stage's blocks (DIA); then the call
-    index gives the block, and ``first_depth`` the global index of the stage's block 0.
-    """
-
-    stage: int
-    block: int | None
-    first_depth: int
-
-
 class BasicBlock(nn.Module):
     """3x3 -> BN -> ReLU -> 3x3 -> BN (-> attention) + shortcut -> ReLU."""
 
@@ -256,18 +245,20 @@ class CifarResNet(nn.Module):
         """The three stages in forward order."""
         return [self.layer1, self.layer2, self.layer3]
 
-    def tap_places(self) -> dict[str, TapPlace]:
-        """Where each attention module sits, by module path (what recordings label taps with)."""
-        places: dict[str, TapPlace] = {}
+    def tap_places(self) -> dict[str, tuple[int, int | None, int]]:
+        """Where each module sits, by path: (stage, block within the stage, global index of the stage's first
+        block); block is None for a module shared by a stage's blocks (DIA: its call index gives the block).
+        What :func:`stripe.gates.place_of` reads."""
+        places: dict[str, tuple[int, int | None, int]] = {}
         first = 0
         for s, stage in enumerate(self.stages(), start=1):
             prefix = f"layer{s}"
             for leaf in ("attn", "asr_attn"):  # stage-shared cells (DIA)
                 if leaf in stage._modules:
-                    places[f"{prefix}.{leaf}"] = TapPlace(s, None, first)
+                    places[f"{prefix}.{leaf}"] = (s, None, first)
             for b, block in enumerate(stage.blocks()):
                 for path, _ in block.named_modules(prefix=f"{prefix}.{b}"):
-                    places.setdefault(path, TapPlace(s, b, first))
+                    places.setdefault(path, (s, b, first))
             first += stage.num_blocks
         return places
 
@@ -341,6 +332,19 @@ def pick_block(depth: int, block: str | None) -> str:
 def list_models() -> list[str]:
     """Common model names; any ``cifar_resnet{depth}`` with a valid depth builds."""
     return [f"cifar_resnet{d}" for d in (8, 11, 14, 20, 29, 32, 44, 56, 110, 164)]
+
+
+def param_table(models: list[str], *, num_classes: int = 100, block: str | None = None) -> list[dict[str, Any]]:
+    """One row per model: its block type and parameters (millions) plain and with each attention module."""
+    rows = []
+    for name in models:
+        plain = create_model(name, num_classes=num_classes, block=block)
+        row = {"model": name, "block": plain.config.block, "plain": f"{count_params(plain) / 1e6:.3f}M"}
+        for attn in list_attn():
+            m = create_model(name, num_classes=num_classes, attn=attn, block=block)
+            row[attn] = f"{count_params(m) / 1e6:.3f}M"
+        rows.append(row)
+    return rows
 
 
 def create_model(name: str, *, num_classes: int, attn: str | None = None, asr: bool = False, both: bool = False,

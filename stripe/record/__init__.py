@@ -1,11 +1,10 @@
-"""Recording: exact streaming moments, gate discovery (this package's taps; adapters and detection in any
-model), the ``Recorder``, the checkpoint sweep, the recording format.
+"""Recording: exact streaming moments, the ``Recorder`` (any model's gates, :mod:`stripe.gates`), the checkpoint
+sweep and online recording, the recording format.
 
-Imports from :mod:`stripe.nn`, :mod:`stripe.data` and :mod:`stripe.train` only.
+Imports from :mod:`stripe.nn`, :mod:`stripe.gates`, :mod:`stripe.data` and :mod:`stripe.train` only.
 """
 from .format import (KINDS, MANIFEST_NAME, RECORDING_FORMAT, STATS_SCHEMA, Recording, RecordingMismatch,
                      RecordingWriter, read_stats_parquet, stats_to_table, table_to_stats, write_stats_parquet)
-from .gates import GatePoint, TapInfo, adapter_sites, detect_gates, find_gates, select_gates, site_info
 from .moments import (MOMENT_KEYS, ChannelStats, FoldStats, batch_moments, jackknife, jackknife_stat, leave_one_out,
                       mean_cosine_from_moments, merge_fold_arrays, stripe_index_from_moments)
 from .recorder import Recorder
@@ -13,11 +12,11 @@ from .sweep import OnlineRecorder, SweepResult, collect, parse_checkpoint_spec, 
 
 __all__ = [
     "KINDS", "MANIFEST_NAME", "MOMENT_KEYS", "RECORDING_FORMAT", "STATS_SCHEMA", "ChannelStats", "FoldStats",
-    "GatePoint", "OnlineRecorder", "adapter_sites", "detect_gates", "site_info",
+    "OnlineRecorder",
     "Recorder", "Recording", "RecordingMismatch", "RecordingWriter", "SweepResult",
-    "TapInfo", "batch_moments", "collect", "find_gates", "jackknife", "jackknife_stat", "leave_one_out",
+    "batch_moments", "collect", "jackknife", "jackknife_stat", "leave_one_out",
     "mean_cosine_from_moments", "merge_fold_arrays", "parse_checkpoint_spec", "read_model_config",
-    "read_stats_parquet", "record_checkpoint", "select_gates", "stats_to_table", "stripe_index_from_moments",
+    "read_stats_parquet", "record_checkpoint", "stats_to_table", "stripe_index_from_moments",
     "table_to_stats",
     "write_stats_parquet",
 ]

@@ -1,13 +1,12 @@
-"""The ``Recorder``: forward hooks on the taps of chosen gates, reduced to exact per-fold moments.
+"""The ``Recorder``: forward hooks on chosen gates, reduced to exact per-fold moments.
 
-Recording hooks the taps of this package's attention modules (``…attn.tap`` = the attention
-vector, "after"; ``…attn.tap_in`` = the pooled input that feeds it, "before"), never module
-internals. Gates of any other model are gate sites (:class:`stripe.nn.GateSite`): an adapter
-gate is read by a forward hook on its gate submodule ("after") and a pre-hook on its module
-("before" = the spatial mean of the map it scales); an ``auto`` gate by a ``TorchFunctionMode``
-active only during its owner's call, which taps the owner's k-th gate-shaped multiply. Hooks only stash the tapped
-[B, C] tensors (no host sync); after each forward the recorder reduces all taps of one shape in
-one batched call (a few kernels per forward, not a few per tap), keeping moments per fold of the
+Every gate is a :class:`stripe.gates.Gate`, read the same way whatever model it lives in: a forward hook
+on its gate submodule gives "after" (the attention; for this package's modules their ``tap``), a hook on
+its ``before_attr`` submodule (``tap_in``) or a pre-hook on the module (the spatial mean of the map it
+scales) gives "before", and this package's gates with a hidden layer also give "hidden" (``tap_hidden``).
+A detected (``auto``) gate is read by a ``TorchFunctionMode`` active only during its owner's call, which
+taps the owner's k-th gate-shaped multiply. Hooks only stash the tapped [B, C] tensors (no host sync);
+after each forward the recorder reduces all of them in one batched call, keeping moments per fold of the
 images on the device in float64, and merges them exactly on the CPU at the end.
 """
 from __future__ import annotations
@@ -20,11 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..nn import GateSite, Tap
-from ..nn.adapters import read_after, read_before
-from ..nn.posthoc import OwnerModeHooks, gate_vector
-from .gates import (GatePoint, TapInfo, adapter_sites, detect_gates, find_gates, recordable, select_gates, site_info,
-                    tap_info)
+from ..gates import Gate, OwnerModeHooks, gate_vector, gates_of, place_of, recordable, select_gates
+from ..gates.adapters import read_after
+from ..nn import Tap, global_pool
 from .format import HIDDEN
 from .moments import ChannelStats, FoldStats, batch_moments, constant_moments, fold_counts
 
@@ -48,29 +45,27 @@ class Recorder:
     falls in fold i mod ``folds``.
 
     Any model: ``taps="*"`` records this package's taps and every module of a registered adapter's
-    class (:mod:`stripe.nn.adapters`); ``taps="auto"`` also runs the generic detector
-    (:func:`stripe.record.detect_gates`) on ``example`` (a batch of the inputs to record; by
+    class (:mod:`stripe.gates.adapters`); ``taps="auto"`` also runs the generic detector
+    (:func:`stripe.gates.detect_gates`) on ``example`` (a batch of the inputs to record; by
     default random images of the size in ``model.config``)::
 
         model = build_model(ModelConfig("timm:seresnet18", num_classes=10))
         with Recorder(model, "auto", example=x[:2]) as rec, torch.no_grad():
             model(x)
 
-    ``taps`` may also be a list of gate sites found earlier (:func:`stripe.record.detect_gates`),
+    ``taps`` may also be a list of gates found earlier (:func:`stripe.gates.detect_gates`),
     recorded as they are. A gate whose module runs several times per forward is keyed ``<key>`` for
     its first call and ``<key>[i]`` for call i.
     """
 
-    def __init__(self, model: nn.Module, taps: str | Sequence[str] = "*", *, raw_n: int = 0, folds: int = 1,
-                 raw_dtype: torch.dtype = torch.float16, example: Any = None) -> None:
+    def __init__(self, model: nn.Module, taps: str | Sequence[str] | Sequence[Gate] = "*", *, raw_n: int = 0,
+                 folds: int = 1, raw_dtype: torch.dtype = torch.float16, example: Any = None) -> None:
         if folds < 1:
             raise UserError(f"folds must be >= 1, got {folds}")
         self.model = recordable(model)
         self.raw_dtype = raw_dtype
-        points, selectors = _gate_points(self.model, taps, example)
-        self.points: dict[str, GatePoint | GateSite] = {n: points[n] for n in select_gates(self.model, points,
-                                                                                           selectors)}
-        self.sites: list[GateSite] = [p for p in self.points.values() if isinstance(p, GateSite)]
+        gates, selectors = gates_of(self.model, taps, example)
+        self.gates: list[Gate] = select_gates(self.model, gates, selectors)
         self._owner_hooks: list[OwnerModeHooks] = []
         self._calls: dict[tuple[str, str], int] = defaultdict(int)
         self.raw_n = raw_n
@@ -80,61 +75,66 @@ class Recorder:
         self._raw: dict[tuple[str, str], list[torch.Tensor]] = defaultdict(list)
         self._raw_count: dict[tuple[str, str], int] = defaultdict(int)
         self._stash: list[tuple[str, str, torch.Tensor]] = []
-        self._info: dict[str, TapInfo] = {}
+        self._seen_gates: dict[str, Gate] = {}
         self._batch = 0
         self._seen = 0
         self._was_training = False
 
     # -- hooks
-    def _tap_hook(self, name: str, kind: str):
-        point = self.points[name]
-
-        def hook(module: Tap, inputs, output: torch.Tensor) -> None:
-            a = output.detach()
-            if a.dim() != 2:
-                raise UserError(f"tap {name}.{ {'after': 'tap', 'before': 'tap_in'}.get(kind, 'tap_' + kind)} gave "
-                                f"shape {tuple(a.shape)}; expected [B, C]")
-            key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
-            if kind == "after" and key not in self._info:
-                self._info[key] = tap_info(self.model, key, point, module.index, a.shape[1])
-            self._stash.append((key, kind, a))
-        return hook
-
-    def _site_tap(self, site: GateSite, kind: str, a: torch.Tensor) -> None:
-        """Stash one [B, C] tensor of a gate site (call i of its module in this forward keyed ``key[i]``)."""
-        i = self._calls[(site.key, kind)]
-        self._calls[(site.key, kind)] = i + 1
-        key = site.key if i == 0 else f"{site.key}[{i}]"
-        if kind == "after" and key not in self._info:
-            self._info[key] = site_info(site, key, self.sites.index(site), i if i else None, a.shape[1])
+    def _tap(self, gate: Gate, kind: str, a: torch.Tensor, index: int | None = None) -> None:
+        """Stash one [B, C] tensor of ``gate``: call i of its module in this forward is keyed ``key[i]`` (a module
+        that says which call it is, DIA's shared cell, gives ``index``; its first call is ``key[0]`` then)."""
+        if a.dim() != 2:
+            raise UserError(f"gate {gate.key} ({kind}) gave shape {tuple(a.shape)}; expected [B, C]")
+        if index is None:
+            i = self._calls[(gate.key, kind)]
+            self._calls[(gate.key, kind)] = i + 1
+            key, call = (gate.key, None) if i == 0 else (f"{gate.key}[{i}]", i)
+        else:
+            key, call = f"{gate.key}[{index}]", index
+        if kind == "after" and key not in self._seen_gates:
+            if gate.kind == "taps":
+                place = place_of(self.model, gate.path, call)
+            else:  # another model's gate: its position in forward order stands for the depth
+                place = {"depth": self.gates.index(gate)}
+            self._seen_gates[key] = gate.at_call(call, key=key, channels=a.shape[1], **place)
         self._stash.append((key, kind, a))
 
-    def _site_hooks(self, site: GateSite) -> None:
-        owner = self.model.get_submodule(site.path)
-        if site.kind == "auto":
-            self._owner_hooks.append(OwnerModeHooks(owner, {site.mul_index: site}, self._auto_act))
-            return
-        self._handles.append(owner.get_submodule(site.gate_attr).register_forward_hook(
-            lambda mod, args, out: self._site_tap(site, "after", read_after(out.detach(), site.layout).clone())))
-        if site.before_attr is not None:
-            self._handles.append(owner.get_submodule(site.before_attr).register_forward_hook(
-                lambda mod, args, out: self._site_tap(site, "before", out.detach())))
-        else:
-            self._handles.append(owner.register_forward_pre_hook(lambda mod, args: self._before_of_input(site, args)))
+    def _hook(self, gate: Gate, kind: str, read=None):
+        def hook(module: nn.Module, args, out: torch.Tensor) -> None:
+            a = out.detach() if read is None else read(out.detach())
+            self._tap(gate, kind, a, getattr(module, "index", None))
+        return hook
 
-    def _before_of_input(self, site: GateSite, args: tuple) -> None:
+    def _gate_hooks(self, gate: Gate) -> None:
+        owner = self.model.get_submodule(gate.path)
+        if gate.kind == "auto":
+            self._owner_hooks.append(OwnerModeHooks(owner, {gate.mul_index: gate}, self._auto_act))
+            return
+        # another model's gate output may be changed in place after the hook: read a copy of it
+        read = None if gate.kind == "taps" else (lambda out: read_after(out, gate.layout).clone())
+        self._handles.append(owner.get_submodule(gate.gate_attr).register_forward_hook(self._hook(gate, "after", read)))
+        if gate.before_attr is not None:
+            self._handles.append(owner.get_submodule(gate.before_attr).register_forward_hook(
+                self._hook(gate, "before")))
+        else:
+            self._handles.append(owner.register_forward_pre_hook(lambda mod, args: self._before_of_input(gate, args)))
+        if gate.kind == "taps" and isinstance(getattr(owner, "tap_hidden", None), Tap):  # a gate with a hidden layer
+            self._handles.append(owner.tap_hidden.register_forward_hook(self._hook(gate, HIDDEN)))
+
+    def _before_of_input(self, gate: Gate, args: tuple) -> None:
         x = args[0] if args else None
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise UserError(f"gate {site.key}: the module's first input is not a [B, C, H, W] map, so 'before' "
-                               "cannot be read from it")
-        self._site_tap(site, "before", read_before(x.detach()))
+            raise UserError(f"gate {gate.key}: the module's first input is not a [B, C, H, W] map, so 'before' "
+                            "cannot be read from it")
+        self._tap(gate, "before", global_pool(x.detach()))
 
-    def _auto_act(self, site: GateSite, m: torch.Tensor, g: torch.Tensor, pos: int, func, args, kwargs):
-        if site.channels is not None and g.shape[1] != site.channels:
-            raise UserError(f"gate {site.key}: the tapped multiply has {g.shape[1]} channels, {site.channels} at "
-                               "detection; calibrate (example=...) on inputs of the size you record")
-        self._site_tap(site, "after", gate_vector(g.detach()).clone())
-        self._site_tap(site, "before", read_before(m.detach()))
+    def _auto_act(self, gate: Gate, m: torch.Tensor, g: torch.Tensor, pos: int, func, args, kwargs):
+        if gate.channels is not None and g.shape[1] != gate.channels:
+            raise UserError(f"gate {gate.key}: the tapped multiply has {g.shape[1]} channels, {gate.channels} at "
+                            "detection; calibrate (example=...) on inputs of the size you record")
+        self._tap(gate, "after", gate_vector(g.detach()).clone())
+        self._tap(gate, "before", global_pool(m.detach()))
         return func(*args, **kwargs)
 
     def _pre_forward(self, module, args, kwargs) -> None:
@@ -182,15 +182,8 @@ class Recorder:
         self._was_training = self.model.training
         self.model.eval()
         try:
-            for name, point in self.points.items():
-                if isinstance(point, GateSite):
-                    self._site_hooks(point)
-                    continue
-                attn = self.model.get_submodule(name)
-                self._handles.append(attn.tap.register_forward_hook(self._tap_hook(name, "after")))
-                self._handles.append(attn.tap_in.register_forward_hook(self._tap_hook(name, "before")))
-                if isinstance(getattr(attn, "tap_hidden", None), Tap):  # a gate with a hidden layer
-                    self._handles.append(attn.tap_hidden.register_forward_hook(self._tap_hook(name, HIDDEN)))
+            for gate in self.gates:
+                self._gate_hooks(gate)
             self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(self._post_forward))
         except BaseException:
@@ -214,9 +207,10 @@ class Recorder:
 
     # -- results
     @property
-    def taps(self) -> list[TapInfo]:
-        """The taps seen, in forward order."""
-        return list(self._info.values())
+    def taps(self) -> list[Gate]:
+        """The gates seen, one per recorded key (a call of a shared module is a gate of its own), in forward
+        order, each with its place and channels (what a recording's manifest lists: ``Gate.record()``)."""
+        return list(self._seen_gates.values())
 
     @property
     def images(self) -> int:
@@ -234,31 +228,3 @@ class Recorder:
     def raw(self) -> dict[str, np.ndarray]:
         """The first ``raw_n`` recorded vectors of every (tap, kind), [n, C] in ``raw_dtype``, keyed ``<key>/<kind>``."""
         return {f"{key}/{kind}": torch.cat(v).cpu().numpy() for (key, kind), v in self._raw.items()}
-
-
-def _gate_points(model: nn.Module, taps: Any, example: Any) -> tuple[dict[str, GatePoint | GateSite], list[str]]:
-    """Every gate the selection may choose from (by name), and the selectors."""
-    selectors = [taps] if isinstance(taps, str) else list(taps)
-    if selectors and all(isinstance(t, GateSite) for t in selectors):  # sites found earlier, recorded as they are
-        return {t.key: t for t in selectors}, ["*"]
-    points: dict[str, GatePoint | GateSite] = dict(find_gates(model))
-    if "auto" in selectors:
-        sites = detect_gates(model, _example(model, example))
-    elif example is not None:  # traced: adapter gates with their fold analysis
-        sites = [s for s in detect_gates(model, example) if s.kind != "auto"]
-    else:
-        sites = adapter_sites(model)
-    points.update({s.key: s for s in sites if s.kind != "taps"})  # this package's gates: through their taps
-    return points, selectors
-
-
-def _example(model: nn.Module, example: Any) -> Any:
-    """The calibration input of gate detection: ``example``, or two random images of ``model.config``'s size."""
-    if example is not None:
-        return example
-    cfg = getattr(model, "config", None)
-    chans, size = getattr(cfg, "in_chans", None), getattr(cfg, "image_size", None)
-    if not chans or not size:
-        raise UserError("taps='auto' runs one calibration forward: give example= (a batch of the inputs to record)")
-    p = next(model.parameters())
-    return torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)

@@ -21,13 +21,13 @@ from .. import fsio
 from ..errors import NotFoundError, RefusedError, UserError
 from ..data import ImageSet, Loader, PROBE_SPLITS, load_dataset, probe_hash, stratified_indices, take
 from ..nn import ModelConfig, build_model, is_source, load_weights_file, preprocess_for
-from ..nn.official import OFFICIAL_MEAN, OFFICIAL_STD
+from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
 from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, list_checkpoints,
                      load_model, load_weights, read_run, resolve_device, run_eval_sets)
 from ..train.loading import official_run
 from ..train.config import epoch_matches, parse_epoch_spec
 from .format import FoldStats, RecordingWriter
-from .gates import TapInfo
+from ..gates import Gate
 from .recorder import Recorder
 
 
@@ -222,7 +222,7 @@ def select_probe(source: SweepSource, probe: str = "run", *, probe_seed: int = 0
 def record_checkpoint(model: nn.Module, probe: ImageSet | Loader, *, taps: str | Sequence[str] = "*",
                       raw_n: int = 256, folds: int = 10, batch_size: int = 500, device: torch.device | None = None,
                       precision: str = "fp32", channels_last: bool = False, preprocess: dict[str, Any] | None = None
-                      ) -> tuple[dict[tuple[str, str], FoldStats], dict[str, np.ndarray], list[TapInfo]]:
+                      ) -> tuple[dict[tuple[str, str], FoldStats], dict[str, np.ndarray], list[Gate]]:
     """One forward pass of ``model`` over the probe images with every selected tap hooked.
 
     Returns per-fold statistics, the first ``raw_n`` vectors of every (tap, kind), and the taps.
@@ -397,7 +397,7 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
             result.rerecorded.append((epoch, why))
         stats, raw, tap_list = record_checkpoint(model.to(dev), loader, taps=taps, raw_n=raw_n, folds=folds,
                                                  device=dev, precision=precision)
-        entry = writer.add(epoch, stats, raw, [t.to_dict() for t in tap_list], checkpoint=str(path),
+        entry = writer.add(epoch, stats, raw, [t.record() for t in tap_list], checkpoint=str(path),
                            checkpoint_sha256=sha, write_manifest=not info.enabled)
         new_entries[epoch] = entry
         result.recorded.append(epoch)
@@ -468,7 +468,7 @@ class OnlineRecorder:
         t0 = time.perf_counter()
         stats, raw, tap_list = record_checkpoint(model, self.loader, taps=self.taps, raw_n=self.raw_n,
                                                  folds=self.folds, device=dev, precision=precision)
-        self.writer.add(epoch, stats, raw, [t.to_dict() for t in tap_list], checkpoint=str(path),
+        self.writer.add(epoch, stats, raw, [t.record() for t in tap_list], checkpoint=str(path),
                         checkpoint_sha256=sha)
         self.seconds += time.perf_counter() - t0
 

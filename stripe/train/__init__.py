@@ -1,6 +1,8 @@
 """Training: the config, the optimizer, the step (eager / compiled / CUDA graph), the loop with callbacks, run dirs.
 
-Imports only from :mod:`stripe.nn` and :mod:`stripe.data` (and the file helpers).
+Also checkpoints from anywhere: this package's, plain state dicts and the official ASR code's (:mod:`.loading`,
+:mod:`.official`). Imports only from :mod:`stripe.nn`, :mod:`stripe.gates` and :mod:`stripe.data` (and the file
+helpers).
 """
 from .checkpoint import (CheckpointError, checkpoint_path, file_sha256, list_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint)
@@ -9,6 +11,9 @@ from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, 
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
 from .loading import (OFFICIAL_CHECKPOINTS, OFFICIAL_LOG_COLUMNS, LoadInfo, OfficialCheckpoint, OfficialRun,
                       fold_vs_official, load_model, official_run, read_official_log)
+from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_state, from_official, infer_config,
+                       is_official, normalize_names, official_input, split_fused, stale_fused, state_mismatch,
+                       state_shapes, strip_prefix, to_official)
 from .loop import Callback, NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
 from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, load_run_data, read_metrics,
@@ -16,6 +21,9 @@ from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, load_r
 from .step import TrainStep, autocast, loss_fn
 
 __all__ = [
+    "OFFICIAL_MEAN", "OFFICIAL_STD", "check_official", "deployed_state", "from_official", "infer_config", "is_official",
+    "normalize_names", "official_input", "split_fused", "stale_fused", "state_mismatch", "state_shapes", "strip_prefix",
+    "to_official",
     "COMPILE_MODES", "Callback", "CheckpointError", "DistInfo", "METRIC_COLUMNS", "MODEL_FROM_DATA", "MODEL_OPTIONS",
     "NonFiniteLossError", "PRECISIONS", "RUN_FORMAT", "RunData", "RunExistsError", "SGD", "TrainConfig", "TrainState",
     "TrainStep", "add_config_args", "autocast", "build_training", "checkpoint_path", "config_from_args", "deployed",

@@ -2,7 +2,7 @@
 
 The official code (zhongshsh/ASR, on bearpaw/pytorch-classification) saves ``{'epoch', 'state_dict',
 'acc', 'best_acc', 'optimizer'}`` with DataParallel's ``module.`` prefix and its own module names;
-:mod:`stripe.nn.official` maps them. Every file is read with ``torch.load(weights_only=True)``.
+:mod:`stripe.train.official` maps them. Every file is read with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from ..errors import NotFoundError, UserError
-from ..nn import ModelConfig, build_model, reparameterize, variant_label
-from ..nn.official import (deployed_state, infer_config, normalize_names, official_input, stale_fused,
+from ..gates import reparameterize
+from ..nn import ModelConfig, build_model, variant_label
+from .official import (deployed_state, infer_config, normalize_names, official_input, stale_fused,
                            state_mismatch, state_shapes)
 from ..nn.sources import CHECKPOINT_KEYS
 from .checkpoint import FORMAT, CheckpointError
@@ -134,7 +135,7 @@ def load_model(path: str | Path, config: ModelConfig | dict[str, Any] | None = N
     """A model from a checkpoint of this package, a plain state dict, or an official ASR checkpoint (eval mode).
 
     Without ``config`` the file's own config is used (this package's checkpoints) or it is inferred
-    from the tensors (:func:`stripe.nn.official.infer_config`); a given ``config`` is checked
+    from the tensors (:func:`stripe.train.official.infer_config`); a given ``config`` is checked
     against the file (``CheckpointError`` listing missing and unexpected keys). With ``deployed``
     the ASR norms are folded: from the file's ``fused_bn`` (the official fold) when it holds one,
     else by :func:`stripe.nn.reparameterize`. The model carries ``.config`` and ``.load_info``
@@ -340,7 +341,7 @@ def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
     import copy
 
     from ..nn import count_params
-    from ..nn.asr import FoldError
+    from ..gates import FoldError
 
     model = load_model(path)
     cfg, info = model.config, model.load_info

@@ -26,7 +26,8 @@ from torch import nn
 from .. import __version__, fsio
 from ..errors import RefusedError, StripeError, UserError
 from ..data import Loader
-from ..nn import count_params, reparameterize, unwrap
+from ..gates import reparameterize
+from ..nn import count_params, unwrap
 from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device

@@ -1,21 +1,14 @@
-"""Where the gates are: this package's attention taps, gates of any model (adapters and detection), selection.
+"""Gates of any model from one traced forward: adapters' gate multiplies, the generic detector, where each folds.
 
-This package's attention modules are found through the gate-adapter registry
-(:func:`stripe.nn.find_adapter`, adapters of kind ``taps`` generated from the attention registry), so
-a newly registered module is recorded without any change here. Where such a gate sits (stage,
-block, depth) comes from the model itself (``model.tap_places()``), never from parsing module names.
-
-Gates of other models (torchvision, timm, ONNX, your own) are gate sites (:class:`stripe.nn.GateSite`):
-
-* :func:`adapter_sites` finds the modules of a registered adapter's class, without running the model;
-* :func:`detect_gates` runs one eval, no-grad calibration forward under a ``TorchFunctionMode`` with
-  hooks on every module, and finds (1) the gate multiply of every adapter module and (2) any other
-  multiply of a [B, C, H, W] map (H·W > 1) by a [B, C, 1, 1] (or H/W-expanded) tensor that is not a
-  parameter, depends on the model input and lies in [0, 1]: an ``auto`` gate, owned by the innermost
-  module running it. Multiplies inside adapter or unsupported modules, and multiplies by an
-  adapter's own attention (a package gate used by its parent, e.g. IEBN or DIA), are not auto gates.
-  For each gate the same trace decides where a constant folds (see :mod:`stripe.nn.posthoc`); a
-  fold is reported only when the trace proves it, else ``none`` with the reason.
+:func:`detect_gates` runs one eval, no-grad calibration forward under a ``TorchFunctionMode`` with
+hooks on every module, and finds (1) the gate multiply of every adapter module and (2) any other
+multiply of a [B, C, H, W] map (H·W > 1) by a [B, C, 1, 1] (or H/W-expanded) tensor that is not a
+parameter, depends on the model input and lies in [0, 1]: an ``auto`` gate, owned by the innermost
+module running it. Multiplies inside adapter or unsupported modules, and multiplies by an adapter's
+own attention (a package gate used by its parent, e.g. IEBN or DIA), are not auto gates. For each
+gate the same trace decides where a constant folds (:data:`~stripe.gates.gate.FOLDS`): into the BN
+that produced the gated map, the convolution that consumes it, or the convolution that produced it,
+or ``none`` with the reason; a fold is reported only when the trace proves it.
 
 Limits: only ops that pass through ``__torch_function__`` are seen; the generic detector needs
 maps larger than 1 x 1 (adapters do not), and recording taps an auto gate by its position among
@@ -23,7 +16,6 @@ the gate-shaped multiplies of its owner's call, so calibrate on inputs of the si
 """
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -34,80 +26,40 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import UserError
-from ..nn import ASRNorm, Tap, is_compiled, unwrap
-from ..nn.adapters import AUTO_ONLY, UNSUPPORTED, GateAdapter, find_adapter, qualname_of
-from ..nn.posthoc import MUL_FUNCS, STD_CONVS, GateSite, split_gate
+from .adapters import AUTO_ONLY, UNSUPPORTED, GateAdapter, find_adapter, qualname_of
+from .find import recordable, site_key
+from .gate import Gate
+
+#: timm convs that standardise their weight at every call; a per-output-channel scale folds into ``gain``
+STD_CONVS = frozenset({"timm.layers.std_conv.ScaledStdConv2d", "timm.layers.std_conv.ScaledStdConv2dSame"})
+MUL_FUNCS: frozenset[Any] = frozenset({
+    torch.mul, torch.multiply, Tensor.mul, Tensor.mul_, Tensor.multiply, Tensor.multiply_,
+    Tensor.__mul__, Tensor.__rmul__, Tensor.__imul__,
+})
 
 
-@dataclass(frozen=True)
-class GatePoint:
-    """An attention module with taps: its path (``layer1.0.attn``), attention type, and whether it is fed by ψ."""
+def split_gate(a: Any, b: Any, *, allow_1x1: bool = False) -> tuple[Tensor, Tensor, int] | None:
+    """(map, gate, position of the map) when ``a * b`` scales a [B, C, H, W] map by a [B, C, 1, 1] gate.
 
-    module: str
-    attn: str
-    asr: bool
-
-
-@dataclass
-class TapInfo:
-    """A recorded tap: its key (``<module>.tap``, or ``<module>.tap[i]`` for call i of a shared module) and place.
-
-    For a gate of another model the key is the site's (``<owner>.gate``), ``attn`` the adapter's name
-    or ``auto``, ``depth`` the gate's position in forward order and stage/block None.
+    The gate may also be expanded over H, W with stride 0 (``expand_as``); it is never an
+    ``nn.Parameter``. Maps of 1 x 1 are refused unless ``allow_1x1`` (then both orders are candidates
+    and the first is returned). Only shapes and strides are read, never values (no host sync).
     """
-
-    key: str
-    module: str
-    attn: str
-    asr: bool
-    stage: int | None
-    block: int | None
-    depth: int | None
-    call: int | None
-    channels: int
-    hidden: int | None = None  # width of the gate's hidden layer (recorded as kind "hidden"), None without one
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (what the recording manifest lists)."""
-        return asdict(self)
+    for pos, (m, g) in enumerate(((a, b), (b, a))):
+        if not (isinstance(m, Tensor) and isinstance(g, Tensor)) or isinstance(g, nn.Parameter):
+            continue
+        if m.dim() != 4 or g.dim() != 4 or (m.shape[2] * m.shape[3] <= 1 and not allow_1x1):
+            continue
+        if g.shape[0] != m.shape[0] or g.shape[1] != m.shape[1]:
+            continue
+        if (g.shape[2] == 1 and g.shape[3] == 1) or (g.stride(2) == 0 and g.stride(3) == 0):
+            return m, g, pos
+    return None
 
 
-def recordable(model: nn.Module) -> nn.Module:
-    """The module to hook: DP/DDP unwrapped; a ``torch.compile`` wrapper refused (its graphs skip Python hooks)."""
-    if is_compiled(model):
-        raise UserError("the model is wrapped by torch.compile, whose graphs skip Python hooks; record the "
-                         "original module (model._orig_mod) instead")
-    return unwrap(model)
-
-
-def find_gates(model: nn.Module) -> dict[str, GatePoint]:
-    """Every attention module of this package that has a ``tap``, by module path, in module order."""
-    model = recordable(model)
-    asr_gates = {id(m.attn) for m in model.modules() if isinstance(m, ASRNorm)}
-    asr_gates |= {id(m.asr_attn) for m in model.modules() if "asr_attn" in getattr(m, "_modules", {})}
-    found = {}
-    for name, m in model.named_modules():
-        a = find_adapter(m)
-        if a is not None and a.kind == "taps" and isinstance(getattr(m, "tap", None), Tap):
-            found[name] = GatePoint(name, a.name, id(m) in asr_gates)
-    return found
-
-
-def _key(path: str, i: int = 0) -> str:
-    return (f"{path}." if path else "") + ("gate" if i == 0 else f"gate{i}")
-
-
-def adapter_sites(model: nn.Module) -> list[GateSite]:
-    """Gates of third-party adapter classes, found by class without running the model (fold ``unknown``)."""
-    out = []
-    for name, m in recordable(model).named_modules():
-        a = find_adapter(m)
-        if a is not None and a.kind == "module":
-            out.append(GateSite(name, a.qualname, a.name, _key(name), None, "unknown", None,
-                                "found by class; detect_gates(model, example) traces where it folds",
-                                gate_attr=a.gate_attr, before_attr=a.before_attr, layout=a.layout))
-    return out
+def gate_vector(g: Tensor) -> Tensor:
+    """A [B, C, 1, 1] (or H/W-expanded) gate as [B, C]."""
+    return g[:, :, :1, :1].reshape(g.shape[0], g.shape[1])
 
 
 # --------------------------------------------------------------------------- the calibration trace
@@ -419,7 +371,7 @@ def _adapter_event(t: _Trace, name: str, call_uids: set[int]) -> tuple[_Event, t
     return fallback
 
 
-def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -> list[GateSite]:
+def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -> list[Gate]:
     """Every channel gate of ``model`` in module order: the modules of registered adapters, and the gates the
     generic detector finds elsewhere (``adapter="auto"``), each with where its constant folds.
 
@@ -442,7 +394,7 @@ def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -
     calls_of: dict[str, set[int]] = {}
     for uid, c in t.calls.items():
         calls_of.setdefault(c.name, set()).add(uid)
-    sites: list[GateSite] = []
+    sites: list[Gate] = []
     for name, a in covered.items():
         if a is None:
             continue
@@ -454,8 +406,11 @@ def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -
             continue
         ev, (m_id, g_id, channels) = found
         fold, fmod, reason, map_arg, through = _analyse_fold(t, ev, m_id, mods)
-        sites.append(GateSite(name, a.qualname, a.name, _key(name), channels, fold, fmod, reason, a.kind, a.gate_attr,
-                              a.before_attr, a.layout, 0, map_arg, through, t.ncalls[name], _note(t, ev, m_id, g_id)))
+        key = f"{name}.tap" if a.kind == "taps" else site_key(name)
+        sites.append(Gate(key, name, a.kind, a.name, a.qualname, channels=channels, fold=fold, fold_module=fmod,
+                          fold_reason=reason, gate_attr=a.gate_attr, before_attr=a.before_attr, layout=a.layout,
+                          map_arg=map_arg, fold_through=through, calls=t.ncalls[name],
+                          note=_note(t, ev, m_id, g_id)))
     seen: set[tuple[str, int]] = set()
     per_owner: Counter = Counter()
     for ev in t.events:
@@ -476,63 +431,9 @@ def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -
         q = qualname_of(mods[owner])
         if q in AUTO_ONLY:
             note = "; ".join(filter(None, [note, AUTO_ONLY[q]]))
-        sites.append(GateSite(owner, q, "auto", _key(owner, per_owner[owner]), channels, fold, fmod, reason, "auto",
-                              None, None, "bc11", ev.mul.ordinal, map_arg, through, t.ncalls[owner], note))
+        sites.append(Gate(site_key(owner, per_owner[owner]), owner, "auto", "auto", q, channels=channels, fold=fold,
+                          fold_module=fmod, fold_reason=reason, mul_index=ev.mul.ordinal, map_arg=map_arg,
+                          fold_through=through, calls=t.ncalls[owner], note=note))
         per_owner[owner] += 1
     order = {n: i for i, n in enumerate(mods)}
     return sorted(sites, key=lambda s: (order.get(s.path, 0), s.mul_index))
-
-
-# --------------------------------------------------------------------------- selection
-def _stage_of(model: nn.Module, module: str) -> int | None:
-    places = getattr(model, "tap_places", None)
-    place = places().get(module) if callable(places) else None
-    return None if place is None else place.stage
-
-
-def select_gates(model: nn.Module, points: dict[str, GatePoint | GateSite], select: str | Sequence[str]) -> list[str]:
-    """Names of ``points`` matching ``select``: ``"*"`` or ``"auto"`` (every gate), globs on the path (and
-    on the key of a gate site), an attention type (``"se"``) or adapter name (``"tv_se"``, ``"auto"`` gates
-    are all matched by ``"auto"``), ``"stage:2"``, ``"asr"`` or ``"attention"`` (the non-ASR ones);
-    several selectors are OR-ed."""
-    selectors = [select] if isinstance(select, str) else list(select)
-    for s in selectors:
-        if s.startswith("stage:") and not s[6:].isdigit():
-            raise UserError(f"--taps {s!r}: expected stage:N with N a stage number")
-    chosen = []
-    for name, p in points.items():
-        site = isinstance(p, GateSite)
-        kind = p.adapter if site else p.attn
-        asr = False if site else p.asr
-        path = p.path if site else name
-        for s in selectors:
-            if (s in ("*", "auto") or fnmatch.fnmatchcase(name, s) or fnmatch.fnmatchcase(path, s)
-                    or (not site and fnmatch.fnmatchcase(f"{name}.tap", s)) or s == kind
-                    or (s == "asr" and asr) or (s == "attention" and not asr)
-                    or (s.startswith("stage:") and _stage_of(model, path) == int(s[6:]))):
-                chosen.append(name)
-                break
-    if not chosen:
-        sample = ", ".join(list(points)[:4]) or "none: the model has no attention taps"
-        raise UserError(f"no tap matches {selectors!r} (taps look like: {sample}{' …' if len(points) > 4 else ''})")
-    return chosen
-
-
-def tap_info(model: nn.Module, key: str, point: GatePoint, call: int | None, channels: int) -> TapInfo:
-    """A tap's :class:`TapInfo`, its place read from the model (``tap_places``) when the model describes it."""
-    places = getattr(model, "tap_places", None)
-    place = places().get(point.module) if callable(places) else None
-    stage = block = depth = None
-    if place is not None:
-        stage = place.stage
-        block = place.block if place.block is not None else call
-        depth = None if block is None else place.first_depth + block
-    width = getattr(model.get_submodule(point.module), "hidden_width", None)
-    return TapInfo(key=key, module=point.module, attn=point.attn, asr=point.asr, stage=stage, block=block,
-                   depth=depth, call=call, channels=channels, hidden=width)
-
-
-def site_info(site: GateSite, key: str, order: int, call: int | None, channels: int) -> TapInfo:
-    """The :class:`TapInfo` of a gate site: adapter name (or ``auto``) as ``attn``, forward order as ``depth``."""
-    return TapInfo(key=key, module=site.path, attn=site.adapter, asr=False, stage=None, block=None, depth=order,
-                   call=call, channels=channels)

@@ -1,4 +1,4 @@
-"""Reports on models: parameter counts per attention module, and the ASR fold checked for each."""
+"""The fold report behind ``stripe fold``: the ASR fold of this package's models, checked for each attention."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,23 +6,9 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .asr import FoldError, reparameterize, verify_fold
-from .registry import list_attn
-from .resnet import create_model
-from .utils import count_params
-
-
-def param_table(models: list[str], *, num_classes: int = 100, block: str | None = None) -> list[dict[str, Any]]:
-    """One row per model: its block type and parameters (millions) plain and with each attention module."""
-    rows = []
-    for name in models:
-        plain = create_model(name, num_classes=num_classes, block=block)
-        row = {"model": name, "block": plain.config.block, "plain": f"{count_params(plain) / 1e6:.3f}M"}
-        for attn in list_attn():
-            m = create_model(name, num_classes=num_classes, attn=attn, block=block)
-            row[attn] = f"{count_params(m) / 1e6:.3f}M"
-        rows.append(row)
-    return rows
+from ..nn import count_params, create_model, list_attn
+from .asr import reparameterize
+from .fold import FoldError, verify_fold
 
 
 def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_classes: int = 100,

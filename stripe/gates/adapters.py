@@ -16,7 +16,8 @@ by ``isinstance``):
 
 There is one registry. This package's own attention modules are in it as adapters of kind
 ``taps``, generated from :func:`stripe.nn.gate_classes` (so a newly registered attention joins
-without a change here): their ``after``/``before`` are the outputs of their ``tap``/``tap_in``.
+without a change here): their ``after``/``before`` are the outputs of their ``tap``/``tap_in``, and
+they are read, replaced and folded like any adapter's gate (:class:`stripe.gates.Gate`).
 Third-party classes are registered below by qualified class name (``module.Class``), so matching a
 module never imports timm or torchvision.
 
@@ -59,7 +60,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .registry import gate_classes, get_spec
+from ..nn.registry import gate_classes, get_spec
 
 Layout = Literal["bc11", "b1c", "bc"]
 LAYOUTS = ("bc11", "b1c", "bc")
@@ -128,7 +129,7 @@ def _taps_for(classes: tuple[tuple[type, str], ...]) -> dict[type, GateAdapter]:
 
 
 def register_adapter(adapter: GateAdapter) -> GateAdapter:
-    """Add a third-party adapter; a second one for the same class, or a bad layout, raises ``ValueError``."""
+    """Add a third-party adapter; a second one for the same class, or a bad layout, raises ``UserError``."""
     if adapter.qualname in _ADAPTERS or adapter.qualname in {a.qualname for a in _taps_adapters().values()}:
         raise UserError(f"an adapter is already registered for {adapter.qualname}")
     if adapter.layout not in LAYOUTS:
@@ -161,11 +162,6 @@ def read_after(out: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "bc":
         return out
     raise UserError(f"unknown adapter layout {layout!r}; known: {', '.join(LAYOUTS)}")
-
-
-def read_before(x: torch.Tensor) -> torch.Tensor:
-    """Global average pool of the map a gate scales: [B, C, H, W] -> [B, C]."""
-    return x.mean(dim=(2, 3))
 
 
 for _a in (

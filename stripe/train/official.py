@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import UserError
-from .registry import get_spec, list_attn
-from .resnet import ModelConfig, build_model
+from ..gates import reparameterize
+from ..nn import ModelConfig, build_model, get_spec, list_attn
 
 #: the official training script's test transform (ToTensor, then Normalize), for CIFAR-10 and CIFAR-100 alike
 OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
@@ -158,8 +158,6 @@ def to_official(state: Mapping[str, torch.Tensor], config: ModelConfig,
     them), else this package's fold of ``state`` (what the official script holds after
     ``switch_to_deploy``). ``ValueError`` when the official code cannot build ``config``.
     """
-    from .asr import reparameterize
-
     cfg = check_official(config)
     state = dict(state)
     prefixes = _asr_prefixes(state)
