@@ -250,38 +250,23 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_speed_source(args: argparse.Namespace) -> int:
-    from .experiments.thirdparty import source_speed, source_speed_markdown, write_source_speed
-
-    speed = source_speed(args.model, num_classes=args.num_classes, weights=args.weights, batches=args.batch,
-                         image_size=args.image_size, device=args.device, repeats=args.repeats,
-                         precision=args.precision, progress=not args.no_progress)
-    written = write_source_speed(speed, args.out)
-    print(source_speed_markdown(speed))
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0
-
-
 def bench_speed(args: argparse.Namespace) -> int:
-    from .experiments.bench import inference_speed, write_speed
-    from .nn import is_source
+    from .experiments.bench import inference_speed, speed_report, write_speed
 
-    if is_source(args.model):
-        return _bench_speed_source(args)
     speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
-                            num_classes=args.num_classes or 100, repeats=args.repeats, precision=args.precision,
-                            channels_last=args.channels_last, progress=not args.no_progress)
+                            num_classes=args.num_classes, weights=args.weights, image_size=args.image_size,
+                            repeats=args.repeats, precision=args.precision, channels_last=args.channels_last,
+                            progress=not args.no_progress)
     written = write_speed(speed, args.out)
-    from .viz.figures import speed_markdown
-
-    print(speed_markdown(speed))
+    print(speed_report(speed))
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
 def bench_gates(args: argparse.Namespace) -> int:
     from . import fsio
-    from .experiments.thirdparty import gates_benchmark, gates_markdown, ocr_markdown
+    from .experiments.gates_bench import gates_benchmark, gates_markdown
+    from .experiments.ocr import ocr_markdown
 
     res = gates_benchmark(models=args.models, extra=args.extra, batch=args.batch_size, repeats=args.repeats,
                           passes=args.passes, threads=args.threads, overhead=not args.no_overhead, effnet=args.effnet,
@@ -399,7 +384,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("reproduce")
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments.presets import GPU_STAGES, Campaign, run_preset
+    from .experiments.gpu import GPU_STAGES, Campaign
+    from .experiments.presets import run_preset
 
     campaign = None
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
@@ -652,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
     s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
     s.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: rehearse the preset end to end")
-    s.add_argument("--archive-mib", type=float, default=15.0,
-                   help="results.tar.gz stays under this size; big recordings travel thinned (default 15)")
+    s.add_argument("--archive-mib", type=float, default=None,
+                   help="keep results.tar.gz under this size: the biggest recordings travel thinned, with the "
+                        "tables of every epoch but the statistics of the last one (default: no limit)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     g = s.add_argument_group("the attention zoo (zoo-cifar10-cpu only)")
@@ -661,8 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained side by side, the cores split between them (default 2)")
     g.add_argument("--only", default=None, help="comma-separated runs (slugs or labels, e.g. plus_se,baseline)")
     g = s.add_argument_group("a campaign over several GPU slots (gpu-quick only)")
-    g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: cuda-tests, "
-                                                  "train-speed, learns, collect-speed, speed, science)")
+    g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: train-speed, learns, "
+                                                  "collect-speed, speed, science)")
     g.add_argument("--variant", default=None, help="the science run's variant: baseline, +SE (default), +ASR(SE), "
                                                    "+ASR(SE)+SE")
     g.add_argument("--seed", type=int, default=None, help="the science run's seed (default 0)")
