@@ -132,7 +132,7 @@ def test_a_thinned_recording_gives_the_tables_of_every_epoch(full, tmp_path, cap
         compute_tables(thin_rec, saturation=0.1)
 
 
-def test_no_limit_packs_everything_but_checkpoints(full, tmp_path, capsys):
+def test_no_limit_packs_everything_but_checkpoints(tmp_path, capsys):
     out = tmp_path / "out"
     rec = write_tiny_recording(out / "runs" / "tiny" / "recording")
     (out / "runs" / "tiny" / "checkpoints").mkdir()

@@ -11,7 +11,7 @@
   per run the stripe tables, the ablation of input-dependent attention, the final predictions and, for ASR
   models, the fold checked after training; plus an SE-width control (reduction 4). Each run is a worker
   process (``--jobs`` side by side, ``--only`` to pick runs); finished runs are kept and skipped, so calling
-  it again continues the campaign. Days on two CPU cores.
+  it again continues the campaign (default budget 48 hours).
 * ``gpu-quick``: what a short GPU slot measures (:mod:`stripe.experiments.gpu`): ResNet-164 training speed,
   the fast path learning like fp32 eager, recording overhead, the inference speed table, then ResNet-164
   +SE on full CIFAR-10 recorded online for as many epochs as the measured speed allows. A campaign over
