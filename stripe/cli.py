@@ -62,65 +62,48 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fold_source(args: argparse.Namespace) -> int:
-    from .experiments.thirdparty import fold_report
+@command("fold")
+def cmd_fold(args: argparse.Namespace) -> int:
+    from .experiments.fold_report import fold_report
 
-    r = fold_report(args.model, num_classes=args.num_classes, weights=args.weights, image_size=args.image_size,
-                    input_shape=args.input_shape, atol=1e-9 if args.atol is None else args.atol)
-    print(f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in float64 "
-          f"with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} (outputs up to "
-          f"{r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): {'ok' if r['ok'] else 'FAILED'}. Parameters "
-          f"{r['params_before']:,} -> {r['params_after']:,}; gate modules left: {len(r['gate_modules_left'])}.")
-    print(_table([{**row, "why": row["why"][:70]} for row in r["rows"]],
-                 ["gate", "adapter", "channels", "fold", "into", "why"]))
-    for note in dict.fromkeys(row["note"] for row in r["rows"] if row["note"]):
-        print(f"note: {note}")
+    r = fold_report(args.model, attn=args.attn, all_attns=args.all, both=args.both, checkpoint=args.checkpoint,
+                    weights=args.weights, num_classes=args.num_classes, block=args.block, image_size=args.image_size,
+                    input_shape=args.input_shape, atol=args.atol, progress=not args.no_progress)
+    print(_fold_text(r))
+    if not r["ok"]:
+        print(f"{r.get('failed', 1)} fold check(s) FAILED", file=sys.stderr)
     return 0 if r["ok"] else 1
 
 
-def _fold_checkpoint(args: argparse.Namespace) -> int:
-    from .train.loading import fold_checkpoint
-
-    r = fold_checkpoint(args.checkpoint, atol=1e-9 if args.atol is None else args.atol)
-    print(r["summary"])
-    if not r["folded"]:
-        print(f"{r['note']}; parameters {r['params_before']:,}")
-        return 0
-    print(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
-          f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its fold, float64, the file's own weights and BN "
-          f"statistics: {r['max_abs_diff_fp64']:.1e}")
-    if "official" in r:
-        o = r["official"]
-        print(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight {o['weight']:.1e}, "
-              f"bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, running_var {o['running_var']:.1e}")
-    return 0
-
-
-@command("fold")
-def cmd_fold(args: argparse.Namespace) -> int:
-    from .nn import is_source, list_attn
-    from .gates.report import fold_table
-
-    if args.checkpoint:
-        return _fold_checkpoint(args)
-    if is_source(args.model):
-        return _fold_source(args)
-    if not args.all and args.attn is None:
-        raise UserError("give --attn NAME (one of: " + ", ".join(list_attn()) + ") or --all")
-    if args.weights or args.input_shape:
-        raise UserError("--weights and --input-shape apply to source models (--model timm:NAME, torchvision:NAME …)")
-    atol = 1e-5 if args.atol is None else args.atol
-    rows, failed = fold_table(args.model, list_attn() if args.all else [args.attn],
-                              both_variants=[False, True] if args.all else [args.both],
-                              num_classes=args.num_classes or 100, block=args.block, atol=atol,
-                              progress=not args.no_progress)
-    print(f"{args.model}, {args.num_classes or 100} classes: ASR models folded into plain BN. Every parameter "
-          f"perturbed (N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {atol:g}; "
-          f"the fp32 column is the same comparison in float32, where a deep network's own rounding shows.")
-    print(_table(rows))
-    if failed:
-        print(f"{failed} fold(s) FAILED", file=sys.stderr)
-    return 1 if failed else 0
+def _fold_text(r: dict) -> str:
+    """The fold report as text (one of three kinds)."""
+    if r["kind"] == "checkpoint":
+        lines = [r["summary"]]
+        if not r["folded"]:
+            return "\n".join(lines + [f"{r['note']}; parameters {r['params_before']:,}"])
+        lines.append(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
+                     f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its "
+                     f"fold, float64, the file's own weights and BN statistics: {r['max_abs_diff_fp64']:.1e}")
+        if "official" in r:
+            o = r["official"]
+            lines.append(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight "
+                         f"{o['weight']:.1e}, bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, "
+                         f"running_var {o['running_var']:.1e}")
+        return "\n".join(lines)
+    if r["kind"] == "source":
+        lines = [f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in "
+                 f"float64 with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} "
+                 f"(outputs up to {r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): "
+                 f"{'ok' if r['ok'] else 'FAILED'}. Parameters {r['params_before']:,} -> {r['params_after']:,}; gate "
+                 f"modules left: {len(r['gate_modules_left'])}.",
+                 _table([{**row, "why": row["why"][:70]} for row in r["rows"]],
+                        ["gate", "adapter", "channels", "fold", "into", "why"])]
+        lines += [f"note: {n}" for n in dict.fromkeys(row["note"] for row in r["rows"] if row["note"])]
+        return "\n".join(lines)
+    return (f"{r['model']}, {r['num_classes']} classes: ASR models folded into plain BN. Every parameter perturbed "
+            f"(N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {r['atol']:g} (relative to the "
+            f"largest logit); the fp32 column is the same comparison in float32, where a deep network's own rounding "
+            f"shows.\n" + _table(r["rows"]))
 
 
 # --------------------------------------------------------------------------- train / compare
@@ -250,38 +233,23 @@ def bench_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_speed_source(args: argparse.Namespace) -> int:
-    from .experiments.thirdparty import source_speed, source_speed_markdown, write_source_speed
-
-    speed = source_speed(args.model, num_classes=args.num_classes, weights=args.weights, batches=args.batch,
-                         image_size=args.image_size, device=args.device, repeats=args.repeats,
-                         precision=args.precision, progress=not args.no_progress)
-    written = write_source_speed(speed, args.out)
-    print(source_speed_markdown(speed))
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    return 0
-
-
 def bench_speed(args: argparse.Namespace) -> int:
-    from .experiments.bench import inference_speed, write_speed
-    from .nn import is_source
+    from .experiments.bench import inference_speed, speed_report, write_speed
 
-    if is_source(args.model):
-        return _bench_speed_source(args)
     speed = inference_speed(args.model, attns=args.attn, batches=args.batch, device=args.device,
-                            num_classes=args.num_classes or 100, repeats=args.repeats, precision=args.precision,
-                            channels_last=args.channels_last, progress=not args.no_progress)
+                            num_classes=args.num_classes, weights=args.weights, image_size=args.image_size,
+                            repeats=args.repeats, precision=args.precision, channels_last=args.channels_last,
+                            progress=not args.no_progress)
     written = write_speed(speed, args.out)
-    from .viz.figures import speed_markdown
-
-    print(speed_markdown(speed))
+    print(speed_report(speed))
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
 def bench_gates(args: argparse.Namespace) -> int:
     from . import fsio
-    from .experiments.thirdparty import gates_benchmark, gates_markdown, ocr_markdown
+    from .experiments.gates_bench import gates_benchmark, gates_markdown
+    from .experiments.ocr import ocr_markdown
 
     res = gates_benchmark(models=args.models, extra=args.extra, batch=args.batch_size, repeats=args.repeats,
                           passes=args.passes, threads=args.threads, overhead=not args.no_overhead, effnet=args.effnet,
@@ -399,7 +367,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 @command("reproduce")
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .experiments.presets import GPU_STAGES, Campaign, run_preset
+    from .experiments.gpu import GPU_STAGES, Campaign
+    from .experiments.presets import run_preset
 
     campaign = None
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
@@ -652,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
     s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
     s.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: rehearse the preset end to end")
-    s.add_argument("--archive-mib", type=float, default=15.0,
-                   help="results.tar.gz stays under this size; big recordings travel thinned (default 15)")
+    s.add_argument("--archive-mib", type=float, default=None,
+                   help="keep results.tar.gz under this size: the biggest recordings travel thinned, with the "
+                        "tables of every epoch but the statistics of the last one (default: no limit)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
     g = s.add_argument_group("the attention zoo (zoo-cifar10-cpu only)")
@@ -661,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs trained side by side, the cores split between them (default 2)")
     g.add_argument("--only", default=None, help="comma-separated runs (slugs or labels, e.g. plus_se,baseline)")
     g = s.add_argument_group("a campaign over several GPU slots (gpu-quick only)")
-    g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: cuda-tests, "
-                                                  "train-speed, learns, collect-speed, speed, science)")
+    g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: train-speed, learns, "
+                                                  "collect-speed, speed, science)")
     g.add_argument("--variant", default=None, help="the science run's variant: baseline, +SE (default), +ASR(SE), "
                                                    "+ASR(SE)+SE")
     g.add_argument("--seed", type=int, default=None, help="the science run's seed (default 0)")

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from stripe.cli import main
-from stripe.experiments.presets import PRESETS, Budget, Deadline, run_preset
-
-
+from stripe.experiments.budget import Budget, Deadline
+from stripe.experiments.gpu import GPU_STAGES
+from stripe.experiments.presets import PRESETS, run_preset
 
 pytestmark = pytest.mark.real_data  # every test here reads a real data set
+
 
 def _records(out):
     return [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
@@ -35,10 +36,8 @@ def test_gpu_quick_dry_run_every_stage_and_figures_from_the_archive(dry, tmp_pat
     out = dry
     records = _records(out)
     assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
-    done = {r["stage"] for r in records if "done_s" in r}
-    assert done == {"cuda-tests", "train-speed", "learns", "collect-speed", "speed", "science"}
-    cuda_tests = [r for r in records if r["stage"] == "cuda-tests" and "rc" in r]
-    assert cuda_tests and cuda_tests[0]["rc"] == 0, cuda_tests  # collected and skipped on the CPU
+    done = [r["stage"] for r in records if "done_s" in r]
+    assert done == ["train-speed", "learns", "collect-speed", "speed", "science"] == list(GPU_STAGES)
     speeds = [r for r in records if r["stage"] == "train-speed" and "images_per_s" in r]
     assert len(speeds) == 4 and all(r["images_per_s"] > 0 and r["finite"] for r in speeds)
     assert {(r["variant"], r["path"]) for r in speeds} == {("baseline", "fast"), ("+SE", "fast"), ("+ASR(SE)", "fast"),
@@ -67,7 +66,7 @@ def test_a_recording_too_big_for_the_archive_travels_thinned(dry, tmp_path, caps
     import pandas as pd
 
     from stripe.analysis import compute_tables
-    from stripe.experiments.presets import pack
+    from stripe.experiments.archive import pack
     from stripe.record import Recording
 
     out = tmp_path / "out"
@@ -93,8 +92,10 @@ def test_a_recording_too_big_for_the_archive_travels_thinned(dry, tmp_path, caps
     last = rec.epochs[0]
     pd.testing.assert_frame_equal(b["channels"].reset_index(drop=True),
                                   a["channels"][a["channels"]["epoch"] == last].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(compute_tables(thin, eps=0.2)["convergence"],
+                                  compute_tables(full, eps=0.2)["convergence"], check_exact=True)
     with pytest.raises(ValueError, match="thinned"):
-        compute_tables(thin, eps=0.2)
+        compute_tables(thin, dead_tol=1e-3)
     assert main(["stats", str(thin)]) == 0
     assert main(["figures", str(unpacked), "--out", str(tmp_path / "figs"), "--formats", "png"]) == 0
     for name in ("heatmap_plus_se", "stripe_dynamics", "channel_std_plus_se"):
@@ -102,13 +103,13 @@ def test_a_recording_too_big_for_the_archive_travels_thinned(dry, tmp_path, caps
 
 
 def test_table_defaults_match_compute_tables():
+    """A thinned recording's stored tables are computed with compute_tables' defaults, which it checks against."""
     import inspect
 
-    from stripe.analysis.tables import _DEFAULT_TABLE_PARAMS, compute_tables
+    from stripe.analysis.tables import DEAD_TOL, SATURATION, compute_tables
 
     sig = inspect.signature(compute_tables)
-    assert tuple(sig.parameters[k].default for k in ("saturation", "dead_tol", "eps", "threshold")) == \
-        _DEFAULT_TABLE_PARAMS
+    assert (sig.parameters["saturation"].default, sig.parameters["dead_tol"].default) == (SATURATION, DEAD_TOL)
 
 
 def test_a_campaign_continues_in_another_call_and_compares(dry, tmp_path, capsys):
@@ -138,6 +139,8 @@ def test_a_campaign_continues_in_another_call_and_compares(dry, tmp_path, capsys
     (["--variant", "+ECA"], "the campaign is of SE"),
     (["--variant", "SE"], "not a variant label"),
     (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--stages", "cuda-tests,science"], "`pytest -m cuda`, not a stage"),
+    (["--archive-mib", "0"], "--archive-mib must be > 0"),
 ])
 def test_campaign_options_are_checked(tmp_path, capsys, argv, message):
     try:
@@ -169,7 +172,7 @@ sys.exit(pytest.main(["-q", "--co", "-m", "cuda", "-p", "no:cacheprovider", {tes
 
 
 def test_cuda_tests_collect_without_the_notebook_stack():
-    """The preset's first stage runs `pytest -m cuda tests/` on a GPU image without Jupyter: nothing may fail to import."""
+    """`pytest -m cuda tests/` (the GPU checks) on a GPU image without Jupyter: nothing may fail to import."""
     import subprocess
     import sys
     from pathlib import Path
@@ -187,7 +190,7 @@ def test_a_tiny_budget_still_writes_and_packs(tmp_path):
     assert run_preset("gpu-quick", out=out, dry_run=True, budget=1e-3, progress=False) == 0
     records = _records(out)
     skipped = {r["stage"] for r in records if r.get("skipped") == "out of budget"}
-    assert skipped == {"cuda-tests", "train-speed", "learns", "collect-speed", "speed", "science"}
+    assert skipped == set(GPU_STAGES)
     assert records[0]["stage"] == "env" and records[-1]["stage"] == "done"
     assert (out / "results.tar.gz").stat().st_size > 0
 

@@ -114,7 +114,7 @@ def test_01_overwrite_of_a_stripe_run_keeps_the_users_own_files_in_it(capsys, tm
 
 # 2 -------------------------------------------------------------------------------------------------
 def test_02_a_failed_archive_write_keeps_the_old_archive(tmp_path, monkeypatch):
-    from stripe.experiments import presets
+    from stripe.experiments import archive as presets
 
     out = tmp_path / "out"
     (out / "a").mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_02_a_failed_archive_write_keeps_the_old_archive(tmp_path, monkeypatch):
 
 # 3 -------------------------------------------------------------------------------------------------
 def test_03_an_output_below_a_folder_named_checkpoints_is_archived(tmp_path):
-    from stripe.experiments import presets
+    from stripe.experiments import archive as presets
 
     out = tmp_path / "checkpoints" / "x"
     (out / "runs" / "r" / "checkpoints").mkdir(parents=True)

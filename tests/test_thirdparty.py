@@ -678,13 +678,13 @@ def test_cli_speed_and_gate_table_of_a_source_model(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- a real pretrained model (ONNX)
 def test_ppocr_classifier_gates_recorded_and_folded_exactly():
-    from stripe.experiments import thirdparty as tp
+    from stripe.experiments import ocr
 
     try:
-        model = tp.load_ppocr_cls()
+        model = ocr.load_ppocr_cls()
     except MissingDependency as e:
         pytest.skip(f"the PP-OCR model needs onnx, onnx2torch and rapidocr-onnxruntime: {e}")
-    x, _, names = tp.text_direction_set({"logo2.png": tp.sample_images()["logo2.png"]})
+    x, _, names = ocr.text_direction_set({"logo2.png": ocr.sample_images()["logo2.png"]})
     x = x[::16]  # a few real crops, upright and rotated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx2torch's Slice indexes with a list
@@ -695,7 +695,7 @@ def test_ppocr_classifier_gates_recorded_and_folded_exactly():
         stats = rec.stats()
         assert all(0 <= stats[(s.key, "after")].stripe_index() <= 1 for s in sites)
         means = {s.key: torch.from_numpy(stats[(s.key, "after")].mean_).float() for s in sites}
-        r = verify_posthoc_fold(tp.load_ppocr_cls(logits=True), sites, means, x[:2])
+        r = verify_posthoc_fold(ocr.load_ppocr_cls(logits=True), sites, means, x[:2])
         assert r["n_folded"] == 9 and r["max_abs_diff"] <= 1e-10 * max(1.0, r["max_abs_ref"])
         folded, _ = fold_constants(model, sites, means)
     kinds = [type(m).__name__ for m in folded.modules()]

@@ -83,7 +83,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import NotFoundError, UserError
+from ..errors import UserError
 from ..fsio import atomic_write
 from ..record.format import ALL_KINDS, HIDDEN, KINDS, Recording
 from ..record.moments import leave_one_out, mean_cosine_from_moments, merge_fold_arrays, stripe_index_from_moments
@@ -453,9 +453,8 @@ def _check_tap_params(saturation: float, dead_tol: float) -> None:
         raise UserError(f"dead_tol must be >= 0, got {dead_tol}")
 
 
-# the tables' default parameters (a thinned recording's tables were computed with these)
+# the tables' default parameters (a thinned recording's stored tables were computed with these)
 SATURATION, DEAD_TOL, SETTLE_EPS, STRIPE_THRESHOLD = 0.02, 1e-6, 0.1, 0.9
-_DEFAULT_TABLE_PARAMS = (SATURATION, DEAD_TOL, SETTLE_EPS, STRIPE_THRESHOLD)
 
 
 def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = SATURATION,
@@ -607,43 +606,37 @@ def compute_tables(rec_or_path: Recording | str | os.PathLike[str], *, saturatio
                    threshold: float = STRIPE_THRESHOLD) -> dict[str, pd.DataFrame]:
     """All tables of a recording: {'channels', 'taps', 'convergence', 'stages'} (statistics read once).
 
-    A thinned recording (the manifest's ``thinned`` entry: only its last epoch's statistics kept, as the
-    presets' archives carry big recordings) gives the taps, convergence and stage tables of every epoch as
-    they were computed before thinning (``tables/*.parquet``, default parameters), and the channel table of
-    the epochs it kept.
+    The taps and stage tables of epochs whose statistics a recording no longer holds (a thinned recording) are
+    the ones it stored (:meth:`~stripe.record.Recording.stored_tables`; computed with the default ``saturation``
+    and ``dead_tol``); convergence follows the taps table with any ``eps`` and ``threshold``; the channel table
+    holds the epochs whose statistics are there.
     """
     _check_tap_params(saturation, dead_tol)
     _check_eps(eps)
     rec = _as_recording(rec_or_path)
     groups, meta = _groups(rec), _tap_meta(rec)
-    thinned = rec.manifest.get("thinned")
-    if thinned:
-        if (saturation, dead_tol, eps, threshold) != _DEFAULT_TABLE_PARAMS:
-            raise UserError(f"{rec.path} is thinned (epochs {thinned.get('kept')} of {len(thinned.get('epochs', []))} "
-                             "kept): its tables were computed with the default parameters before thinning")
-        folder = rec.path / str(thinned.get("tables", "tables"))
-        saved = {}
-        for name in ("taps", "convergence", "stages"):
-            path = folder / f"{name}.parquet"
-            if not path.is_file():
-                raise NotFoundError(f"{rec.path} is thinned but its table {path} is missing")
-            saved[name] = pd.read_parquet(path)
-        if "pattern_dist_final" not in saved["taps"].columns:
-            saved = _upgrade_saved_tables(saved, eps, threshold)
-        return {"channels": _channel_table(groups, meta), **saved}
-    taps = _tap_table(groups, meta, saturation, dead_tol)
+    stored = rec.stored_tables()  # {} unless the recording is thinned: then its tables of every epoch
+    if stored:
+        if (saturation, dead_tol) != (SATURATION, DEAD_TOL):
+            raise UserError(f"{rec.path} is thinned (epochs {rec.thinned.get('kept')} of {len(rec.thinned['epochs'])} "
+                            f"kept): its tables were computed with saturation {SATURATION:g} and dead_tol "
+                            f"{DEAD_TOL:g} before thinning")
+        if "pattern_dist_final" not in stored["taps"].columns:
+            stored = _upgrade_saved_tables(stored)
+        taps, stages = stored["taps"], stored["stages"]
+    else:
+        taps, stages = _tap_table(groups, meta, saturation, dead_tol), _stage_table(groups, meta)
     return {"channels": _channel_table(groups, meta), "taps": taps,
-            "convergence": convergence_table(taps, eps=eps, threshold=threshold),
-            "stages": _stage_table(groups, meta)}
+            "convergence": convergence_table(taps, eps=eps, threshold=threshold), "stages": stages}
 
 
-def _upgrade_saved_tables(saved: dict[str, pd.DataFrame], eps: float, threshold: float) -> dict[str, pd.DataFrame]:
-    """Tables saved by an earlier version (settle_dist relative to ||c(μ_T)||, plain intervals) in today's terms.
+def _upgrade_saved_tables(saved: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Taps and stage tables stored by an earlier version (settle_dist relative to ||c(μ_T)||, plain intervals)
+    in today's terms.
 
     The earlier settle_dist is today's ``pattern_dist_final``; today's settle_dist is it divided by its value at
-    the first checkpoint (exactly the module docstring's definition); convergence is recomputed from that. The
-    earlier plain intervals cannot be recomputed (the folds' moments of the dropped epochs are gone): they are
-    clipped into their statistic's range.
+    the first checkpoint (exactly the module docstring's definition). The earlier plain intervals cannot be
+    recomputed (the folds' moments of the dropped epochs are gone): they are clipped into their statistic's range.
     """
     taps = saved["taps"].copy()
     taps = taps.sort_values(["epoch"], kind="stable")
@@ -661,7 +654,6 @@ def _upgrade_saved_tables(saved: dict[str, pd.DataFrame], eps: float, threshold:
             for col in [c for c in df.columns if c.startswith(f"{stat}_") and c.endswith(("_lo", "_hi"))]:
                 df[col] = df[col].clip(low, high)
         out[name] = df
-    out["convergence"] = convergence_table(out["taps"], eps=eps, threshold=threshold)
     return out
 
 

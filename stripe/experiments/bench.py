@@ -1,4 +1,5 @@
-"""Benchmarks: training images/s, recording overhead and sweep memory, the inference speed table.
+"""Benchmarks: training images/s, recording overhead and sweep memory, the inference speed table (of this
+package's models and of any other model).
 
 Benchmarks print and return numbers; tests never time anything."""
 from __future__ import annotations
@@ -146,55 +147,79 @@ def _real_images(dataset: str, n: int, data_root: str | None = None):
     return take(test, stratified_indices(test.labels, n, 0))
 
 
+@torch.no_grad()
+def recording_overhead(model: torch.nn.Module, taps: Any, batches: torch.Tensor | Sequence[torch.Tensor], *,
+                       repeats: int = 5, passes: int = 1, raw_n: int = 0, precision: str = "fp32") -> dict[str, Any]:
+    """Recorded eval forwards (the ``taps``, after and before, reduced to moments and merged at the end) against
+    plain eval forwards of the same ``batches``: ``repeats`` interleaved (plain, recorded) pairs of ``passes``
+    passes over the batches each, after one warm-up of each; medians of wall time and process CPU time, the
+    minimum, and the median of the per-pair ratios."""
+    import statistics
+
+    from ..record import Recorder
+    from ..train import autocast
+
+    batches = [batches] if isinstance(batches, torch.Tensor) else list(batches)
+    dev = batches[0].device
+    model.eval()
+    taps_seen: list[int] = []
+
+    def plain() -> None:
+        for _ in range(passes):
+            for x in batches:
+                with autocast(dev, precision):
+                    model(x)
+
+    def recorded() -> None:
+        with Recorder(model, taps, raw_n=raw_n) as rec:
+            for _ in range(passes):
+                for x in batches:
+                    with autocast(dev, precision):
+                        model(x)
+            rec.stats()  # the merge and the one transfer count too
+        taps_seen.append(len(rec.taps))
+
+    def timed(fn) -> tuple[float, float]:
+        _sync(dev)
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        _sync(dev)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    plain(), recorded()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        a.append(timed(plain))
+        b.append(timed(recorded))
+    med = statistics.median
+    return {"plain_s": med(t for t, _ in a), "recorded_s": med(t for t, _ in b),
+            "overhead_pct": 100 * (med(t for t, _ in b) / med(t for t, _ in a) - 1),
+            "pair_overhead_pct": 100 * (med(tb / ta for (ta, _), (tb, _) in zip(a, b)) - 1),
+            "cpu_overhead_pct": 100 * (med(c for _, c in b) / med(c for _, c in a) - 1),
+            "min_overhead_pct": 100 * (min(t for t, _ in b) / min(t for t, _ in a) - 1), "repeats": repeats,
+            "passes": passes, "batch": int(batches[0].shape[0]), "images": sum(int(x.shape[0]) for x in batches),
+            "taps": taps_seen[-1], "threads": torch.get_num_threads()}
+
+
 def collect_overhead(model_name: str = "cifar_resnet20", attn: str = "se", *, asr: bool = False, both: bool = False,
                      dataset: str = "cifar10", images: int = 1000, batch_size: int = 500, repeats: int = 5,
                      device: str | None = "auto", precision: str = "fp32", data_root: str | None = None) -> dict[str, Any]:
-    """Throughput of a forward pass under the Recorder (every tap, before and after, fp32 statistics)
-    against the plain eval forward of the same model, timed interleaved; medians over ``repeats``."""
-    import statistics
-
+    """Throughput of a forward pass under the Recorder (every tap, before and after, fp32 statistics, 256 raw
+    vectors) against the plain eval forward of the same model on real test images, timed interleaved; medians
+    over ``repeats`` (:func:`recording_overhead`)."""
     from ..nn import create_model
-    from ..record import Recorder
-    from ..train import autocast
 
     dev = resolve_device(device)
     ds = _real_images(dataset, images, data_root)
     torch.manual_seed(0)
     model = create_model(model_name, num_classes=ds.num_classes, attn=attn, asr=asr, both=both,
                          in_chans=ds.in_chans).to(dev).eval()
-    batches = list(Loader(ds, batch_size, train=False, device=dev))
-
-    def plain() -> None:
-        with torch.no_grad():
-            for x, _ in batches:
-                with autocast(dev, precision):
-                    model(x)
-
-    def recorded() -> int:
-        with Recorder(model, "*", raw_n=256) as rec, torch.no_grad():
-            for x, _ in batches:
-                with autocast(dev, precision):
-                    model(x)
-            rec.stats()  # the merge and the one transfer count too
-        return len(rec.taps)
-
-    def timed(fn) -> float:
-        _sync(dev)
-        t0 = time.perf_counter()
-        fn()
-        _sync(dev)
-        return time.perf_counter() - t0
-
-    plain(), recorded()  # warm-up
-    t_plain, t_rec = [], []
-    for _ in range(repeats):
-        t_plain.append(timed(plain))
-        t_rec.append(timed(recorded))
-    n_taps = recorded()
-    p, r = statistics.median(t_plain), statistics.median(t_rec)
+    batches = [x for x, _ in Loader(ds, batch_size, train=False, device=dev)]
+    r = recording_overhead(model, "*", batches, repeats=repeats, raw_n=256, precision=precision)
+    p, rec = r["plain_s"], r["recorded_s"]
     return {"model": model_name, "attn": attn, "asr": asr, "device": str(dev), "images": len(ds),
-            "batch": batch_size, "taps": n_taps, "plain_images_per_s": len(ds) / p,
-            "recorded_images_per_s": len(ds) / r, "ratio": p / r, "overhead_pct": 100 * (r / p - 1)}
+            "batch": batch_size, "taps": r["taps"], "plain_images_per_s": len(ds) / p,
+            "recorded_images_per_s": len(ds) / rec, "ratio": p / rec, "overhead_pct": r["overhead_pct"]}
 
 
 def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = "cifar_resnet20", attn: str = "se",
@@ -235,38 +260,90 @@ def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = 
     return rows
 
 
+#: the variants of a speed table of this package's models (Table 1 of the paper), and of any other model
+PACKAGE_VARIANTS = ("baseline", "attention", "asr-folded")
+SOURCE_VARIANTS = ("unfolded", "constant gates", "folded")
+
+
+def _package_models(name: str, attns: Sequence[str] | None, num_classes: int | None,
+                    image_size: int | None) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """The baseline, each attention module and its folded ASR model of CIFAR ResNet ``name``."""
+    from ..gates import reparameterize
+    from ..nn import create_model, gate_classes, list_attn
+
+    size = image_size or 32
+    build = lambda **kw: create_model(name, num_classes=num_classes or 100, image_size=size, **kw)  # noqa: E731
+    gates = lambda m: sum(isinstance(g, tuple(gate_classes())) for g in m.modules())  # noqa: E731
+    torch.manual_seed(0)
+    models = [{"attn": "", "variant": "baseline", "gates": 0, "module": build()}]
+    for a in (list(attns) if attns is not None else list_attn()):
+        att, asr = build(attn=a), build(attn=a, asr=True)
+        models.append({"attn": a, "variant": "attention", "gates": gates(att), "module": att})
+        models.append({"attn": a, "variant": "asr-folded", "gates": gates(asr), "module": reparameterize(asr)})
+    return models, (3, size, size)
+
+
+def _source_models(spec: str, num_classes: int | None, weights: str | Path | None,
+                   image_size: int | None) -> tuple[list[dict[str, Any]], tuple[int, ...]]:
+    """Model ``spec`` as it is, with every gate replaced by its mean over random images, and folded."""
+    from ..gates import detect_gates, fold_constants, replace_with_constants
+    from ..nn import build_source
+    from .fold_report import model_input_shape, random_images, record_means
+
+    model, _ = build_source(spec, num_classes=num_classes, weights=weights)
+    model.eval()
+    shape = model_input_shape(spec, image_size)
+    sites = detect_gates(model, random_images(2, shape, 0))
+    means = record_means(model, sites, random_images(8, shape, 1)) if sites else {}
+    return [{"attn": "", "variant": variant, "gates": len(sites), "module": m} for variant, m in
+            zip(SOURCE_VARIANTS, (model, replace_with_constants(model, sites, means),
+                                  fold_constants(model, sites, means)[0]))], shape
+
+
 def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str] | None = None,
-                    batches: Sequence[int] = (1, 128), device: str | None = "auto", num_classes: int = 100,
-                    repeats: int = 5, min_seconds: float = 0.25, precision: str = "fp32",
-                    channels_last: bool = False, progress: bool = True):
-    """The paper's speed table: eval images/s of the baseline, each attention module, and its folded
-    ASR model, timed interleaved (every model once per repeat, medians reported) on random input."""
+                    batches: Sequence[int] = (1, 128), device: str | None = "auto", num_classes: int | None = None,
+                    weights: str | Path | None = None, image_size: int | None = None, repeats: int = 5,
+                    min_seconds: float = 0.25, precision: str = "fp32", channels_last: bool = False,
+                    progress: bool = True):
+    """The speed table: eval images/s of the models compared, timed interleaved (every model once per repeat,
+    medians reported) on random input.
+
+    For this package's CIFAR ResNets (``cifar_resnet{depth}``, ``num_classes`` 100 by default, 32 x 32 input by
+    default): the baseline, each attention module of ``attns`` (default all) and its folded ASR model (the
+    paper's Table 1). For any other model (``torchvision:NAME``, ``timm:NAME``, ``onnx:PATH``,
+    ``package.module:factory``, with ``weights`` and its own classes and crop size by default): as it is, with
+    every gate replaced by a constant, and folded (:data:`SOURCE_VARIANTS`). One row per (batch, model):
+    ``gates`` of the model before folding, ``params``, ``images_per_s`` and ``slowdown_pct`` against the first
+    model (the baseline, or the model as it is).
+    """
     import statistics
 
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from ..gates import reparameterize
-    from ..nn import create_model, list_attn
+    from ..nn import count_params, is_source
     from ..train import autocast
+    from .fold_report import random_images
 
+    if is_source(model_name):
+        if attns is not None:
+            raise UserError(f"--attn applies to this package's models, not to {model_name}")
+        models, shape = _source_models(model_name, num_classes, weights, image_size)
+    else:
+        if weights is not None:
+            raise UserError(f"--weights applies to other models (timm:NAME …); {model_name} is timed as built")
+        models, shape = _package_models(model_name, attns, num_classes, image_size)
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    attns = list(attns) if attns is not None else list_attn()
-    torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    models = [("", "baseline", create_model(model_name, num_classes=num_classes))]
-    for a in attns:
-        models.append((a, "attention", create_model(model_name, num_classes=num_classes, attn=a)))
-        models.append((a, "asr-folded", reparameterize(create_model(model_name, num_classes=num_classes, attn=a,
-                                                                     asr=True))))
-    models = [(a, v, m.to(dev, memory_format=fmt).eval()) for a, v, m in models]
+    for m in models:
+        m["module"] = m["module"].to(dev, memory_format=fmt).eval()
     rows = []
     for batch in batches:
-        x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
+        x = random_images(batch, shape, 2).to(dev).contiguous(memory_format=fmt)  # [batch, C, H, W]
 
-        def run(m, iters: int) -> float:
+        def run(m: torch.nn.Module, iters: int) -> float:
             _sync(dev)
             t0 = time.perf_counter()
             with torch.no_grad(), autocast(dev, precision):
@@ -275,36 +352,57 @@ def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str]
             _sync(dev)
             return time.perf_counter() - t0
 
-        iters = {}
-        for a, v, m in models:  # warm up, then pick iterations so one timing lasts >= min_seconds
-            run(m, 2)
-            once = max(run(m, 1), 1e-6)
-            iters[(a, v)] = max(1, int(min_seconds / once))
-        times: dict[tuple[str, str], list[float]] = {k: [] for k in iters}
+        iters = []
+        for m in models:  # warm up, then pick iterations so one timing lasts >= min_seconds
+            run(m["module"], 2)
+            iters.append(max(1, int(min_seconds / max(run(m["module"], 1), 1e-6))))
+        times: list[list[float]] = [[] for _ in models]
         bar = tqdm(total=repeats * len(models), desc=f"speed b{batch}", unit="model", disable=not progress)
         for _ in range(repeats):
-            for a, v, m in models:
-                times[(a, v)].append(batch * iters[(a, v)] / run(m, iters[(a, v)]))
+            for i, m in enumerate(models):
+                times[i].append(batch * iters[i] / run(m["module"], iters[i]))
                 bar.update()
         bar.close()
-        base = statistics.median(times[("", "baseline")])
-        for a, v, m in models:
-            ips = statistics.median(times[(a, v)])
-            rows.append({"model": model_name, "attn": a, "variant": v, "device": str(dev), "batch": batch,
-                         "params": sum(p.numel() for p in m.parameters()), "images_per_s": ips,
+        base = statistics.median(times[0])
+        for m, t in zip(models, times):
+            ips = statistics.median(t)
+            rows.append({"model": model_name, "attn": m["attn"], "variant": m["variant"], "gates": m["gates"],
+                         "device": str(dev), "batch": batch, "input": "x".join(map(str, shape)),
+                         "params": count_params(m["module"]), "images_per_s": ips,
                          "slowdown_pct": 100.0 * (1.0 - ips / base), "repeats": repeats, "precision": precision})
     return pd.DataFrame(rows)
 
 
+def _is_package_table(speed) -> bool:
+    """Whether a speed table is of this package's models (baseline, attention, folded ASR)."""
+    return set(speed["variant"]) <= set(PACKAGE_VARIANTS)
+
+
+def speed_report(speed) -> str:
+    """A speed table as Markdown: Table 1 for this package's models; model, variant, images/s and the change
+    against the model as it is for any other model."""
+    from ..viz.figures import speed_markdown
+
+    if _is_package_table(speed):
+        return speed_markdown(speed)
+    lines = ["| model | device | batch | input | variant | params (M) | images/s | vs unfolded |",
+             "|---|---|---:|---|:---|---:|---:|---:|"]
+    for _, r in speed.iterrows():
+        lines.append(f"| {r['model']} | {r['device']} | {r['batch']} | {r['input']} | {r['variant']} | "
+                     f"{r['params'] / 1e6:.3f} | {r['images_per_s']:,.1f} | {0.0 - r['slowdown_pct']:+.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def write_speed(speed, out: str | Path) -> list[Path]:
-    """Write a speed table as ``speed.csv``, ``speed.md`` and ``speed_table.png`` under ``out``."""
+    """Write a speed table as ``speed.csv`` and ``speed.md`` under ``out``, and ``speed_table.png`` for this
+    package's models."""
     from .. import fsio
-    from ..viz.figures import save_figure, speed_markdown, speed_table
+    from ..viz.figures import save_figure, speed_table
 
     out = fsio.claim_dir(out, "speed")
     written = [fsio.write_text(out / "speed.csv", speed.to_csv(index=False)),
-               fsio.write_text(out / "speed.md", speed_markdown(speed))]
-    return written + save_figure(speed_table(speed), out, "speed_table")
+               fsio.write_text(out / "speed.md", speed_report(speed))]
+    return written + (save_figure(speed_table(speed), out, "speed_table") if _is_package_table(speed) else [])
 
 
 if __name__ == "__main__":  # one measurement of compare_train_paths, in a fresh process

@@ -12,6 +12,11 @@ A recording directory holds
   holds the images at *positions* i of that order with i mod K = k (not probe index i);
 * ``raw/epoch_XXXX.safetensors``: the first ``raw_n`` probe vectors of every (tap, kind), fp16.
 
+A recording can be **thinned** (:func:`thin`) to travel light: only its last epoch's statistics and raw
+vectors are kept, and its tables of every epoch, computed before thinning, travel in ``tables/``
+(:data:`STORED_TABLES`); the manifest lists all epochs and the kept ones under ``thinned``, and
+:meth:`Recording.stored_tables` reads those tables back.
+
 Format ``stripe-recording/1`` (no fold column: one fold) still reads. Every file is written
 atomically and the manifest last, so a killed sweep leaves no half-written checkpoint visible.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +40,9 @@ from ..errors import MissingEntryError, NotAFolderError, NotFoundError, UserErro
 from .moments import MOMENT_KEYS, ChannelStats, FoldStats
 
 __all__ = [
-    "ALL_KINDS", "HIDDEN", "KINDS", "MANIFEST_NAME", "READABLE_FORMATS", "RECORDING_FORMAT", "STATS_SCHEMA", "Recording", "RecordingWriter",
-    "RecordingMismatch", "read_stats_parquet", "stats_to_table", "table_to_stats", "write_stats_parquet",
+    "ALL_KINDS", "HIDDEN", "KINDS", "MANIFEST_NAME", "READABLE_FORMATS", "RECORDING_FORMAT", "STATS_SCHEMA",
+    "STORED_TABLES", "TABLES_DIR", "Recording", "RecordingWriter", "RecordingMismatch", "Thinning",
+    "read_stats_parquet", "stats_to_table", "table_to_stats", "thin", "write_stats_parquet",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -65,6 +72,10 @@ STATS_SCHEMA: pa.Schema = pa.schema(
     ]
 )
 _V1_NAMES = [n for n in STATS_SCHEMA.names if n != "fold"]
+#: the folder of a recording that holds its tables (``stripe stats`` writes them there by default)
+TABLES_DIR = "tables"
+#: the tables a thinned recording keeps for every epoch, as ``<name>.parquet`` in its tables folder
+STORED_TABLES: tuple[str, ...] = ("taps", "stages")
 _INT_META = ("stage", "block", "depth", "call", "channels")
 
 
@@ -342,6 +353,36 @@ class Recording:
                 raise MissingEntryError(f"raw file {f} has no tensor {key!r}")
             return np.asarray(st.get_tensor(key), dtype=np.float32)
 
+    @property
+    def thinned(self) -> dict[str, Any] | None:
+        """A thinned recording's ``thinned`` entry (``epochs``: all, ``kept``: those whose statistics it holds,
+        ``tables``: the folder of its stored tables); None for a whole recording."""
+        entry = self.manifest.get("thinned")
+        if not entry:
+            return None
+        if not isinstance(entry, dict) or not isinstance(entry.get("epochs"), list):
+            raise UserError(f"{self.path / MANIFEST_NAME}: 'thinned' must be an object with a list of 'epochs'")
+        return entry
+
+    def stored_tables(self) -> dict[str, pd.DataFrame]:
+        """The tables of every epoch that a thinned recording holds ({name: table} for :data:`STORED_TABLES`),
+        as they were computed before thinning; {} for a whole recording (its statistics give them)."""
+        entry = self.thinned
+        if entry is None:
+            return {}
+        folder = self._file(str(entry.get("tables", TABLES_DIR)))
+        kept = f"epochs {entry.get('kept')} of {len(entry['epochs'])} kept"
+        out = {}
+        for name in STORED_TABLES:
+            path = folder / f"{name}.parquet"
+            if not path.is_file():
+                raise NotFoundError(f"{self.path} is thinned ({kept}) but its table {path} is missing")
+            try:
+                out[name] = pd.read_parquet(path)
+            except (pa.ArrowException, OSError) as e:
+                raise UserError(f"unreadable table {path}: {e}") from None
+        return out
+
 
 # --------------------------------------------------------------------------------------
 # writing
@@ -474,6 +515,42 @@ class RecordingWriter:
         """Write the manifest (atomically), its checkpoints sorted by epoch."""
         self.manifest["checkpoints"] = [self.done[e] for e in sorted(self.done)]
         fsio.write_json(self.path, self.manifest)
+
+
+# --------------------------------------------------------------------------------------
+# thinning
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thinning:
+    """How a recording travels thinned: the files it leaves out, and the manifest (bytes) that replaces its own."""
+
+    path: Path
+    leave_out: frozenset[Path]
+    manifest: bytes
+
+
+def thin(path: str | os.PathLike[str]) -> Thinning | None:
+    """How recording ``path`` travels thinned: every epoch's statistics and raw vectors left out but the last
+    one's (and the per-channel table), its stored tables of every epoch (:data:`STORED_TABLES`, written before:
+    :func:`stripe.analysis.write_tables` into ``tables/``) kept, and a manifest listing the kept epoch, with
+    ``thinned`` saying what the recording held. None when it has fewer than two epochs (nothing to leave out).
+    The recording itself is not changed."""
+    rec = Recording.open(path)
+    if rec.thinned is not None or len(rec.epochs) < 2:
+        return None
+    tables = rec.path / TABLES_DIR
+    missing = [n for n in STORED_TABLES if not (tables / f"{n}.parquet").is_file()]
+    if missing:
+        raise NotFoundError(f"{rec.path} cannot be thinned before its tables are written: {', '.join(missing)} "
+                            f"missing in {tables} (stripe stats {rec.path})")
+    ckpts = [rec._checkpoint(e) for e in rec.epochs]
+    leave_out = {rec._file(c[k]) for c in ckpts[:-1] for k in ("stats", "raw") if c.get(k)}
+    leave_out.add(tables / "channels.parquet")
+    manifest = {**rec.manifest, "checkpoints": ckpts[-1:],
+                "thinned": {"epochs": list(rec.epochs), "kept": [rec.epochs[-1]], "tables": TABLES_DIR}}
+    return Thinning(rec.path, frozenset(leave_out), (json.dumps(manifest, indent=1) + "\n").encode())
 
 
 def _short(value: Any) -> str:

@@ -328,39 +328,3 @@ def official_run(folder: str | Path) -> OfficialRun:
         run.notes.append(f"checkpoint.pth.tar records acc {last.acc} but log.txt's last Valid Acc. is "
                          f"{float(log['test_acc'].iloc[-1])}")
     return run
-
-
-
-def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
-    """``stripe fold --checkpoint FILE``: load a checkpoint of any format, fold its ASR norms, and check the fold.
-
-    The check runs in float64 with the file's own weights and BN statistics (max |Δ logits| between the
-    ASR model and its fold on random inputs, ``FoldError`` above ``atol``); an official ASR file is also
-    compared with its ``fused_bn`` (:func:`fold_vs_official`). Returns the numbers and the parameter counts.
-    """
-    import copy
-
-    from ..nn import count_params
-    from ..gates import FoldError
-
-    model = load_model(path)
-    cfg, info = model.config, model.load_info
-    out: dict[str, Any] = {"summary": info.summary(), "config": cfg, "params_before": count_params(model)}
-    if not cfg.asr:
-        out.update(params_after=out["params_before"], folded=False, note="no ASR norm: nothing to fold")
-        return out
-    folded = reparameterize(model).eval()
-    out.update(params_after=count_params(folded), folded=True,
-               params_expected=count_params(build_model(cfg.folded())))
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(8, cfg.in_chans or 3, cfg.image_size or 32, cfg.image_size or 32, generator=g, dtype=torch.float64)
-    m64 = copy.deepcopy(model).double().eval()
-    f64 = reparameterize(m64).eval()  # folded in float64: the check is of the algebra, not of fp32 rounding
-    with torch.no_grad():
-        diff = (m64(x) - f64(x)).abs().max().item()
-    out["max_abs_diff_fp64"] = diff
-    if not diff <= atol:
-        raise FoldError(f"{path}: the fold differs from the ASR model by {diff:.3g} > atol {atol:g}")
-    if info.fused:
-        out["official"] = fold_vs_official(path)
-    return out

@@ -1,0 +1,118 @@
+"""What every stage of a preset gets (:class:`Context`: the output folder, the budget, the :class:`Sizes`, the
+data, the log) and the steps the stages share: a training config from the sizes, training with online
+recording under the budget's deadline, the stripe tables of a run, the ablation of a run."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .budget import Budget, Deadline
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each stage is."""
+
+    model: str = "cifar_resnet164"
+    batch: int = 128
+    bench_steps: int = 100
+    bench_warmup: int = 20
+    learns_epochs: int = 2
+    learns_train_subset: int | None = 10000
+    collect_images: int = 10000
+    speed_batches: tuple[int, ...] = (1, 128)
+    speed_repeats: int = 5
+    science_epochs_max: int = 164
+    science_reserve_s: float = 60.0
+    min_stage_s: float = 20.0  # a stage starts only with more than this left
+    train_subset: int | None = None
+    test_subset: int | None = None
+    probe_n: int = 1000
+    epochs: int = 15
+    raw_n: int = 256
+    device: str = "cuda"
+    precision: str = "bf16"
+    channels_last: bool = True
+    compile: str = "cudagraph"
+
+
+@dataclass
+class Context:
+    """What every stage gets: the output folder, the budget, the sizes, the device, the data, the log.
+
+    ``campaign`` is what a ``gpu-quick`` call adds to a campaign (:class:`stripe.experiments.gpu.Campaign`);
+    ``notes`` carries what one stage tells a later one (and a preset's own options)."""
+
+    out: Path
+    budget: Budget
+    sizes: Sizes
+    device: str
+    dataset: str
+    data_root: str | None
+    progress: bool
+    dry_run: bool
+    campaign: Any = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one measurement to ``measurements.jsonl`` (and echo it)."""
+        record = {"t": round(self.budget.used(), 1), **record}
+        line = json.dumps(record, default=str)
+        print(line, flush=True)
+        with open(self.out / "measurements.jsonl", "a") as f:
+            f.write(line + "\n")
+
+
+def base_config(ctx: Context, **over: Any):
+    """The training config of the context's sizes and data, with ``over`` replacing fields."""
+    from ..nn import ModelConfig
+    from ..train import TrainConfig
+
+    sz = ctx.sizes
+    kw = dict(model=ModelConfig(sz.model), dataset=ctx.dataset, data_root=ctx.data_root, train_subset=sz.train_subset,
+              test_subset=sz.test_subset, probe_n=sz.probe_n, epochs=sz.epochs, batch_size=sz.batch,
+              precision=sz.precision, channels_last=sz.channels_last, compile=sz.compile)
+    kw.update(over)
+    return TrainConfig(**kw)
+
+
+def train_recorded(ctx: Context, cfg, run: Path, *, reserve: float = 0.0) -> dict[str, Any]:
+    """Train ``cfg`` into ``run`` (resuming a partial run) with online recording (when the model has attention)
+    and the budget's deadline."""
+    from ..record import OnlineRecorder
+    from ..train import train
+
+    rec = OnlineRecorder(raw_n=ctx.sizes.raw_n) if cfg.model.attn else None
+    deadline = Deadline(ctx.budget, reserve)
+    t0 = time.perf_counter()
+    rows = train(cfg, run, resume=(run / "config.json").exists(), device=ctx.sizes.device, progress=ctx.progress,
+                 callbacks=[c for c in (rec, deadline) if c is not None])
+    trained = [r for r in rows if r["epoch"] >= 1]
+    return {"run": str(run), "epochs_done": rows[-1]["epoch"], "epochs": cfg.epochs,
+            "stopped_by_budget_at": deadline.stopped_at, "wall_s": time.perf_counter() - t0,
+            "record_s": rec.seconds if rec else 0.0, "final_test_acc": rows[-1]["test_acc"],
+            "median_images_per_s": (sorted(r["images_per_s"] for r in trained)[len(trained) // 2] if trained else None),
+            "train_s": sum(r["train_seconds"] for r in trained if r["train_seconds"] == r["train_seconds"])}
+
+
+def record_tables(ctx: Context, run: Path, label: str) -> None:
+    """The stripe tables of ``run``'s recording, written into ``recording/tables``; the summary logged."""
+    from ..analysis import compute_tables, summary_text, write_tables
+    from ..record.format import TABLES_DIR
+
+    tables = compute_tables(run / "recording")
+    write_tables(tables, run / "recording" / TABLES_DIR)
+    ctx.log({"stage": "stats", "variant": label, "summary": summary_text(tables)})
+
+
+def ablate_run(ctx: Context, run: Path, label: str, scopes: tuple[str, ...]) -> None:
+    """The constant-replacement ablation of ``run`` over ``scopes``; the table logged."""
+    from ..analysis import run_ablation
+
+    t0 = time.perf_counter()
+    table = run_ablation(run, scopes=scopes, device=ctx.sizes.device, progress=ctx.progress)
+    ctx.log({"stage": "ablate", "variant": label, "wall_s": time.perf_counter() - t0,
+             "table": table.to_dict("records")})
