@@ -107,30 +107,20 @@ def _fold_text(r: dict) -> str:
 
 
 # --------------------------------------------------------------------------- train / compare
-def _online_recorder(args: argparse.Namespace):
-    from .record import OnlineRecorder
-
-    taps = [t for t in args.record_taps.split(",") if t]
-    return OnlineRecorder(taps=taps, raw_n=args.record_raw_n, folds=args.record_folds)
-
-
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
-    from .data import default_data_dir
-    from .nn.variants import slug, variant_of
-    from .train import config_from_args, dist_from_env, list_checkpoints, train
+    from .record import record_config_from_args, train_with_recording
+    from .train import config_from_args, default_run_dir, dist_from_env, list_checkpoints, train
 
     cfg = config_from_args(args)
-    if args.out:
-        out = Path(args.out)
-    else:
-        m = cfg.model.resolved()
-        arch = slug(m.name) if m.is_source else f"{m.name}-{m.block}"
-        out = default_data_dir() / "runs" / f"{arch}-{slug(variant_of(m).label)}-seed{cfg.seed}"
+    out = Path(args.out) if args.out else default_run_dir(cfg)
     finished = args.resume and any(e >= cfg.epochs for e, _ in list_checkpoints(out))
-    callbacks = [_online_recorder(args)] if args.record else []
-    rows = train(cfg, out, resume=args.resume, overwrite=args.overwrite, device=args.device,
-                 progress=not args.no_progress, callbacks=callbacks, download=args.download)
+    options = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
+                   download=args.download)
+    if args.record:
+        rows = train_with_recording(cfg, out, record_config_from_args(args), **options)
+    else:
+        rows = train(cfg, out, **options)
     if dist_from_env().rank != 0:
         return 0
     last = rows[-1]
@@ -146,8 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import time
 
-    from .data import default_data_dir
     from .experiments.compare import run_comparison
+    from .record import record_config_from_args
     from .train import config_from_args
 
     base = config_from_args(args)
@@ -165,12 +155,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"left out {run}: {why}", file=sys.stderr)
         print(f"wrote {args.out}/results.csv and results.md ({len(table)} variants, no training)")
         return 0
-    out = Path(args.out) if args.out else default_data_dir() / "runs" / f"compare-{base.model.name}-{base.model.attn}"
     t0 = time.perf_counter()
-    callbacks_for = (lambda label, seed: () if label == "baseline" else (_online_recorder(args),)) if args.record \
-        else None
-    table = run_comparison(base, base.model.attn, list(range(base.seed, base.seed + args.seeds)), out,
-                           device=args.device, progress=not args.no_progress, callbacks_for=callbacks_for)
+    table = run_comparison(base, base.model.attn, list(range(base.seed, base.seed + args.seeds)), args.out,
+                           device=args.device, progress=not args.no_progress,
+                           record=record_config_from_args(args) if args.record else None)
+    out = Path(table.attrs["out"])
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv and results.md in {time.perf_counter() - t0:.0f} s ({len(table)} variants)")
     return 0
@@ -277,17 +266,16 @@ def _preprocess(args: argparse.Namespace) -> dict:
 
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
-    from .record import collect, read_model_config
+    from .record import collect, record_config_from_args
     from .train import dist_from_env
 
-    model_config = read_model_config(args.model_config) if args.model_config else None
     if args.run_dir is None and not args.files and not args.model:
-        raise UserError("give a RUN_DIR (or a run folder of the official ASR code), checkpoint files with --files, or --model NAME "
-                         "--weights FILE --dataset")
-    r = collect(args.run_dir, checkpoints=args.files or args.checkpoints, model_config=model_config,
-                dataset=args.dataset, data_root=args.data_root, out=args.out, probe=args.probe,
-                probe_split=args.probe_split, probe_seed=args.probe_seed, taps=args.taps, raw_n=args.raw_n,
-                folds=args.folds, batch_size=args.batch_size, device=args.device, precision=args.precision,
+        raise UserError("give a RUN_DIR (or a run folder of the official ASR code), checkpoint files with --files, or "
+                        "--model NAME --weights FILE --dataset")
+    r = collect(args.run_dir, record_config_from_args(args), checkpoints=args.files or args.checkpoints,
+                model_config=args.model_config, dataset=args.dataset, data_root=args.data_root, out=args.out,
+                probe=args.probe, probe_split=args.probe_split, probe_seed=args.probe_seed, device=args.device,
+                precision=args.precision,
                 progress=not args.no_progress, model=args.model, weights=args.weights, num_classes=args.num_classes,
                 preprocess=_preprocess(args), overwrite=args.overwrite)
     if dist_from_env().rank == 0:
@@ -382,14 +370,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- parser
 def _record_args(s: argparse.ArgumentParser) -> None:
+    from .record import add_record_args
+
     g = s.add_argument_group("recording during training")
     g.add_argument("--record", action="store_true",
                    help="record every attention tap over the probe set at each checkpoint, into RUN/recording "
                         "(the same recording as `stripe collect RUN`)")
-    g.add_argument("--record-taps", default="*", help="taps to record, comma-separated selectors (default *)")
-    g.add_argument("--record-raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (default 256)")
-    g.add_argument("--record-folds", type=_positive_int("--record-folds"), default=10,
-                   help="disjoint probe folds whose moments are kept apart, for intervals (default 10)")
+    add_record_args(s, prefix="record-", title="what --record records")
+
+
+def _collect_record_args(s: argparse.ArgumentParser) -> None:
+    from .record import add_record_args
+
+    add_record_args(s, title="what the recording records")
 
 
 def _floats(option: str) -> Callable[[str], tuple[float, ...]]:
@@ -539,7 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("collect", help="record every attention tap over the probe set at each checkpoint")
     s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files, or --model)")
-    s.add_argument("--checkpoints", default=None, help="all (default), last, every:K, or a list of epochs")
+    s.add_argument("--checkpoints", default="all", help="which checkpoints of a run: all (default), last, every:K, or "
+                   "epochs N,M")
     s.add_argument("--files", nargs="+", default=None, help="checkpoint files from elsewhere (with --model-config)")
     s.add_argument("--model-config", default=None, help="JSON file with the model config, for --files")
     s.add_argument("--model", default=None, help="the model of --weights (or --files): torchvision:NAME, timm:NAME, "
@@ -554,13 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--probe-split")
     s.add_argument("--probe-split", default="train", choices=["train", "test"])
     s.add_argument("--probe-seed", type=int, default=0)
-    s.add_argument("--taps", nargs="+", default=["*"],
-                   help="globs, attention types or adapter names, stage:K, asr, attention; auto: also gates the "
-                        "generic detector finds (any model)")
-    s.add_argument("--raw-n", type=int, default=256, help="raw fp16 vectors kept per tap (for heat maps)")
-    s.add_argument("--folds", type=_positive_int("--folds"), default=10,
-                   help="disjoint probe folds whose moments are kept apart, for intervals")
-    s.add_argument("--batch-size", type=_positive_int("--batch-size"), default=500)
+    _collect_record_args(s)
     s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     s.add_argument("--device", default="auto")
     s.add_argument("--out", default=None, help="recording directory (default RUN_DIR/recording)")

@@ -187,7 +187,7 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
     rec = Recording.open(tmp_path / "full")
     assert rec.raw(3, manifest["taps"][0]["key"]).shape == (256, 16)
 
-    import stripe.record.sweep as S
+    import stripe.record.sources as S
 
     real = S.load_model
     calls = {"n": 0}
@@ -201,7 +201,7 @@ def test_sweep_writes_recording_and_resumes_identically(runs, tmp_path, monkeypa
     monkeypatch.setattr(S, "load_model", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
         collect(run, out=tmp_path / "part", device="cpu", progress=False)
-    monkeypatch.setattr(S, "load_weights", real)
+    monkeypatch.setattr(S, "load_model", real)
     assert [c["epoch"] for c in json.loads((tmp_path / "part" / "manifest.json").read_text())["checkpoints"]] == [0, 1]
     again = collect(run, out=tmp_path / "part", device="cpu", progress=False)
     assert again.skipped == [0, 1] and again.recorded == [2, 3]

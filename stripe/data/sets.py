@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from .imageset import ImageSet, probe_hash, stratified_indices, take
+from .readers import load_dataset
 
 PROBE_SPLITS = ("train", "test")
 
@@ -103,8 +104,20 @@ def eval_sets(test_full: ImageSet, *, train_full: ImageSet | None = None, probe_
                               excludes="probe" if probe_split == "test" else None))
 
 
-def subset_from_spec(full: ImageSet, spec: dict[str, Any], indices: np.ndarray, what: str) -> ImageSet:
-    """The subset ``indices`` of ``full`` after checking it against the hash saved in ``spec``."""
-    if probe_hash(full.source_hash, indices) != spec["hash"]:
-        raise UserError(f"the {what} differs from the one saved (the data set's files changed?)")
-    return take(full, indices)
+def select_probe(dataset: str, probe: str | int = 1000, *, probe_split: str = "train", probe_seed: int = 0,
+                 data_root: str | None = None) -> tuple[ImageSet, SubsetSpec]:
+    """Probe images of a data set for a recording of weights from elsewhere, and how they were drawn:
+    ``train``/``test`` (a whole split) or a number N (a seeded class-stratified sample of ``probe_split``)."""
+    probe = str(probe)
+    if probe in PROBE_SPLITS:
+        ds = load_dataset(dataset, probe, root=data_root)
+        return ds, SubsetSpec(probe, len(ds), None, probe_hash(ds.source_hash, np.arange(len(ds))))
+    if not probe.isdigit() or int(probe) < 1:
+        raise UserError(f"--probe must be run, train, test or a positive number of images, got {probe!r}")
+    if probe_split not in PROBE_SPLITS:
+        raise UserError(f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {probe_split!r}")
+    full = load_dataset(dataset, probe_split, root=data_root)
+    if int(probe) > len(full):
+        raise UserError(f"--probe {probe} is larger than the {len(full)} images of the {probe_split} split")
+    idx = stratified_indices(full.labels, int(probe), probe_seed)
+    return take(full, idx), SubsetSpec(probe_split, len(idx), probe_seed, probe_hash(full.source_hash, idx))

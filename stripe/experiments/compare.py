@@ -19,6 +19,7 @@ import pandas as pd
 from .. import fsio
 from ..errors import NotFoundError, UserError
 from ..nn.variants import Variant, config_label, variants
+from ..record import RecordConfig
 from ..train import TrainConfig, read_metrics, read_run, train
 
 
@@ -34,27 +35,42 @@ def variant_config(base: TrainConfig, variant: Variant, seed: int) -> TrainConfi
     return replace(base, seed=seed, model=replace(base.model, **variant.overrides()))
 
 
-def run_comparison(base: TrainConfig, attn: str, seeds: list[int], out: str | Path, *, device: str | None = "auto",
-                   progress: bool = True, resume: bool = True, data=None, callbacks_for=None) -> pd.DataFrame:
-    """Train every variant x seed under ``out`` (finished runs are kept, partial ones resumed) and
-    write ``results.csv`` and ``results.md``; returns the results table.
+def default_comparison_dir(base: TrainConfig) -> Path:
+    """Where a comparison goes when no folder is given: ``<data dir>/runs/compare-<model>-<attn>``."""
+    from ..data import default_data_dir
 
-    ``callbacks_for(label, seed)`` may return training callbacks for a run (e.g. online recording).
+    return default_data_dir() / "runs" / f"compare-{base.model.name}-{base.model.attn}"
+
+
+def run_comparison(base: TrainConfig, attn: str, seeds: list[int], out: str | Path | None = None, *,
+                   device: str | None = "auto", progress: bool = True, resume: bool = True, data=None,
+                   record: RecordConfig | None = None, callbacks_for=None) -> pd.DataFrame:
+    """Train every variant x seed under ``out`` (default :func:`default_comparison_dir`; finished runs are kept,
+    partial ones resumed) and write ``results.csv`` and ``results.md``; returns the results table (its
+    ``attrs["out"]`` says where).
+
+    ``record``: every run with attention is recorded while it trains (:class:`~stripe.record.OnlineRecorder`);
+    ``callbacks_for(label, seed)`` may return more training callbacks for a run.
     """
     from tqdm.auto import tqdm
 
-    out = fsio.claim_dir(out, "comparison")
+    from ..record import OnlineRecorder
+
+    out = fsio.claim_dir(out if out is not None else default_comparison_dir(base), "comparison")
     jobs = [(label, v, seed) for label, v in variants(attn).items() for seed in seeds]
     for label, v, seed in tqdm(jobs, desc="compare", unit="run", disable=not progress):
         run = run_dir_of(out, label, seed)
         if progress:
             tqdm.write(f"== {label}, seed {seed} -> {run}")
-        cbs = callbacks_for(label, seed) if callbacks_for else ()
+        cbs = list(callbacks_for(label, seed)) if callbacks_for else []
+        if record is not None and v.attn:
+            cbs.append(OnlineRecorder(record))
         train(variant_config(base, v, seed), run, resume=resume and (run / "config.json").exists(), device=device,
               progress=progress, data=data, callbacks=cbs)
     table = results_table(out, attn, seeds, device=device)
     fsio.write_text(out / "results.csv", table.to_csv(index=False))
     fsio.write_text(out / "results.md", results_markdown(table, base))
+    table.attrs["out"] = str(out)
     return table
 
 

@@ -4,8 +4,8 @@ Also checkpoints from anywhere: this package's, plain state dicts and the offici
 :mod:`.official`). Imports only from :mod:`stripe.nn`, :mod:`stripe.gates` and :mod:`stripe.data` (and the file
 helpers).
 """
-from .checkpoint import (CheckpointError, checkpoint_path, file_sha256, list_checkpoints, load_checkpoint,
-                         load_weights, save_checkpoint)
+from .checkpoint import (CheckpointError, checkpoint_path, epoch_from_name, file_sha256, list_checkpoints,
+                         load_checkpoint, load_weights, save_checkpoint)
 from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, TrainConfig, add_config_args,
                      config_from_args, epoch_matches, fast_path, parse_epoch_spec)
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
@@ -16,11 +16,12 @@ from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_sta
                        state_shapes, strip_prefix, to_official)
 from .loop import Callback, NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
-from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, load_run_data, read_metrics,
-                     read_metrics_rows, read_run, run_config, run_eval_sets)
+from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, default_run_dir, load_run_data,
+                     read_metrics, read_metrics_rows, read_run, run_config, run_eval_sets)
 from .step import TrainStep, autocast, loss_fn
 
 __all__ = [
+    "default_run_dir", "epoch_from_name",
     "OFFICIAL_MEAN", "OFFICIAL_STD", "check_official", "deployed_state", "from_official", "infer_config", "is_official",
     "normalize_names", "official_input", "split_fused", "stale_fused", "state_mismatch", "state_shapes", "strip_prefix",
     "to_official",

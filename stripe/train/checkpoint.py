@@ -26,6 +26,20 @@ def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.pt"
 
 
+_EPOCH_IN_NAME = re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE)
+
+
+def epoch_from_name(path: str | Path, *, any_number: bool = False) -> int | None:
+    """The epoch a checkpoint file's name gives: ``epoch_12.pt``, ``model-epoch7.pth``; with ``any_number`` (a
+    list of checkpoint files) also the last number in the name (``ckpt_12.pt``); else None. A run's own files
+    are ``epoch_XXXX.pt`` (:func:`checkpoint_path`)."""
+    m = _EPOCH_IN_NAME.search(Path(path).name)
+    if m:
+        return int(m.group(1))
+    m = re.search(r"(\d+)(?!.*\d)", Path(path).stem) if any_number else None
+    return int(m.group(1)) if m else None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """(epoch, path) of every checkpoint file of a run, by epoch (temporary files are ignored)."""
     folder = Path(run_dir) / "checkpoints"

@@ -42,7 +42,8 @@ _EPOCH_SPEC = re.compile(r"^(last|all|every:\d+|\d+)$")
 
 
 def parse_epoch_spec(text: str, option: str = "--keep-checkpoints") -> tuple[str, ...]:
-    """'all', 'last', 'every:K', epoch numbers, comma-separated: checked and split into terms."""
+    """The one grammar of epoch selections (``--checkpoints`` of ``train`` and ``collect``, ``--keep-checkpoints``):
+    'all', 'last', 'every:K', epoch numbers, comma-separated; checked and split into terms."""
     terms = tuple(t.strip() for t in str(text).split(",") if t.strip())
     bad = [t for t in terms if not _EPOCH_SPEC.match(t)]
     if not terms or bad:
@@ -73,15 +74,6 @@ def _float_list(text: str) -> tuple[float, ...]:
         return tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated fractions, got {text!r}") from None
-
-
-def _checkpoint_list(text: str) -> tuple[int, ...] | None:
-    if text == "every":
-        return None
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'every' or a comma-separated list of epochs, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -116,18 +108,20 @@ class TrainConfig:
     compile: str = field(default="none", metadata=_opt(
         "none, torch.compile, compile with CUDA graphs, or the whole step captured as one CUDA graph",
         choices=COMPILE_MODES))
-    checkpoints: tuple[int, ...] | None = field(default=None, metadata=_opt(
-        "checkpoint epochs: 'every' (default) or a list (epoch 0 and the last always)", parse=_checkpoint_list))
+    checkpoints: str = field(default="all", metadata=_opt(
+        "checkpoint epochs (recorded with --record): all (default), every:K, last, or epochs N,M; epoch 0 and the "
+        "last always"))
     keep_checkpoints: str = field(default="all", metadata=_opt(
         "which checkpoint files stay on disk: all, or e.g. 'last,every:10' (the newest is kept until "
         "the next one is written, so a run can always resume)"))
     eval_batch_size: int = field(default=1000, metadata=_opt("batch of test-set evaluation and recording"))
 
     def __post_init__(self) -> None:
-        for name in ("milestones", "checkpoints"):  # JSON gives lists; keep the dataclass hashable
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.milestones, list):  # JSON gives lists; keep the dataclass hashable
+            object.__setattr__(self, "milestones", tuple(self.milestones))
+        if self.checkpoints is None or isinstance(self.checkpoints, (list, tuple)):  # the stripe-run/2 forms
+            value = "all" if self.checkpoints is None else ",".join(str(int(e)) for e in self.checkpoints) or "last"
+            object.__setattr__(self, "checkpoints", value)
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         self.validate()
@@ -158,8 +152,8 @@ class TrainConfig:
              f"--probe-split must be one of {', '.join(PROBE_SPLITS)}, got {self.probe_split!r}"),
             (all(0 < m < 1 for m in self.milestones) and list(self.milestones) == sorted(self.milestones),
              f"--milestones are increasing fractions of training in (0, 1), got {self.milestones}"),
-            (self.checkpoints is None or all(0 <= e <= self.epochs for e in self.checkpoints),
-             f"--checkpoints must be epochs in 0..{self.epochs}, got {self.checkpoints}"),
+            (all(int(t) <= self.epochs for t in parse_epoch_spec(self.checkpoints, "--checkpoints") if t.isdigit()),
+             f"--checkpoints must be epochs in 0..{self.epochs}, got {self.checkpoints!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -172,7 +166,6 @@ class TrainConfig:
         d = asdict(self)
         d["model"] = self.model.to_dict()
         d["milestones"] = list(self.milestones)
-        d["checkpoints"] = None if self.checkpoints is None else list(self.checkpoints)
         return d
 
     @classmethod
@@ -217,7 +210,8 @@ class TrainConfig:
 
     def is_checkpoint(self, epoch: int) -> bool:
         """Whether a checkpoint is taken at ``epoch`` (its weights saved, recorded online when asked)."""
-        return epoch in (0, self.epochs) or self.checkpoints is None or epoch in self.checkpoints
+        return epoch in (0, self.epochs) or epoch_matches(parse_epoch_spec(self.checkpoints, "--checkpoints"), epoch,
+                                                           self.epochs)
 
     def keeps_file(self, epoch: int) -> bool:
         """Whether epoch ``epoch``'s checkpoint file stays on disk once a newer one exists."""

@@ -32,7 +32,7 @@ from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load
 from .config import TrainConfig
 from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
 from .optim import SGD
-from .rundir import (RunData, check_run_dir, clear_run_dir, empty_trash, load_run_data, read_run, restore_rows,
+from .rundir import (RunData, check_run_dir, clear_run_dir, default_run_dir, empty_trash, load_run_data, read_run, restore_rows,
                      restore_run_dir, run_info, write_metrics)
 from .step import TrainStep, autocast
 
@@ -155,15 +155,16 @@ def _agree(info: DistInfo, value: Any) -> Any:
     return box[0]
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
           device: str | None = "auto", progress: bool = True, data: RunData | None = None,
           callbacks: Sequence[Any] = (), download: bool = False) -> list[dict[str, Any]]:
-    """Train ``cfg`` into ``run_dir``; returns the metrics rows (typed). Under torchrun, rank 0 writes.
+    """Train ``cfg`` into ``run_dir`` (None: :func:`~stripe.train.rundir.default_run_dir`); returns the metrics rows
+    (typed). Under torchrun, rank 0 writes.
 
     Nothing in ``run_dir`` changes until the config, the data and the model are known to be good;
     ``overwrite`` moves the old run aside and deletes it once the new run has its first checkpoint.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
     info = dist_from_env()
     dev = resolve_device(device, info)
     if dev.type == "cuda":

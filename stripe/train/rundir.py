@@ -202,6 +202,17 @@ def run_eval_sets(info: dict[str, Any], *, data_root: str | None = None) -> tupl
 
 
 # --------------------------------------------------------------------------- preparing a run directory
+def default_run_dir(cfg: TrainConfig) -> Path:
+    """Where a run goes when no folder is given: ``<data dir>/runs/<model>-<block>-<variant>-seed<N>``."""
+    from ..data import default_data_dir
+    from ..nn.variants import slug, variant_of
+
+    m = cfg.model.resolved()
+    arch = slug(m.name) if m.is_source else f"{m.name}-{m.block}"
+    return default_data_dir() / "runs" / f"{arch}-{slug(variant_of(m).label)}-seed{cfg.seed}"
+
+
+
 def _config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     flat = lambda d: {**{k: v for k, v in d.items() if k != "model"}, **{f"model.{k}": v for k, v in d.get("model", {}).items()}}
     a, b = flat(a), flat(b)

@@ -1,0 +1,174 @@
+"""Where a recording's weights come from: a training run's checkpoints, checkpoint files of any format, or another
+model with its weights file (``stripe collect``'s sources), checked before anything is created."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+from .. import fsio
+from ..errors import NotFoundError, UserError
+from ..nn import ModelConfig, build_model, is_source, load_weights_file
+from ..train import CheckpointError, epoch_from_name, list_checkpoints, load_model, read_run
+from ..train.loading import official_run
+from ..train.config import parse_epoch_spec, epoch_matches
+
+
+@dataclass
+class SweepSource:
+    """Where a sweep's weights come from: (epoch, file) jobs, the model config, the data set, the run if any."""
+
+    jobs: list[tuple[int, Path]]
+    model: dict[str, Any]
+    dataset: str
+    data_root: str | None
+    run_dir: Path | None = None
+    run_info: dict[str, Any] | None = None
+    official: bool = False  # files written by the official ASR code (their inputs normalised its way)
+
+    @property
+    def run_id(self) -> str | None:
+        """The run id of a training run's checkpoints (None for files from elsewhere)."""
+        if self.run_info is None:
+            return None
+        return self.run_info.get("run_id") or "legacy:" + self.run_info["probe"]["hash"][:16]
+
+
+def parse_checkpoint_spec(spec: str | None, available: list[int]) -> list[int]:
+    """The epochs of ``available`` that ``spec`` selects (the one grammar: 'all' (default), 'last', 'every:K'
+    (plus the last), epoch numbers, comma-separated); an epoch that is not there is refused."""
+    if not available:
+        return []
+    if spec in (None, "", "all"):
+        return available
+    terms = parse_epoch_spec(spec, "--checkpoints")
+    last = available[-1]
+    wanted = [int(t) for t in terms if t.isdigit()]
+    missing = sorted(set(wanted) - set(available))
+    if missing:
+        raise UserError(f"--checkpoints: no checkpoint for epoch(s) {missing}; available: {available}")
+    every = any(t.startswith("every:") for t in terms)
+    return [e for e in available if epoch_matches(terms, e, last) or (every and e == last)]
+
+
+def read_model_config(path: str | Path) -> dict[str, Any]:
+    """A model config from a JSON file (a bare config, or a run's ``config.json``); errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise NotFoundError(f"--model-config {path}: no such file")
+    obj = fsio.read_json(path, "--model-config")
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "train" in obj:
+        obj = obj["model"]
+    if not isinstance(obj, dict):
+        raise UserError(f"--model-config {path}: expected a JSON object with a model config, got "
+                         f"{type(obj).__name__}")
+    try:
+        return ModelConfig.from_dict(obj).to_dict()
+    except (TypeError, ValueError) as e:
+        raise UserError(f"--model-config {path}: {e}") from None
+
+
+def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
+                   model_config: dict[str, Any] | None, dataset: str | None,
+                   data_root: str | None, model: str | None = None, weights: str | Path | None = None,
+                   num_classes: int | None = None) -> SweepSource:
+    """The checkpoints to record: those of a run (selected by ``checkpoints``), or files from elsewhere
+    (``checkpoints`` files with ``model_config``, or ``weights`` / ``checkpoints`` files of the model
+    named ``model``, e.g. ``timm:seresnet18`` with ``num_classes``). A ``weights`` file is recorded as
+    epoch 1 (a trained model) unless its name says ``epoch_N``."""
+    if model is not None:
+        if run_dir is not None or model_config is not None:
+            raise UserError("--model names the model of --weights/--files; it excludes a RUN_DIR and --model-config")
+        if weights is None and checkpoints is None and model.startswith("onnx:"):
+            weights = model[len("onnx:"):]  # an ONNX file holds its weights
+        files = [weights] if weights is not None else checkpoints
+        if not files or isinstance(files, str):
+            raise UserError(f"--model {model}: give its weights (--weights FILE, or checkpoint files with --files)")
+        model_config = ModelConfig(name=model, num_classes=num_classes).to_dict()
+        if dataset is None:
+            raise UserError(f"--model {model}: give the data set of the probe images (--dataset)")
+        for f in files:
+            _check_file(f, "--weights" if weights is not None else "--files")
+        if weights is not None:  # trained weights: epoch 1 unless the file name says epoch N
+            named = epoch_from_name(weights)
+            return SweepSource([(named if named is not None else 1, Path(weights))], model_config, dataset, data_root)
+        checkpoints = files
+    elif weights is not None or num_classes is not None:
+        raise UserError("--weights and --num-classes go with --model NAME")
+    if run_dir is not None and not (Path(run_dir) / "config.json").is_file() and Path(run_dir).is_dir() \
+            and any(Path(run_dir).glob("*.pth.tar")):
+        if checkpoints not in (None, "all"):
+            raise UserError(f"{run_dir} is a run folder of the official ASR code: it records all its checkpoint "
+                            "files; --checkpoints does not apply")
+        run = official_run(run_dir)  # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best)
+        checkpoints = [c.path for c in run.checkpoints.values()]
+        run_dir = None
+    if run_dir is not None:
+        info = read_run(run_dir)
+        paths = dict(list_checkpoints(run_dir))
+        if not paths:
+            raise NotFoundError(f"{run_dir}: the run has no checkpoints")
+        spec = checkpoints if isinstance(checkpoints, str) or checkpoints is None else ",".join(map(str, checkpoints))
+        epochs = parse_checkpoint_spec(spec, sorted(paths))
+        return SweepSource([(e, paths[e]) for e in epochs], info["model"], dataset or info["train"]["dataset"],
+                           data_root or info["train"].get("data_root"), Path(run_dir), info)
+    if not checkpoints or isinstance(checkpoints, str):
+        raise UserError("without a run directory, give checkpoint files (--files) and the data set (--dataset)")
+    files = [_check_file(p, "--files") for p in checkpoints]
+    infos = [load_model(p, model_config).load_info for p in files]  # every file read, its model checked
+    cfg = infos[0].config
+    for p, i in zip(files[1:], infos[1:]):
+        if i.config != cfg:
+            raise UserError(f"--files: {p} holds another model ({i.config.arch}, {i.config.attn}) than {files[0]}")
+    official = any(i.format == "official-checkpoint" for i in infos)
+    if dataset is None:
+        guess = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes) if official else None
+        if guess is None:
+            raise UserError("give the data set of the probe images (--dataset)")
+        dataset = guess  # the official code trains on CIFAR-10 or CIFAR-100, told apart by the classes
+    jobs = []
+    for i, (p, li) in enumerate(zip(files, infos)):
+        named = epoch_from_name(p, any_number=True)
+        jobs.append((li.epoch if li.epoch is not None else named if named is not None else i, p))
+    if len({e for e, _ in jobs}) != len(jobs):  # two files of one epoch (an official run's last and best)
+        seen, unique = set(), []
+        for (e, p), li in zip(jobs, infos):
+            key = (e, file_sha256(p))
+            if e in {x for x, _ in seen}:
+                if key in seen:
+                    continue  # the same weights twice
+                raise UserError(f"--files: two different files for epoch {e} ({p} and another); record them into "
+                                "separate --out folders")
+            seen.add(key)
+            unique.append((e, p))
+        jobs = unique
+    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, official=official)
+
+
+def _check_file(path: str | Path, option: str) -> Path:
+    """``path`` as a Path when it is a readable file; a one-line error naming ``option`` otherwise."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {p}: is a folder, not a weights or checkpoint file")
+    if not p.is_file():
+        raise NotFoundError(f"{option} {p}: no such file")
+    return p
+
+
+def load_checkpoint_model(path: Path, model_config: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of a checkpoint file and what it says (run id, epoch): this package's checkpoints, plain state
+    dicts and the official ASR code's files through :func:`stripe.train.load_model`; for a source model any
+    weights file :func:`stripe.nn.load_weights_file` reads (an ONNX model holds its weights)."""
+    if is_source(model_config["name"]):
+        try:
+            model = build_model(ModelConfig.from_dict(model_config))
+            info = {} if model_config["name"] == f"onnx:{path}" else load_weights_file(model, path)
+        except (ValueError, FileNotFoundError) as e:
+            raise CheckpointError(str(e)) from None
+        return model, {"epoch": None, "run_id": None, **info}
+    model = load_model(path, model_config)
+    return model, {"epoch": model.load_info.epoch, "run_id": model.load_info.extra.get("run_id")}
+
+
