@@ -42,10 +42,10 @@ from IPython.display import display
 
 from stripe.analysis import compute_tables
 from stripe.record import Recording
-from stripe.viz import figures as plots
+from stripe.viz import figures
 from stripe.viz import notebooks
 
-root = notebooks.resolve_source(source)
+root = notebooks.notebook_source(source)
 # (label, folder): the folder relative to the data folder and the variant, plain attention (+att) first
 found = notebooks.recording_choices(root, [recording] if recording else notebooks.discover(root).recordings)
 if not found:
@@ -98,16 +98,16 @@ def draw(*_):
     rec, tables = load(run_dd.value)
     label = notebooks.recording_label(Path(run_dd.value))
     figs = {
-        "explore_heatmap": plots.stripe_heatmap(rec, tap=tap_dd.value, epoch=epoch_sl.value),
-        "explore_channel_std": plots.channel_std(tables, epoch=epoch_sl.value, label=label),
-        "explore_tap_curve": plots.tap_curve(tables["taps"], tap_dd.value, epoch=epoch_sl.value, label=label),
+        "explore_heatmap": figures.stripe_heatmap(rec, tap=tap_dd.value, epoch=epoch_sl.value),
+        "explore_channel_std": figures.channel_std(tables, epoch=epoch_sl.value, label=label),
+        "explore_tap_curve": figures.tap_curve(tables["taps"], tap_dd.value, epoch=epoch_sl.value, label=label),
     }
     with view:
         view.clear_output(wait=True)
         for name, fig in figs.items():
             display(fig)
             if out:
-                plots.save_figure(fig, out, name)
+                figures.save_figure(fig, out, name)
 
 
 run_dd.observe(on_run, "value")

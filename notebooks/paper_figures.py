@@ -33,12 +33,11 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 from stripe.analysis import write_tables
-from stripe.viz import figures as plots
-from stripe.viz import notebooks as figures
+from stripe.viz import figures, notebooks
 
-source = figures.resolve_source(source, prefer="demo")
-src = figures.discover(source)
-out = Path(out) if out else figures.default_figures_out(source)
+source = notebooks.notebook_source(source, prefer="demo")
+src = notebooks.discover(source)
+out = Path(out) if out else notebooks.default_figures_out(source)
 out.mkdir(parents=True, exist_ok=True)
 written = []
 print(src.describe())
@@ -51,14 +50,14 @@ print(src.describe())
 # learned constant, so the attention is constant by construction.
 
 # %%
-tables = figures.recording_tables(src)
-for label, rec_dir in figures.recordings_by_label(src).items():
-    name = figures.slug(label)
-    fig = plots.stripe_heatmap(rec_dir)
-    written += plots.save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
+tables = notebooks.recording_tables(src)
+for label, rec_dir in notebooks.recordings_by_label(src).items():
+    name = notebooks.slug(label)
+    fig = figures.stripe_heatmap(rec_dir)
+    written += figures.save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
     display(fig)
-    fig = plots.channel_std(tables[label], label=label)
-    written += plots.save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
+    fig = figures.channel_std(tables[label], label=label)
+    written += figures.save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
     display(fig)
 
 # %% [markdown]
@@ -72,11 +71,11 @@ for label, rec_dir in figures.recordings_by_label(src).items():
 # models whose attention depends on the input (an ASR-only model has nothing but constant taps)
 dynamic = {label: t for label, t in tables.items() if not t["taps"]["asr"].all()}
 if dynamic:
-    fig = plots.stripe_dynamics(runs=dynamic)
-    written += plots.save_figure(fig, out, formats=formats, name="stripe_dynamics")
+    fig = figures.stripe_dynamics(runs=dynamic)
+    written += figures.save_figure(fig, out, formats=formats, name="stripe_dynamics")
     display(fig)
 for label, t in tables.items():
-    name = figures.slug(label)
+    name = notebooks.slug(label)
     written += write_tables(t, out / f"tables_{name}")
     display(Markdown(f"**{label}**: stripe index per stage (non-ASR taps; ASR rows apart)"))
     display(t["stages"].round(4))
@@ -88,8 +87,8 @@ for label, t in tables.items():
 # the comparison's runs when there is one (other runs may follow other schedules)
 runs = [r for r in src.runs if any(c in r.parents for c in src.comparisons)] or src.runs
 if runs:
-    fig = plots.learning_curves(figures.metrics_long(runs))
-    written += plots.save_figure(fig, out, formats=formats, name="learning_curves")
+    fig = figures.learning_curves(notebooks.metrics_long(runs))
+    written += figures.save_figure(fig, out, formats=formats, name="learning_curves")
     display(fig)
 for comp in src.comparisons:
     md = (comp / "results.md").read_text()
@@ -103,13 +102,13 @@ for comp in src.comparisons:
 
 # %%
 for path in src.speed:
-    speed = figures.read_table(path, ("attn",))
-    fig = plots.speed_table(speed)
-    written += plots.save_figure(fig, out, formats=formats, name="speed_table")
-    (out / "speed_table.md").write_text(plots.speed_markdown(speed))
+    speed = notebooks.read_table(path, ("attn",))
+    fig = figures.speed_table(speed)
+    written += figures.save_figure(fig, out, formats=formats, name="speed_table")
+    (out / "speed_table.md").write_text(figures.speed_markdown(speed))
     written.append(out / "speed_table.md")
     display(fig)
-    display(Markdown(plots.speed_markdown(speed)))
+    display(Markdown(figures.speed_markdown(speed)))
 
 # %% [markdown]
 # ## Constant-replacement ablation
@@ -117,10 +116,10 @@ for path in src.speed:
 
 # %%
 for path in src.ablations:
-    label = figures.run_label(path.parent.parent)
-    name = "ablation" if len(src.ablations) == 1 else f"ablation_{figures.slug(label or path.parent.name)}"
-    fig = plots.ablation(figures.read_table(path, ("target",)), label=label)
-    written += plots.save_figure(fig, out, formats=formats, name=name)
+    label = notebooks.run_label(path.parent.parent)
+    name = "ablation" if len(src.ablations) == 1 else f"ablation_{notebooks.slug(label or path.parent.name)}"
+    fig = figures.ablation(notebooks.read_table(path, ("target",)), label=label)
+    written += figures.save_figure(fig, out, formats=formats, name=name)
     display(fig)
 
 # %%

@@ -110,7 +110,8 @@ def _fold_text(r: dict) -> str:
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from .record import record_config_from_args, train_with_recording
-    from .train import config_from_args, default_run_dir, dist_from_env, list_checkpoints, train
+    from .train import config_from_args, default_run_dir, list_checkpoints, train
+    from .device import dist_from_env
 
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_run_dir(cfg)
@@ -267,7 +268,7 @@ def _preprocess(args: argparse.Namespace) -> dict:
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
     from .record import collect, record_config_from_args
-    from .train import dist_from_env
+    from .device import dist_from_env
 
     if args.run_dir is None and not args.files and not args.model:
         raise UserError("give a RUN_DIR (or a run folder of the official ASR code), checkpoint files with --files, or "

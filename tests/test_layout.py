@@ -10,7 +10,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "stripe"
 #: the data flow; a subpackage may import from those listed before it (and the base modules)
 ORDER = ["nn", "gates", "data", "train", "record", "analysis", "viz", "experiments"]
-BASE = {"fsio", "errors"}  # the file helpers and the error classes every layer may use
+BASE = {"fsio", "errors", "device"}  # file helpers, error classes and the device: every layer may use them
 
 
 def _modules() -> dict[str, ast.Module]:

@@ -11,7 +11,8 @@ import torch
 
 from stripe import load_model
 from stripe.nn import ModelConfig, build_model, list_attn
-from stripe.train import from_official, infer_config, official_input, split_fused, strip_prefix, to_official
+from stripe.nn import strip_prefix
+from stripe.train import from_official, infer_config, official_input, split_fused, to_official
 from stripe.gates import randomize_norms, reparameterize
 from stripe.train import (CheckpointError, fold_vs_official, official_run, read_official_log, save_checkpoint)
 

@@ -64,14 +64,21 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     return float(binomtest(min(gained, lost), n, 0.5, alternative="two-sided").pvalue)
 
 
+def paired_counts(pred_a: Any, pred_b: Any, labels: Any) -> tuple[int, int, float]:
+    """McNemar of two classifiers' paired predictions on the same images: (right only by b, right only by a, exact
+    two-sided p). Works on torch tensors and numpy arrays alike."""
+    ok_a, ok_b = pred_a == labels, pred_b == labels
+    gained, lost = int((ok_b & ~ok_a).sum()), int((ok_a & ~ok_b).sum())
+    return gained, lost, mcnemar_exact(gained, lost)
+
+
 def paired_row(scope: str, target: str, n_taps: int, base_pred: torch.Tensor, pred: torch.Tensor,
                labels: torch.Tensor) -> AblationRow:
     """An :class:`AblationRow` from the unchanged model's and the ablated model's predictions on the same images."""
-    ok0, ok1 = base_pred == labels, pred == labels
-    acc0, acc1 = 100.0 * ok0.double().mean().item(), 100.0 * ok1.double().mean().item()
-    gained, lost = int((ok1 & ~ok0).sum()), int((ok0 & ~ok1).sum())
-    return AblationRow(scope, target, n_taps, acc1, acc1 - acc0, int((pred != base_pred).sum()), gained, lost,
-                       mcnemar_exact(gained, lost))
+    acc0 = 100.0 * (base_pred == labels).double().mean().item()
+    acc1 = 100.0 * (pred == labels).double().mean().item()
+    gained, lost, p = paired_counts(base_pred, pred, labels)
+    return AblationRow(scope, target, n_taps, acc1, acc1 - acc0, int((pred != base_pred).sum()), gained, lost, p)
 
 
 def scope_groups(gates: list[Gate], scopes: Sequence[str]) -> list[tuple[str, str, list[Gate]]]:
@@ -155,7 +162,8 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     from ..data import Loader, eval_sets, load_dataset
     from ..nn import build_source, preprocess_for
     from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
-    from ..train import load_model, resolve_device
+    from ..train import load_model
+    from ..device import resolve_device
 
     dev = resolve_device(device)
     if model_name is None:
@@ -219,7 +227,8 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     from ..data import Loader
     from ..nn import build_model, ModelConfig
     from ..record import Recorder, parse_checkpoint_spec
-    from ..train import deployed, list_checkpoints, load_weights, predict, read_run, resolve_device, run_eval_sets
+    from ..train import deployed, list_checkpoints, load_weights, predict, read_run, run_eval_sets
+    from ..device import resolve_device
     from ..train import save_checkpoint
 
     run_dir = Path(run_dir)

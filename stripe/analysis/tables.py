@@ -86,7 +86,8 @@ import pandas as pd
 from ..errors import UserError
 from ..fsio import atomic_write
 from ..record.format import ALL_KINDS, HIDDEN, KINDS, Recording
-from ..record.moments import leave_one_out, mean_cosine_from_moments, merge_fold_arrays, stripe_index_from_moments
+from ..record.moments import (MOMENT_KEYS, leave_one_out, mean_cosine_from_moments, merge_fold_arrays,
+                              stripe_index_from_moments)
 
 __all__ = [
     "RANGES", "TAP_META", "aggregate_seeds", "channel_table", "compute_tables", "convergence_table",
@@ -97,7 +98,6 @@ __all__ = [
 #: tap metadata merged from the manifest into every table (after the ``tap`` column)
 TAP_META: tuple[str, ...] = ("module", "stage", "block", "depth", "call", "attn", "asr")
 _CSV_TABLES = ("taps", "convergence", "stages", "seeds")
-_MOMENTS = ("mean", "m2", "min", "max", "unit_sum")
 
 
 # --------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def _groups(rec: Recording) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         if not (cnt == cnt[..., :1]).all():
             raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
         arrays = {"epoch": epochs, "count": cnt[..., 0].astype(np.int64)}
-        for m in _MOMENTS:
+        for m in MOMENT_KEYS:
             arrays[m] = g[m].to_numpy(dtype=np.float64).reshape(e, k, c)
         out[(str(tap), str(kind))] = arrays
     return out
@@ -151,7 +151,7 @@ def _groups(rec: Recording) -> dict[tuple[str, str], dict[str, np.ndarray]]:
 
 def _total(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every fold merged: count [E], moments [E, C]."""
-    return merge_fold_arrays(a["count"], *(a[m] for m in _MOMENTS))
+    return merge_fold_arrays(a["count"], *(a[m] for m in MOMENT_KEYS))
 
 
 _STD_RTOL = 1e-12  # σ_c below this share of the channel's root mean square is round-off of the float64 merge
@@ -467,7 +467,8 @@ def tap_table(rec: Recording | str | os.PathLike[str], *, saturation: float = SA
     return _tap_table(_groups(rec), _tap_meta(rec), saturation, dead_tol)
 
 
-def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+def require_columns(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    """Raise a one-line :class:`~stripe.errors.UserError` if a table lacks columns."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise UserError(f"{what} lacks columns {missing}")
@@ -496,7 +497,7 @@ def convergence_table(taps: pd.DataFrame, *, eps: float = SETTLE_EPS, threshold:
     (settled and stripe_after > threshold for good), the stripe index at init / first trained / final checkpoint,
     pattern_change (pattern_dist_final at the first checkpoint) and ``init_settled`` (epoch 0 passing the settling
     test: False by construction; None without epoch 0). See the module docstring."""
-    _require(taps, ["epoch", "tap", "settle_dist", "stripe_after", "flag"], "taps table")
+    require_columns(taps, ["epoch", "tap", "settle_dist", "stripe_after", "flag"], "taps table")
     _check_eps(eps)
     meta_cols = [c for c in (*TAP_META, "channels") if c in taps.columns]
     rows = []

@@ -13,7 +13,8 @@ import torch
 
 from ..errors import UserError
 from ..data import Loader
-from ..train import TrainConfig, TrainStep, build_training, load_run_data, resolve_device
+from ..train import TrainConfig, TrainStep, build_training, load_run_data
+from ..device import resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -157,7 +158,7 @@ def recording_overhead(model: torch.nn.Module, taps: Any, batches: torch.Tensor 
     import statistics
 
     from ..record import Recorder
-    from ..train import autocast
+    from ..device import autocast
 
     batches = [batches] if isinstance(batches, torch.Tensor) else list(batches)
     dev = batches[0].device
@@ -322,7 +323,7 @@ def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str]
     from tqdm.auto import tqdm
 
     from ..nn import count_params, is_source
-    from ..train import autocast
+    from ..device import autocast
     from .fold_report import random_images
 
     if is_source(model_name):

@@ -126,7 +126,8 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     checked on read). A run whose checkpoints were left behind (an unpacked archive) is served from the cache
     when it was made at the run's last epoch."""
     from ..data import Loader
-    from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, resolve_device, run_eval_sets
+    from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, run_eval_sets
+    from ..device import resolve_device
 
     run = Path(run)
     info = read_run(run)
@@ -185,7 +186,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
     and runs that cannot be tabulated are left out with the reason appended to ``skipped``."""
     from scipy import stats
 
-    from ..analysis.ablation import mcnemar_exact
+    from ..analysis.ablation import paired_counts
 
     out = Path(out)
     finals: dict[str, list[float]] = {}
@@ -236,8 +237,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
             a, b = preds.get((row["variant"], seed)), preds.get(("baseline", seed))
             if a is None or b is None or row["variant"] == "baseline" or len(a[0]) != len(b[0]):
                 continue
-            ok_v, ok_b = a[0] == a[1], b[0] == b[1]
-            ps.append(mcnemar_exact(int((ok_v & ~ok_b).sum()), int((ok_b & ~ok_v).sum())))
+            ps.append(paired_counts(b[0], a[0], a[1])[2])  # the variant against the baseline, same images
         row["mcnemar_p_vs_baseline"] = ";".join(f"{p:.3g}" for p in ps) if ps else ""
     return pd.DataFrame(rows)
 

@@ -57,7 +57,7 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     from ..nn import ModelConfig
     from ..record import OnlineRecorder
     from ..train import TrainConfig
-    from ..viz import figures as plots
+    from ..viz import figures
     from ..viz.notebooks import execute_notebook
     from .bench import inference_speed
     from .compare import run_comparison, run_dir_of, variants
@@ -119,8 +119,8 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     speed = inference_speed(cfg.speed_model, attns=cfg.speed_attns, batches=cfg.speed_batches, device=device,
                             repeats=cfg.speed_repeats, progress=progress)
     fsio.write_text(out / "speed" / "speed.csv", speed.to_csv(index=False))
-    fsio.write_text(out / "speed" / "speed.md", plots.speed_markdown(speed))
-    print(plots.speed_markdown(speed))
+    fsio.write_text(out / "speed" / "speed.md", figures.speed_markdown(speed))
+    print(figures.speed_markdown(speed))
     done(speed_name)
 
     stage("figures (notebooks/paper_figures.py, headless)")

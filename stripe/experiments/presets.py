@@ -52,7 +52,7 @@ CPU20_DRY = replace(CPU20, epochs=2, train_subset=256, test_subset=200, probe_n=
 
 def cifar10_resnet20_cpu(ctx: Context) -> None:
     """ResNet-20 +SE and +ASR(SE), full CIFAR-10, 15 epochs, recorded online; tables; ablation; comparison."""
-    from ..analysis.ablation import mcnemar_exact
+    from ..analysis.ablation import paired_counts
     from ..nn.variants import Variant, slug
     from .compare import final_predictions, wilson_interval
 
@@ -87,9 +87,8 @@ def cifar10_resnet20_cpu(ctx: Context) -> None:
         row[label] = {"top1": 100 * float((p == y).mean()), "wilson95": wilson_interval(int((p == y).sum()), len(y)),
                       "n_test": len(y), "complete": complete[label],
                       **({} if complete[label] else {"note": "stopped by the budget before its last epoch"})}
-    (pa, ya), (pb, yb) = preds["+SE"], preds["+ASR(SE)"]
-    ok_a, ok_b = pa == ya, pb == yb
-    row["mcnemar_p_se_vs_asr"] = mcnemar_exact(int((ok_a & ~ok_b).sum()), int((ok_b & ~ok_a).sum()))
+    (pa, ya), (pb, _) = preds["+SE"], preds["+ASR(SE)"]
+    row["mcnemar_p_se_vs_asr"] = paired_counts(pa, pb, ya)[2]
     ctx.log({"stage": "compare", **row})
 
 

@@ -265,3 +265,113 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- the report of a campaign
+def refresh_recording(out: str | Path, run: ZooRun, *, device: str = "cpu") -> Path | None:
+    """Record a finished run's checkpoints again with today's recorder (hidden layers, probe order, file hashes)
+    into ``runs/SLUG_seed0/recording_v2`` and write its tables there and into ``results/SLUG/recording/tables``;
+    None when the run's checkpoints are not here (a campaign continued from committed results)."""
+    from ..analysis import compute_tables, write_tables
+    from ..record import collect
+
+    out = Path(out)
+    run_dir = out / "runs" / f"{run.slug}_seed0"
+    if not (run_dir / "checkpoints").is_dir() or not run.variant.attn:
+        return None
+    rec = run_dir / "recording_v2"
+    collect(run_dir, out=rec, device=device, progress=False)
+    tables = compute_tables(rec)
+    write_tables(tables, rec / "tables")
+    dest = out / "results" / run.slug / "recording"
+    write_tables({k: v for k, v in tables.items() if k != "channels"}, dest / "tables")
+    shutil.copyfile(rec / "manifest.json", dest / "manifest.json")
+    return rec
+
+
+def _stage_rows(stages: "pd.DataFrame", epochs: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for e in epochs:
+        for r in stages[(stages["epoch"] == e) & ~stages["asr"].astype(bool)].itertuples():
+            rows.append({"epoch": e, "stage": int(r.stage), "S_after": r.stripe_after, "S_after_lo": r.stripe_after_lo,
+                         "S_after_hi": r.stripe_after_hi, "S_before": r.stripe_before,
+                         "S_before_lo": r.stripe_before_lo, "S_before_hi": r.stripe_before_hi})
+    return rows
+
+
+def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = None) -> dict[str, Any]:
+    """The campaign's tables and figures from ``out/results`` (whatever runs are done): accuracy in the paper's
+    Table 1 form (parameters, CPU inference images/s when ``speed`` is given, top-1 with its Wilson interval,
+    McNemar against +att and against the baseline), the stripe table per stage at epochs 1, mid and last, the
+    settling epochs, flags and hidden widths, and the ablation; ``zoo_*.csv``, ``zoo_*.md`` and two figures in
+    ``dest``. Returns what it wrote and the tables."""
+    import pandas as pd
+
+    from ..analysis import paired_counts
+    from ..viz import figures
+    from .compare import wilson_interval
+
+    out, dest = Path(out), fsio.claim_dir(dest, "figures")
+    done = {r.slug: r for r in zoo_runs() if is_done(out, r)}
+    res = out / "results"
+    preds, acc_rows, stripe_rows, settle_rows, abl_rows, stage_tables = {}, [], [], [], [], {}
+    for slug, r in done.items():
+        info = json.loads((res / slug / "DONE.json").read_text())
+        cfg = json.loads((res / slug / "config.json").read_text())
+        with np.load(res / slug / "predictions.npz") as z:
+            preds[slug] = (z["pred"].astype(np.int64), z["labels"].astype(np.int64))
+        p, y = preds[slug]
+        lo, hi = wilson_interval(int((p == y).sum()), len(y))
+        acc_rows.append({"run": r.label, "attn": r.variant.attn or "", "asr": r.variant.asr,
+                         "reduction": r.reduction, "params_trained": cfg["params"]["train"],
+                         "params_deployed": cfg["params"]["deployed"], "top1": 100 * float((p == y).mean()),
+                         "top1_lo": lo, "top1_hi": hi, "n_test": len(y),
+                         "train_images_per_s": info.get("median_images_per_s"),
+                         "fold_max_abs_logit_diff": (info.get("fold") or {}).get("max_abs_logit_diff"),
+                         "fold_changed_predictions": (info.get("fold") or {}).get("changed_predictions")})
+        tables = res / slug / "recording" / "tables"
+        if (tables / "stages.csv").is_file():
+            stages = pd.read_csv(tables / "stages.csv")
+            stage_tables[r.label] = stages
+            epochs = sorted(set(stages["epoch"]) - {0})
+            pick = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]}) if epochs else []
+            stripe_rows += [{"run": r.label, **row} for row in _stage_rows(stages, pick)]
+            conv = pd.read_csv(tables / "convergence.csv")
+            taps = pd.read_csv(tables / "taps.csv")
+            last = taps[taps["epoch"] == taps["epoch"].max()]
+            settle_rows.append({
+                "run": r.label, "taps": len(conv), "settled": int(conv["settled"].sum()),
+                "settle_epoch_median": conv["settle_epoch"].median(),
+                "flags": ", ".join(f"{k} {v}" for k, v in last["flag"].fillna("").value_counts().items() if k),
+                "hidden_widths": "/".join(str(int(w)) for w in sorted(set(last["hidden_width"].dropna())))
+                if "hidden_width" in last else "",
+                "dead_hidden": int(last["dead_hidden"].fillna(0).sum()) if "dead_hidden" in last else None})
+        if (res / slug / "ablation" / "ablation.csv").is_file():
+            abl = pd.read_csv(res / slug / "ablation" / "ablation.csv")
+            abl_rows += [{"run": r.label, "scope": a.scope, "target": a.target, "test_acc": a.test_acc,
+                          "delta": a.delta, "changed": a.changed, "mcnemar_p": a.mcnemar_p}
+                         for a in abl.itertuples() if a.scope != "none"]
+    by_label = {r.label: r for r in done.values()}
+    for row in acc_rows:
+        r = by_label[row["run"]]
+        att = ZooRun(Variant(r.variant.attn), r.reduction)
+        for name, other in (("vs_att", att.slug if r.variant.asr else None), ("vs_baseline", "baseline")):
+            ok = other is not None and other in preds and other != r.slug
+            row[f"mcnemar_p_{name}"] = paired_counts(preds[other][0], preds[r.slug][0], preds[r.slug][1])[2] \
+                if ok else np.nan
+    acc = pd.DataFrame(acc_rows)
+    if speed is not None and len(acc):
+        ips = {(row.attn, row.variant): row.images_per_s for row in speed.itertuples()}
+        acc["infer_images_per_s"] = [ips.get((a, "asr-folded" if s else "attention" if a else "baseline"),
+                                         ips.get(("", "baseline"))) if a or not s else np.nan
+                                     for a, s in zip(acc["attn"], acc["asr"])]
+    written = []
+    for name, df in (("accuracy", acc), ("stripes", pd.DataFrame(stripe_rows)), ("settling", pd.DataFrame(settle_rows)),
+                     ("ablation", pd.DataFrame(abl_rows))):
+        written.append(fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g")))
+    if stage_tables:
+        written += figures.save_figure(figures.zoo_stripes(stage_tables), dest, "zoo_stripes", formats=("png",))
+    if len(acc):
+        written += figures.save_figure(figures.zoo_accuracy(acc), dest, "zoo_accuracy", formats=("png",))
+    return {"written": written, "accuracy": acc, "stripes": pd.DataFrame(stripe_rows),
+            "settling": pd.DataFrame(settle_rows), "ablation": pd.DataFrame(abl_rows)}

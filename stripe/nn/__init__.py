@@ -19,9 +19,11 @@ from .spa import SPA
 from .srm import SRM
 from .taps import ChannelAttention, Tap, global_pool
 from .utils import count_params, is_compiled, set_submodule, unwrap
+from .weights import CHECKPOINT_FORMAT, CheckpointError, WeightsFile, read_weights, strip_prefix
 from .variants import Variant, config_label, parse_label, slug, variant_label, variant_of, variant_rank, variants
 
 __all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "WeightsFile", "read_weights", "strip_prefix",
     "MissingDependency", "build_source", "is_source", "load_weights_file", "parse_source", "preprocess_for",
     "preprocessing", "resolve_preprocess",
     "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",

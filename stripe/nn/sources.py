@@ -27,12 +27,11 @@ from typing import Any
 
 import torch
 from torch import nn
+
 from ..errors import NotFoundError, UserError
+from .weights import CheckpointError, read_weights
 
 SOURCE_KINDS = ("torchvision", "timm", "onnx")
-#: keys under which a checkpoint file may hold the state_dict (stripe checkpoints use "model")
-CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict")
-_PREFIXES = ("module.", "_orig_mod.")
 _SYNTAX = "expected torchvision:NAME, timm:NAME, onnx:PATH or package.module:factory"
 
 
@@ -206,58 +205,27 @@ def build_source(spec: str, *, num_classes: int | None = None, in_chans: int | N
     return model, info
 
 
-def _state_of(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The state_dict inside a loaded weights file, and the checkpoint key it was under."""
-    def tensors(d: Any) -> bool:
-        return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
-
-    if tensors(obj):
-        return obj, None
-    if isinstance(obj, dict):
-        for key in CHECKPOINT_KEYS:
-            if tensors(obj.get(key)):
-                return obj[key], key
-        raise UserError(f"--weights {path}: a dict that is not a state_dict and holds none of the keys "
-                         f"{', '.join(CHECKPOINT_KEYS)} (keys: {', '.join(map(str, list(obj)[:8]))})")
-    raise UserError(f"--weights {path}: not a state_dict (got {type(obj).__name__})")
-
-
 def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Load a state_dict file, or a checkpoint holding one under model/state_dict/model_state_dict, strictly.
+    """Load a weights file (any format :func:`stripe.nn.weights.read_weights` reads) into ``model``, strictly.
 
-    Read with ``torch.load(weights_only=True)``; ``module.``/``_orig_mod.`` prefixes (DDP,
-    ``torch.compile``) are stripped. Every problem is one line naming the file.
+    ``module.``/``_orig_mod.`` prefixes (DDP, ``torch.compile``) are stripped. Every problem is one line naming
+    the file, listing both missing and unexpected keys when they do not fit.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--weights {path}: is a folder, not a weights file")
-    if not path.is_file():
-        raise NotFoundError(f"--weights {path}: no such file")
-    if path.stat().st_size == 0:
-        raise UserError(f"--weights {path}: the file is empty (0 bytes)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/format error becomes one line
-        msg = (str(e).strip().splitlines() or [""])[0][:160]
-        raise UserError(f"--weights {path}: cannot be read with weights_only=True ({type(e).__name__}: {msg})") \
-            from None
-    state, key = _state_of(obj, path)
-    info: dict[str, Any] = {"weights": str(path), "checkpoint_key": key}
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-            info["stripped_prefix"] = prefix
+    wf = read_weights(path, option="--weights")
+    state = wf.state
+    info: dict[str, Any] = {"weights": str(path), "checkpoint_key": wf.key,
+                            "stripped_prefix": "".join(wf.stripped) or None}
     want = model.state_dict()
     missing, unexpected = [k for k in want if k not in state], [k for k in state if k not in want]
     if missing or unexpected:
         parts = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})"
                  for what, v in (("missing", missing), ("unexpected", unexpected)) if v]
-        raise UserError(f"--weights {path}: does not fit the model: {'; '.join(parts)}")
+        raise CheckpointError(f"--weights {path}: does not fit the model: {'; '.join(parts)}")
     bad = [k for k in want if tuple(want[k].shape) != tuple(state[k].shape)]
     if bad:
         k = bad[0]
-        raise UserError(f"--weights {path}: does not fit the model: {len(bad)} shape mismatch(es), e.g. {k} is "
-                         f"{tuple(state[k].shape)} in the file and {tuple(want[k].shape)} in the model")
+        raise CheckpointError(f"--weights {path}: does not fit the model: {len(bad)} shape mismatch(es), e.g. {k} "
+                              f"is {tuple(state[k].shape)} in the file and {tuple(want[k].shape)} in the model")
     model.load_state_dict(state, strict=True)
     return info
 

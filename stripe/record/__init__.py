@@ -12,7 +12,7 @@ from .moments import (MOMENT_KEYS, ChannelStats, FoldStats, batch_moments, jackk
                       mean_cosine_from_moments, merge_fold_arrays, stripe_index_from_moments)
 from .online import OnlineRecorder, train_with_recording
 from .recorder import Recorder
-from .sources import SweepSource, parse_checkpoint_spec, read_model_config, resolve_source
+from .sources import SweepSource, parse_checkpoint_spec, read_model_config, resolve_weights
 from .sweep import SweepResult, collect, probe_loader, record_checkpoint, recording_header
 
 __all__ = [
@@ -21,6 +21,6 @@ __all__ = [
     "STATS_SCHEMA", "SweepResult", "SweepSource", "add_record_args", "batch_moments", "collect", "jackknife",
     "jackknife_stat", "leave_one_out", "mean_cosine_from_moments", "merge_fold_arrays", "parse_checkpoint_spec",
     "probe_loader", "read_model_config", "read_stats_parquet", "record_checkpoint", "record_config_from_args",
-    "recording_header", "resolve_source", "stats_to_table", "stripe_index_from_moments", "table_to_stats",
+    "recording_header", "resolve_weights", "stats_to_table", "stripe_index_from_moments", "table_to_stats",
     "train_with_recording", "write_stats_parquet",
 ]

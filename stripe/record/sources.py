@@ -70,7 +70,7 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
         raise UserError(f"--model-config {path}: {e}") from None
 
 
-def resolve_source(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
+def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[str | Path] | None,
                    model_config: dict[str, Any] | None, dataset: str | None,
                    data_root: str | None, model: str | None = None, weights: str | Path | None = None,
                    num_classes: int | None = None) -> SweepSource:

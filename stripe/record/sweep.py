@@ -20,13 +20,13 @@ from ..data import ImageSet, Loader, select_probe
 from ..errors import RefusedError, UserError
 from ..gates import Gate
 from ..nn import ModelConfig, build_model, preprocess_for
-from ..train import (CheckpointError, autocast, dist_from_env, file_sha256, init_distributed, resolve_device,
-                     run_eval_sets)
+from ..train import CheckpointError, file_sha256, run_eval_sets
+from ..device import autocast, dist_from_env, init_distributed, resolve_device
 from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
 from .config import RecordConfig
 from .format import FoldStats, RecordingWriter
 from .recorder import Recorder
-from .sources import SweepSource, load_checkpoint_model, resolve_source
+from .sources import SweepSource, load_checkpoint_model, resolve_weights
 
 
 @dataclass
@@ -127,7 +127,7 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
     info = dist_from_env()
     dev = resolve_device(device, info)
     init_distributed(info, dev)
-    source = resolve_source(run_dir, checkpoints=checkpoints, model_config=model_config, dataset=dataset,
+    source = resolve_weights(run_dir, checkpoints=checkpoints, model_config=model_config, dataset=dataset,
                             data_root=data_root, model=model, weights=weights, num_classes=num_classes)
     if out is None and source.run_dir is None:
         raise UserError("give --out for a recording of checkpoint files")

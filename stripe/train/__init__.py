@@ -8,29 +8,28 @@ from .checkpoint import (CheckpointError, checkpoint_path, epoch_from_name, file
                          load_checkpoint, load_weights, save_checkpoint)
 from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, TrainConfig, add_config_args,
                      config_from_args, epoch_matches, fast_path, parse_epoch_spec)
-from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
 from .loading import (OFFICIAL_CHECKPOINTS, OFFICIAL_LOG_COLUMNS, LoadInfo, OfficialCheckpoint, OfficialRun,
                       fold_vs_official, load_model, official_run, read_official_log)
 from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_state, from_official, infer_config,
                        is_official, normalize_names, official_input, split_fused, stale_fused, state_mismatch,
-                       state_shapes, strip_prefix, to_official)
-from .loop import Callback, NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
+                       state_shapes, to_official)
+from .loop import NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
 from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, default_run_dir, load_run_data,
                      read_metrics, read_metrics_rows, read_run, run_config, run_eval_sets)
-from .step import TrainStep, autocast, loss_fn
+from .step import TrainStep, loss_fn
 
 __all__ = [
     "default_run_dir", "epoch_from_name",
     "OFFICIAL_MEAN", "OFFICIAL_STD", "check_official", "deployed_state", "from_official", "infer_config", "is_official",
-    "normalize_names", "official_input", "split_fused", "stale_fused", "state_mismatch", "state_shapes", "strip_prefix",
+    "normalize_names", "official_input", "split_fused", "stale_fused", "state_mismatch", "state_shapes",
     "to_official",
-    "COMPILE_MODES", "Callback", "CheckpointError", "DistInfo", "METRIC_COLUMNS", "MODEL_FROM_DATA", "MODEL_OPTIONS",
+    "COMPILE_MODES", "CheckpointError", "METRIC_COLUMNS", "MODEL_FROM_DATA", "MODEL_OPTIONS",
     "NonFiniteLossError", "PRECISIONS", "RUN_FORMAT", "RunData", "RunExistsError", "SGD", "TrainConfig", "TrainState",
-    "TrainStep", "add_config_args", "autocast", "build_training", "checkpoint_path", "config_from_args", "deployed",
-    "dist_from_env", "epoch_matches", "evaluate", "fast_path", "file_sha256", "init_distributed", "list_checkpoints",
+    "TrainStep", "add_config_args", "build_training", "checkpoint_path", "config_from_args", "deployed",
+    "epoch_matches", "evaluate", "fast_path", "file_sha256", "list_checkpoints",
     "load_checkpoint", "load_run_data", "load_weights", "loss_fn", "parse_epoch_spec", "predict", "read_metrics",
-    "read_metrics_rows", "read_run", "resolve_device", "run_config", "run_eval_sets", "save_checkpoint", "train",
+    "read_metrics_rows", "read_run", "run_config", "run_eval_sets", "save_checkpoint", "train",
     "LoadInfo", "OFFICIAL_CHECKPOINTS", "OFFICIAL_LOG_COLUMNS", "OfficialCheckpoint", "OfficialRun", "fold_vs_official",
     "load_model", "official_run", "read_official_log",
 ]

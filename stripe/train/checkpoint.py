@@ -11,14 +11,11 @@ from torch import nn
 from .. import fsio
 from ..errors import UserError
 from ..data.imageset import sha256_file
-from ..nn import ModelConfig, build_model
+from ..nn import ModelConfig
+from ..nn.weights import CHECKPOINT_FORMAT, CheckpointError, read_weights
 
-FORMAT = "stripe-checkpoint/1"
+FORMAT = CHECKPOINT_FORMAT
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
-
-
-class CheckpointError(UserError):
-    """A checkpoint file is missing, corrupt, truncated, or does not match its model config."""
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
@@ -66,56 +63,26 @@ def save_checkpoint(path: str | Path, *, epoch: int, model: nn.Module, train_con
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint (``weights_only``); any problem raises :class:`CheckpointError` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, bad pickle, wrong file type …
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    """Read one of this package's checkpoints (``weights_only``), whole: weights, configs, optimizer state, metrics;
+    any problem raises :class:`CheckpointError` naming the file."""
+    wf = read_weights(path, map_location=map_location)
+    if wf.format != "stripe-checkpoint":
         raise CheckpointError(f"{path}: not a stripe checkpoint (no format {FORMAT!r})")
-    return ckpt
+    return wf.raw
 
 
 def load_weights(path: str | Path, model_config: ModelConfig | dict[str, Any] | None = None, *,
                  map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model built from a checkpoint and its weights; returns (model, checkpoint dict).
+    """A model built from a checkpoint of any format and its weights, with what the file says: (model, a dict with
+    ``format``, ``epoch``, ``run_id`` and, for this package's checkpoints, every field they hold). The model's config
+    is ``model_config`` when given (checked against the file), else the file's own, else inferred
+    (:func:`stripe.train.load_model`, which this is a thin view of)."""
+    from .loading import load_model
 
-    ``path`` may be a stripe checkpoint (its own model config is used unless ``model_config`` is
-    given) or a plain ``state_dict`` file (optionally under a ``state_dict``/``model`` key) from
-    elsewhere, which needs ``model_config``. Weights that do not fit the config raise
-    :class:`CheckpointError` naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {str(e)[:120]})") from None
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        ckpt, state = obj, obj["model"]
-        model_config = model_config or obj["model_config"]
-    else:
-        if model_config is None:
-            raise CheckpointError(f"{path}: not a stripe checkpoint; give the model config to read a plain state_dict")
-        state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{path}: holds no state_dict of tensors")
-        ckpt = {"format": None, "epoch": None, "model": state}
-    try:
-        cfg = ModelConfig.from_dict(model_config) if isinstance(model_config, dict) else model_config
-        model = build_model(cfg)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its model config cannot be built ({e})") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:3])[:200]
-        raise CheckpointError(f"{path}: weights do not match the model {cfg.name} attn={cfg.attn} asr={cfg.asr} "
-                              f"both={cfg.both} ({detail})") from None
+    model = load_model(path, model_config, map_location=map_location)
+    info = model.load_info
+    ckpt = dict(info.raw) if info.format == "stripe-checkpoint" else \
+        {"format": None, "epoch": info.epoch, "run_id": None, "model": model.state_dict()}
     return model, ckpt
 
 

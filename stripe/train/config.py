@@ -270,6 +270,10 @@ def add_config_args(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
             group("model").add_argument(flag, dest=f"model.{name}", type=typ, default=default, help=help,
                                         choices=BLOCKS if name == "block" else None, metavar=_metavar(flag)
                                         if name != "block" else None)
+    group("recipe").add_argument("--fast", action="store_true", dest="fast_path",
+                                 help="the fast path of the device: on a CPU channels_last and torch.compile; on "
+                                      "CUDA bf16 autocast, channels_last and the step as one CUDA graph (sets "
+                                      "--precision, --channels-last and --compile)")
     for f in fields(TrainConfig):
         meta = f.metadata
         if not meta.get("cli", True) or f.name in exclude:
@@ -297,5 +301,9 @@ def config_from_args(args: argparse.Namespace, **over: Any) -> TrainConfig:
     model = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("model.")}
     model.update(over.pop("model", {}))
     train = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("train.")}
+    if ns.get("fast_path"):
+        from ..device import resolve_device
+
+        train.update(fast_path(resolve_device(ns.get("device", "auto")).type))
     train.update(over)
     return TrainConfig(model=replace(ModelConfig(), **model), **train)

@@ -18,7 +18,7 @@ from ..gates import reparameterize
 from ..nn import ModelConfig, build_model, variant_label
 from .official import (deployed_state, infer_config, normalize_names, official_input, stale_fused,
                            state_mismatch, state_shapes)
-from ..nn.sources import CHECKPOINT_KEYS
+from ..nn.weights import read_weights
 from .checkpoint import FORMAT, CheckpointError
 from .rundir import METRIC_COLUMNS
 
@@ -48,6 +48,7 @@ class LoadInfo:
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # the file's acc/best_acc, or its metrics row
     fused_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # the fused_bn tensors
+    raw: Any = field(default=None, repr=False)  # the loaded object itself (a stripe checkpoint: every field)
 
     def summary(self) -> str:
         """One line: file, format, model, epoch and what was mapped."""
@@ -71,48 +72,11 @@ class LoadInfo:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the fused tensors left out)."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fused_state"}
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("fused_state", "raw")}
         d["notes"], d["extra"] = list(self.notes), dict(self.extra)
         d["config"] = self.config.to_dict()
         d["deployed_config"] = None if self.deployed_config is None else self.deployed_config.to_dict()
         return d
-
-
-def _read(path: Path, map_location: Any) -> Any:
-    if not path.is_file():
-        raise NotFoundError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a bad pickle, a truncated zip, code in the file: one line
-        msg = (str(e).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint, or not readable with weights_only=True "
-                              f"({type(e).__name__}: {msg})") from None
-
-
-def _tensors(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _unpack(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any] | None, int | None,
-                                          dict[str, Any]]:
-    """(state, format, the file's model config, epoch, extra) of a loaded checkpoint object."""
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        return (obj["model"], "stripe-checkpoint", obj.get("model_config"), obj.get("epoch"),
-                {"run_id": obj.get("run_id"), "metrics": obj.get("metrics")})
-    if isinstance(obj, dict) and _tensors(obj.get("state_dict")) and {"epoch", "best_acc"} <= set(obj):
-        extra = {k: obj[k] for k in ("acc", "best_acc") if isinstance(obj.get(k), (int, float))}
-        epoch = obj["epoch"] if isinstance(obj["epoch"], int) else None
-        return obj["state_dict"], "official-checkpoint", None, epoch, extra
-    if _tensors(obj):
-        return obj, "state-dict", None, None, {}
-    if isinstance(obj, dict):
-        for key in CHECKPOINT_KEYS:
-            if _tensors(obj.get(key)):
-                epoch = obj.get("epoch") if isinstance(obj.get("epoch"), int) else None
-                return obj[key], "state-dict", None, epoch, {"checkpoint_key": key}
-        raise CheckpointError(f"{path}: holds no state dict of tensors (top-level keys: "
-                              f"{', '.join(map(str, list(obj)[:8]))})")
-    raise CheckpointError(f"{path}: holds no state dict of tensors (got {type(obj).__name__})")
 
 
 def _given(config: ModelConfig | dict[str, Any], weights: dict[str, torch.Tensor]) -> ModelConfig:
@@ -142,8 +106,13 @@ def load_model(path: str | Path, config: ModelConfig | dict[str, Any] | None = N
     (a :class:`LoadInfo`).
     """
     path = Path(path)
-    state, fmt, file_cfg, epoch, extra = _unpack(_read(path, map_location), path)
+    wf = read_weights(path, map_location=map_location)
+    state, fmt, file_cfg, epoch = wf.state, wf.format, wf.meta.get("model_config"), wf.meta.get("epoch")
+    extra = {k: v for k, v in wf.meta.items() if k not in ("epoch", "model_config", "train_config")}
+    if wf.key not in (None, "model", "state_dict"):
+        extra["checkpoint_key"] = wf.key
     weights, fused, names = normalize_names(state)
+    names["stripped_prefix"] = "".join(wf.stripped) or names["stripped_prefix"]
     if config is not None:
         cfg, source = _given(config, weights), "given"
     elif file_cfg is not None:
@@ -170,7 +139,7 @@ def load_model(path: str | Path, config: ModelConfig | dict[str, Any] | None = N
     model.load_state_dict(weights, strict=True)
     info = LoadInfo(path=str(path), format=fmt, naming=names["naming"], config=cfg, config_from=source, epoch=epoch,
                     stripped_prefix=names["stripped_prefix"], renamed=names["renamed"], fused=names["fused"],
-                    extra=extra, fused_state=fused)
+                    extra=extra, fused_state=fused, raw=wf.raw)
     if deployed:
         model, info.deployed = _deploy(model, cfg, weights, fused, info)
         info.deployed_config = model.config
@@ -312,7 +281,7 @@ def official_run(folder: str | Path) -> OfficialRun:
     checkpoints = {}
     for name in names:
         p = folder / name
-        obj = _read(p, "cpu")
+        obj = read_weights(p).raw
         if not (isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj):
             raise CheckpointError(f"{p}: not an official checkpoint (no 'epoch' and 'state_dict')")
         num = lambda k: float(obj[k]) if isinstance(obj.get(k), (int, float)) else None  # noqa: E731

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -30,11 +30,11 @@ from ..gates import reparameterize
 from ..nn import count_params, unwrap
 from .checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .distributed import DistInfo, dist_from_env, init_distributed, resolve_device
+from ..device import DistInfo, autocast, dist_from_env, init_distributed, resolve_device
 from .optim import SGD
 from .rundir import (RunData, check_run_dir, clear_run_dir, default_run_dir, empty_trash, load_run_data, read_run, restore_rows,
                      restore_run_dir, run_info, write_metrics)
-from .step import TrainStep, autocast
+from .step import TrainStep
 
 
 class NonFiniteLossError(StripeError, RuntimeError):
@@ -56,21 +56,6 @@ class TrainState:
     checkpoint: Path | None = None
     progress: bool = True
     stop: bool = False  # a callback sets it to end training after this checkpoint (it can be resumed later)
-
-
-class Callback(Protocol):
-    """A training callback (every method optional; they run on rank 0 only). ``close()`` runs last,
-    whether training finished or raised."""
-
-    def on_train_start(self, state: TrainState) -> None: ...
-
-    def on_checkpoint(self, state: TrainState) -> None: ...
-
-    def on_epoch_end(self, state: TrainState) -> None: ...
-
-    def on_train_end(self, state: TrainState) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def _call(callbacks: Sequence[Any], hook: str, state: TrainState) -> None:

@@ -29,30 +29,18 @@ import torch
 from ..errors import UserError
 from ..gates import reparameterize
 from ..nn import ModelConfig, build_model, get_spec, list_attn
+from ..nn.weights import strip_prefix
 
 #: the official training script's test transform (ToTensor, then Normalize), for CIFAR-10 and CIFAR-100 alike
 OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
 OFFICIAL_STD = (0.2023, 0.1994, 0.2010)
 #: wrapper prefixes stripped from every key: DataParallel / DDP, torch.compile
-PREFIXES = ("module.", "_orig_mod.")
 #: reductions tried when a gate's keys match an attention but its hidden width is not the default one
 _REDUCTIONS = (16, 8, 4, 2, 1, 32, 64)
 _NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 
 State = dict[str, torch.Tensor]
-
-
-def strip_prefix(state: Mapping[str, torch.Tensor]) -> tuple[State, list[str]]:
-    """The state dict without the ``module.`` / ``_orig_mod.`` prefixes every key shares, and the prefixes removed."""
-    out, removed = dict(state), []
-    while out:
-        prefix = next((p for p in PREFIXES if all(k.startswith(p) for k in out)), None)
-        if prefix is None:
-            break
-        out = {k[len(prefix):]: v for k, v in out.items()}
-        removed.append(prefix)
-    return out, removed
 
 
 def is_official(state: Mapping[str, torch.Tensor]) -> bool:

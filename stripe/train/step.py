@@ -1,7 +1,6 @@
-"""One training step (eager, ``torch.compile`` or a whole-step CUDA graph), the loss and bf16 autocast."""
+"""One training step (eager, ``torch.compile`` or a whole-step CUDA graph) and the loss."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Callable
 
 import torch
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..device import autocast
 from .optim import SGD
 
 if TYPE_CHECKING:
@@ -18,13 +18,6 @@ if TYPE_CHECKING:
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The training loss (cross-entropy, mean over the batch)."""
     return F.cross_entropy(logits, y)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for ``precision == 'bf16'``, else nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
-    return nullcontext()
 
 
 class TrainStep:

@@ -2,10 +2,10 @@
 from . import figures, notebooks
 from .figures import (DPI, FIGSIZE, FIGURES, THEME, ablation, channel_std, learning_curves, save_figure,
                       speed_markdown, speed_table, stripe_dynamics, stripe_heatmap, tap_curve)
-from .notebooks import NOTEBOOKS, data_root, discover, execute_notebook, notebook_path, resolve_source
+from .notebooks import NOTEBOOKS, data_root, discover, execute_notebook, notebook_path, notebook_source
 
 __all__ = [
     "DPI", "FIGSIZE", "FIGURES", "NOTEBOOKS", "THEME", "ablation", "channel_std", "data_root", "discover",
-    "execute_notebook", "figures", "learning_curves", "notebook_path", "notebooks", "resolve_source", "save_figure",
+    "execute_notebook", "figures", "learning_curves", "notebook_path", "notebook_source", "notebooks", "save_figure",
     "speed_markdown", "speed_table", "stripe_dynamics", "stripe_heatmap", "tap_curve",
 ]

@@ -42,6 +42,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ..analysis.tables import require_columns
 from ..errors import MissingEntryError, UserError
 from ..fsio import atomic_write
 from ..nn.variants import Variant, config_label, variant_rank
@@ -61,6 +62,8 @@ __all__ = [
     "stripe_dynamics",
     "stripe_heatmap",
     "tap_curve",
+    "zoo_accuracy",
+    "zoo_stripes",
 ]
 
 #: resolution of every figure (dots per inch), on screen and on disk
@@ -77,6 +80,8 @@ FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
         "speed_table": (12.0, 4.8),  # height per row of panels (2 panels a row)
         "ablation": (12.0, 5.6),
         "tap_curve": (12.0, 3.6),
+        "zoo_stripes": (12.0, 2.6),  # height per row of module panels (4 panels a row)
+        "zoo_accuracy": (12.0, 4.4),
     }
 )
 
@@ -204,13 +209,6 @@ def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
-
-
-def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
-    """Raise a one-line error if a table lacks columns."""
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise UserError(f"{what} lacks columns {missing}")
 
 
 def _notes(notes: Sequence[str], width: int = 120) -> str:
@@ -359,7 +357,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
     """Fig. 1b: per-channel std across images before vs after the attention per stage, and S per tap. A model
     with ASR taps only shows its attention's std alone (the input ψ is constant and S = 1 by construction)."""
     ch = tables["channels"]
-    _require(ch, ["epoch", "tap", "kind", "channel", "stage", "asr", "std"], "channels table")
+    require_columns(ch, ["epoch", "tap", "kind", "channel", "stage", "asr", "std"], "channels table")
     epoch = _final_epoch(ch, epoch, "channels table")
     taps = tables.get("taps")
     label = label or _tables_label(taps if taps is not None else ch)
@@ -512,7 +510,7 @@ def stripe_dynamics(
     frames = {}
     for name, t in blocks.items():
         df = t["taps"]
-        _require(df, ["epoch", "tap", "stage", "depth", "asr", "stripe_after", "std_after"], f"taps table of {name}")
+        require_columns(df, ["epoch", "tap", "stage", "depth", "asr", "stripe_after", "std_after"], f"taps table of {name}")
         df = df.copy()
         for col, _ in _DYN_ROWS:
             if col not in df.columns:
@@ -604,7 +602,7 @@ def stripe_dynamics(
 
 def learning_curves(metrics: pd.DataFrame, *, label: str | None = None) -> Figure:
     """Test top-1 (%) and train loss vs epoch per variant: mean over seeds with a min–max band."""
-    _require(metrics, ["epoch"], "metrics table")
+    require_columns(metrics, ["epoch"], "metrics table")
     df = metrics.copy()
     if "variant" not in df.columns:
         df["variant"] = label or "run"
@@ -663,7 +661,7 @@ _SPEED_VARIANTS = ("baseline", "attention", "asr-folded")
 
 def _speed_frame(speed: pd.DataFrame) -> pd.DataFrame:
     """The speed table checked, with attn as a display name and rows in Table-1 order."""
-    _require(speed, _SPEED_COLS, "speed table")
+    require_columns(speed, _SPEED_COLS, "speed table")
     df = speed.copy()
     df["attn"] = df["attn"].map(_attn_name)
     df["variant"] = df["variant"].astype(str)
@@ -774,7 +772,7 @@ def speed_markdown(speed: pd.DataFrame) -> str:
 
 def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
     """Test top-1 with attention replaced by a constant, per scope (each tap; none, each stage, all)."""
-    _require(abl, ["scope", "target", "n_taps", "test_acc", "delta"], "ablation table")
+    require_columns(abl, ["scope", "target", "n_taps", "test_acc", "delta"], "ablation table")
     df = abl.copy()
     df["scope"] = df["scope"].astype(str)
     df["target"] = df["target"].fillna("").astype(str)
@@ -847,7 +845,7 @@ def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
 def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: str | None = None) -> Figure:
     """One tap over training: stripe index and mean per-channel std, after vs before, with the
     selected checkpoint marked (the interactive notebook's third panel)."""
-    _require(taps, ["epoch", "tap", "stripe_after", "stripe_before", "std_after", "std_before"], "taps table")
+    require_columns(taps, ["epoch", "tap", "stripe_after", "stripe_before", "std_after", "std_before"], "taps table")
     df = taps[taps["tap"].astype(str) == tap].sort_values("epoch")
     with _theme(), _warnings_off():
         fig = _figure("tap_curve")
@@ -906,6 +904,69 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str,
     return written
 
 
+def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
+    """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
+    (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init; ASR taps are left out
+    (constant by construction), so an ASR-only model shows its input only where it has one."""
+    labels = list(stages)
+    cols = 4
+    rows = -(-len(labels) // cols)
+    palette = sns.color_palette("viridis", 3)
+    with _theme():
+        fig = _figure("zoo_stripes", blocks=rows)
+        axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
+        for ax, label in zip(axes, labels):
+            df = stages[label]
+            df = df[~df["asr"].astype(bool)] if "asr" in df.columns else df
+            for i, (stage, g) in enumerate(df.groupby("stage")):
+                g = g.sort_values("epoch")
+                ax.plot(g["epoch"], g["stripe_after"], color=palette[i % 3], lw=1.6, label=f"stage {stage}")
+                ax.plot(g["epoch"], g["stripe_before"], color=palette[i % 3], lw=1.2, ls="--")
+            ax.set_title(label, fontsize="small")
+            ax.set_ylim(0, 1.02)
+            _epoch_axis(ax, df["epoch"].tolist())
+            if df.empty:
+                _empty(ax, "ASR taps only (constant by construction)")
+        for ax in axes[len(labels):]:
+            ax.set_visible(False)
+        axes[0].set_ylabel("stripe index S")
+        handles = [Line2D([], [], color=palette[i], lw=1.6, label=f"stage {i + 1}") for i in range(3)]
+        handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
+                    Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small")
+        fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)")
+    return fig
+
+
+def zoo_accuracy(acc: pd.DataFrame) -> Figure:
+    """Final test top-1 with its 95% Wilson interval per run: the baseline as a band, +att and +ASR(att) side by
+    side for each module."""
+    require_columns(acc, ["run", "attn", "asr", "top1", "top1_lo", "top1_hi"], "zoo accuracy table")
+    modules = [a for a in dict.fromkeys(acc["attn"]) if a]
+    base = acc[acc["attn"] == ""]
+    with _theme():
+        fig = _figure("zoo_accuracy")
+        ax = fig.subplots()
+        if len(base):
+            b = base.iloc[0]
+            ax.axhspan(b["top1_lo"], b["top1_hi"], color="0.85", zorder=0, label=f"baseline {b['top1']:.2f}%")
+        ticks = []
+        for i, m in enumerate(modules):
+            g = acc[acc["attn"] == m]
+            for j, (asr, name, color) in enumerate(((False, "+att", "#dd8452"), (True, "+ASR(att)", "#4c72b0"))):
+                for k, r in enumerate(g[g["asr"].astype(bool) == asr].itertuples()):
+                    x = i + (j - 0.5) * 0.3 + k * 0.08
+                    ax.errorbar([x], [r.top1], yerr=[[r.top1 - r.top1_lo], [r.top1_hi - r.top1]], fmt="o",
+                                color=color, capsize=3, label=name if i == 0 and k == 0 else None)
+            ticks.append(m.upper() + (" (r=4 too)" if (g["reduction"].fillna(0) > 0).any() else "")
+                         if "reduction" in g else m.upper())
+        ax.set_xticks(range(len(modules)), ticks)
+        ax.set_ylabel("final test top-1 (%)")
+        ax.legend(loc="best", fontsize="small")
+        fig.suptitle("Final test top-1 per module, 95% Wilson intervals: +att, +ASR(att) and the baseline (band)")
+    return fig
+
+
 #: every figure function by name, in the paper's order (for a notebook to loop over)
 FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
     {
@@ -916,5 +977,7 @@ FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
         "speed_table": speed_table,
         "ablation": ablation,
         "tap_curve": tap_curve,
+        "zoo_stripes": zoo_stripes,
+        "zoo_accuracy": zoo_accuracy,
     }
 )

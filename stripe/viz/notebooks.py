@@ -28,7 +28,7 @@ from ..nn.variants import config_label, parse_label, slug, variant_rank
 
 __all__ = ["NOTEBOOKS", "Sources", "clean_saved_notebook", "config_label", "data_root", "default_figures_out",
            "discover", "execute_notebook", "metrics_long", "notebook_path", "read_table", "recording_choices",
-           "recording_label", "recording_tables", "recordings_by_label", "resolve_source", "run_label", "slug"]
+           "recording_label", "recording_tables", "recordings_by_label", "notebook_source", "run_label", "slug"]
 
 NOTEBOOKS = ("explore_stripes", "paper_figures")
 
@@ -230,7 +230,7 @@ def data_root(explicit: str | Path | None = None) -> Path:
                             "source=FOLDER")
 
 
-def resolve_source(source: str | Path | None = None, *, prefer: str | None = None) -> Path:
+def notebook_source(source: str | Path | None = None, *, prefer: str | None = None) -> Path:
     """The folder a notebook reads: ``source`` if given, else the data folder (its ``prefer`` subfolder when
     that exists, e.g. ``demo``)."""
     if source not in (None, ""):

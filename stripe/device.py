@@ -1,12 +1,14 @@
-"""This process's place in a torchrun job, the process group, and the device to use."""
+"""Where work runs, for every layer: the device, bf16 autocast, and this process's place in a torchrun job."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from ..errors import UserError
+
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -46,3 +48,10 @@ def resolve_device(device: str | None, info: DistInfo = DistInfo()) -> torch.dev
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for, but CUDA is not available here")
     return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision == 'bf16'``, else nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
+    return nullcontext()

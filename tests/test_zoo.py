@@ -1,0 +1,48 @@
+"""The attention-zoo campaign's report: from whatever runs are done, the accuracy table (Wilson intervals, McNemar
+against +att and against the baseline), the stripe and settling tables recorded again with today's recorder, the
+ablation, and the two figures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stripe.cli import main
+
+pytestmark = pytest.mark.real_data
+
+
+def test_zoo_report_of_a_dry_campaign(tmp_path):
+    from stripe.analysis import paired_counts
+    from stripe.experiments import zoo
+    from stripe.experiments.compare import wilson_interval
+
+    out = tmp_path / "zoo"
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "baseline,plus_se,plus_asr_se", "--jobs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    for slug in ("plus_se", "plus_asr_se"):
+        rec = zoo.refresh_recording(out, zoo.run_by_slug(slug))
+        taps = pd.read_csv(rec / "tables" / "taps.csv")
+        assert {"hidden_width", "dead_hidden"} <= set(taps.columns) and set(taps["hidden_width"]) == {1, 2, 4}
+        assert json.loads((out / "results" / slug / "recording" / "manifest.json").read_text())["probe_order"]
+    r = zoo.report(out, tmp_path / "fig")
+    acc = r["accuracy"].set_index("run")
+    assert set(acc.index) == {"baseline", "+SE", "+ASR(SE)"}
+    with np.load(out / "results" / "plus_asr_se" / "predictions.npz") as z:
+        p, y = z["pred"].astype(int), z["labels"].astype(int)
+    assert acc.loc["+ASR(SE)", "top1"] == pytest.approx(100 * (p == y).mean())
+    assert (acc.loc["+ASR(SE)", "top1_lo"], acc.loc["+ASR(SE)", "top1_hi"]) == \
+        pytest.approx(wilson_interval(int((p == y).sum()), len(y)))
+    with np.load(out / "results" / "plus_se" / "predictions.npz") as z:
+        assert acc.loc["+ASR(SE)", "mcnemar_p_vs_att"] == pytest.approx(paired_counts(z["pred"], p, y)[2])
+    assert np.isnan(acc.loc["+SE", "mcnemar_p_vs_att"]) and np.isnan(acc.loc["baseline", "mcnemar_p_vs_baseline"])
+    assert acc.loc["+ASR(SE)", "params_deployed"] == acc.loc["baseline", "params_deployed"]
+    assert acc.loc["+ASR(SE)", "fold_changed_predictions"] == 0
+    stripes = r["stripes"]
+    assert set(stripes["run"]) == {"+SE"} and set(stripes["stage"]) == {1, 2, 3}  # an ASR-only model: no such rows
+    assert ((stripes["S_after_lo"] <= stripes["S_after"]) & (stripes["S_after"] <= stripes["S_after_hi"])).all()
+    assert {"all", "stage"} == set(r["ablation"]["scope"])
+    assert (tmp_path / "fig" / "zoo_stripes.png").stat().st_size > 10_000
+    assert (tmp_path / "fig" / "zoo_accuracy.png").stat().st_size > 10_000
