@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..errors import NotFoundError, UserError
 
 #: the format tag of this package's checkpoint files (written by :func:`stripe.train.save_checkpoint`)
 CHECKPOINT_FORMAT = "stripe-checkpoint/1"
@@ -70,7 +70,7 @@ def read_weights(path: str | Path, *, map_location: str | torch.device = "cpu", 
     if path.is_dir():
         raise CheckpointError(f"{name}: is a folder, not a weights file")
     if not path.is_file():
-        raise CheckpointError(f"{name}: no such file")
+        raise NotFoundError(f"{name}: no such file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{name}: the file is empty (0 bytes)")
     try:
