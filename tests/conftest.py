@@ -1,7 +1,18 @@
+from __future__ import annotations
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_images():
+    """2,000 random 3x32x32 uint8 images in 10 balanced classes (200 each), an ``ImageSet``: tensors for tests that
+    need no real data."""
+    from helpers import synthetic_set
+
+    return synthetic_set(2000)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,11 +1,13 @@
-"""Shared test helpers: small real data sets and tiny training configs."""
+"""Shared test helpers: small real data sets, a synthetic one, and tiny training configs."""
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import pytest
+import torch
 
-from stripe.data import DataNotFoundError, load_dataset
+from stripe.data import DataNotFoundError, ImageSet, load_dataset
 from stripe.nn import ModelConfig, create_model
 from stripe.train import RunData, TrainConfig, load_run_data
 
@@ -68,3 +70,14 @@ def cli_args(cfg: TrainConfig) -> list[str]:
     if m.attn:
         args += ["--attn", m.attn]
     return args + (["--asr"] if m.asr else []) + (["--both"] if m.both else [])
+
+
+def synthetic_set(n: int, *, classes: int = 10, channels: int = 3, size: int = 32, seed: int = 0) -> ImageSet:
+    """Random uint8 images [n, channels, size, size] in ``classes`` balanced classes, shuffled: for tests that need
+    tensors shaped like a data set, not real images. Its hash is the sha256 of its images and labels."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
+    labels = torch.randperm(n, generator=g) % classes
+    digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
+    return ImageSet("synthetic", "test", images, labels, tuple(f"class{i}" for i in range(classes)),
+                    (0.5,) * channels, (0.25,) * channels, f"random uint8, seed {seed}", digest)

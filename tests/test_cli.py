@@ -60,3 +60,25 @@ def test_bench_train_collect_speed(capsys, tmp_path):
     speed = pd.read_csv(tmp_path / "speed" / "speed.csv")
     assert speed["variant"].tolist() == ["baseline", "attention", "asr-folded", "attention", "asr-folded"]
     assert (tmp_path / "speed" / "speed_table.png").is_file() and (tmp_path / "speed" / "speed.md").is_file()
+
+
+@pytest.mark.real_data
+def test_train_record_records_what_its_options_say(capsys, tmp_path):
+    """``stripe train --record`` with ``--record-*`` options: the recording holds every checkpoint with the selected
+    taps, folds and raw vectors, and equals ``stripe collect`` of the run with the same options."""
+    from stripe.record import Recording
+
+    run = tmp_path / "run"
+    opts = ["--taps", "stage:1", "stage:3", "--folds", "4", "--raw-n", "32", "--batch-size", "128"]
+    record = [o.replace("--", "--record-", 1) if o.startswith("--") else o for o in opts]
+    assert main(["train", *cli_args(tiny_cfg(epochs=1, asr=True, both=True)), "--record", *record,
+                 "--out", str(run)]) == 0
+    assert f"recording: {run / 'recording'}" in capsys.readouterr().out
+    rec = Recording.open(run / "recording")
+    assert rec.epochs == [0, 1] and rec.manifest["folds"] == 4
+    assert rec.manifest["taps_selector"] == ["stage:1", "stage:3"]
+    taps = rec.manifest["taps"]  # ResNet-8 +ASR(SE)+SE: one block per stage, an ASR and a normal gate in each
+    assert sorted((t["stage"], t["asr"]) for t in taps) == [(1, False), (1, True), (3, False), (3, True)]
+    assert rec.raw(1, taps[0]["key"]).shape == (32, taps[0]["channels"])
+    assert main(["collect", str(run), *opts, "--out", str(tmp_path / "again"), "--device", "cpu", "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(rec.frame(), Recording.open(tmp_path / "again").frame(), check_exact=True)

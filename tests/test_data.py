@@ -36,7 +36,8 @@ from stripe.data import (
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-pytestmark = pytest.mark.real_data  # every test here reads a real data set
+# tests that read a real data set are marked real_data; the probe-set and Loader tests need tensors only
+# and run on the synthetic set (conftest.synthetic_images)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -88,9 +89,9 @@ def real_rgb(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(x, 3, axis=1), fm.labels[idx].numpy()  # [N, 3, 32, 32]
 
 
-def _small_cifar(cifar_test: ImageSet, n: int, seed: int = 0) -> ImageSet:
-    """A stratified real subset of the CIFAR-10 test split."""
-    return take(cifar_test, stratified_indices(cifar_test.labels, n, seed))
+def _small(ds: ImageSet, n: int, seed: int = 0) -> ImageSet:
+    """A class-stratified subset of ``ds``."""
+    return take(ds, stratified_indices(ds.labels, n, seed))
 
 
 def _with_index_labels(ds: ImageSet) -> ImageSet:
@@ -104,6 +105,7 @@ def _with_index_labels(ds: ImageSet) -> ImageSet:
 # CIFAR-10 JPEG
 
 
+@pytest.mark.real_data
 def test_cifar10_jpeg_train(cifar_train: ImageSet) -> None:
     """Train split: 50,000 real 3x32x32 uint8 images, 5,000 per class, folder-ordered classes."""
     ds = cifar_train
@@ -118,6 +120,7 @@ def test_cifar10_jpeg_train(cifar_train: ImageSet) -> None:
     assert ds.images.float().std() > 30  # real images, not blank
 
 
+@pytest.mark.real_data
 def test_cifar10_jpeg_test(cifar_test: ImageSet, cifar_train: ImageSet) -> None:
     """Test split: 10,000 images, 1,000 per class; its hash differs from train's."""
     ds = cifar_test
@@ -128,6 +131,7 @@ def test_cifar10_jpeg_test(cifar_test: ImageSet, cifar_train: ImageSet) -> None:
     assert ds.source_hash != cifar_train.source_hash
 
 
+@pytest.mark.real_data
 def test_cifar10_jpeg_matches_direct_decode(cifar_test: ImageSet, jpeg_dir: Path) -> None:
     """Images are exactly PIL's decode of the members, in sorted member order, labelled by class folder."""
     with zipfile.ZipFile(jpeg_dir / "test.zip") as zf:
@@ -139,6 +143,7 @@ def test_cifar10_jpeg_matches_direct_decode(cifar_test: ImageSet, jpeg_dir: Path
             assert cifar_test.classes[int(cifar_test.labels[i])] == names[i].split("/")[1]
 
 
+@pytest.mark.real_data
 def test_cifar10_jpeg_cache_hit(cifar_test: ImageSet, cifar_train: ImageSet, jpeg_dir: Path, jpeg_cache: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A second load reads the cache (no decoding) and gives identical tensors and hash."""
@@ -157,6 +162,7 @@ def test_cifar10_jpeg_cache_hit(cifar_test: ImageSet, cifar_train: ImageSet, jpe
         assert again.source_hash == ds.source_hash and again.classes == ds.classes
 
 
+@pytest.mark.real_data
 def test_cifar10_jpeg_corrupt_cache_is_rebuilt(cifar_test: ImageSet, jpeg_dir: Path, jpeg_cache: Path,
                                                tmp_path: Path) -> None:
     """An unreadable cache file is decoded again and replaced."""
@@ -169,6 +175,7 @@ def test_cifar10_jpeg_corrupt_cache_is_rebuilt(cifar_test: ImageSet, jpeg_dir: P
     assert bad.stat().st_size > 10_000_000
 
 
+@pytest.mark.real_data
 def test_cifar10_source_hash_follows_content_not_path(cifar_test: ImageSet, jpeg_dir: Path, jpeg_cache: Path,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A copy of the zip elsewhere has the same hash and reuses the cache; a changed zip does not."""
@@ -226,6 +233,7 @@ def _write_cifar10_pickles(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
     return d
 
 
+@pytest.mark.real_data
 def test_cifar10_pickle_reader(real_rgb: tuple[np.ndarray, np.ndarray], tmp_path: Path,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     """cifar-10-batches-py files load exactly and agree with torchvision's own reader."""
@@ -247,6 +255,7 @@ def test_cifar10_pickle_reader(real_rgb: tuple[np.ndarray, np.ndarray], tmp_path
     assert tr.labels.tolist() == list(ref.targets) and list(tr.classes) == ref.classes
 
 
+@pytest.mark.real_data
 def test_cifar100_pickle_reader(real_rgb: tuple[np.ndarray, np.ndarray], tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """cifar-100-python files load with fine labels, also via STRIPE_DATA_DIR with no root."""
@@ -276,6 +285,7 @@ def test_cifar100_pickle_reader(real_rgb: tuple[np.ndarray, np.ndarray], tmp_pat
     assert te.labels.tolist() == list(ref.targets)
 
 
+@pytest.mark.real_data
 def test_pickle_reader_refuses_foreign_globals(real_rgb: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
     """A pickle that references arbitrary callables is refused."""
     x, y = real_rgb
@@ -290,6 +300,7 @@ def test_pickle_reader_refuses_foreign_globals(real_rgb: tuple[np.ndarray, np.nd
 # Fashion-MNIST
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_system_files() -> None:
     """Debian's Fashion-MNIST: 60,000 / 10,000 images of 1x28x28, balanced classes."""
@@ -303,6 +314,7 @@ def test_fashion_mnist_system_files() -> None:
     assert abs(tr.images.float().mean().item() / 255 - 0.2860) < 1e-3
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_idx_from_root(tmp_path: Path) -> None:
     """IDX files written from real Fashion-MNIST images parse the same gzipped or raw, with the same hash."""
@@ -327,6 +339,7 @@ def test_fashion_mnist_idx_from_root(tmp_path: Path) -> None:
 # imagefolder
 
 
+@pytest.mark.real_data
 def test_imagefolder(cifar_test: ImageSet, jpeg_dir: Path, tmp_path: Path) -> None:
     """Real CIFAR JPEG files in class folders load exactly, with train-split mean/std."""
     with zipfile.ZipFile(jpeg_dir / "test.zip") as zf:
@@ -429,9 +442,9 @@ def test_default_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 # Probe set
 
 
-def test_stratified_indices(cifar_test: ImageSet) -> None:
+def test_stratified_indices(synthetic_images: ImageSet) -> None:
     """Class-stratified, seeded, sorted int64; remainder spread one each; n >= len gives everything."""
-    lab = cifar_test.labels
+    lab = synthetic_images.labels
     a = stratified_indices(lab, 1000, 0)
     assert a.dtype == np.int64 and np.all(np.diff(a) > 0) and len(a) == 1000
     assert np.bincount(lab[a].numpy(), minlength=10).tolist() == [100] * 10
@@ -441,25 +454,25 @@ def test_stratified_indices(cifar_test: ImageSet) -> None:
     assert np.array_equal(stratified_indices(lab, 1000, 0), a)
     assert not np.array_equal(stratified_indices(lab, 1000, 1), a)
     assert np.array_equal(stratified_indices(lab, 10**6, 0), np.arange(len(lab)))
-    assert np.array_equal(stratified_indices(cifar_test.labels, 1000, 0), a)
     # Imbalanced labels: small classes give all they have, the rest is shared equally.
     skew = torch.tensor([0] * 3 + [1] * 50 + [2] * 50)
     c = np.bincount(skew[stratified_indices(skew, 30, 5)].numpy())
     assert c.tolist() == [3, 14, 13]
 
 
-def test_take_and_probe_hash(cifar_test: ImageSet) -> None:
+def test_take_and_probe_hash(synthetic_images: ImageSet) -> None:
     """take() keeps metadata and its hash equals probe_hash of the parent hash and indices."""
-    idx = stratified_indices(cifar_test.labels, 100, 3)
-    sub = take(cifar_test, idx)
-    assert len(sub) == 100 and sub.classes == cifar_test.classes and sub.mean == cifar_test.mean
-    assert torch.equal(sub.images, cifar_test.images[idx]) and torch.equal(sub.labels, cifar_test.labels[idx])
-    assert sub.source_hash == probe_hash(cifar_test.source_hash, idx)
-    assert probe_hash(cifar_test.source_hash, torch.from_numpy(idx)) == probe_hash(cifar_test.source_hash, list(idx))
-    want = hashlib.sha256(cifar_test.source_hash.encode() + idx.astype("<i8").tobytes()).hexdigest()
+    ds = synthetic_images
+    idx = stratified_indices(ds.labels, 100, 3)
+    sub = take(ds, idx)
+    assert len(sub) == 100 and sub.classes == ds.classes and sub.mean == ds.mean
+    assert torch.equal(sub.images, ds.images[idx]) and torch.equal(sub.labels, ds.labels[idx])
+    assert sub.source_hash == probe_hash(ds.source_hash, idx)
+    assert probe_hash(ds.source_hash, torch.from_numpy(idx)) == probe_hash(ds.source_hash, list(idx))
+    want = hashlib.sha256(ds.source_hash.encode() + idx.astype("<i8").tobytes()).hexdigest()
     assert sub.source_hash == want
     with pytest.raises(IndexError):
-        take(cifar_test, [len(cifar_test)])
+        take(ds, [len(ds)])
 
 
 _CHILD = """
@@ -475,6 +488,7 @@ print(json.dumps({"source": ds.source_hash, "probe": probe_hash(ds.source_hash, 
 """
 
 
+@pytest.mark.real_data
 def test_probe_hash_and_batches_stable_across_processes(cifar_test: ImageSet, jpeg_dir: Path,
                                                         jpeg_cache: Path) -> None:
     """A fresh Python process computes the same source hash, probe hash and first training batch."""
@@ -498,9 +512,9 @@ def _batches(loader: Loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return [(x.clone(), y.clone()) for x, y in loader]
 
 
-def test_loader_deterministic(cifar_test: ImageSet) -> None:
+def test_loader_deterministic(synthetic_images: ImageSet) -> None:
     """Same seed and epoch -> identical batches; another epoch or seed -> different ones."""
-    ds = _small_cifar(cifar_test, 1000)
+    ds = _small(synthetic_images, 1000)
     a, b = Loader(ds, 128, train=True, seed=5), Loader(ds, 128, train=True, seed=5)
     assert len(a) == 7 and a.num_samples == 896
     ba, bb = _batches(a), _batches(b)
@@ -512,9 +526,9 @@ def test_loader_deterministic(cifar_test: ImageSet) -> None:
     assert not torch.equal(_batches(Loader(ds, 128, train=True, seed=6))[0][0], ba[0][0])
 
 
-def test_loader_eval_exact(cifar_test: ImageSet) -> None:
+def test_loader_eval_exact(synthetic_images: ImageSet) -> None:
     """Eval loader yields every sample once, in order, normalised exactly as (x/255 - mean)/std."""
-    ds = _small_cifar(cifar_test, 1000)
+    ds = _small(synthetic_images, 1000)
     loader = Loader(ds, 300, train=False)
     assert len(loader) == 4 and loader.num_samples == 1000
     xs, ys = zip(*_batches(loader))
@@ -543,9 +557,9 @@ def _crop_matches(imgs: torch.Tensor, x: torch.Tensor, mean: torch.Tensor, std: 
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_loader_augmentation_is_padded_crop_and_flip(cifar_test: ImageSet, channels_last: bool) -> None:
+def test_loader_augmentation_is_padded_crop_and_flip(synthetic_images: ImageSet, channels_last: bool) -> None:
     """Every augmented image equals a crop of the zero-padded original, possibly flipped."""
-    ds = _small_cifar(cifar_test, 256)
+    ds = _small(synthetic_images, 256)
     loader = Loader(ds, 128, train=True, shuffle=False, seed=11, channels_last=channels_last)
     mean = torch.tensor(ds.mean).view(1, 3, 1, 1)
     std = torch.tensor(ds.std).view(1, 3, 1, 1)
@@ -564,9 +578,9 @@ def test_loader_augmentation_is_padded_crop_and_flip(cifar_test: ImageSet, chann
     assert np.mean(first % 81 == 40) < 0.2  # mostly not the centre crop
 
 
-def test_loader_shards_eval_partition(cifar_test: ImageSet) -> None:
+def test_loader_shards_eval_partition(synthetic_images: ImageSet) -> None:
     """Eval shards over 2 ranks partition the data: every sample exactly once, sums add up."""
-    ds = _with_index_labels(_small_cifar(cifar_test, 1001))
+    ds = _with_index_labels(_small(synthetic_images, 1001))
     seen, total = [], torch.zeros((), dtype=torch.float64)
     lengths = []
     for rank in range(2):
@@ -583,9 +597,9 @@ def test_loader_shards_eval_partition(cifar_test: ImageSet) -> None:
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_loader_shards_train_equal_and_disjoint(cifar_test: ImageSet, world_size: int) -> None:
+def test_loader_shards_train_equal_and_disjoint(synthetic_images: ImageSet, world_size: int) -> None:
     """Training shards get the same number of full batches and disjoint samples."""
-    ds = _with_index_labels(_small_cifar(cifar_test, 1001))
+    ds = _with_index_labels(_small(synthetic_images, 1001))
     loaders = [Loader(ds, 64, train=True, rank=r, world_size=world_size, seed=2) for r in range(world_size)]
     for ld in loaders:
         ld.set_epoch(4)
@@ -597,9 +611,9 @@ def test_loader_shards_train_equal_and_disjoint(cifar_test: ImageSet, world_size
     assert not torch.equal(ids[0], torch.sort(ids[0]).values)  # shuffled
 
 
-def test_loader_argument_checks(cifar_test: ImageSet) -> None:
+def test_loader_argument_checks(synthetic_images: ImageSet) -> None:
     """Bad batch sizes and ranks are rejected."""
-    ds = _small_cifar(cifar_test, 10)
+    ds = _small(synthetic_images, 10)
     with pytest.raises(ValueError, match="batch_size"):
         Loader(ds, 0, train=True)
     with pytest.raises(ValueError, match="rank"):

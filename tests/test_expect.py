@@ -50,6 +50,31 @@ def test_logits_of_a_seeded_model():
     _check("logits_cifar_resnet8", out, compare)
 
 
+def test_logits_of_every_attention():
+    """Each registered attention as X, ASR(X) and ASR(X)+X in a seeded ResNet-8 whose parameters are moved away from
+    their initialisation (so every gate is input dependent and every ψ matters), on fixed inputs, in float64."""
+    from stripe.nn import create_model, list_attn
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    out = {}
+    for attn in list_attn():
+        for variant, kw in (("attn", {}), ("asr", {"asr": True}), ("both", {"asr": True, "both": True})):
+            torch.manual_seed(0)
+            model = create_model("cifar_resnet8", num_classes=10, attn=attn, **kw).eval().double()
+            g = torch.Generator().manual_seed(2)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=g, dtype=p.dtype))  # gates stay off saturation
+                out[f"{attn}-{variant}"] = model(x).tolist()
+
+    def compare(want, got):
+        assert sorted(want) == sorted(got), "the registered attentions changed: regenerate on purpose"
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+    _check("logits_attentions", out, compare)
+
+
 @pytest.mark.real_data
 def test_data_and_probe_hashes():
     from stripe.data import DataNotFoundError, eval_sets, load_dataset

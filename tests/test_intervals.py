@@ -412,3 +412,86 @@ def test_welch_p_by_hand_and_undefined_cases():
         vb = np.var(b, ddof=1) / len(b)
         t, df = (10.0 - np.mean(b)) / np.sqrt(vb), len(b) - 1
         assert welch_p([10.0, 10.0, 10.0], b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10)
+
+
+@pytest.mark.parametrize(("gained", "lost", "want"), [
+    (0, 0, 1.0), (5, 0, 0.0625), (0, 5, 0.0625), (10, 2, 79 / 2048), (3, 3, 1.0), (4, 5, 1.0), (1, 0, 1.0),
+    (20, 5, 0.004077315331), (60, 40, 0.05688793364),
+])
+def test_mcnemar_exact_known_values(gained, lost, want):
+    """The exact two-sided McNemar p: twice the binomial tail of the smaller count at 1/2 (at most 1), by hand with
+    math.comb and from scipy's binomial test, and the textbook values it must give."""
+    import math
+
+    from scipy.stats import binomtest
+
+    from stripe.analysis import mcnemar_exact
+
+    n, k = gained + lost, min(gained, lost)
+    by_hand = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    scipy_p = binomtest(k, n, 0.5).pvalue if n else 1.0
+    got = mcnemar_exact(gained, lost)
+    assert got == pytest.approx(by_hand, rel=1e-12) and got == pytest.approx(scipy_p, rel=1e-12)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert mcnemar_exact(lost, gained) == got
+
+
+def _stage_frame(rows: list[tuple]) -> pd.DataFrame:
+    """A stage table as :func:`stripe.analysis.stage_summary` writes it: (epoch, stage, asr, S, std, cos) per row for
+    both kinds (before = the after values / 2), with the columns that are not aggregated (n_taps, intervals, pooled)."""
+    out = []
+    for epoch, stage, asr, s, std, cos in rows:
+        row = {"epoch": epoch, "stage": stage, "asr": asr, "n_taps": 3}
+        for kind, f in (("after", 1.0), ("before", 0.5)):
+            for name, v in (("stripe", s * f), ("std", std * f), ("cos", cos * f)):
+                row.update({f"{name}_{kind}": v, f"{name}_{kind}_lo": 0.0, f"{name}_{kind}_hi": 0.0})
+            if kind == "after":
+                row["stripe_after_pooled"] = 0.5
+        out.append(row)
+    df = pd.DataFrame(out)
+    df["stage"] = pd.array(df["stage"], dtype="Int64")
+    return df
+
+
+def test_aggregate_seeds_groups_runs_and_gives_t_intervals_by_hand():
+    from scipy import stats
+    from scipy.special import expit, logit
+
+    from stripe.analysis import aggregate_seeds
+
+    const = (1, 1, True, 1.0, 0.0, 1.0)  # an ASR stage: S = 1, std = 0, cos = 1 in every run
+    runs = [_stage_frame([(1, 1, False, 0.90, 0.02, 0.95), const, (2, 1, False, 0.93, 0.01, 0.97),
+                          (2, None, False, 0.50, 0.10, 0.60)]),
+            _stage_frame([(1, 1, False, 0.92, 0.03, 0.96), const, (2, 1, False, np.nan, 0.02, 0.98),
+                          (2, None, False, 0.55, 0.12, 0.70)]),
+            _stage_frame([(1, 1, False, 0.95, 0.05, 0.99), const,
+                          (2, None, False, 0.60, 0.08, 0.65)])]  # the third run lacks epoch 2 of stage 1
+    seeds = aggregate_seeds(runs)
+    values = [f"{s}_{k}" for k in ("after", "before") for s in ("stripe", "std", "cos")]
+    aggregated = [c + x for c in values for x in ("", "_lo", "_hi")]
+    assert list(seeds.columns) == ["epoch", "stage", "asr", "n_runs", *aggregated]
+    keys = [(r.epoch, None if pd.isna(r.stage) else r.stage, r.asr) for r in seeds.itertuples()]
+    assert keys == [(1, 1, False), (1, 1, True), (2, 1, False), (2, None, False)]  # a model without stages kept
+    assert seeds["n_runs"].tolist() == [3, 3, 2, 3]
+
+    t3 = stats.t.ppf(0.975, 2)
+    row = seeds.iloc[0]
+    for col, x, g, g_inv in (("stripe_after", [0.90, 0.92, 0.95], logit, expit),
+                             ("std_after", [0.02, 0.03, 0.05], np.log, np.exp),
+                             ("cos_after", [0.95, 0.96, 0.99], np.arctanh, np.tanh),
+                             ("std_before", [0.01, 0.015, 0.025], np.log, np.exp)):
+        m = np.mean(x)
+        half = t3 * np.std(g(np.array(x)), ddof=1) / np.sqrt(3)
+        assert row[col] == pytest.approx(m, rel=1e-12)
+        assert row[f"{col}_lo"] == pytest.approx(g_inv(g(m) - half), rel=1e-10)
+        assert row[f"{col}_hi"] == pytest.approx(g_inv(g(m) + half), rel=1e-10)
+    asr = seeds.iloc[1]  # every run exactly equal (ASR: S = 1, std = 0): a point interval
+    assert (asr["stripe_after"], asr["stripe_after_lo"], asr["stripe_after_hi"]) == (1.0, 1.0, 1.0)
+    assert (asr["std_after"], asr["std_after_lo"], asr["std_after_hi"]) == (0.0, 0.0, 0.0)
+    e2 = seeds.iloc[2]  # two runs, one of them without S: S from one run (no interval), std from both
+    assert e2["stripe_after"] == pytest.approx(0.93) and np.isnan(e2["stripe_after_lo"])
+    assert e2["std_after"] == pytest.approx(0.015) and e2["std_after_lo"] < 0.015 < e2["std_after_hi"]
+    one = aggregate_seeds(runs[:1])  # one run: its values, no intervals
+    assert one["stripe_after"].tolist()[:1] == [0.90] and one["stripe_after_lo"].isna().iloc[0]
+    with pytest.raises(ValueError, match="no stage tables"):
+        aggregate_seeds([])

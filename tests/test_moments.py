@@ -1,10 +1,10 @@
 """Tests of stripe.record.moments and the statistics files: exact streaming moments, folds, stripe index, cosine, Parquet."""
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -136,7 +136,9 @@ def test_batch_moments_cuda_no_sync() -> None:
         moments = [batch_moments(a[i : i + 16]) for i in range(0, 64, 16)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    s = ChannelStats.from_moments_list(moments)
+    s = ChannelStats()
+    for m in moments:
+        s.merge_moments(m)
     ref = two_pass(a.float().cpu().numpy().astype(np.float64))
     np.testing.assert_allclose(s.mean_, ref["mean"], rtol=1e-5)
 
@@ -177,8 +179,8 @@ def test_shards_merged_in_random_orders(seed: int) -> None:
     for _ in range(4):
         order = rng.permutation(len(stats))
         total = ChannelStats()
-        for i in order:  # copy through frames so the shards are not mutated
-            total.merge(ChannelStats.from_frame(stats[i].to_frame()))
+        for i in order:  # merge copies so the shards are not mutated
+            total.merge(copy.deepcopy(stats[i]))
         assert_matches(total, a)
         results.append(total)
     # a tree merge instead of a chain
@@ -192,23 +194,23 @@ def test_shards_merged_in_random_orders(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_from_moments_list(seed: int) -> None:
+def test_merge_moments_of_batches_equals_two_pass(seed: int) -> None:
     rng = np.random.default_rng(200 + seed)
     a = random_matrix(rng, 257, 5)
     moments = [batch_moments(torch.from_numpy(a[lo:hi])) for lo, hi in random_splits(rng, len(a))]
     moments.append(batch_moments(torch.zeros(0, 5, dtype=torch.float64)))  # empty batch is neutral
-    assert_matches(ChannelStats.from_moments_list(moments), a)
     s = ChannelStats()
     for m in moments:
-        s.merge_moments(m)
+        assert s.merge_moments(m) is s
     assert_matches(s, a)
-    # float32 batches are promoted together with float64 ones
-    mixed = [batch_moments(torch.from_numpy(a[:100]).float()), batch_moments(torch.from_numpy(a[100:]))]
-    f = ChannelStats.from_moments_list(mixed)
+    # float32 batches merge with float64 ones (each is reduced in float64)
+    f = ChannelStats().merge_moments(batch_moments(torch.from_numpy(a[:100]).float()))
+    f.merge_moments(batch_moments(torch.from_numpy(a[100:])))
     np.testing.assert_allclose(f.mean_, a.mean(axis=0), rtol=1e-6)
-    assert ChannelStats.from_moments_list([]).count_ == 0
-    with pytest.raises(ValueError, match="one C"):
-        ChannelStats.from_moments_list([batch_moments(torch.ones(2, 3)), batch_moments(torch.ones(2, 4))])
+    with pytest.raises(ValueError, match="lacks keys"):
+        ChannelStats().merge_moments({"count": 1})
+    with pytest.raises(ValueError, match="channel count mismatch"):
+        ChannelStats().merge_moments(batch_moments(torch.ones(2, 3))).merge_moments(batch_moments(torch.ones(2, 4)))
 
 
 def test_empty_is_identity_and_channel_mismatch() -> None:
@@ -300,21 +302,8 @@ def test_var_std_cv() -> None:
 
 
 # --------------------------------------------------------------------------------------
-# frames and Parquet
+# Parquet
 # --------------------------------------------------------------------------------------
-
-
-def test_frame_round_trip() -> None:
-    rng = np.random.default_rng(2)
-    s = ChannelStats().update(random_matrix(rng, 30, 5))
-    df = s.to_frame(epoch=3, tap="layer1.0.attn.tap", kind="after")
-    assert list(df.columns) == ["epoch", "tap", "kind", "channel", "count", "mean", "m2", "min", "max", "unit_sum"]
-    back = ChannelStats.from_frame(df.sample(frac=1.0, random_state=0))  # row order does not matter
-    assert back.count_ == s.count_
-    for k in ("mean", "m2", "min", "max", "unit_sum"):
-        np.testing.assert_array_equal(getattr(back, k + "_"), getattr(s, k + "_"))
-    with pytest.raises(ValueError, match="channels"):
-        ChannelStats.from_frame(pd.concat([df, df]))
 
 
 def _example_stats(rng: np.random.Generator) -> dict[tuple[str, str], ChannelStats]:

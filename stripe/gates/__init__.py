@@ -7,8 +7,8 @@
 * :mod:`.trace`: the gates of any model from one traced forward, and where each one's constant folds;
 * :mod:`.replace`: one constant replacement for every kind of gate;
 * :mod:`.asr` and :mod:`.fold`: the ASR fold, the post-hoc fold of other models' gates, the one BN
-  randomiser and the one fold check;
-* :mod:`.report`: the fold report behind ``stripe fold``.
+  randomiser and the one fold check (the fold report behind ``stripe fold`` is
+  :mod:`stripe.experiments.fold_report`).
 
 Imports only from :mod:`stripe.nn` (and the error classes).
 """

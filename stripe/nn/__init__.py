@@ -9,7 +9,7 @@ from .cbam import CBAM
 from .dia import DIACell, DIAStep
 from .eca import ECA, eca_kernel_size
 from .ie import IEBatchNorm, IEGate
-from .registry import AttnSpec, attn_name_of, create_attn, gate_classes, get_spec, list_attn, register_attn
+from .registry import AttnSpec, create_attn, gate_classes, get_spec, list_attn, register_attn, registered_attn
 from .resnet import (BLOCKS, BasicBlock, Bottleneck, CifarResNet, ModelConfig, Stage, build_model, create_model,
                      list_models, param_table, pick_block)
 from .se import SE
@@ -28,8 +28,9 @@ __all__ = [
     "preprocessing", "resolve_preprocess",
     "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",
     "DIAStep", "ECA", "IEBatchNorm", "IEGate", "ModelConfig", "SE", "SPA", "SRM", "Stage", "Tap",
-    "Variant", "attn_name_of", "build_model", "config_label", "count_params",
+    "Variant", "build_model", "config_label", "count_params",
     "create_attn", "create_model", "eca_kernel_size", "gate_classes", "get_spec", "global_pool",
     "is_compiled", "list_attn", "list_models", "param_table", "parse_label", "pick_block", "register_attn",
+    "registered_attn",
     "set_submodule", "slug", "unwrap", "variant_label", "variant_of", "variant_rank", "variants",
 ]

@@ -1,10 +1,13 @@
-"""The attention registry: ``create_attn(name, channels, **kw)``, ``list_attn()`` and ``attn_name_of(module)``.
+"""The attention registry: ``register_attn(spec)``, ``create_attn(name, channels, **kw)`` and ``list_attn()``.
 
 Every attention module of this package joins here, once; recording finds gates through this
 registry (:func:`gate_classes`), so a newly registered module is recorded without other changes.
+:func:`registered_attn` registers one for a ``with`` block only (a module defined outside the package, a test).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -70,6 +73,17 @@ def register_attn(spec: AttnSpec) -> AttnSpec:
     return spec
 
 
+@contextlib.contextmanager
+def registered_attn(spec: AttnSpec) -> Iterator[AttnSpec]:
+    """:func:`register_attn` for the ``with`` block only: the registration is removed on exit, also on error."""
+    register_attn(spec)
+    try:
+        yield spec
+    finally:
+        if _SPECS.get(spec.name) is spec:
+            del _SPECS[spec.name]
+
+
 register_attn(AttnSpec("se", SE, "after_bn"))
 register_attn(AttnSpec("eca", ECA, "after_bn"))
 register_attn(AttnSpec("cbam", CBAM, "after_bn", asr_kw={"spatial": False}))
@@ -104,8 +118,3 @@ def create_attn(name: str, channels: int, *, for_asr: bool = False, **kw: Any) -
 def gate_classes() -> dict[type[ChannelAttention], str]:
     """Every registered gate class with its attention name (what recording looks for)."""
     return {spec.gate: name for name, spec in _SPECS.items()}
-
-
-def attn_name_of(module: nn.Module) -> str | None:
-    """The registered attention name of a gate module (exact class match), else None."""
-    return gate_classes().get(type(module))

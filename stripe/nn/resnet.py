@@ -16,7 +16,7 @@ from .registry import create_attn, get_spec, list_attn
 from .sources import build_source, is_source, parse_source
 from .utils import count_params
 
-_NAME = re.compile(r"^cifar_resnet(\d+)$")
+_MODEL_NAME = re.compile(r"^cifar_resnet(\d+)$")
 BLOCKS = ("basic", "bottleneck")
 #: depths that are bottleneck networks by convention (He et al. 2016, "Identity mappings"); every
 #: other depth that fits 6n+2 is a basic-block network (He et al. 2016, ResNet-20/32/44/56/110/1202)
@@ -79,7 +79,7 @@ class ModelConfig:
             if self.num_classes is not None and self.num_classes < 1:
                 raise UserError(f"num_classes must be >= 1, got {self.num_classes}")
             return self
-        m = _NAME.match(self.name)
+        m = _MODEL_NAME.match(self.name)
         if m is None:
             raise UserError(f"unknown model {self.name!r}; models are cifar_resnet{{depth}}, "
                              f"e.g. {', '.join(list_models())}")
@@ -125,7 +125,7 @@ class ModelConfig:
     @property
     def depth(self) -> int:
         """The network's depth (the number in its name); a source model has none (``ValueError``)."""
-        m = _NAME.match(self.name)
+        m = _MODEL_NAME.match(self.name)
         if m is None:
             raise UserError(f"{self.name}: only cifar_resnet models have a depth")
         return int(m.group(1))

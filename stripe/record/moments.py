@@ -11,13 +11,11 @@ statistic from the same exact merge (:func:`jackknife`).
 """
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from ..errors import UserError
 
@@ -251,53 +249,6 @@ class ChannelStats:
         self.count_ = n
         return self
 
-    @classmethod
-    def from_moments_list(cls, moments: Iterable[Mapping[str, Any]]) -> ChannelStats:
-        """Merge many :func:`batch_moments` dicts with one device-to-host transfer."""
-        moments = list(moments)
-        if not moments:
-            return cls()
-        tens = [{k: torch.as_tensor(m[k]) for k in ("count", *MOMENT_KEYS)} for m in moments]
-        shapes = {tuple(t[k].shape) for t in tens for k in MOMENT_KEYS}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 1:
-            raise UserError(f"moments must all be [C] vectors of one C, got shapes {sorted(shapes)}")
-        c = next(iter(shapes))[0]
-        b = len(tens)
-        device = tens[0]["mean"].device
-        fdtype = functools.reduce(
-            torch.promote_types, (t[k].dtype for t in tens for k in MOMENT_KEYS), torch.float32
-        )
-        # pack counts (int64) and the stacked float moments as raw bytes: one exact transfer
-        blocks = [torch.stack([t["count"].to(device=device, dtype=torch.int64).reshape(()) for t in tens])]
-        blocks += [torch.stack([t[k].to(device=device, dtype=fdtype) for t in tens]) for k in MOMENT_KEYS]
-        flat = torch.cat([blk.contiguous().reshape(-1).view(torch.uint8) for blk in blocks]).cpu().numpy()
-        np_fdtype = torch.empty((), dtype=fdtype).numpy().dtype
-        counts = np.frombuffer(flat, dtype=np.int64, count=b, offset=0)
-        offset = 8 * b
-        stacked = {}
-        for k in MOMENT_KEYS:
-            stacked[k] = np.frombuffer(flat, dtype=np_fdtype, count=b * c, offset=offset).reshape(b, c)
-            stacked[k] = stacked[k].astype(np.float64)
-            offset += b * c * np_fdtype.itemsize
-        total = int(counts.sum())
-        if total == 0:
-            return cls._from_arrays(
-                0, np.zeros(c), np.zeros(c), np.full(c, np.inf), np.full(c, -np.inf), np.zeros(c)
-            )
-        w = counts.astype(np.float64)[:, None]
-        live = counts > 0
-        mean = (w * stacked["mean"]).sum(axis=0) / total
-        # exact multi-group (parallel) merge: M2 = sum_b M2_b + sum_b n_b (mean_b - mean)^2
-        m2 = stacked["m2"][live].sum(axis=0) + (w * np.square(stacked["mean"] - mean))[live].sum(axis=0)
-        return cls._from_arrays(
-            total,
-            mean,
-            m2,
-            stacked["min"][live].min(axis=0),
-            stacked["max"][live].max(axis=0),
-            stacked["unit_sum"][live].sum(axis=0),
-        )
-
     # -- derived quantities ------------------------------------------------------------
 
     @property
@@ -330,35 +281,6 @@ class ChannelStats:
     def mean_cosine(self) -> float:
         """Mean over images of cos(a_n, mu) for the mean vector mu; nan if ||mu|| == 0 or empty."""
         return float(mean_cosine_from_moments(self.count_, self.mean_, self.unit_sum_))
-
-    # -- tables --------------------------------------------------------------------------
-
-    def to_frame(self, **labels: Any) -> pd.DataFrame:
-        """One row per channel: labels..., channel, count, mean, m2, min, max, unit_sum."""
-        c = self.channels
-        data: dict[str, Any] = {k: [v] * c for k, v in labels.items()}
-        data["channel"] = np.arange(c, dtype=np.int32)
-        data["count"] = np.full(c, self.count_, dtype=np.int64)
-        for k in MOMENT_KEYS:
-            data[k] = getattr(self, k + "_").copy()
-        return pd.DataFrame(data)
-
-    @classmethod
-    def from_frame(cls, df: pd.DataFrame) -> ChannelStats:
-        """Stats from :meth:`to_frame`-like rows of one (tap, kind): the inverse of to_frame."""
-        missing = [k for k in ("channel", "count", *MOMENT_KEYS) if k not in df.columns]
-        if missing:
-            raise UserError(f"stats frame lacks columns {missing}")
-        if len(df) == 0:
-            return cls()
-        df = df.sort_values("channel", kind="stable")
-        channel = df["channel"].to_numpy()
-        if not np.array_equal(channel, np.arange(len(df))):
-            raise UserError(f"stats frame channels must be exactly 0..{len(df) - 1}, each once")
-        counts = np.unique(df["count"].to_numpy())
-        if len(counts) != 1:
-            raise UserError(f"stats frame has differing counts across channels: {counts.tolist()}")
-        return cls._from_arrays(int(counts[0]), *(df[k].to_numpy(dtype=np.float64) for k in MOMENT_KEYS))
 
     def __repr__(self) -> str:
         return f"ChannelStats(count_={self.count_}, channels={self.channels})"

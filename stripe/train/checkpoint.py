@@ -15,7 +15,7 @@ from ..nn import ModelConfig
 from ..nn.weights import CHECKPOINT_FORMAT, CheckpointError, read_weights
 
 FORMAT = CHECKPOINT_FORMAT
-_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+_CHECKPOINT_FILE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
 
 def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
@@ -42,7 +42,7 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CHECKPOINT_FILE.match(p.name))]
     return sorted(found)
 
 
