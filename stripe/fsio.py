@@ -36,6 +36,9 @@ from .errors import RefusedError, StripeError, UserError
 class WriteError(StripeError, OSError):
     """A file could not be written; the message names it and says that what was there is unchanged."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]"
+        return str(self.strerror)
+
 
 def _no_space(exc: BaseException) -> bool:
     """Whether ``exc`` says the disk is full (an OSError, or torch's zip writer failing on a full disk)."""
