@@ -23,7 +23,7 @@
 
 # %% tags=["parameters"]
 source = None  # a run, recording, comparison or any folder holding them; default: <data folder>/demo
-out = None  # where figures and tables go; default: <data folder>/figures/<name of source>
+out = None  # where figures and tables go; default: a demo's own figures/, else <data folder>/figures/<name of source>
 formats = ["png", "pdf"]  # figure file formats
 
 # %%

@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="the main job: train 4 variants (recorded), stats, ablate, speed, figures")
     s.add_argument("--out", default=None, help="default <data dir>/demo")
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search; else Fashion-MNIST)")
-    s.add_argument("--tiny", action="store_true", help="a tiny run (a minute or two): ResNet-8, 1 epoch")
+    s.add_argument("--tiny", action="store_true", help="a tiny run (about a minute): ResNet-8, 2 epochs on 2,000 images")
     s.add_argument("--epochs", type=_positive_int("--epochs"), default=None)
     s.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None)
     s.add_argument("--device", default="auto")

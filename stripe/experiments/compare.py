@@ -302,8 +302,8 @@ def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:
         f"{base.model.name} ({base.model.resolved().block} blocks) on {base.dataset}"
         + (f", train subset {base.train_subset}" if base.train_subset else "")
         + f", {int(table['n_test'].dropna().iloc[0]) if table['n_test'].notna().any() else '?'} scored test images"
-        + f", {base.epochs} epochs, batch {base.batch_size}, lr {base.lr} (x{base.gamma} at "
-        + ", ".join(str(int(m * base.epochs)) for m in base.milestones) + ").",
+        + f", {base.epochs} epochs, batch {base.batch_size}, lr {base.lr} (x{base.gamma} at epochs "
+        + ", ".join(f"{e:g}" for e in base.milestone_epochs()) + ", applied per step).",
         "",
         "95% interval: t-interval over seeds (2+ seeds), else Wilson interval of the single run's accuracy. "
         "Tests vs baseline: Welch t-test over seeds; exact McNemar test of paired final predictions, per seed.",

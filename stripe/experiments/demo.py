@@ -58,12 +58,12 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     from ..record import OnlineRecorder
     from ..train import TrainConfig
     from ..viz import figures
-    from ..viz.notebooks import execute_notebook
+    from ..viz.notebooks import default_figures_out, execute_notebook
     from .bench import inference_speed
     from .compare import run_comparison, run_dir_of, variants
 
     out = fsio.claim_dir(Path(out) if out else default_data_dir() / "demo", "demo")
-    figures_out = Path(figures_out) if figures_out else out / "figures"
+    figures_out = Path(figures_out) if figures_out else default_figures_out(out)  # <demo>/figures
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 

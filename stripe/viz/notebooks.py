@@ -240,7 +240,12 @@ def notebook_source(source: str | Path | None = None, *, prefer: str | None = No
 
 
 def default_figures_out(source: Path) -> Path:
-    """Where figures go by default: ``<data folder>/figures/<name of source>`` (never the committed figures/)."""
+    """Where figures go by default: a demo's own ``figures/`` (where ``stripe demo`` draws them), else
+    ``<data folder>/figures/<name of source>`` (never the committed figures/)."""
+    from ..fsio import owner_kind
+
+    if owner_kind(source) == "demo":
+        return Path(source) / "figures"
     try:
         root = data_root()
     except FileNotFoundError:
