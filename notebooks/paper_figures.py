@@ -47,7 +47,7 @@ print(src.describe())
 # One pair per recorded model: images x channels of a deep tap at the final checkpoint, the raw values
 # before attention (the pooled input) and after (the attention values), each on its own colour scale
 # with its stripe index S. An ASR-only model (+ASR(att)) shows its attention alone: its input ψ is a
-# learned constant, so the attention is constant by construction.
+# learned constant, so the attention is constant by construction (and it gets no std figure: every std is 0).
 
 # %%
 tables = notebooks.recording_tables(src)
@@ -56,6 +56,9 @@ for label, rec_dir in notebooks.recordings_by_label(src).items():
     fig = figures.stripe_heatmap(rec_dir)
     written += figures.save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
     display(fig)
+    if tables[label]["taps"]["asr"].all():
+        print(f"{label}: no channel-std figure (ASR taps only: every std is 0 by construction)")
+        continue
     fig = figures.channel_std(tables[label], label=label)
     written += figures.save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
     display(fig)

@@ -82,6 +82,7 @@ def test_paper_figures_headless(demo_dir, tmp_path, capsys):
     for table in ("results.md", "results.csv", "speed_table.md", "tables_plus_se/taps.csv"):
         assert (out / table).stat().st_size > 0, table
     assert (out / "paper_figures.ipynb").exists()
+    assert not (out / "channel_std_plus_asr_se.png").exists()  # ASR taps only: nothing but zeros to draw
     assert pd.read_csv(out / "results.csv")["variant"].tolist() == ["baseline", "+SE", "+ASR(SE)", "+ASR(SE)+SE"]
 
 

@@ -36,8 +36,7 @@ class Loader:
     PAD = 4
 
     def __init__(self, ds: ImageSet, batch_size: int, *, train: bool, device: str | torch.device = "cpu",
-                 seed: int = 0, augment: bool | None = None, drop_last: bool | None = None,
-                 shuffle: bool | None = None, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool | None = None, rank: int = 0, world_size: int = 1,
                  channels_last: bool = False, resize: int | None = None, crop: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  interpolation: str = "bilinear", channels: int | None = None) -> None:
@@ -58,8 +57,7 @@ class Loader:
         self.train = bool(train)
         self.device = torch.device(device)
         self.seed = int(seed)
-        self.augment = self.train if augment is None else bool(augment)
-        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.augment = self.drop_last = self.train  # a training loader augments and keeps whole batches only
         self.shuffle = self.train if shuffle is None else bool(shuffle)
         self.rank, self.world_size = int(rank), int(world_size)
         self.channels_last = bool(channels_last)

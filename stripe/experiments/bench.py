@@ -224,7 +224,7 @@ def collect_overhead(model_name: str = "cifar_resnet20", attn: str = "se", *, as
 
 
 def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = "cifar_resnet20", attn: str = "se",
-                   dataset: str = "cifar10", probe: int = 200, workdir: str | None = None) -> list[dict[str, Any]]:
+                   dataset: str = "cifar10", probe: int = 200) -> list[dict[str, Any]]:
     """Peak resident memory of a ``stripe collect`` sweep over N checkpoints, each sweep in a fresh
     process (so peaks are not shared); the checkpoints are one model saved N times."""
     import json
@@ -236,28 +236,29 @@ def collect_memory(n_checkpoints: Sequence[int] = (5, 50), *, model_name: str = 
     from ..nn import create_model
     from ..train import checkpoint_path, save_checkpoint
 
-    root = Path(workdir or tempfile.mkdtemp(prefix="stripe-mem-"))
     rows = []
-    for n in n_checkpoints:
-        run = root / f"run{n}"
-        torch.manual_seed(0)
-        ds = _real_images(dataset, 10)
-        model = create_model(model_name, num_classes=ds.num_classes, attn=attn, in_chans=ds.in_chans)
-        for e in range(n):
-            save_checkpoint(checkpoint_path(run, e), epoch=e, model=model)
-        (root / "model.json").write_text(json.dumps(model.config.to_dict()))
-        code = (
-            "import json, resource, sys, glob\n"
-            "from stripe.record import collect\n"
-            f"files = sorted(glob.glob({str(run / 'checkpoints' / '*.pt')!r}))\n"
-            f"r = collect(None, checkpoints=files, model_config=json.load(open({str(root / 'model.json')!r})), "
-            f"dataset={dataset!r}, out={str(run / 'recording')!r}, probe={str(probe)!r}, device='cpu', progress=False)\n"
-            "print(json.dumps({'recorded': len(r.recorded), 'maxrss_mib': "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        res = json.loads(out.stdout.strip().splitlines()[-1])
-        rows.append({"checkpoints": n, **res})
+    with tempfile.TemporaryDirectory(prefix="stripe-mem-") as tmp:  # removed afterwards, with its checkpoints
+        root = Path(tmp)
+        for n in n_checkpoints:
+            run = root / f"run{n}"
+            torch.manual_seed(0)
+            ds = _real_images(dataset, 10)
+            model = create_model(model_name, num_classes=ds.num_classes, attn=attn, in_chans=ds.in_chans)
+            for e in range(n):
+                save_checkpoint(checkpoint_path(run, e), epoch=e, model=model)
+            (root / "model.json").write_text(json.dumps(model.config.to_dict()))
+            code = (
+                "import json, resource, sys, glob\n"
+                "from stripe.record import collect\n"
+                f"files = sorted(glob.glob({str(run / 'checkpoints' / '*.pt')!r}))\n"
+                f"r = collect(None, checkpoints=files, model_config=json.load(open({str(root / 'model.json')!r})), "
+                f"dataset={dataset!r}, out={str(run / 'recording')!r}, probe={str(probe)!r}, device='cpu', progress=False)\n"
+                "print(json.dumps({'recorded': len(r.recorded), 'maxrss_mib': "
+                "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+            )
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"checkpoints": n, **res})
     return rows
 
 

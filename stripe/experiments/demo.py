@@ -50,7 +50,7 @@ def pick_dataset(data_root: str | None = None) -> tuple[str, str]:
 
 
 def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), data_root: str | None = None,
-             device: str | None = "auto", progress: bool = True, figures_out: str | Path | None = None) -> Path:
+             device: str | None = "auto", progress: bool = True) -> Path:
     """Run the whole chain into ``out`` (default ``<data dir>/demo``); returns the figures folder."""
     from .. import fsio
     from ..analysis import compute_tables, run_ablation, summary_text, write_tables
@@ -63,7 +63,7 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     from .compare import run_comparison, run_dir_of, variants
 
     out = fsio.claim_dir(Path(out) if out else default_data_dir() / "demo", "demo")
-    figures_out = Path(figures_out) if figures_out else default_figures_out(out)  # <demo>/figures
+    figures_out = default_figures_out(out)  # <demo>/figures
     times: dict[str, float] = {}
     t_all = time.perf_counter()
 

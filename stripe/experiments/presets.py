@@ -100,6 +100,9 @@ def zoo_cifar10_cpu(ctx: Context) -> None:
     zoo.run_campaign(ctx.out, jobs=ctx.notes.get("jobs", 2), sizes=zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO,
                      data_root=ctx.data_root, log=ctx.log, deadline=deadline,
                      only=ctx.notes.get("only"))
+    if any(zoo.is_done(Path(ctx.out), r) for r in zoo.zoo_runs()):  # the tables and figures of what is done
+        written = zoo.report(ctx.out, Path(ctx.out) / "report")["written"]
+        ctx.log({"stage": "zoo-report", "written": [str(p) for p in written]})
 
 
 def demo_cpu(ctx: Context) -> None:

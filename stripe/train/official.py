@@ -226,11 +226,11 @@ def state_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]
     return {k: tuple(v.shape) for k, v in state.items()}
 
 
-def state_mismatch(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]],
-                   few: int = 3) -> str | None:
+def state_mismatch(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]]) -> str | None:
     """None when ``have`` (the file) has exactly ``want``'s (the model's) keys and shapes, else one line:
     the counts and first ``few`` of the missing keys, of the unexpected keys and of the shape mismatches
     (both key lists always, each cut only at its own end)."""
+    few = 3
     missing = [k for k in want if k not in have]
     unexpected = [k for k in have if k not in want]
     shapes = [k for k in want if k in have and tuple(want[k]) != tuple(have[k])]

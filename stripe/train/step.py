@@ -1,7 +1,7 @@
 """One training step (eager, ``torch.compile`` or a whole-step CUDA graph) and the loss."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +26,8 @@ class TrainStep:
     Loss and correct counts accumulate on the device (no host sync per step).
     """
 
-    def __init__(self, model: nn.Module, opt: SGD, cfg: TrainConfig, device: torch.device,
-                 loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(self, model: nn.Module, opt: SGD, cfg: TrainConfig, device: torch.device) -> None:
         self.model, self.opt, self.cfg, self.device = model, opt, cfg, device
-        self.loss = loss or loss_fn
         self.sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss x batch, correct
         self.forward = model
         if cfg.compile in ("compile", "reduce-overhead"):
@@ -44,7 +42,7 @@ class TrainStep:
         self.opt.zero_grad()
         with autocast(self.device, self.cfg.precision):
             logits = self.forward(x)
-            loss = self.loss(logits.float(), y)
+            loss = loss_fn(logits.float(), y)
         loss.backward()
         self.opt.step()
         self.sums[0] += loss.detach().double() * y.shape[0]
