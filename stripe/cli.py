@@ -185,7 +185,8 @@ def bench_train(args: argparse.Namespace) -> int:
                                     paths=[p.strip() for p in args.paths.split(",") if p.strip()],
                                     repeats=args.repeats, steps=steps, warmup=args.warmup,
                                     batch_size=getattr(args, "train.batch_size"), device=args.device,
-                                    threads=args.threads)
+                                    threads=args.threads, dataset=getattr(args, "train.dataset"),
+                                    data_root=getattr(args, "train.data_root"))
         cols = ["model", "path", "images_per_s_min", "images_per_s_median", "speedup_vs_eager", "values"]
         print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         if args.out:

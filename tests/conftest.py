@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# `make test` runs the suite in one pytest-xdist worker per core: each worker then computes on one thread (and so do
+# the processes it starts), so workers do not oversubscribe the cores; a plain `pytest` uses two threads
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")

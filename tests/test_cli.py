@@ -57,6 +57,12 @@ def test_bench_train_collect_speed(capsys, tmp_path):
     assert "collection / plain" in capsys.readouterr().out
     assert main(["bench", "speed", "--model", "cifar_resnet8", "--attn", "se", "eca", "--batch", "2", "--repeats", "1",
                  "--device", "cpu", "--no-progress", "--out", str(tmp_path / "speed")]) == 0
+    # fresh processes per path; the default device ('auto') is resolved before the table is written
+    assert main(["bench", "train", "--compare", "--models", "cifar_resnet8", "--paths", "channels_last", *data, "--repeats", "1",
+                 "--steps", "2", "--warmup", "1", "--batch-size", "32", "--out", str(tmp_path / "paths.csv")]) == 0
+    paths = pd.read_csv(tmp_path / "paths.csv")
+    assert paths["path"].tolist() == ["eager", "channels_last"] and (paths["images_per_s_min"] > 0).all()
+    assert paths["speedup_vs_eager"].iloc[0] == 1.0
     speed = pd.read_csv(tmp_path / "speed" / "speed.csv")
     assert speed["variant"].tolist() == ["baseline", "attention", "asr-folded", "attention", "asr-folded"]
     assert (tmp_path / "speed" / "speed_table.png").is_file() and (tmp_path / "speed" / "speed.md").is_file()

@@ -84,8 +84,8 @@ def _path_overrides(path: str, device_type: str) -> dict[str, Any]:
 def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet164"), *, attn: str | None = "se",
                         asr: bool = False, paths: Sequence[str] = ("eager", "fast"), repeats: int = 3,
                         steps: dict[str, int] | int = 30, warmup: int = 5, batch_size: int = 128,
-                        device: str = "cpu", threads: int = 0, data_root: str | None = None,
-                        log=print) -> "pd.DataFrame":
+                        device: str = "cpu", threads: int = 0, dataset: str = "cifar10",
+                        data_root: str | None = None, log=print) -> "pd.DataFrame":
     """Training images/s of each path (eager fp32, the fast path, …) for each model, every measurement in a fresh
     process (so compile caches and allocator state do not carry over), interleaved: repeat r runs every
     (model, path) once before repeat r + 1 starts. Returns one row per (model, path): min, median and every
@@ -100,8 +100,9 @@ def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet
 
     if "eager" not in paths:
         paths = ("eager", *paths)
+    dev_type = resolve_device(device).type  # 'auto' is this machine's device
     for p in paths:
-        _path_overrides(p, "cpu")  # unknown names fail before anything runs
+        _path_overrides(p, dev_type)  # unknown names fail before anything runs
     values: dict[tuple[str, str], list[float]] = {}
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     for r in range(repeats):
@@ -109,7 +110,8 @@ def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet
             n = steps[model] if isinstance(steps, dict) else steps
             for p in paths:
                 job = {"model": model, "attn": attn, "asr": asr, "path": p, "steps": n, "warmup": warmup,
-                       "batch_size": batch_size, "device": device, "data_root": data_root, "threads": threads}
+                       "batch_size": batch_size, "device": device, "dataset": dataset, "data_root": data_root,
+                       "threads": threads}
                 proc = subprocess.run([sys.executable, "-m", "stripe.experiments.bench", json.dumps(job)],
                                       capture_output=True, text=True, env=env)
                 if proc.returncode != 0:
@@ -122,7 +124,7 @@ def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet
         eager = values[(model, "eager")]
         ratios = [a / b for a, b in zip(v, eager)]
         rows.append({"model": model, "attn": attn or "", "asr": asr, "path": p,
-                     **{k: val for k, val in _path_overrides(p, device.split(":")[0]).items()},
+                     **_path_overrides(p, dev_type),
                      "images_per_s_min": min(v), "images_per_s_median": statistics.median(v),
                      "values": " ".join(f"{x:.1f}" for x in v), "speedup_vs_eager": statistics.median(ratios)})
     return pd.DataFrame(rows)
@@ -136,7 +138,8 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(int(job["threads"]))
     dev = resolve_device(job["device"])
     cfg = TrainConfig(model=ModelConfig(job["model"], attn=job["attn"], asr=job["asr"]), epochs=1,
-                      batch_size=job["batch_size"], data_root=job.get("data_root"), train_subset=5000, test_subset=100,
+                      batch_size=job["batch_size"], dataset=job.get("dataset", "cifar10"), data_root=job.get("data_root"),
+                      train_subset=min(5000, (job["steps"] + job["warmup"]) * job["batch_size"]), test_subset=100,
                       probe_n=10, **_path_overrides(job["path"], dev.type))
     return train_speed(cfg, steps=job["steps"], warmup=job["warmup"], device=job["device"])
 
