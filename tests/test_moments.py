@@ -243,6 +243,21 @@ def test_stripe_index_constant_channels_is_one() -> None:
     assert same.stripe_index() == 1.0
 
 
+def test_stripe_index_of_values_that_are_not_finite_is_nan() -> None:
+    """A diverged model's attention (NaN or inf in a channel) has no stripe index; it must not read as S = 1."""
+    from stripe.record.moments import stripe_index_from_moments
+
+    a = np.tile(np.array([0.1, 0.5, 0.9, 0.3]), (50, 1))
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[7, 2] = bad
+        assert np.isnan(ChannelStats().update(b).stripe_index()), bad
+        mean, m2 = a.mean(0), np.zeros(4)
+        mean[2] = bad
+        assert np.isnan(stripe_index_from_moments(50, mean, m2)), bad
+    assert stripe_index_from_moments(50, a.mean(0), np.zeros(4)) == 1.0  # the finite case is unchanged
+
+
 def test_stripe_index_noise_near_zero() -> None:
     rng = np.random.default_rng(7)
     a = rng.normal(size=(2000, 64))

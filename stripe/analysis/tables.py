@@ -433,9 +433,11 @@ def _tap_table(groups: dict[tuple[str, str], dict[str, np.ndarray]], meta: pd.Da
     width = pd.to_numeric(df["hidden_width"]).to_numpy(dtype=np.float64, na_value=np.nan)
     dead_h = pd.to_numeric(df["dead_hidden"]).to_numpy(dtype=np.float64, na_value=np.nan)
     # every hidden unit dead: the gate is exactly constant across images, by the dead units, not by learning
-    df["flag"] = np.select([df["asr"].to_numpy(dtype=bool), sat > 0.5, (dead == channels) & (channels > 0),
+    # values that are not finite (NaN or inf: a diverged model) leave S undefined, not 1
+    nonfinite = df["stripe_after"].isna().to_numpy() & (pd.to_numeric(df["count"]).fillna(0).to_numpy() > 0)
+    df["flag"] = np.select([nonfinite, df["asr"].to_numpy(dtype=bool), sat > 0.5, (dead == channels) & (channels > 0),
                             (dead_h == width) & (width > 0)],
-                           ["asr", "saturated", "dead", "hidden_dead"], default="")
+                           ["nonfinite", "asr", "saturated", "dead", "hidden_dead"], default="")
     df["dead_channels"] = pd.array(df["dead_channels"], dtype="Int64")
     df["dead_hidden"] = pd.array(df["dead_hidden"], dtype="Int64")
     df["epoch"] = df["epoch"].astype(np.int64)
@@ -777,6 +779,10 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
                              "final pattern)")
             lines.append(text + ".")
     if taps is not None and len(taps):
+        bad = taps[taps["flag"] == "nonfinite"]
+        if len(bad):
+            lines.insert(0, f"Attention values not finite (NaN or inf: a diverged model) in {bad['tap'].nunique()} tap(s) at "
+                            f"epoch(s) {', '.join(str(e) for e in sorted(set(bad['epoch'])))}: their statistics are NaN.")
         final = taps[taps["epoch"] == taps["epoch"].max()]
         counts = final.loc[final["flag"].isin(["saturated", "dead", "hidden_dead"]), "flag"].value_counts()
         names = {"saturated": "saturated", "dead": "dead", "hidden_dead": "every hidden unit dead (a constant gate)"}

@@ -121,18 +121,19 @@ def constant_moments(v: torch.Tensor, counts: torch.Tensor) -> dict[str, torch.T
 
 
 def stripe_index_from_moments(count: Any, mean: Any, m2: Any) -> np.ndarray:
-    """Stripe index S = between-channel / total sum of squares, over the last axis (C)."""
+    """Stripe index S = between-channel / total sum of squares, over the last axis (C); 1.0 where both are 0 (a
+    constant vector), nan where a channel's moments are not finite (a diverged model) or nothing was counted."""
     count = np.asarray(count, dtype=np.float64)
     mean = np.asarray(mean, dtype=np.float64)
     m2 = np.asarray(m2, dtype=np.float64)
     if mean.shape[-1] == 0:
         return np.full(np.broadcast_shapes(count.shape, mean.shape[:-1]), np.nan)
-    within = m2.sum(axis=-1)
-    between = count * np.square(mean - mean.mean(axis=-1, keepdims=True)).sum(axis=-1)
-    denom = within + between
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite moments give nan
+        within = m2.sum(axis=-1)
+        between = count * np.square(mean - mean.mean(axis=-1, keepdims=True)).sum(axis=-1)
+        denom = within + between
         s = np.where(denom > 0, 1.0 - within / np.where(denom > 0, denom, 1.0), 1.0)
-    return np.where(count > 0, s, np.nan)
+    return np.where((count > 0) & np.isfinite(denom), s, np.nan)
 
 
 def mean_cosine_from_moments(count: Any, mean: Any, unit_sum: Any) -> np.ndarray:
@@ -301,10 +302,10 @@ def merge_fold_arrays(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, min: 
     count = np.asarray(count, dtype=np.int64)
     n = count.sum(axis=-1)  # [...]
     w = count.astype(np.float64)[..., None]  # [..., G, 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mu = np.where(n[..., None] > 0, (w * mean).sum(axis=-2) / np.maximum(n, 1)[..., None], 0.0)  # [..., C]
     live = w > 0
-    dev = np.where(live, np.square(mean - mu[..., None, :]), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # non-finite moments stay NaN/inf
+        mu = np.where(n[..., None] > 0, (w * mean).sum(axis=-2) / np.maximum(n, 1)[..., None], 0.0)  # [..., C]
+        dev = np.where(live, np.square(mean - mu[..., None, :]), 0.0)
     return {
         "count": n,
         "mean": mu,
