@@ -55,8 +55,9 @@ lab: install
 notebooks: install
 	$(BIN)/jupytext --update --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
+# one pytest-xdist worker per core, each test file in one worker (module fixtures are built once)
 test: install data-system browser-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean-venv:
 	rm -rf $(VENV)
