@@ -45,4 +45,12 @@ def test_zoo_report_of_a_dry_campaign(tmp_path):
     assert ((stripes["S_after_lo"] <= stripes["S_after"]) & (stripes["S_after"] <= stripes["S_after_hi"])).all()
     assert {"all", "stage"} == set(r["ablation"]["scope"])
     assert (tmp_path / "fig" / "zoo_stripes.png").stat().st_size > 10_000
+    from stripe.viz import figures
+
+    stages = {label: pd.read_csv(out / "results" / zoo.run_by_slug(label).slug / "recording" / "tables" / "stages.csv")
+              for label in ("+SE", "+ASR(SE)")}
+    fig = figures.zoo_stripes(stages)  # the ASR-only model gets no panel (it could only show a constant)
+    drawn = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in drawn] == ["+SE"] and "+ASR(SE)" in fig.get_suptitle()
+    assert [t.get_text() for t in drawn[0].get_yticklabels() if t.get_text()]  # the S axis keeps its numbers
     assert (tmp_path / "fig" / "zoo_accuracy.png").stat().st_size > 10_000

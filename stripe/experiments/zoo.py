@@ -369,7 +369,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     for name, df in (("accuracy", acc), ("stripes", pd.DataFrame(stripe_rows)), ("settling", pd.DataFrame(settle_rows)),
                      ("ablation", pd.DataFrame(abl_rows))):
         written.append(fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g")))
-    if stage_tables:
+    if any(not t["asr"].astype(bool).all() for t in stage_tables.values()):  # some run's attention reads its input
         written += figures.save_figure(figures.zoo_stripes(stage_tables), dest, "zoo_stripes", formats=("png",))
     if len(acc):
         written += figures.save_figure(figures.zoo_accuracy(acc), dest, "zoo_accuracy", formats=("png",))

@@ -906,8 +906,13 @@ def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str,
 
 def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
     """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
-    (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init; ASR taps are left out
-    (constant by construction), so an ASR-only model shows its input only where it has one."""
+    (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init. ASR taps are left out
+    (constant by construction): an ASR-only model (+ASR(att)) gets no panel, only a mention in the title."""
+    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stages.items()}
+    asr_only = [k for k, v in kept.items() if v.empty]
+    stages = {k: v for k, v in kept.items() if not v.empty}
+    if not stages:
+        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
     labels = list(stages)
     cols = 4
     rows = -(-len(labels) // cols)
@@ -917,7 +922,6 @@ def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
         axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
         for ax, label in zip(axes, labels):
             df = stages[label]
-            df = df[~df["asr"].astype(bool)] if "asr" in df.columns else df
             for i, (stage, g) in enumerate(df.groupby("stage")):
                 g = g.sort_values("epoch")
                 ax.plot(g["epoch"], g["stripe_after"], color=palette[i % 3], lw=1.6, label=f"stage {stage}")
@@ -925,8 +929,6 @@ def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
             ax.set_title(label, fontsize="small")
             ax.set_ylim(0, 1.02)
             _epoch_axis(ax, df["epoch"].tolist())
-            if df.empty:
-                _empty(ax, "ASR taps only (constant by construction)")
         for ax in axes[len(labels):]:
             ax.set_visible(False)
         axes[0].set_ylabel("stripe index S")
@@ -934,7 +936,8 @@ def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
         handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
                     Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small")
-        fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)")
+        fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)"
+                     + (f"\nnot drawn, ASR taps only (constant by construction): {', '.join(asr_only)}" if asr_only else ""))
     return fig
 
 
