@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -128,6 +129,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     trained = [r["test_acc"] for r in rows if r["epoch"] >= 1]
     best = f"{max(trained):.2f}%" if trained else "n/a"
     status = "already finished; nothing to train" if finished else "done"
+    data = json.loads((out / "config.json").read_text()).get("data", {})
+    if data.get("source"):
+        print(f"data: {data.get('dataset')} from {data['source']} ({data.get('train_n', '?')} training images, "
+              f"{data.get('test_n', '?')} test images)")
     print(f"run: {out}  {status}: epoch {last['epoch']}/{cfg.epochs}, final test top-1 {last['test_acc']:.2f}% "
           f"(deployed model), best {best}" + (f"; recording: {out / 'recording'}" if args.record else ""))
     return 0

@@ -1,6 +1,8 @@
 """The command line at tiny sizes: models, fold, ablate and every bench subcommand."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -36,6 +38,8 @@ def test_fold_one_and_all(capsys):
 def test_ablate_every_scope(capsys, tmp_path):
     run = tmp_path / "run"
     assert main(["train", *cli_args(tiny_cfg(epochs=1, asr=False)), "--out", str(run)]) == 0
+    said = capsys.readouterr().out  # which data files it read
+    assert f"from {json.loads((run / 'config.json').read_text())['data']['source']}" in said, said
     assert main(["ablate", str(run), "--scope", "all,stage,tap", "--device", "cpu", "--no-progress"]) == 0
     table = pd.read_csv(run / "ablation" / "ablation.csv")
     assert table["scope"].tolist() == ["none", "all", "stage", "stage", "stage", "tap", "tap", "tap"]
