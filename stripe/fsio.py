@@ -30,7 +30,7 @@ from typing import IO, Any, Callable
 
 import torch
 
-from .errors import RefusedError, StripeError, UserError
+from .errors import NotFoundError, RefusedError, StripeError, UserError
 
 
 class WriteError(StripeError, OSError):
@@ -112,6 +112,19 @@ def read_json(path: str | os.PathLike[str], what: str = "") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what + ' ' if what else ''}{path}: not JSON ({e})") from None
+
+
+def require_file(path: str | os.PathLike[str], name: str, what: str, error: type[Exception] = UserError) -> Path:
+    """``path`` if it is a non-empty file; else ``error`` (a missing file: NotFoundError) in one line that starts
+    with ``name`` and says it is a folder, missing or empty, ``what`` naming the file expected ("a weights file")."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{name}: is a folder, not {what}")
+    if not path.is_file():
+        raise NotFoundError(f"{name}: no such file")
+    if path.stat().st_size == 0:
+        raise error(f"{name}: the file is empty (0 bytes), not {what}")
+    return path
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:

@@ -100,7 +100,7 @@ def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet
 
     if "eager" not in paths:
         paths = ("eager", *paths)
-    dev_type = resolve_device(device).type  # 'auto' is this machine's device
+    dev_type = resolve_device(device).type  # 'auto' resolves to CUDA when present, else the CPU
     for p in paths:
         _path_overrides(p, dev_type)  # unknown names fail before anything runs
     values: dict[tuple[str, str], list[float]] = {}

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import NotFoundError, UserError
+from ..errors import UserError
+from ..fsio import require_file
 from .weights import CheckpointError, read_weights
 
 SOURCE_KINDS = ("torchvision", "timm", "onnx")
@@ -159,13 +160,7 @@ def constants_to_initializers(model_proto: Any) -> int:
 def load_onnx(path: str | Path) -> nn.Module:
     """An ONNX file as a ``torch.fx.GraphModule`` (onnx2torch), in eval mode."""
     spec = f"onnx:{path}"
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"model source {spec!r}: is a folder, not an ONNX file")
-    if not path.is_file():
-        raise NotFoundError(f"model source {spec!r}: no such file")
-    if path.stat().st_size == 0:
-        raise UserError(f"model source {spec!r}: the file is empty (0 bytes), not an ONNX model")
+    path = require_file(path, f"model source {spec!r}", "an ONNX file")
     onnx = _need("onnx", spec)
     onnx2torch = _need("onnx2torch", spec)
     try:

@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 import torch
 
-from ..errors import NotFoundError, UserError
+from ..errors import UserError
+from ..fsio import require_file
 
 #: the format tag of this package's checkpoint files (written by :func:`stripe.train.save_checkpoint`)
 CHECKPOINT_FORMAT = "stripe-checkpoint/1"
@@ -67,12 +68,7 @@ def read_weights(path: str | Path, *, map_location: str | torch.device = "cpu", 
     (and ``option``, e.g. ``--weights``, when given)."""
     path = Path(path)
     name = f"{option} {path}" if option else str(path)
-    if path.is_dir():
-        raise CheckpointError(f"{name}: is a folder, not a weights file")
-    if not path.is_file():
-        raise NotFoundError(f"{name}: no such file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{name}: the file is empty (0 bytes)")
+    require_file(path, name, "a weights file", CheckpointError)
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated zip, a bad pickle, code in the file: one line
