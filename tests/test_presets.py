@@ -237,10 +237,15 @@ def test_zoo_campaign_dry_run_checks_the_fold_and_continues(tmp_path, capsys):
         with np.load(out / "results" / slug / "predictions.npz") as z:
             assert len(z["pred"]) == done["predictions"]["n_test"] == zoo.ZOO_DRY.test_subset
     assert (out / "results" / "plus_se" / "ablation" / "ablation.csv").is_file()
+    log = (out / "logs" / "plus_se.log").read_text()  # one line per epoch tells how far a run is
+    assert "+SE: epoch 0/2, test top-1" in log and "+SE: epoch 2/2, loss" in log
     fold = json.loads((out / "results" / "plus_asr_se" / "DONE.json").read_text())["fold"]
     assert fold["changed_predictions"] == 0 and fold["max_abs_logit_diff"] < 1e-4
     assert fold["params_deployed"] == fold["params_baseline"] < fold["params_trained"]
     before = (out / "measurements.jsonl").read_text()
+    env = json.loads(before.splitlines()[0])  # the sizes that govern the zoo, not another preset's
+    assert env["stage"] == "env" and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.__dict__))
+    assert "campaign" not in env  # gpu-quick's options
     assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--out", str(out),
                  "--no-progress"]) == 0
     added = (out / "measurements.jsonl").read_text()[len(before):]

@@ -44,6 +44,20 @@ def test_zoo_report_of_a_dry_campaign(tmp_path):
     assert set(stripes["run"]) == {"+SE"} and set(stripes["stage"]) == {1, 2, 3}  # an ASR-only model: no such rows
     assert ((stripes["S_after_lo"] <= stripes["S_after"]) & (stripes["S_after"] <= stripes["S_after_hi"])).all()
     assert {"all", "stage"} == set(r["ablation"]["scope"])
+    settle = r["settling"].set_index("run")
+    taps_se = pd.read_csv(out / "results" / "plus_se" / "recording" / "tables" / "taps.csv")
+    last = taps_se[taps_se["epoch"] == taps_se["epoch"].max()]
+    assert settle.loc["+SE", "S_after_tap_min"] == pytest.approx(last["stripe_after"].min())
+    assert settle.loc["+SE", "S_after_tap_max"] == pytest.approx(last["stripe_after"].max())
+    assert np.isnan(settle.loc["+ASR(SE)", "S_after_tap_min"])  # ASR taps only: nothing that reads the input
+    md = (tmp_path / "fig" / "zoo_report.md").read_text()  # the same tables as Markdown
+    a = acc.loc["+ASR(SE)"]
+    assert f"| +ASR(SE) | {a['params_trained']:,} | {a['params_deployed']:,} | {a['top1']:.2f} [{a['top1_lo']:.2f}, " \
+           f"{a['top1_hi']:.2f}] | {a['mcnemar_p_vs_att']:.2g} |" in md
+    for row in r["ablation"].to_dict("records"):
+        assert f"| +SE | {row['target']} | {row['n_taps']} | {row['test_acc']:.2f} | {row['delta']:+.2f} | " \
+               f"{row['changed']} ({row['gained']} / {row['lost']}) |" in md
+    assert md.count("| +SE | ") == len(r["stripes"]) + 1 + len(r["ablation"]) + 1  # + Table 1 and settling rows
     assert (tmp_path / "fig" / "zoo_stripes.png").stat().st_size > 10_000
     from stripe.viz import figures
 

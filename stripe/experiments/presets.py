@@ -113,6 +113,18 @@ def demo_cpu(ctx: Context) -> None:
              progress=ctx.progress)
 
 
+def _demo_sizes(dry_run: bool) -> Any:
+    from .demo import TINY, DemoConfig
+
+    return TINY if dry_run else DemoConfig()
+
+
+def _zoo_sizes(dry_run: bool) -> Any:
+    from . import zoo
+
+    return zoo.ZOO_DRY if dry_run else zoo.ZOO
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named experiment: its function, default budget (s), sizes, dry-run sizes, and whether it needs CUDA."""
@@ -122,12 +134,14 @@ class Preset:
     sizes: Sizes
     dry: Sizes
     needs_cuda: bool = False
+    #: the sizes that govern the preset when they are not ``sizes`` (its own config; argument: dry run)
+    own_sizes: Callable[[bool], Any] | None = None
 
 
 PRESETS: dict[str, Preset] = {
-    "demo-cpu": Preset(demo_cpu, 3600, CPU20, CPU20_DRY),
+    "demo-cpu": Preset(demo_cpu, 3600, CPU20, CPU20_DRY, own_sizes=_demo_sizes),
     "cifar10-resnet20-cpu": Preset(cifar10_resnet20_cpu, 4 * 3600, CPU20, CPU20_DRY),
-    "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY),
+    "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY, own_sizes=_zoo_sizes),
     "gpu-quick": Preset(gpu_quick, 540, GPU, GPU_DRY, needs_cuda=True),
     "paper-cifar10": Preset(paper_cifar10, 7 * 24 * 3600, replace(GPU, epochs=164), replace(GPU_DRY, epochs=2),
                             needs_cuda=True),
@@ -187,7 +201,8 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
         ctx.log({"stage": "env", "preset": name, "stripe": __version__, "torch": torch.__version__,
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,
                  "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else platform.processor() or "cpu",
-                 "data": sentence, "sizes": sizes.__dict__, "campaign": ctx.campaign.__dict__})
+                 "data": sentence, "sizes": (preset.own_sizes(dry_run) if preset.own_sizes else sizes).__dict__,
+                 **({"campaign": ctx.campaign.__dict__} if name == "gpu-quick" else {})})
         failed = False
         try:
             preset.run(ctx)

@@ -166,7 +166,7 @@ def run_one(run: ZooRun, out: str | Path, *, sizes: ZooSizes = ZOO, data_root: s
     t0 = time.perf_counter()
     rec = OnlineRecorder(raw_n=sizes.raw_n) if cfg.model.attn else None
     rows = train(cfg, run_dir, resume=(run_dir / "config.json").exists(), device=device, progress=progress,
-                 callbacks=[rec] if rec else [])
+                 callbacks=([rec] if rec else []) + [_EpochLine(run.label, cfg.epochs)])
     done: dict[str, Any] = {"label": run.label, "slug": run.slug, "epochs": rows[-1]["epoch"],
                             "train_wall_s": time.perf_counter() - t0, "record_s": rec.seconds if rec else 0.0,
                             "threads": _threads(), "fast_path": sizes.fast}
@@ -190,6 +190,21 @@ def run_one(run: ZooRun, out: str | Path, *, sizes: ZooSizes = ZOO, data_root: s
     done["wall_s"] = time.perf_counter() - t0
     fsio.write_json(dest / "DONE.json", done)
     return done
+
+
+class _EpochLine:
+    """Prints one line per finished epoch (the worker's log: how far a run is)."""
+
+    def __init__(self, label: str, epochs: int):
+        self.label, self.epochs = label, epochs
+
+    def on_checkpoint(self, state: Any) -> None:
+        r = state.row
+        if state.epoch == 0:
+            print(f"{self.label}: epoch 0/{self.epochs}, test top-1 {r['test_acc']:.2f}%", flush=True)
+        else:
+            print(f"{self.label}: epoch {state.epoch}/{self.epochs}, loss {r['train_loss']:.3f}, test top-1 "
+                  f"{r['test_acc']:.2f}%, {r['images_per_s']:.0f} images/s, {r['epoch_seconds']:.0f} s", flush=True)
 
 
 def _threads() -> int:
@@ -303,8 +318,8 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     """The campaign's tables and figures from ``out/results`` (whatever runs are done): accuracy in the paper's
     Table 1 form (parameters, CPU inference images/s when ``speed`` is given, top-1 with its Wilson interval,
     McNemar against +att and against the baseline), the stripe table per stage at epochs 1, mid and last, the
-    settling epochs, flags and hidden widths, and the ablation; ``zoo_*.csv``, ``zoo_*.md`` and two figures in
-    ``dest``. Returns what it wrote and the tables."""
+    settling epochs, flags and hidden widths, and the ablation; ``zoo_*.csv``, the same as Markdown in
+    ``zoo_report.md``, and two figures in ``dest``. Returns what it wrote and the tables."""
     import pandas as pd
 
     from ..analysis import paired_counts
@@ -339,17 +354,24 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
             conv = pd.read_csv(tables / "convergence.csv")
             taps = pd.read_csv(tables / "taps.csv")
             last = taps[taps["epoch"] == taps["epoch"].max()]
+            live = last[~last["asr"].astype(bool)]
             settle_rows.append({
                 "run": r.label, "taps": len(conv), "settled": int(conv["settled"].sum()),
                 "settle_epoch_median": conv["settle_epoch"].median(),
+                "converged": int(conv["converged"].fillna(False).astype(bool).sum()),
+                "S_after_tap_min": live["stripe_after"].min() if len(live) else np.nan,
+                "S_after_tap_max": live["stripe_after"].max() if len(live) else np.nan,
+                "dead_channels": int(last["dead_channels"].fillna(0).sum()),
+                "saturated_channels": int(round(float((last["saturated_frac"].fillna(0) * last["channels"]).sum()))),
                 "flags": ", ".join(f"{k} {v}" for k, v in last["flag"].fillna("").value_counts().items() if k),
                 "hidden_widths": "/".join(str(int(w)) for w in sorted(set(last["hidden_width"].dropna())))
                 if "hidden_width" in last else "",
                 "dead_hidden": int(last["dead_hidden"].fillna(0).sum()) if "dead_hidden" in last else None})
         if (res / slug / "ablation" / "ablation.csv").is_file():
             abl = pd.read_csv(res / slug / "ablation" / "ablation.csv")
-            abl_rows += [{"run": r.label, "scope": a.scope, "target": a.target, "test_acc": a.test_acc,
-                          "delta": a.delta, "changed": a.changed, "mcnemar_p": a.mcnemar_p}
+            abl_rows += [{"run": r.label, "scope": a.scope, "target": a.target, "n_taps": a.n_taps,
+                          "test_acc": a.test_acc, "delta": a.delta, "changed": a.changed, "gained": a.gained,
+                          "lost": a.lost, "mcnemar_p": a.mcnemar_p}
                          for a in abl.itertuples() if a.scope != "none"]
     by_label = {r.label: r for r in done.values()}
     for row in acc_rows:
@@ -361,17 +383,73 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
                 if ok else np.nan
     acc = pd.DataFrame(acc_rows)
     if speed is not None and len(acc):
-        ips = {(row.attn, row.variant): row.images_per_s for row in speed.itertuples()}
+        ips = {(row.attn if isinstance(row.attn, str) else "", row.variant): row.images_per_s
+               for row in speed.itertuples()}  # a baseline's attn is '' (NaN when read from a CSV)
         acc["infer_images_per_s"] = [ips.get((a, "asr-folded" if s else "attention" if a else "baseline"),
                                          ips.get(("", "baseline"))) if a or not s else np.nan
                                      for a, s in zip(acc["attn"], acc["asr"])]
-    written = []
-    for name, df in (("accuracy", acc), ("stripes", pd.DataFrame(stripe_rows)), ("settling", pd.DataFrame(settle_rows)),
-                     ("ablation", pd.DataFrame(abl_rows))):
-        written.append(fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g")))
+    tables = {"accuracy": acc, "stripes": pd.DataFrame(stripe_rows), "settling": pd.DataFrame(settle_rows),
+              "ablation": pd.DataFrame(abl_rows)}
+    written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
+               for name, df in tables.items()]
+    written.append(fsio.write_text(dest / "zoo_report.md", report_markdown(tables)))
     if any(not t["asr"].astype(bool).all() for t in stage_tables.values()):  # some run's attention reads its input
         written += figures.save_figure(figures.zoo_stripes(stage_tables), dest, "zoo_stripes", formats=("png",))
     if len(acc):
         written += figures.save_figure(figures.zoo_accuracy(acc), dest, "zoo_accuracy", formats=("png",))
-    return {"written": written, "accuracy": acc, "stripes": pd.DataFrame(stripe_rows),
-            "settling": pd.DataFrame(settle_rows), "ablation": pd.DataFrame(abl_rows)}
+    return {"written": written, **tables}
+
+
+def _cell(x: Any, fmt: str) -> str:
+    """A number for a Markdown cell; '—' when missing."""
+    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+
+
+def _interval(x: Any, lo: Any, hi: Any, fmt: str = ".3f") -> str:
+    return "—" if x is None or np.isnan(x) else f"{x:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
+    """The report's tables as Markdown (what ``zoo_report.md`` holds): the paper's Table 1 form, the stripe
+    table per run and stage, settling and flags, the ablation."""
+    import pandas as pd
+
+    acc, stripes, settle, abl = (tables[k] for k in ("accuracy", "stripes", "settling", "ablation"))
+    md = ["# The attention zoo: tables of the finished runs", "",
+          "## Table 1 form", "",
+          "| run | params trained | params deployed | top-1 % [95% Wilson] | McNemar p vs +att | McNemar p vs baseline "
+          "| inference images/s | fold: changed predictions, max abs logit diff |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in acc.to_dict("records"):
+        fold = "—" if pd.isna(r.get("fold_changed_predictions")) else \
+            f"{int(r['fold_changed_predictions'])}, {r['fold_max_abs_logit_diff']:.1e}"
+        md.append(f"| {r['run']} | {r['params_trained']:,} | {r['params_deployed']:,} | "
+                  f"{_interval(r['top1'], r['top1_lo'], r['top1_hi'], '.2f')} | {_cell(r['mcnemar_p_vs_att'], '.2g')} | "
+                  f"{_cell(r['mcnemar_p_vs_baseline'], '.2g')} | {_cell(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
+    md += ["", "## Stripes (S of the attention after, and of its pooled input before; stage means, 95% jackknife "
+           "intervals over the probe folds)", ""]
+    if len(stripes):
+        md += ["| run | epoch | stage | S after | S before |", "|---|---:|---:|---:|---:|"]
+        md += [f"| {r['run']} | {r['epoch']} | {r['stage']} | {_interval(r['S_after'], r['S_after_lo'], r['S_after_hi'])} "
+               f"| {_interval(r['S_before'], r['S_before_lo'], r['S_before_hi'])} |" for r in stripes.to_dict("records")]
+    else:
+        md.append("No finished run has attention that reads its input.")
+    md += ["", "## Settling, convergence and flags (last epoch)", ""]
+    if len(settle):
+        md += ["| run | taps | settled | median settling epoch | converged (S > 0.9, settled) | S after per tap "
+               "| dead channels | saturated channels | hidden widths | dead hidden units | flags |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
+        for r in settle.to_dict("records"):
+            span = "—" if pd.isna(r["S_after_tap_min"]) else f"{r['S_after_tap_min']:.2f}–{r['S_after_tap_max']:.2f}"
+            md.append(f"| {r['run']} | {r['taps']} | {r['settled']} | {_cell(r['settle_epoch_median'], 'g')} | "
+                      f"{r['converged']} | {span} | {r['dead_channels']} | {r['saturated_channels']} | "
+                      f"{r['hidden_widths'] or '—'} | {_cell(r['dead_hidden'], 'g')} | {r['flags'] or '—'} |")
+    md += ["", "## Ablation (attention replaced by its probe-set mean, folded into BN; the full test set)", ""]
+    if len(abl):
+        md += ["| run | replaced | taps | test top-1 % | change (points) | predictions changed (gained / lost) "
+               "| McNemar p |", "|---|---|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['run']} | {r['target']} | {r['n_taps']} | {r['test_acc']:.2f} | {r['delta']:+.2f} | "
+               f"{r['changed']} ({r['gained']} / {r['lost']}) | {r['mcnemar_p']:.2g} |" for r in abl.to_dict("records")]
+    else:
+        md.append("No finished run with input-dependent attention has been ablated yet.")
+    return "\n".join(md) + "\n"
