@@ -243,6 +243,10 @@ def test_zoo_campaign_dry_run_checks_the_fold_and_continues(tmp_path, capsys):
     assert fold["changed_predictions"] == 0 and fold["max_abs_logit_diff"] < 1e-4
     assert fold["params_deployed"] == fold["params_baseline"] < fold["params_trained"]
     before = (out / "measurements.jsonl").read_text()
+    with tarfile.open(out / "results.tar.gz") as tar:  # the small results travel, the runs' recordings stay
+        names = tar.getnames()
+    assert "results/plus_se/DONE.json" in names and "logs/plus_se.log" in names and "measurements.jsonl" in names
+    assert not [n for n in names if n.startswith("runs/")]
     env = json.loads(before.splitlines()[0])  # the sizes that govern the zoo, not another preset's
     assert env["stage"] == "env" and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.__dict__))
     assert "campaign" not in env  # gpu-quick's options

@@ -8,15 +8,17 @@ import json
 import tarfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 from .. import fsio
 
 
-def _members(out: Path, archive: Path) -> list[Path]:
-    """The files that travel: everything under ``out`` but the archive, hidden files and checkpoints (looked for
-    inside ``out``, wherever ``out`` itself lies)."""
+def _members(out: Path, archive: Path, only: Sequence[str] | None = None) -> list[Path]:
+    """The files that travel: everything under ``out`` (under its entries ``only`` when given) but the archive,
+    hidden files and checkpoints (looked for inside ``out``, wherever ``out`` itself lies)."""
     return [p for p in sorted(out.rglob("*")) if p.is_file() and p != archive and not p.name.startswith(".")
-            and "checkpoints" not in p.relative_to(out).parts]
+            and "checkpoints" not in p.relative_to(out).parts
+            and (only is None or p.relative_to(out).parts[0] in only)]
 
 
 def _thinned(out: Path, size: int, limit: float) -> tuple[set[Path], dict[Path, bytes], list[str]]:
@@ -50,8 +52,9 @@ def _thinned(out: Path, size: int, limit: float) -> tuple[set[Path], dict[Path, 
     return drop, replaced, thinned
 
 
-def pack(out: Path, limit_mib: float | None = None) -> Path:
-    """Everything under ``out`` except checkpoints, as ``out/results.tar.gz``; with ``limit_mib``, kept under it.
+def pack(out: Path, limit_mib: float | None = None, *, only: Sequence[str] | None = None) -> Path:
+    """Everything under ``out`` except checkpoints, as ``out/results.tar.gz``; with ``limit_mib``, kept under it;
+    with ``only``, just those entries of ``out`` (a preset whose results are small files beside its runs).
 
     When the files would weigh more than ``limit_mib``, the largest recordings travel thinned until they fit:
     only their last epoch's statistics and raw vectors, with their tables of every epoch (computed first where a
@@ -63,12 +66,12 @@ def pack(out: Path, limit_mib: float | None = None) -> Path:
     replaced: dict[Path, bytes] = {}
     thinned: list[str] = []
     if limit_mib is not None:
-        size = sum(p.stat().st_size for p in _members(out, archive))
+        size = sum(p.stat().st_size for p in _members(out, archive, only))
         drop, replaced, thinned = _thinned(out, size, limit_mib * 2**20)
 
     def write(f) -> None:  # into a temporary file renamed over the old archive: a full disk keeps the old one
         with tarfile.open(fileobj=f, mode="w:gz") as tar:
-            for p in _members(out, archive):  # again: tables written while thinning travel too
+            for p in _members(out, archive, only):  # again: tables written while thinning travel too
                 if p in drop:
                     continue
                 if p in replaced:

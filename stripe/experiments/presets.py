@@ -136,12 +136,15 @@ class Preset:
     needs_cuda: bool = False
     #: the sizes that govern the preset when they are not ``sizes`` (its own config; argument: dry run)
     own_sizes: Callable[[bool], Any] | None = None
+    #: the entries of the output folder that ``results.tar.gz`` holds (None: all but checkpoints)
+    travels: tuple[str, ...] | None = None
 
 
 PRESETS: dict[str, Preset] = {
     "demo-cpu": Preset(demo_cpu, 3600, CPU20, CPU20_DRY, own_sizes=_demo_sizes),
     "cifar10-resnet20-cpu": Preset(cifar10_resnet20_cpu, 4 * 3600, CPU20, CPU20_DRY),
-    "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY, own_sizes=_zoo_sizes),
+    "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY, own_sizes=_zoo_sizes,
+                              travels=("results", "report", "logs", "measurements.jsonl")),
     "gpu-quick": Preset(gpu_quick, 540, GPU, GPU_DRY, needs_cuda=True),
     "paper-cifar10": Preset(paper_cifar10, 7 * 24 * 3600, replace(GPU, epochs=164), replace(GPU_DRY, epochs=2),
                             needs_cuda=True),
@@ -211,6 +214,6 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
             ctx.log({"stage": "error", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
         finally:
             ctx.log({"stage": "done", "wall_s": round(ctx_budget.used(), 1)})
-            archive = pack(out, archive_mib)
+            archive = pack(out, archive_mib, only=preset.travels)
             print(f"archive: {archive} ({archive.stat().st_size / 2**20:.1f} MiB)")
     return 1 if failed else 0

@@ -385,9 +385,8 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     if speed is not None and len(acc):
         ips = {(row.attn if isinstance(row.attn, str) else "", row.variant): row.images_per_s
                for row in speed.itertuples()}  # a baseline's attn is '' (NaN when read from a CSV)
-        acc["infer_images_per_s"] = [ips.get((a, "asr-folded" if s else "attention" if a else "baseline"),
-                                         ips.get(("", "baseline"))) if a or not s else np.nan
-                                     for a, s in zip(acc["attn"], acc["asr"])]
+        acc["infer_images_per_s"] = [ips.get((a, "asr-folded" if s else "attention" if a else "baseline"), np.nan)
+                                     for a, s in zip(acc["attn"], acc["asr"])]  # NaN: not in the speed table
     tables = {"accuracy": acc, "stripes": pd.DataFrame(stripe_rows), "settling": pd.DataFrame(settle_rows),
               "ablation": pd.DataFrame(abl_rows)}
     written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
