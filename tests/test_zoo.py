@@ -68,3 +68,22 @@ def test_zoo_report_of_a_dry_campaign(tmp_path):
     assert [ax.get_title() for ax in drawn] == ["+SE"] and "+ASR(SE)" in fig.get_suptitle()
     assert [t.get_text() for t in drawn[0].get_yticklabels() if t.get_text()]  # the S axis keeps its numbers
     assert (tmp_path / "fig" / "zoo_accuracy.png").stat().st_size > 10_000
+
+
+def test_zoo_accuracy_figure_puts_each_module_and_the_width_control_on_its_own_tick():
+    """One tick per (module, reduction), +att left of +ASR(att), every point inside the axis; the legend names
+    each kind once, also when the first module has only one of them."""
+    from stripe.viz import figures
+
+    rows = [("baseline", "", False, None, 80.7), ("+CBAM", "cbam", False, None, 79.3), ("+SE", "se", False, None, 81.2),
+            ("+ASR(SE)", "se", True, None, 80.4), ("+SE r=4", "se", False, 4, 81.0), ("+ASR(SE) r=4", "se", True, 4, 80.1)]
+    acc = pd.DataFrame([{"run": r, "attn": a, "asr": s, "reduction": red, "top1": t, "top1_lo": t - 0.8,
+                         "top1_hi": t + 0.8} for r, a, s, red, t in rows])
+    fig = figures.zoo_accuracy(acc)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["CBAM", "SE", "SE r=4"]
+    xs = sorted(float(c.lines[0].get_xdata()[0]) for c in ax.containers)  # one errorbar per run
+    assert xs == pytest.approx([-0.15, 0.85, 1.15, 1.85, 2.15])
+    lo, hi = ax.get_xlim()
+    assert lo < xs[0] and xs[-1] < hi
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["+ASR(att)", "+att", "baseline 80.70%"]

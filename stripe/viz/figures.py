@@ -945,7 +945,8 @@ def zoo_accuracy(acc: pd.DataFrame) -> Figure:
     """Final test top-1 with its 95% Wilson interval per run: the baseline as a band, +att and +ASR(att) side by
     side for each module."""
     require_columns(acc, ["run", "attn", "asr", "top1", "top1_lo", "top1_hi"], "zoo accuracy table")
-    modules = [a for a in dict.fromkeys(acc["attn"]) if a]
+    red = acc["reduction"].fillna(0).astype(int) if "reduction" in acc else pd.Series(0, index=acc.index)
+    groups = [g for g in dict.fromkeys(zip(acc["attn"], red)) if g[0]]  # (module, reduction): SE r=4 on its own
     base = acc[acc["attn"] == ""]
     with _theme():
         fig = _figure("zoo_accuracy")
@@ -953,17 +954,16 @@ def zoo_accuracy(acc: pd.DataFrame) -> Figure:
         if len(base):
             b = base.iloc[0]
             ax.axhspan(b["top1_lo"], b["top1_hi"], color="0.85", zorder=0, label=f"baseline {b['top1']:.2f}%")
-        ticks = []
-        for i, m in enumerate(modules):
-            g = acc[acc["attn"] == m]
+        labelled: set[str] = set()
+        for i, (m, r_) in enumerate(groups):
+            g = acc[(acc["attn"] == m) & (red == r_)]
             for j, (asr, name, color) in enumerate(((False, "+att", "#dd8452"), (True, "+ASR(att)", "#4c72b0"))):
-                for k, r in enumerate(g[g["asr"].astype(bool) == asr].itertuples()):
-                    x = i + (j - 0.5) * 0.3 + k * 0.08
-                    ax.errorbar([x], [r.top1], yerr=[[r.top1 - r.top1_lo], [r.top1_hi - r.top1]], fmt="o",
-                                color=color, capsize=3, label=name if i == 0 and k == 0 else None)
-            ticks.append(m.upper() + (" (r=4 too)" if (g["reduction"].fillna(0) > 0).any() else "")
-                         if "reduction" in g else m.upper())
-        ax.set_xticks(range(len(modules)), ticks)
+                for r in g[g["asr"].astype(bool) == asr].itertuples():
+                    ax.errorbar([i + (j - 0.5) * 0.3], [r.top1], yerr=[[r.top1 - r.top1_lo], [r.top1_hi - r.top1]],
+                                fmt="o", color=color, capsize=3, label=None if name in labelled else name)
+                    labelled.add(name)
+        ax.set_xticks(range(len(groups)), [m.upper() + (f" r={r_}" if r_ else "") for m, r_ in groups])
+        ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_ylabel("final test top-1 (%)")
         ax.legend(loc="best", fontsize="small")
         fig.suptitle("Final test top-1 per module, 95% Wilson intervals: +att, +ASR(att) and the baseline (band)")
