@@ -10,7 +10,7 @@ predictions = trained predictions, deployed parameters = the baseline's). Two mo
 ResNet-164's at r = 16.
 
 Each run is one worker process (``python -m stripe.experiments.zoo RUN …``); ``jobs`` workers run side by
-side with the cores split between them (on 2 cores two single-thread workers train ~15 % more images/s
+side with the cores split between them (on 2 cores two single-thread workers train 7-39 % more images/s
 in all than one two-thread process). A finished run copies its small outputs into
 ``OUT/results/SLUG/`` and writes ``DONE.json`` there; a run whose ``DONE.json`` exists is skipped, so a
 campaign continues from committed results: copy them to ``OUT/results/`` and run the preset again.
