@@ -399,12 +399,12 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     return {"written": written, **tables}
 
 
-def _cell(x: Any, fmt: str) -> str:
+def _md_cell(x: Any, fmt: str) -> str:
     """A number for a Markdown cell; '—' when missing."""
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
-def _interval(x: Any, lo: Any, hi: Any, fmt: str = ".3f") -> str:
+def _md_interval(x: Any, lo: Any, hi: Any, fmt: str = ".3f") -> str:
     return "—" if x is None or np.isnan(x) else f"{x:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
@@ -422,15 +422,17 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
     for r in acc.to_dict("records"):
         fold = "—" if pd.isna(r.get("fold_changed_predictions")) else \
             f"{int(r['fold_changed_predictions'])}, {r['fold_max_abs_logit_diff']:.1e}"
-        md.append(f"| {r['run']} | {r['params_trained']:,} | {r['params_deployed']:,} | "
-                  f"{_interval(r['top1'], r['top1_lo'], r['top1_hi'], '.2f')} | {_cell(r['mcnemar_p_vs_att'], '.2g')} | "
-                  f"{_cell(r['mcnemar_p_vs_baseline'], '.2g')} | {_cell(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
+        top1 = _md_interval(r["top1"], r["top1_lo"], r["top1_hi"], ".2f")
+        md.append(f"| {r['run']} | {r['params_trained']:,} | {r['params_deployed']:,} | {top1} | "
+                  f"{_md_cell(r['mcnemar_p_vs_att'], '.2g')} | {_md_cell(r['mcnemar_p_vs_baseline'], '.2g')} | "
+                  f"{_md_cell(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
     md += ["", "## Stripes (S of the attention after, and of its pooled input before; stage means, 95% jackknife "
            "intervals over the probe folds)", ""]
     if len(stripes):
         md += ["| run | epoch | stage | S after | S before |", "|---|---:|---:|---:|---:|"]
-        md += [f"| {r['run']} | {r['epoch']} | {r['stage']} | {_interval(r['S_after'], r['S_after_lo'], r['S_after_hi'])} "
-               f"| {_interval(r['S_before'], r['S_before_lo'], r['S_before_hi'])} |" for r in stripes.to_dict("records")]
+        md += [f"| {r['run']} | {r['epoch']} | {r['stage']} | "
+               f"{_md_interval(r['S_after'], r['S_after_lo'], r['S_after_hi'])} | "
+               f"{_md_interval(r['S_before'], r['S_before_lo'], r['S_before_hi'])} |" for r in stripes.to_dict("records")]
     else:
         md.append("No finished run has attention that reads its input.")
     md += ["", "## Settling, convergence and flags (last epoch)", ""]
@@ -440,9 +442,9 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
                "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
         for r in settle.to_dict("records"):
             span = "—" if pd.isna(r["S_after_tap_min"]) else f"{r['S_after_tap_min']:.2f}–{r['S_after_tap_max']:.2f}"
-            md.append(f"| {r['run']} | {r['taps']} | {r['settled']} | {_cell(r['settle_epoch_median'], 'g')} | "
+            md.append(f"| {r['run']} | {r['taps']} | {r['settled']} | {_md_cell(r['settle_epoch_median'], 'g')} | "
                       f"{r['converged']} | {span} | {r['dead_channels']} | {r['saturated_channels']} | "
-                      f"{r['hidden_widths'] or '—'} | {_cell(r['dead_hidden'], 'g')} | {r['flags'] or '—'} |")
+                      f"{r['hidden_widths'] or '—'} | {_md_cell(r['dead_hidden'], 'g')} | {r['flags'] or '—'} |")
     md += ["", "## Ablation (attention replaced by its probe-set mean, folded into BN; the full test set)", ""]
     if len(abl):
         md += ["| run | replaced | taps | test top-1 % | change (points) | predictions changed (gained / lost) "
