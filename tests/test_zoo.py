@@ -57,6 +57,9 @@ def test_zoo_report_of_a_dry_campaign(tmp_path):
     for row in r["ablation"].to_dict("records"):
         assert f"| +SE | {row['target']} | {row['n_taps']} | {row['test_acc']:.2f} | {row['delta']:+.2f} | " \
                f"{row['changed']} ({row['gained']} / {row['lost']}) |" in md
+    from stripe.experiments.zoo import _md_p
+
+    assert (_md_p(0.0), _md_p(1.2e-16), _md_p(float("nan"))) == ("< 1e-300", "1.2e-16", "—")  # an exact p that underflows
     assert md.count("| +SE | ") == len(r["stripes"]) + 1 + len(r["ablation"]) + 1  # + Table 1 and settling rows
     assert (tmp_path / "fig" / "zoo_stripes.png").stat().st_size > 10_000
     from stripe.viz import figures

@@ -64,6 +64,11 @@ def mcnemar_exact(gained: int, lost: int) -> float:
     return float(binomtest(min(gained, lost), n, 0.5, alternative="two-sided").pvalue)
 
 
+def format_p(p: float, fmt: str = ".3g") -> str:
+    """A p-value as text; an exact test's p too small for a float (0.0) reads '< 1e-300', not 0."""
+    return "< 1e-300" if p == 0 else format(p, fmt)
+
+
 def paired_counts(pred_a: Any, pred_b: Any, labels: Any) -> tuple[int, int, float]:
     """McNemar of two classifiers' paired predictions on the same images: (right only by b, right only by a, exact
     two-sided p). Works on torch tensors and numpy arrays alike."""
@@ -102,7 +107,7 @@ def _markdown(rows: list[AblationRow], run_dir: Path | str, epoch: int | None, n
     md = ["| scope | target | taps replaced | test top-1 % | change (points) | predictions changed | "
           "gained / lost | McNemar p (exact) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     md += [f"| {r.scope} | {r.target or '-'} | {r.n_taps} | {r.test_acc:.2f} | {r.delta:+.2f} | {r.changed} | "
-           f"{r.gained} / {r.lost} | {r.mcnemar_p:.3g} |" for r in rows]
+           f"{r.gained} / {r.lost} | {format_p(r.mcnemar_p)} |" for r in rows]
     where = f"{run_dir}, epoch {epoch}" if epoch is not None else str(run_dir)
     return (f"Constant-replacement ablation, {where}: test top-1 on {n_test} scored test images; "
             f"μ from the {n_probe}-image probe set ({probe_split} split), disjoint from the scored images.\n\n"

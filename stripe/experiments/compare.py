@@ -186,7 +186,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
     and runs that cannot be tabulated are left out with the reason appended to ``skipped``."""
     from scipy import stats
 
-    from ..analysis.ablation import paired_counts
+    from ..analysis.ablation import format_p, paired_counts
 
     out = Path(out)
     finals: dict[str, list[float]] = {}
@@ -238,7 +238,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
             if a is None or b is None or row["variant"] == "baseline" or len(a[0]) != len(b[0]):
                 continue
             ps.append(paired_counts(b[0], a[0], a[1])[2])  # the variant against the baseline, same images
-        row["mcnemar_p_vs_baseline"] = ";".join(f"{p:.3g}" for p in ps) if ps else ""
+        row["mcnemar_p_vs_baseline"] = ";".join(format_p(p) for p in ps) if ps else ""
     return pd.DataFrame(rows)
 
 

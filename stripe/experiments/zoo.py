@@ -404,6 +404,13 @@ def _md_cell(x: Any, fmt: str) -> str:
     return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
 
 
+def _md_p(p: Any) -> str:
+    """A p-value for a Markdown cell ('—' when missing; '< 1e-300' when it is below what a float holds)."""
+    from ..analysis.ablation import format_p
+
+    return "—" if p is None or np.isnan(p) else format_p(p, ".2g")
+
+
 def _md_interval(x: Any, lo: Any, hi: Any, fmt: str = ".3f") -> str:
     return "—" if x is None or np.isnan(x) else f"{x:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
@@ -424,7 +431,7 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
             f"{int(r['fold_changed_predictions'])}, {r['fold_max_abs_logit_diff']:.1e}"
         top1 = _md_interval(r["top1"], r["top1_lo"], r["top1_hi"], ".2f")
         md.append(f"| {r['run']} | {r['params_trained']:,} | {r['params_deployed']:,} | {top1} | "
-                  f"{_md_cell(r['mcnemar_p_vs_att'], '.2g')} | {_md_cell(r['mcnemar_p_vs_baseline'], '.2g')} | "
+                  f"{_md_p(r['mcnemar_p_vs_att'])} | {_md_p(r['mcnemar_p_vs_baseline'])} | "
                   f"{_md_cell(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
     md += ["", "## Stripes (S of the attention after, and of its pooled input before; stage means, 95% jackknife "
            "intervals over the probe folds)", ""]
@@ -450,7 +457,7 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
         md += ["| run | replaced | taps | test top-1 % | change (points) | predictions changed (gained / lost) "
                "| McNemar p |", "|---|---|---:|---:|---:|---:|---:|"]
         md += [f"| {r['run']} | {r['target']} | {r['n_taps']} | {r['test_acc']:.2f} | {r['delta']:+.2f} | "
-               f"{r['changed']} ({r['gained']} / {r['lost']}) | {r['mcnemar_p']:.2g} |" for r in abl.to_dict("records")]
+               f"{r['changed']} ({r['gained']} / {r['lost']}) | {_md_p(r['mcnemar_p'])} |" for r in abl.to_dict("records")]
     else:
         md.append("No finished run with input-dependent attention has been ablated yet.")
     return "\n".join(md) + "\n"
