@@ -1,6 +1,7 @@
 """Where work runs, for every layer: the device, bf16 autocast, and this process's place in a torchrun job."""
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -35,9 +36,18 @@ def dist_from_env() -> DistInfo:
 
 
 def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Start the process group (nccl on CUDA, gloo on the CPU) when running under torchrun."""
+    """Start the process group (nccl on CUDA, gloo on the CPU) when running under torchrun; it is destroyed at
+    exit, while the interpreter is still whole (a gloo group left to interpreter shutdown can abort the
+    process after its work succeeded)."""
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        atexit.register(end_distributed)
+
+
+def end_distributed() -> None:
+    """Destroy the default process group if one is up (nothing otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def resolve_device(device: str | None, info: DistInfo = DistInfo()) -> torch.device:

@@ -255,11 +255,29 @@ def test_torchrun_sweep_equals_one_process(runs, tmp_path):
     out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "stripe", "collect", str(run),
                           "--device", "cpu", "--no-progress", "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[:4000]  # the workers' own messages come first, torchrun's summary last
     a, b = _tables(tmp_path / "one"), _tables(tmp_path / "two")
     for k in a:
         pd.testing.assert_frame_equal(a[k], b[k])
     assert one.recorded == [0, 1, 2, 3]
+
+
+def test_torchrun_process_group_is_destroyed_before_interpreter_shutdown(tmp_path):
+    """A gloo group left to interpreter shutdown can abort a worker whose work succeeded; stripe destroys it at
+    exit. The check runs in an exit handler registered before the group starts, so it runs after stripe's."""
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import atexit, torch, torch.distributed as dist\n"
+        "from stripe.device import dist_from_env, init_distributed\n"
+        "atexit.register(lambda: print('group up at exit:', dist.is_initialized(), flush=True))\n"
+        "init_distributed(dist_from_env(), torch.device('cpu'))\n"
+        "dist.barrier()\n")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", str(script)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[:4000]
+    assert out.stdout.count("group up at exit: False") == 2, out.stdout
 
 
 @pytest.mark.real_data
