@@ -154,6 +154,9 @@ def test_campaign_options_are_checked(tmp_path, capsys, argv, message):
 def test_campaign_options_belong_to_gpu_quick(tmp_path, capsys):
     assert main(["reproduce", "demo-cpu", "--dry-run", "--out", str(tmp_path / "x"), "--variant", "+SE"]) == 2
     assert "apply to gpu-quick only" in capsys.readouterr().err
+    assert main(["reproduce", "gpu-quick", "--dry-run", "--out", str(tmp_path / "y"), "--jobs", "2"]) == 2
+    assert "--jobs and --only apply to zoo-cifar10-cpu only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 # what a GPU image may lack: the notebook and browser stack and the test/third-party extras

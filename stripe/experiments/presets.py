@@ -138,14 +138,17 @@ class Preset:
     own_sizes: Callable[[bool], Any] | None = None
     #: the entries of the output folder that ``results.tar.gz`` holds (None: all but checkpoints)
     travels: tuple[str, ...] | None = None
+    #: the options of its own it takes: "campaign" (--stages/--variant/--seed/--epochs), "runs" (--jobs/--only)
+    options: frozenset[str] = frozenset()
 
 
 PRESETS: dict[str, Preset] = {
     "demo-cpu": Preset(demo_cpu, 3600, CPU20, CPU20_DRY, own_sizes=_demo_sizes),
     "cifar10-resnet20-cpu": Preset(cifar10_resnet20_cpu, 4 * 3600, CPU20, CPU20_DRY),
     "zoo-cifar10-cpu": Preset(zoo_cifar10_cpu, 48 * 3600, CPU20, CPU20_DRY, own_sizes=_zoo_sizes,
-                              travels=("results", "report", "logs", "measurements.jsonl")),
-    "gpu-quick": Preset(gpu_quick, 540, GPU, GPU_DRY, needs_cuda=True),
+                              travels=("results", "report", "logs", "measurements.jsonl"),
+                              options=frozenset({"runs"})),
+    "gpu-quick": Preset(gpu_quick, 540, GPU, GPU_DRY, needs_cuda=True, options=frozenset({"campaign"})),
     "paper-cifar10": Preset(paper_cifar10, 7 * 24 * 3600, replace(GPU, epochs=164), replace(GPU_DRY, epochs=2),
                             needs_cuda=True),
 }
@@ -156,10 +159,11 @@ def _check_options(name: str, campaign: Campaign | None, jobs: int | None, only:
     """Refuse options that do not apply to preset ``name`` or are out of range."""
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    if campaign is not None and name != "gpu-quick":
-        raise UserError("--stages, --variant, --seed and --epochs apply to gpu-quick only")
-    if (jobs is not None or only is not None) and name != "zoo-cifar10-cpu":
-        raise UserError("--jobs and --only apply to zoo-cifar10-cpu only")
+    takes = {opt: ", ".join(n for n, p in PRESETS.items() if opt in p.options) for opt in ("campaign", "runs")}
+    if campaign is not None and "campaign" not in PRESETS[name].options:
+        raise UserError(f"--stages, --variant, --seed and --epochs apply to {takes['campaign']} only")
+    if (jobs is not None or only is not None) and "runs" not in PRESETS[name].options:
+        raise UserError(f"--jobs and --only apply to {takes['runs']} only")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
     if only:
@@ -205,7 +209,7 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,
                  "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else platform.processor() or "cpu",
                  "data": sentence, "sizes": (preset.own_sizes(dry_run) if preset.own_sizes else sizes).__dict__,
-                 **({"campaign": ctx.campaign.__dict__} if name == "gpu-quick" else {})})
+                 **({"campaign": ctx.campaign.__dict__} if "campaign" in preset.options else {})})
         failed = False
         try:
             preset.run(ctx)

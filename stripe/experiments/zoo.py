@@ -399,11 +399,6 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     return {"written": written, **tables}
 
 
-def _md_cell(x: Any, fmt: str) -> str:
-    """A number for a Markdown cell; '—' when missing."""
-    return "—" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
-
-
 def _md_p(p: Any) -> str:
     """A p-value for a Markdown cell ('—' when missing; '< 1e-300' when it is below what a float holds)."""
     from ..analysis.ablation import format_p
@@ -420,6 +415,8 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
     table per run and stage, settling and flags, the ablation."""
     import pandas as pd
 
+    from ..viz.figures import md_number
+
     acc, stripes, settle, abl = (tables[k] for k in ("accuracy", "stripes", "settling", "ablation"))
     md = ["# The attention zoo: tables of the finished runs", "",
           "## Table 1 form", "",
@@ -432,7 +429,7 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
         top1 = _md_interval(r["top1"], r["top1_lo"], r["top1_hi"], ".2f")
         md.append(f"| {r['run']} | {r['params_trained']:,} | {r['params_deployed']:,} | {top1} | "
                   f"{_md_p(r['mcnemar_p_vs_att'])} | {_md_p(r['mcnemar_p_vs_baseline'])} | "
-                  f"{_md_cell(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
+                  f"{md_number(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
     md += ["", "## Stripes (S of the attention after, and of its pooled input before; stage means, 95% jackknife "
            "intervals over the probe folds)", ""]
     if len(stripes):
@@ -449,9 +446,9 @@ def report_markdown(tables: dict[str, "pd.DataFrame"]) -> str:
                "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"]
         for r in settle.to_dict("records"):
             span = "—" if pd.isna(r["S_after_tap_min"]) else f"{r['S_after_tap_min']:.2f}–{r['S_after_tap_max']:.2f}"
-            md.append(f"| {r['run']} | {r['taps']} | {r['settled']} | {_md_cell(r['settle_epoch_median'], 'g')} | "
+            md.append(f"| {r['run']} | {r['taps']} | {r['settled']} | {md_number(r['settle_epoch_median'], 'g')} | "
                       f"{r['converged']} | {span} | {r['dead_channels']} | {r['saturated_channels']} | "
-                      f"{r['hidden_widths'] or '—'} | {_md_cell(r['dead_hidden'], 'g')} | {r['flags'] or '—'} |")
+                      f"{r['hidden_widths'] or '—'} | {md_number(r['dead_hidden'], 'g')} | {r['flags'] or '—'} |")
     md += ["", "## Ablation (attention replaced by its probe-set mean, folded into BN; the full test set)", ""]
     if len(abl):
         md += ["| run | replaced | taps | test top-1 % | change (points) | predictions changed (gained / lost) "

@@ -739,7 +739,7 @@ def speed_table(speed: pd.DataFrame) -> Figure:
     return fig
 
 
-def _md_num(x: Any, fmt: str) -> str:
+def md_number(x: Any, fmt: str) -> str:
     """A number for a Markdown cell, '—' when missing."""
     return "—" if x is None or pd.isna(x) else format(float(x), fmt)
 
@@ -755,9 +755,9 @@ def speed_markdown(speed: pd.DataFrame) -> str:
             str(r["device"]),
             str(r["batch"]),
             _speed_label(r["attn"], r["variant"]),
-            _md_num(r["params"] / 1e6 if pd.notna(r["params"]) else np.nan, ".3f"),
-            _md_num(r["images_per_s"], ",.0f"),
-            "—" if r["variant"] == "baseline" else _md_num(r["slowdown_pct"], "+.1f"),
+            md_number(r["params"] / 1e6 if pd.notna(r["params"]) else np.nan, ".3f"),
+            md_number(r["images_per_s"], ",.0f"),
+            "—" if r["variant"] == "baseline" else md_number(r["slowdown_pct"], "+.1f"),
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Folded ASR models have exactly the baseline's architecture: their spread around the baseline "
