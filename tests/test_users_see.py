@@ -92,6 +92,35 @@ def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
     assert not np.allclose(folds.mean_[0], shuffled[0::4].mean(0), atol=1e-6)
 
 
+def test_asr_taps_with_every_hidden_unit_dead_are_named(tmp_path):
+    """ASR(CBAM): ψ is one input and CBAM's MLP has no biases, so a tap whose hidden units are all dead gives
+    exactly 0.5 in every channel and can never move; the summary names such taps."""
+    from stripe.analysis import compute_tables, summary_text
+    from stripe.nn import create_model
+    from stripe.nn.asr import ASRNorm
+    from stripe.record import Recorder
+    from stripe.record.format import RecordingWriter
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet14", num_classes=10, attn="cbam", asr=True).eval()
+    frozen = {n.rsplit(".", 1)[0] for n, m in model.named_modules()
+              if isinstance(m, ASRNorm) and torch.equal(m.vector(), torch.full_like(m.vector(), 0.5))}
+    with Recorder(model, "*", folds=4) as rec, torch.no_grad():
+        model(torch.randn(40, 3, 32, 32))
+    with RecordingWriter(tmp_path / "rec", {"model": model.config.to_dict(), "source_run_id": None, "probe": {},
+                                            "folds": 4, "precision": "fp32", "taps_selector": ["*"]}) as w:
+        w.add(1, rec.fold_stats(), rec.raw(), [t.record() for t in rec.taps], checkpoint=None,
+              checkpoint_sha256=None)
+    tables = compute_tables(tmp_path / "rec")
+    taps = tables["taps"]
+    all_dead = taps[taps["asr"] & (taps["dead_hidden"] == taps["hidden_width"])]
+    assert 1 <= len(all_dead) < len(taps)  # seed 0 has some frozen taps and some live ones
+    assert {t.split(".bn2")[0] for t in all_dead["tap"]} == frozen
+    text = summary_text(tables)
+    assert f"ASR taps with every hidden unit dead at epoch 1: {len(all_dead)} (" in text
+    assert all(t.rsplit(".tap", 1)[0] in text for t in all_dead["tap"])
+
+
 def test_hidden_widths_and_dead_hidden_units_are_reported(tmp_path):
     """SE at r = 16 has one hidden unit in a 16-channel stage; when it is dead the gate is exactly constant over
     images: the taps table counts dead hidden units and flags the tap, and S after is 1 for that reason alone."""

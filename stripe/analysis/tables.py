@@ -797,4 +797,10 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
                 widths = sorted({int(w) for w in h["hidden_width"]})
                 lines.append(f"Hidden layers at epoch {last} (widths {', '.join(map(str, widths))}): dead units "
                              + ", ".join(parts) + ".")
+            a = final[final["hidden_width"].notna() & final["asr"].astype(bool)]
+            a = a[(a["dead_hidden"] == a["hidden_width"]).fillna(False).astype(bool)]
+            if len(a):  # ψ is one input: a dead unit stays dead, and only an output bias can still move the vector
+                lines.append(f"ASR taps with every hidden unit dead at epoch {last}: {len(a)} "
+                             f"({', '.join(t.rsplit('.tap', 1)[0] for t in a['tap'])}); each vector can change only "
+                             "through the module's output bias, and is frozen where it has none (CBAM: 0.5).")
     return "\n".join(lines) + "\n"
