@@ -10,6 +10,9 @@ class ASRNorm(nn.Module):
 
     ψ is a learnable [1, C, s, s] tensor, the same for every input, so v [1, C] is a constant at
     inference and folds into the norm's γ and β (:func:`stripe.gates.reparameterize`).
+
+    ψ is a single input, so a ReLU unit that is dead for it gets no gradient and stays dead; in a module
+    whose MLP has no biases (CBAM, SPA) a tap whose hidden units all die is frozen at sigmoid(0) = 0.5.
     """
 
     def __init__(self, norm: nn.BatchNorm2d, attn: nn.Module, psi_size: int = 1, psi_init: float = 0.1) -> None:
