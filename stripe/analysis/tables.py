@@ -802,5 +802,6 @@ def summary_text(tables: Mapping[str, pd.DataFrame]) -> str:
             if len(a):  # ψ is one input: a dead unit stays dead, and only an output bias can still move the vector
                 lines.append(f"ASR taps with every hidden unit dead at epoch {last}: {len(a)} "
                              f"({', '.join(t.rsplit('.tap', 1)[0] for t in a['tap'])}); each vector can change only "
-                             "through the module's output bias, and is frozen at sigmoid(0) = 0.5 where it has none (CBAM, SPA).")
+                             "through the module's output bias, and is frozen at sigmoid(0) = 0.5 where it has none "
+                             "(CBAM, SPA).")
     return "\n".join(lines) + "\n"
