@@ -8,7 +8,7 @@ from .tables import (TAP_META, aggregate_seeds, channel_table, compute_tables, c
 
 __all__ = [
     "AblationRow", "StatsResult", "TAP_META", "ablate", "ablate_model", "aggregate_seeds", "channel_table",
-    "check_seed_recordings", "compute_tables", "convergence_table", "format_p", "mcnemar_exact", "paired_counts", "paired_row", "run_ablation",
-    "scope_groups", "settle_distance", "settle_epoch", "stage_summary", "stats", "summary_text", "tap_table",
-    "write_tables",
+    "check_seed_recordings", "compute_tables", "convergence_table", "format_p", "mcnemar_exact", "paired_counts",
+    "paired_row", "run_ablation", "scope_groups", "settle_distance", "settle_epoch", "stage_summary", "stats",
+    "summary_text", "tap_table", "write_tables",
 ]
