@@ -2,6 +2,7 @@
 checked through matplotlib's public API only (titles, labels, images' arrays and colour limits)."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -401,6 +402,28 @@ def test_save_figure_rejects_paths(tmp_path) -> None:
     for bad in ("", "a/b", ".."):
         with pytest.raises(ValueError):
             plots.save_figure(fig, tmp_path, bad)
+
+
+def test_save_figure_writes_a_palette_png_that_draws_the_same_picture(tmp_path) -> None:
+    """The PNG is a 256-colour palette image (small to commit) within a few levels of matplotlib's own
+    full-colour render, pixel by pixel; the worst case is a continuous colour map."""
+    fig = Figure(figsize=(4, 3), dpi=plots.DPI)
+    ax = fig.add_subplot()
+    ax.imshow(np.random.default_rng(0).random((40, 60)), cmap="viridis")
+    ax.plot([0, 59], [0, 39], "r-")
+    (png,) = plots.save_figure(fig, tmp_path, "noise", formats=["png"])
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=plots.DPI)
+    with Image.open(buf) as im:
+        full = np.asarray(im.convert("RGB"), dtype=np.int16)
+    with Image.open(png) as im:
+        assert im.mode == "P" and im.size == (600, 450)
+        assert np.allclose(im.info["dpi"], plots.DPI, atol=0.05)
+        pal = np.asarray(im.convert("RGB"), dtype=np.int16)
+    diff = np.abs(pal - full)
+    assert diff.mean() < 1.0  # of 255 levels
+    assert np.percentile(diff.max(axis=-1), 99) <= 16
+    assert png.stat().st_size < len(buf.getvalue()) / 2
 
 
 def test_no_pyplot_state(rec_se) -> None:
