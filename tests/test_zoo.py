@@ -90,3 +90,19 @@ def test_zoo_accuracy_figure_puts_each_module_and_the_width_control_on_its_own_t
     lo, hi = ax.get_xlim()
     assert lo < xs[0] and xs[-1] < hi
     assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["+ASR(att)", "+att", "baseline 80.70%"]
+
+
+def test_inference_speed_is_taken_only_from_the_same_deployed_model():
+    """The SE-width control (r=4) has more parameters than the SE of the speed table (r=16): it gets no speed
+    rather than the other width's; its folded ASR model is the baseline's architecture and gets that row."""
+    from stripe.experiments.zoo import inference_speed_of
+
+    speed = pd.DataFrame({"attn": [np.nan, "se", "se"], "variant": ["baseline", "attention", "asr-folded"],
+                          "params": [272474, 274847, 272474], "images_per_s": [719.0, 751.0, 740.0]})
+    acc = pd.DataFrame({"run": ["baseline", "+SE", "+ASR(SE)", "+SE r=4", "+ASR(SE) r=4", "+ECA"],
+                        "attn": ["", "se", "se", "se", "se", "eca"],
+                        "asr": [False, False, True, False, True, False],
+                        "params_deployed": [272474, 274847, 272474, 280958, 272474, 272501]})
+    got = inference_speed_of(acc, speed)
+    assert got[:3] == [719.0, 751.0, 740.0] and got[4] == 740.0
+    assert np.isnan(got[3]) and np.isnan(got[5])

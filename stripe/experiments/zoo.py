@@ -314,6 +314,17 @@ def _stage_rows(stages: "pd.DataFrame", epochs: list[int]) -> list[dict[str, Any
     return rows
 
 
+def inference_speed_of(acc: "pd.DataFrame", speed: "pd.DataFrame") -> list[float]:
+    """Each accuracy row's inference images/s from a speed table (``bench.inference_speed``): the row of the same
+    module and kind (baseline, attention, asr-folded) *and* the same deployed parameter count, so that a run at
+    another reduction (SE r=4) never takes the speed of the default width; NaN where the table has no such model."""
+    ips = {(row.attn if isinstance(row.attn, str) else "", row.variant, int(row.params)): row.images_per_s
+           for row in speed.itertuples()}  # a baseline's attn is '' (NaN when read from a CSV)
+    return [ips.get((a if isinstance(a, str) else "", "asr-folded" if s else "attention" if a else "baseline", int(n)),
+                    np.nan)
+            for a, s, n in zip(acc["attn"], acc["asr"], acc["params_deployed"])]
+
+
 def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = None) -> dict[str, Any]:
     """The campaign's tables and figures from ``out/results`` (whatever runs are done): accuracy in the paper's
     Table 1 form (parameters, CPU inference images/s when ``speed`` is given, top-1 with its Wilson interval,
@@ -383,10 +394,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
                 if ok else np.nan
     acc = pd.DataFrame(acc_rows)
     if speed is not None and len(acc):
-        ips = {(row.attn if isinstance(row.attn, str) else "", row.variant): row.images_per_s
-               for row in speed.itertuples()}  # a baseline's attn is '' (NaN when read from a CSV)
-        acc["infer_images_per_s"] = [ips.get((a, "asr-folded" if s else "attention" if a else "baseline"), np.nan)
-                                     for a, s in zip(acc["attn"], acc["asr"])]  # NaN: not in the speed table
+        acc["infer_images_per_s"] = inference_speed_of(acc, speed)
     tables = {"accuracy": acc, "stripes": pd.DataFrame(stripe_rows), "settling": pd.DataFrame(settle_rows),
               "ablation": pd.DataFrame(abl_rows)}
     written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
