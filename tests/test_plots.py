@@ -187,6 +187,9 @@ def check_figure(fig: Figure, out: Path, name: str) -> None:
         assert im.size == (round(w * plots.DPI), round(h * plots.DPI))
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
     assert fig.get_suptitle().strip()
+    fig.draw_without_rendering()
+    box = fig._suptitle.get_window_extent()  # the title's lines lie inside the canvas, none cut at the edges
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, (name, box)
     drawn = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
     assert drawn
     for ax in drawn:  # in a grid, the top row carries titles and the first column the row labels
@@ -402,6 +405,21 @@ def test_save_figure_rejects_paths(tmp_path) -> None:
     for bad in ("", "a/b", ".."):
         with pytest.raises(ValueError):
             plots.save_figure(fig, tmp_path, bad)
+
+
+def test_zoo_stripes_names_every_asr_only_run_inside_the_canvas(tmp_path) -> None:
+    """All eight ASR-only runs of the zoo are named in the title, wrapped so that no line runs off the figure."""
+    def stages(asr: bool) -> pd.DataFrame:
+        return pd.DataFrame([{"stage": st, "epoch": e, "stripe_after": 0.5 + 0.1 * st, "stripe_before": 0.3,
+                              "asr": asr} for st in (1, 2, 3) for e in range(4)])
+
+    asr_runs = ["+ASR(SE)", "+ASR(SE) r=4", "+ASR(CBAM)", "+ASR(SRM)", "+ASR(ECA)", "+ASR(IE)", "+ASR(SPA)", "+ASR(DIA)"]
+    runs = {"+SE": stages(False), "+SE r=4": stages(False)} | {k: stages(True) for k in asr_runs}
+    fig = plots.zoo_stripes(runs)
+    check_figure(fig, tmp_path, "zoo_stripes")
+    title = " ".join(fig.get_suptitle().split())
+    assert all(k in title for k in asr_runs)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["+SE", "+SE r=4"]
 
 
 def test_save_figure_writes_a_palette_png_that_draws_the_same_picture(tmp_path) -> None:

@@ -955,13 +955,16 @@ def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
             _epoch_axis(ax, df["epoch"].tolist())
         for ax in axes[len(labels):]:
             ax.set_visible(False)
+        for ax in axes[max(0, len(labels) - cols):len(labels)]:  # the lowest panel of each column
+            ax.set_xlabel("epoch")
         axes[0].set_ylabel("stripe index S")
         handles = [Line2D([], [], color=palette[i], lw=1.6, label=f"stage {i + 1}") for i in range(3)]
         handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
                     Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small")
         fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)"
-                     + (f"\nnot drawn, ASR taps only (constant by construction): {', '.join(asr_only)}" if asr_only else ""))
+                     + (_notes([f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}"], 100)
+                        if asr_only else ""))
     return fig
 
 
