@@ -422,6 +422,16 @@ def test_zoo_stripes_names_every_asr_only_run_inside_the_canvas(tmp_path) -> Non
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["+SE", "+SE r=4"]
 
 
+def test_zoo_stripes_labels_epoch_on_the_lowest_panel_of_each_column() -> None:
+    """Seven panels on a 4-wide grid: the bottom row's three and the top row's last carry the epoch label."""
+    frame = pd.DataFrame([{"stage": st, "epoch": e, "stripe_after": 0.6, "stripe_before": 0.3}
+                          for st in (1, 2, 3) for e in range(3)])
+    fig = plots.zoo_stripes({f"+M{i}": frame for i in range(7)})
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == [f"+M{i}" for i in range(7)]
+    assert [ax.get_xlabel() for ax in shown] == ["", "", "", "epoch", "epoch", "epoch", "epoch"]
+
+
 def test_save_figure_writes_a_palette_png_that_draws_the_same_picture(tmp_path) -> None:
     """The PNG is a 256-colour palette image (small to commit) within a few levels of matplotlib's own
     full-colour render, pixel by pixel; the worst case is a continuous colour map."""
