@@ -60,6 +60,12 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"Parameters with {args.num_classes} classes (attention modules: {', '.join(list_attn())}); "
           "block: basic for 6n+2 depths, bottleneck for 164 and 1001 (override with --block):")
     print(_table(rows))
+    from .nn import get_spec
+
+    biased = [n for n in list_attn() if "bias" in get_spec(n).options()]
+    print(f"--mlp-bias ({', '.join(biased)}): biases in the attention's MLP, as in the original CBAM code (default: "
+          "none, as timm's); under ASR a hidden unit dead for the constant ψ then stays trainable, where without "
+          "biases a tap whose units all die outputs 0.5 for good")
     return 0
 
 
@@ -366,13 +372,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments.presets import run_preset
 
     campaign = None
+    if args.seed is not None and args.seeds is not None:
+        raise UserError("--seed and --seeds: give one (--seed N is the same as --seeds N,)")
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
         campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
                             variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
     return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget, dry_run=args.dry_run,
-                      jobs=args.jobs, only=[x.strip() for x in args.only.split(",") if x.strip()] if args.only else None,
+                      jobs=args.jobs, only=args.only.split(",") if args.only is not None else None,
                       device=args.device, progress=not args.no_progress, campaign=campaign,
-                      archive_mib=args.archive_mib)
+                      archive_mib=args.archive_mib, seeds=args.seeds)
 
 
 # --------------------------------------------------------------------------- parser
@@ -621,10 +629,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "tables of every epoch but the statistics of the last one (default: no limit)")
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="the seeds every training stage runs: a count N (seeds 0 … N-1) or a list ('0,2,5', '1-3', "
+                        "'4,'); default seed 0. Finished (run, seed) pairs are kept and skipped")
     g = s.add_argument_group("the attention zoo (zoo-cifar10-cpu only)")
     g.add_argument("--jobs", type=_positive_int("--jobs"), default=None,
                    help="runs trained side by side, the cores split between them (default 2)")
-    g.add_argument("--only", default=None, help="comma-separated runs (slugs or labels, e.g. plus_se,baseline)")
+    g.add_argument("--only", default=None,
+                   help="comma-separated groups (zoo: the 17 runs of every module; paper: baseline, +SE, +ASR(SE), "
+                        "+ASR(SE)+SE; bias: +CBAM, +ASR(CBAM) with --mlp-bias; long: baseline, +SE, +ASR(SE) on 40 "
+                        "epochs), runs by slug or label (e.g. plus_se,baseline); default: every run")
     g = s.add_argument_group("a campaign over several GPU slots (gpu-quick only)")
     g.add_argument("--stages", default=None, help="comma-separated stages to run (default all: train-speed, learns, "
                                                   "collect-speed, speed, science)")

@@ -127,6 +127,17 @@ def require_file(path: str | os.PathLike[str], name: str, what: str, error: type
     return path
 
 
+def open_append(path: str | os.PathLike[str]) -> int:
+    """A file descriptor appending to ``path`` (created if missing) that never follows a symbolic link: a link
+    (to a file outside the output folder, say) is refused with one line, and nothing is written through it."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RefusedError(f"{path}: is a symbolic link; stripe does not write through links") from None
+        raise _write_error(Path(path), e, partial=False) from e
+
+
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,101 +1,245 @@
-"""The attention-zoo campaign's report: from whatever runs are done, the accuracy table (Wilson intervals, McNemar
-against +att and against the baseline), the stripe and settling tables recorded again with today's recorder, the
-ablation, and the two figures."""
+"""The attention-zoo campaign over seeds: one dry campaign (baseline, +SE, +ASR(SE) at two seeds, two workers side by
+side) trained once for the module, then its layout, its report over seeds (per-seed accuracy, paired differences,
+no strong words on one seed), what a second call skips, the catalogue and seed grammar, and workers that end
+with their campaign."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from stripe.cli import main
+from stripe.errors import UserError
+from stripe.experiments import zoo
+from stripe.experiments.zoo_report import report
 
-pytestmark = pytest.mark.real_data
+RUNS = ("baseline", "plus_se", "plus_asr_se")
 
 
-def test_zoo_report_of_a_dry_campaign(tmp_path):
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    """A dry campaign of three runs at seeds 0 and 1 (six worker processes, two at a time)."""
+    out = tmp_path_factory.mktemp("zoo") / "out"
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", ",".join(RUNS), "--seeds", "2",
+                 "--jobs", "2", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.mark.real_data
+def test_every_run_and_seed_has_its_own_results(campaign):
+    out = campaign
+    for slug in RUNS:
+        assert zoo.done_seeds(out, zoo.run_by_slug(slug)) == [0, 1]
+        for seed in (0, 1):
+            d = out / "results" / slug / f"seed{seed}"
+            done = json.loads((d / "DONE.json").read_text())
+            assert done["seed"] == seed and done["epochs"] == zoo.ZOO_DRY.epochs and done["threads"] == 1
+            assert json.loads((d / "config.json").read_text())["train"]["seed"] == seed
+            with np.load(d / "predictions.npz") as z:
+                assert len(z["pred"]) == done["predictions"]["n_test"] == zoo.ZOO_DRY.test_subset
+    for seed in (0, 1):  # two seeds are two networks: different weights, the same scored images
+        a, b = (np.load(out / "results" / "plus_se" / f"seed{s}" / "predictions.npz") for s in (0, 1))
+        assert np.array_equal(a["labels"], b["labels"]) and str(a["run_id"]) != str(b["run_id"])
+    assert (out / "results" / "plus_se" / "seed1" / "ablation" / "ablation.csv").is_file()
+    assert (out / "results" / "plus_se" / "seed1" / "recording" / "tables" / "taps.csv").is_file()
+    fold = json.loads((out / "results" / "plus_asr_se" / "seed1" / "DONE.json").read_text())["fold"]
+    assert fold["changed_predictions"] == 0 and fold["params_deployed"] == fold["params_baseline"] < fold["params_trained"]
+    assert "+SE seed 1: epoch 2/2, loss" in (out / "logs" / "plus_se_seed1.log").read_text()
+    with tarfile.open(out / "results.tar.gz") as tar:  # the small results travel, the runs' recordings stay
+        names = tar.getnames()
+    assert "results/plus_se/seed1/DONE.json" in names and "measurements.jsonl" in names
+    assert not [n for n in names if n.startswith("runs/")]
+    env = json.loads((out / "measurements.jsonl").read_text().splitlines()[0])
+    assert env["seeds"] == [0, 1] and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.__dict__))
+
+
+@pytest.mark.real_data
+def test_the_report_over_seeds(campaign, tmp_path):
     from stripe.analysis import paired_counts
-    from stripe.experiments import zoo
-    from stripe.experiments.compare import wilson_interval
 
-    out = tmp_path / "zoo"
-    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "baseline,plus_se,plus_asr_se", "--jobs", "2",
-                 "--out", str(out), "--no-progress"]) == 0
-    for slug in ("plus_se", "plus_asr_se"):
-        rec = zoo.refresh_recording(out, zoo.run_by_slug(slug))
-        taps = pd.read_csv(rec / "tables" / "taps.csv")
-        assert {"hidden_width", "dead_hidden"} <= set(taps.columns) and set(taps["hidden_width"]) == {1, 2, 4}
-        assert json.loads((out / "results" / slug / "recording" / "manifest.json").read_text())["probe_order"]
-    r = zoo.report(out, tmp_path / "fig")
-    acc = r["accuracy"].set_index("run")
-    assert set(acc.index) == {"baseline", "+SE", "+ASR(SE)"}
-    with np.load(out / "results" / "plus_asr_se" / "predictions.npz") as z:
-        p, y = z["pred"].astype(int), z["labels"].astype(int)
-    assert acc.loc["+ASR(SE)", "top1"] == pytest.approx(100 * (p == y).mean())
-    assert (acc.loc["+ASR(SE)", "top1_lo"], acc.loc["+ASR(SE)", "top1_hi"]) == \
-        pytest.approx(wilson_interval(int((p == y).sum()), len(y)))
-    with np.load(out / "results" / "plus_se" / "predictions.npz") as z:
-        assert acc.loc["+ASR(SE)", "mcnemar_p_vs_att"] == pytest.approx(paired_counts(z["pred"], p, y)[2])
-    assert np.isnan(acc.loc["+SE", "mcnemar_p_vs_att"]) and np.isnan(acc.loc["baseline", "mcnemar_p_vs_baseline"])
-    assert acc.loc["+ASR(SE)", "params_deployed"] == acc.loc["baseline", "params_deployed"]
-    assert acc.loc["+ASR(SE)", "fold_changed_predictions"] == 0
+    r = report(campaign, tmp_path / "fig")
+    acc = r["accuracy"]
+    assert len(acc) == 6 and set(acc["seed"]) == {0, 1}
+    top1 = {(row.run, row.seed): row.top1 for row in acc.itertuples()}
+    for row in acc.itertuples():  # each seed's top-1 from its own predictions
+        with np.load(campaign / "results" / zoo.run_by_slug(row.run).slug / f"seed{row.seed}" / "predictions.npz") as z:
+            assert row.top1 == pytest.approx(100 * (z["pred"] == z["labels"]).mean())
+    with np.load(campaign / "results" / "plus_se" / "seed1" / "predictions.npz") as a, \
+            np.load(campaign / "results" / "plus_asr_se" / "seed1" / "predictions.npz") as b:
+        want = paired_counts(a["pred"], b["pred"], a["labels"])[2]  # McNemar of the two networks of seed 1
+    assert acc.set_index(["run", "seed"]).loc[("+ASR(SE)", 1), "mcnemar_p_vs_att"] == pytest.approx(want)
+    var = r["variants"].set_index("run")
+    v = [top1[("+SE", 0)], top1[("+SE", 1)]]
+    assert var.loc["+SE", "n_seeds"] == 2 and var.loc["+SE", "top1_mean"] == pytest.approx(np.mean(v))
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 1) * np.std(v, ddof=1) / np.sqrt(2)
+    assert (var.loc["+SE", "top1_lo"], var.loc["+SE", "top1_hi"]) == pytest.approx((np.mean(v) - half, np.mean(v) + half))
+    comp = r["comparisons"].set_index(["run", "reference"])
+    d = [top1[("+ASR(SE)", s)] - top1[("+SE", s)] for s in (0, 1)]  # paired: the same seed on both sides
+    c = comp.loc[("+ASR(SE)", "+SE")]
+    assert c["n_seeds"] == 2 and c["diff_mean"] == pytest.approx(np.mean(d))
+    if np.std(d) > 0:
+        assert c["p_paired_t"] == pytest.approx(stats.ttest_rel([top1[("+ASR(SE)", s)] for s in (0, 1)],
+                                                                [top1[("+SE", s)] for s in (0, 1)]).pvalue)
+    assert c["reads"].startswith("2 seeds: interval")
+    assert set(r["pooled"]["n_pairs"]) == {1}
     stripes = r["stripes"]
-    assert set(stripes["run"]) == {"+SE"} and set(stripes["stage"]) == {1, 2, 3}  # an ASR-only model: no such rows
-    assert ((stripes["S_after_lo"] <= stripes["S_after"]) & (stripes["S_after"] <= stripes["S_after_hi"])).all()
-    assert {"all", "stage"} == set(r["ablation"]["scope"])
-    settle = r["settling"].set_index("run")
-    taps_se = pd.read_csv(out / "results" / "plus_se" / "recording" / "tables" / "taps.csv")
-    last = taps_se[taps_se["epoch"] == taps_se["epoch"].max()]
-    assert settle.loc["+SE", "S_after_tap_min"] == pytest.approx(last["stripe_after"].min())
-    assert settle.loc["+SE", "S_after_tap_max"] == pytest.approx(last["stripe_after"].max())
-    assert np.isnan(settle.loc["+ASR(SE)", "S_after_tap_min"])  # ASR taps only: nothing that reads the input
-    md = (tmp_path / "fig" / "zoo_report.md").read_text()  # the same tables as Markdown
-    a = acc.loc["+ASR(SE)"]
-    assert f"| +ASR(SE) | {a['params_trained']:,} | {a['params_deployed']:,} | {a['top1']:.2f} [{a['top1_lo']:.2f}, " \
-           f"{a['top1_hi']:.2f}] | {a['mcnemar_p_vs_att']:.2g} |" in md
-    for row in r["ablation"].to_dict("records"):
-        assert f"| +SE | {row['target']} | {row['n_taps']} | {row['test_acc']:.2f} | {row['delta']:+.2f} | " \
-               f"{row['changed']} ({row['gained']} / {row['lost']}) |" in md
-    from stripe.experiments.zoo import _md_p
+    assert set(stripes["run"]) == {"+SE"} and set(stripes["interval"]) == {"seeds"} and set(stripes["n_seeds"]) == {2}
+    assert {"std_after", "std_after_lo", "std_before"} <= set(stripes.columns)
+    md = (tmp_path / "fig" / "zoo_report.md").read_text()
+    assert "2 seeds per run" in md and "| +ASR(SE) | +SE | 2 |" in md
+    for word in ("detectabl", "behind", "ahead"):
+        assert word not in md.lower()
+    for name in ("zoo_accuracy.png", "zoo_stripes.png"):
+        assert (tmp_path / "fig" / name).stat().st_size > 10_000
 
-    assert (_md_p(0.0), _md_p(1.2e-16), _md_p(float("nan"))) == ("< 1e-300", "1.2e-16", "—")  # an exact p that underflows
-    assert md.count("| +SE | ") == len(r["stripes"]) + 1 + len(r["ablation"]) + 1  # + Table 1 and settling rows
-    assert (tmp_path / "fig" / "zoo_stripes.png").stat().st_size > 10_000
+
+@pytest.mark.real_data
+def test_one_seed_is_called_one_seed(campaign, tmp_path):
+    """A campaign with seed 0 only (the first zoo's layout: results/SLUG/ itself) reads as seed 0, and its report
+    gives differences as numbers of one seed, never as findings."""
+    old = tmp_path / "old"
+    for slug in RUNS:
+        shutil.copytree(campaign / "results" / slug / "seed0", old / "results" / slug)
+    assert [zoo.done_seeds(old, zoo.run_by_slug(s)) for s in RUNS] == [[0]] * 3
+    r = report(old, tmp_path / "fig")
+    assert set(r["comparisons"]["reads"]) == {"one seed"} and r["comparisons"]["diff_lo"].isna().all()
+    assert r["variants"]["top1_lo"].isna().all() and set(r["stripes"]["interval"]) == {"probe folds"}
+    md = (tmp_path / "fig" / "zoo_report.md").read_text()
+    assert "one seed" in md
+    for word in ("detectabl", "behind", "ahead"):
+        assert word not in md.lower()
     from stripe.viz import figures
 
-    stages = {label: pd.read_csv(out / "results" / zoo.run_by_slug(label).slug / "recording" / "tables" / "stages.csv")
-              for label in ("+SE", "+ASR(SE)")}
-    fig = figures.zoo_stripes(stages)  # the ASR-only model gets no panel (it could only show a constant)
-    drawn = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in drawn] == ["+SE"] and "+ASR(SE)" in fig.get_suptitle()
-    assert [t.get_text() for t in drawn[0].get_yticklabels() if t.get_text()]  # the S axis keeps its numbers
-    assert (tmp_path / "fig" / "zoo_accuracy.png").stat().st_size > 10_000
+    fig = figures.zoo_accuracy(r["accuracy"], subtitle=r["description"])
+    assert "one seed" in fig.get_suptitle() and "epochs" in fig.get_suptitle()
 
 
-def test_zoo_accuracy_figure_puts_each_module_and_the_width_control_on_its_own_tick():
-    """One tick per (module, reduction), +att left of +ASR(att), every point inside the axis; the legend names
-    each kind once, also when the first module has only one of them."""
+@pytest.mark.real_data
+def test_a_second_call_trains_nothing_and_bad_selections_are_refused(campaign, capsys):
+    before = (campaign / "measurements.jsonl").read_text()
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--seeds", "0-1",
+                 "--out", str(campaign), "--no-progress"]) == 0
+    assert "zoo-start" not in (campaign / "measurements.jsonl").read_text()[len(before):]
+    capsys.readouterr()
+    for only, msg in (("plus_xyz", "unknown zoo run 'plus_xyz'"), ("", "--only names no run"),
+                      (",,", "--only names no run")):
+        assert main(["reproduce", "zoo-cifar10-cpu", "--only", only, "--out", str(campaign.parent / "z2")]) == 2
+        assert msg in capsys.readouterr().err
+    assert not (campaign.parent / "z2").exists()  # refused before anything was created
+    assert main(["reproduce", "zoo-cifar10-cpu", "--seed", "1", "--seeds", "2", "--out", str(campaign.parent / "z3")]) == 2
+    assert main(["reproduce", "demo-cpu", "--jobs", "2", "--out", str(campaign.parent / "z3")]) == 2
+
+
+def test_the_catalogue_and_its_groups():
+    groups = zoo.zoo_groups()
+    assert len(groups["zoo"]) == 17 and [r.label for r in groups["paper"]] == ["baseline", "+SE", "+ASR(SE)",
+                                                                                "+ASR(SE)+SE"]
+    assert [r.label for r in groups["bias"]] == ["+CBAM bias", "+ASR(CBAM) bias"]
+    assert [r.label for r in groups["long"]] == ["baseline 40 epochs", "+SE 40 epochs", "+ASR(SE) 40 epochs"]
+    slugs = [r.slug for r in zoo.zoo_runs()]
+    assert len(slugs) == len(set(slugs)) == 17 + 1 + 2 + 3  # the paper's group shares three runs with the zoo
+    assert [r.label for r in zoo.select_runs(["paper", "plus_cbam_bias"])] == \
+        ["+SE", "+ASR(SE)", "baseline", "+ASR(SE)+SE", "+CBAM bias"]  # catalogue order, each once
+    long_se = zoo.run_by_slug("plus_asr_se_40_epochs")
+    assert long_se.att().label == "+SE 40 epochs" and long_se.baseline().label == "baseline 40 epochs"
+    assert zoo.run_by_slug("+ASR(CBAM) bias").att().label == "+CBAM bias"
+    assert zoo.run_by_slug("+ASR(CBAM) bias").baseline().label == "baseline"  # biases do not apply to the baseline
+    cfg = zoo.train_config(zoo.run_by_slug("plus_asr_cbam_bias"), zoo.ZOO, None, seed=3)
+    assert cfg.seed == 3 and cfg.model.mlp_bias and cfg.epochs == 10
+    assert zoo.train_config(long_se, zoo.ZOO, None).epochs == 40 and zoo.epochs_of(long_se, zoo.ZOO_DRY) == 3
+
+
+def test_seed_grammar():
+    assert zoo.parse_seeds("4") == [0, 1, 2, 3] and zoo.parse_seeds(4) == [0, 1, 2, 3]
+    assert zoo.parse_seeds("0,2,5") == [0, 2, 5] and zoo.parse_seeds("1-3") == [1, 2, 3]
+    assert zoo.parse_seeds("4,") == [4] and zoo.parse_seeds("0, 3-4") == [0, 3, 4] and zoo.parse_seeds([7]) == [7]
+    for bad, msg in (("0", "count must be >= 1"), ("", "names no seed"), (",", "names no seed"), ("a", "not a seed"),
+                     ("3-1", "is empty"), ("1,1", "twice"), ("-2", "not a seed"), ([-1], ">= 0")):
+        with pytest.raises(UserError, match=msg):
+            zoo.parse_seeds(bad)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_workers_end_with_their_campaign(tmp_path, how):
+    """A campaign killed (SIGKILL: no chance to clean up) or terminated takes its worker with it; a rerun then
+    finishes the run from its checkpoints."""
+    out = tmp_path / "zoo"
+    cmd = [sys.executable, "-m", "stripe", "reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--jobs",
+           "1", "--out", str(out), "--no-progress"]
+    parent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid, t0 = None, time.monotonic()
+    while pid is None and time.monotonic() - t0 < 120:
+        time.sleep(0.5)
+        jsonl = out / "measurements.jsonl"
+        for line in jsonl.read_text().splitlines() if jsonl.is_file() else []:
+            rec = json.loads(line)
+            pid = rec.get("pid") if rec.get("stage") == "zoo-start" else pid
+    assert pid is not None and _alive(pid)
+    time.sleep(3)  # the worker is training
+    parent.send_signal(getattr(signal, how))
+    parent.wait(timeout=60)
+    t0 = time.monotonic()
+    while _alive(pid) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    assert not _alive(pid)
+    assert not zoo.is_done(out, zoo.run_by_slug("plus_se"))
+    assert main(cmd[3:]) == 0 and zoo.is_done(out, zoo.run_by_slug("plus_se"))
+
+
+def test_accuracy_figure_draws_seeds_means_and_one_group_per_module_and_recipe():
+    """One tick per (module, recipe); a run with several seeds gets a point per seed and its mean with the
+    t-interval over seeds; a run with one seed gets its point alone, and the title says so."""
+    from scipy import stats
+
     from stripe.viz import figures
 
-    rows = [("baseline", "", False, None, 80.7), ("+CBAM", "cbam", False, None, 79.3), ("+SE", "se", False, None, 81.2),
-            ("+ASR(SE)", "se", True, None, 80.4), ("+SE r=4", "se", False, 4, 81.0), ("+ASR(SE) r=4", "se", True, 4, 80.1)]
-    acc = pd.DataFrame([{"run": r, "attn": a, "asr": s, "reduction": red, "top1": t, "top1_lo": t - 0.8,
-                         "top1_hi": t + 0.8} for r, a, s, red, t in rows])
-    fig = figures.zoo_accuracy(acc)
+    rows = [("baseline", "", False, "", 0, 80.7), ("baseline", "", False, "", 1, 80.2), ("+SE", "se", False, "", 0, 81.2),
+            ("+SE", "se", False, "", 1, 81.0), ("+SE", "se", False, "", 2, 80.5), ("+ASR(SE)", "se", True, "", 0, 80.4),
+            ("+SE r=4", "se", False, "r=4", 0, 81.0), ("+CBAM bias", "cbam", False, "bias", 0, 79.9)]
+    acc = pd.DataFrame([{"run": r, "attn": a, "asr": s, "both": False, "recipe": rec, "seed": seed, "top1": t,
+                         "top1_lo": t - 0.8, "top1_hi": t + 0.8} for r, a, s, rec, seed, t in rows])
+    fig = figures.zoo_accuracy(acc, subtitle="ResNet-20, CIFAR-10, 10 epochs")
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["CBAM", "SE", "SE r=4"]
-    xs = sorted(float(c.lines[0].get_xdata()[0]) for c in ax.containers)  # one errorbar per run
-    assert xs == pytest.approx([-0.15, 0.85, 1.15, 1.85, 2.15])
-    lo, hi = ax.get_xlim()
-    assert lo < xs[0] and xs[-1] < hi
-    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["+ASR(att)", "+att", "baseline 80.70%"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["SE", "SE r=4", "CBAM bias"]
+    (bar,) = ax.containers  # the one run with several seeds: +SE
+    v = [81.2, 81.0, 80.5]
+    half = stats.t.ppf(0.975, 2) * np.std(v, ddof=1) / np.sqrt(3)
+    seg = bar.lines[2][0].get_segments()[0]
+    assert (seg[0][1], seg[1][1]) == pytest.approx((np.mean(v) - half, np.mean(v) + half))
+    assert sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets")
+               and len(c.get_offsets()) and c.get_offsets().shape[1] == 2) >= 6  # a point per seed of each run
+    title = fig.get_suptitle()
+    assert "10 epochs" in title and "one seed" in title
+    assert any("baseline 80.45%" in t.get_text() and "2 seeds" in t.get_text() for t in ax.get_legend().get_texts())
 
 
 def test_inference_speed_is_taken_only_from_the_same_deployed_model():
     """The SE-width control (r=4) has more parameters than the SE of the speed table (r=16): it gets no speed
     rather than the other width's; its folded ASR model is the baseline's architecture and gets that row."""
-    from stripe.experiments.zoo import inference_speed_of
+    from stripe.experiments.zoo_report import inference_speed_of
 
     speed = pd.DataFrame({"attn": [np.nan, "se", "se"], "variant": ["baseline", "attention", "asr-folded"],
                           "params": [272474, 274847, 272474], "images_per_s": [719.0, 751.0, 740.0]})
@@ -106,3 +250,13 @@ def test_inference_speed_is_taken_only_from_the_same_deployed_model():
     got = inference_speed_of(acc, speed)
     assert got[:3] == [719.0, 751.0, 740.0] and got[4] == 740.0
     assert np.isnan(got[3]) and np.isnan(got[5])
+
+
+def test_the_committed_campaign_reads():
+    """The committed zoo results (seed folders) load and give one accuracy row per finished (run, seed)."""
+    from stripe.experiments.zoo_report import load_results
+
+    root = Path(__file__).resolve().parents[1] / "figures" / "cifar10-zoo-cpu"
+    found = load_results(root)
+    assert {r.run.label for r in found} >= {"baseline", "+SE", "+ASR(SE)", "+ASR(DIA)"}
+    assert all((r.path / "DONE.json").is_file() and r.path.name == f"seed{r.seed}" for r in found)

@@ -4,6 +4,7 @@ recording under the budget's deadline, the stripe tables of a run, the ablation 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,18 @@ class Context:
     dry_run: bool
     campaign: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: the seeds every training stage runs (``--seeds``)
+    seeds: list[int] = field(default_factory=lambda: [0])
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one measurement to ``measurements.jsonl`` (and echo it)."""
         record = {"t": round(self.budget.used(), 1), **record}
         line = json.dumps(record, default=str)
         print(line, flush=True)
-        with open(self.out / "measurements.jsonl", "a") as f:
+        from .. import fsio
+
+        fd = fsio.open_append(self.out / "measurements.jsonl")  # never through a symbolic link
+        with os.fdopen(fd, "a") as f:
             f.write(line + "\n")
 
 

@@ -50,8 +50,10 @@ def pick_dataset(data_root: str | None = None) -> tuple[str, str]:
 
 
 def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), data_root: str | None = None,
-             device: str | None = "auto", progress: bool = True) -> Path:
-    """Run the whole chain into ``out`` (default ``<data dir>/demo``); returns the figures folder."""
+             device: str | None = "auto", progress: bool = True, seeds: list[int] | None = None) -> Path:
+    """Run the whole chain into ``out`` (default ``<data dir>/demo``); returns the figures folder. ``seeds``
+    (default [0]): every variant is trained at each; the stripe tables are of every seed, the ablation of the
+    first."""
     from .. import fsio
     from ..analysis import compute_tables, run_ablation, summary_text, write_tables
     from ..nn import ModelConfig
@@ -93,23 +95,25 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
         recorders[label] = OnlineRecorder()
         return (recorders[label],)
 
-    run_comparison(base, cfg.attn, [0], out / "compare", device=device, progress=progress,
+    seeds = list(seeds or [0])
+    run_comparison(base, cfg.attn, seeds, out / "compare", device=device, progress=progress,
                    callbacks_for=callbacks_for)
     print((out / "compare" / "results.md").read_text())
     done("train + record: baseline, +att, +ASR(att), +ASR(att)+att")
 
     stage("stats")
-    for label in labels:
-        rec_dir = run_dir_of(out / "compare", label, 0) / "recording"
-        tables = compute_tables(rec_dir)
-        write_tables(tables, rec_dir / "tables")
-        print(f"--- {label}")
-        print(summary_text(tables))
+    for seed in seeds:
+        for label in labels:
+            rec_dir = run_dir_of(out / "compare", label, seed) / "recording"
+            tables = compute_tables(rec_dir)
+            write_tables(tables, rec_dir / "tables")
+            print(f"--- {label}" + (f", seed {seed}" if len(seeds) > 1 else ""))
+            print(summary_text(tables))
     done("stats")
 
     stage("ablate")
     for label in labels[:2]:
-        run = run_dir_of(out / "compare", label, 0)
+        run = run_dir_of(out / "compare", label, seeds[0])
         table = run_ablation(run, scopes=cfg.ablation_scopes, device=device, progress=progress)
         print(f"--- {label}\n" + (Path(table.attrs["out"]) / "ablation.md").read_text().rstrip())
     done("ablate")

@@ -125,9 +125,10 @@ def _stage_speed(ctx: Context) -> None:
 
 
 def _stage_science(ctx: Context) -> None:
-    """ResNet-164 (+SE, or the campaign's variant and seed) on the full training set, online recording every
-    epoch; the epochs are the campaign's, or as many as the measured speed fits into the time left. The final
-    predictions are kept next to the run (they travel in the archive, for the comparison of a campaign)."""
+    """ResNet-164 (+SE, or the campaign's variant) at each seed of the campaign, on the full training set, online
+    recording every epoch; the epochs are the campaign's, or as many as the measured speed fits into the time
+    left (shared equally by the seeds). The final predictions are kept next to each run (they travel in the
+    archive, for the comparison of a campaign)."""
     from ..nn.variants import parse_label
     from .compare import final_predictions, run_dir_of
 
@@ -144,23 +145,30 @@ def _stage_science(ctx: Context) -> None:
                                                 "or give --epochs"})
         return
     else:
-        epochs = int(max(0, min(sz.science_epochs_max, left // per_epoch)))
+        epochs = int(max(0, min(sz.science_epochs_max, left / len(ctx.seeds) // per_epoch)))
         if epochs < 2:
-            ctx.log({"stage": "science", "skipped": f"{left:.0f} s left, ~{per_epoch:.0f} s per epoch"})
+            ctx.log({"stage": "science", "skipped": f"{left:.0f} s left for {len(ctx.seeds)} seed(s), "
+                                                    f"~{per_epoch:.0f} s per epoch"})
             return
-    cfg = base_config(ctx, model=replace(base_config(ctx).model, **v.overrides()), epochs=epochs, seed=camp.seed,
-                      keep_checkpoints="last")
-    run = run_dir_of(ctx.out, v.label, camp.seed)
-    ctx.log({"stage": "science-plan", "variant": v.label, "seed": camp.seed, "epochs": epochs,
-             "estimated_epoch_s": per_epoch, "left_s": left})
-    result = train_recorded(ctx, cfg, run, reserve=sz.science_reserve_s)
-    ctx.log({"stage": "science", "variant": v.label, "seed": camp.seed, **result})
-    if result["stopped_by_budget_at"] is None:
-        pred, labels = final_predictions(run, sz.device)
-        ctx.log({"stage": "science", "variant": v.label, "final_predictions": len(pred),
-                 "final_top1": 100 * float((pred == labels).mean())})
-    if v.attn:
-        record_tables(ctx, run, v.label)
+    for i, seed in enumerate(ctx.seeds):
+        if ctx.budget.left() <= sz.min_stage_s:
+            ctx.log({"stage": "science", "variant": v.label, "seed": seed, "skipped": "out of budget"})
+            continue
+        cfg = base_config(ctx, model=replace(base_config(ctx).model, **v.overrides()), epochs=epochs, seed=seed,
+                          keep_checkpoints="last")
+        run = run_dir_of(ctx.out, v.label, seed)
+        reserve = sz.science_reserve_s + (ctx.budget.left() - sz.science_reserve_s) * (len(ctx.seeds) - 1 - i) / \
+            (len(ctx.seeds) - i)
+        ctx.log({"stage": "science-plan", "variant": v.label, "seed": seed, "epochs": epochs,
+                 "estimated_epoch_s": per_epoch, "left_s": left})
+        result = train_recorded(ctx, cfg, run, reserve=reserve)
+        ctx.log({"stage": "science", "variant": v.label, "seed": seed, **result})
+        if result["stopped_by_budget_at"] is None:
+            pred, labels = final_predictions(run, sz.device)
+            ctx.log({"stage": "science", "variant": v.label, "seed": seed, "final_predictions": len(pred),
+                     "final_top1": 100 * float((pred == labels).mean())})
+        if v.attn:
+            record_tables(ctx, run, f"{v.label} seed {seed}")
 
 
 STAGES = {"train-speed": _stage_train_speed, "learns": _stage_learns, "collect-speed": _stage_collect_speed,
@@ -186,13 +194,15 @@ def gpu_quick(ctx: Context) -> None:
 
 
 def paper_cifar10(ctx: Context) -> None:
-    """The four variants of ResNet-164 with the paper's recipe (164 epochs), recorded online; resumable."""
+    """The four variants of ResNet-164 with the paper's recipe (164 epochs), recorded online, at each seed;
+    resumable."""
     from ..nn.variants import slug, variants
 
-    for label, v in variants("se").items():
-        cfg = base_config(ctx, model=replace(base_config(ctx).model, **v.overrides()), epochs=ctx.sizes.epochs,
-                          keep_checkpoints="last,every:10")
-        run = ctx.out / "runs" / f"{slug(label)}_seed0"
-        ctx.log({"stage": "train", "variant": label, **train_recorded(ctx, cfg, run)})
-        if v.attn:
-            record_tables(ctx, run, label)
+    for seed in ctx.seeds:
+        for label, v in variants("se").items():
+            cfg = base_config(ctx, model=replace(base_config(ctx).model, **v.overrides()), epochs=ctx.sizes.epochs,
+                              keep_checkpoints="last,every:10", seed=seed)
+            run = ctx.out / "runs" / f"{slug(label)}_seed{seed}"
+            ctx.log({"stage": "train", "variant": label, "seed": seed, **train_recorded(ctx, cfg, run)})
+            if v.attn:
+                record_tables(ctx, run, f"{label} seed {seed}")

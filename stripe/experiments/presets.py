@@ -51,58 +51,64 @@ CPU20_DRY = replace(CPU20, epochs=2, train_subset=256, test_subset=200, probe_n=
 
 
 def cifar10_resnet20_cpu(ctx: Context) -> None:
-    """ResNet-20 +SE and +ASR(SE), full CIFAR-10, 15 epochs, recorded online; tables; ablation; comparison."""
+    """ResNet-20 +SE and +ASR(SE), full CIFAR-10, 15 epochs, recorded online; tables; ablation; comparison; each
+    seed of ``ctx.seeds`` in turn."""
     from ..analysis.ablation import paired_counts
     from ..nn.variants import Variant, slug
     from .compare import final_predictions, wilson_interval
 
     labels = {"+SE": Variant("se"), "+ASR(SE)": Variant("se", True)}
+    jobs = [(seed, label, v) for seed in ctx.seeds for label, v in labels.items()]
     runs, complete = {}, {}
-    for i, (label, v) in enumerate(labels.items()):
+    for i, (seed, label, v) in enumerate(jobs):
         if ctx.budget.left() <= 0:
-            ctx.log({"stage": "train", "variant": label, "skipped": "out of budget"})
+            ctx.log({"stage": "train", "variant": label, "seed": seed, "skipped": "out of budget"})
             continue
         cfg = base_config(ctx, model=replace(base_config(ctx).model, **v.overrides()),
-                          keep_checkpoints="last,every:5")
-        run = ctx.out / "runs" / f"{slug(label)}_seed0"
-        runs[label] = run
-        # leave the later variants and the analysis their share of the budget
-        reserve = ctx.budget.left() * (len(labels) - 1 - i) / (len(labels) - i) + 300 * (not ctx.dry_run)
+                          keep_checkpoints="last,every:5", seed=seed)
+        run = ctx.out / "runs" / f"{slug(label)}_seed{seed}"
+        runs[(label, seed)] = run
+        # leave the later runs and the analysis their share of the budget
+        reserve = ctx.budget.left() * (len(jobs) - 1 - i) / (len(jobs) - i) + 300 * (not ctx.dry_run)
         result = train_recorded(ctx, cfg, run, reserve=reserve)
-        complete[label] = result["epochs_done"] >= result["epochs"]
-        ctx.log({"stage": "train", "variant": label, **result})
-    for label, run in runs.items():
+        complete[(label, seed)] = result["epochs_done"] >= result["epochs"]
+        ctx.log({"stage": "train", "variant": label, "seed": seed, **result})
+    for (label, seed), run in runs.items():
         if ctx.budget.left() <= 0:
-            ctx.log({"stage": "stats", "variant": label, "skipped": "out of budget"})
+            ctx.log({"stage": "stats", "variant": label, "seed": seed, "skipped": "out of budget"})
             continue
-        record_tables(ctx, run, label)
-    if "+SE" in runs and ctx.budget.left() > 0:
-        ablate_run(ctx, runs["+SE"], "+SE", ("all", "stage", "tap"))
-    if len(runs) < len(labels) or ctx.budget.left() <= 0:
-        ctx.log({"stage": "compare", "skipped": "out of budget", "complete": complete})
-        return
-    preds = {label: final_predictions(run, ctx.sizes.device) for label, run in runs.items()}
-    row: dict[str, Any] = {}
-    for label, (p, y) in preds.items():
-        row[label] = {"top1": 100 * float((p == y).mean()), "wilson95": wilson_interval(int((p == y).sum()), len(y)),
-                      "n_test": len(y), "complete": complete[label],
-                      **({} if complete[label] else {"note": "stopped by the budget before its last epoch"})}
-    (pa, ya), (pb, _) = preds["+SE"], preds["+ASR(SE)"]
-    row["mcnemar_p_se_vs_asr"] = paired_counts(pa, pb, ya)[2]
-    ctx.log({"stage": "compare", **row})
+        record_tables(ctx, run, f"{label} seed {seed}")
+    for seed in ctx.seeds:
+        if ("+SE", seed) in runs and ctx.budget.left() > 0:
+            ablate_run(ctx, runs[("+SE", seed)], f"+SE seed {seed}", ("all", "stage", "tap"))
+        if any((label, seed) not in runs for label in labels) or ctx.budget.left() <= 0:
+            ctx.log({"stage": "compare", "seed": seed, "skipped": "out of budget",
+                     "complete": {label: complete.get((label, seed), False) for label in labels}})
+            continue
+        preds = {label: final_predictions(runs[(label, seed)], ctx.sizes.device) for label in labels}
+        row: dict[str, Any] = {"seed": seed}
+        for label, (p, y) in preds.items():
+            done = complete[(label, seed)]
+            row[label] = {"top1": 100 * float((p == y).mean()), "wilson95": wilson_interval(int((p == y).sum()), len(y)),
+                          "n_test": len(y), "complete": done,
+                          **({} if done else {"note": "stopped by the budget before its last epoch"})}
+        (pa, ya), (pb, _) = preds["+SE"], preds["+ASR(SE)"]
+        row["mcnemar_p_se_vs_asr"] = paired_counts(pa, pb, ya)[2]  # two trained networks, not the two methods
+        ctx.log({"stage": "compare", **row})
 
 
 def zoo_cifar10_cpu(ctx: Context) -> None:
-    """Every attention module as +att and +ASR(att), and the baseline, on ResNet-20 (:mod:`.zoo`)."""
+    """Every attention module as +att and +ASR(att), and the baseline, on ResNet-20, at each seed (:mod:`.zoo`)."""
     from . import zoo
+    from .zoo_report import report
 
     deadline = time.monotonic() + ctx.budget.left()
-    zoo.run_campaign(ctx.out, jobs=ctx.notes.get("jobs", 2), sizes=zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO,
-                     data_root=ctx.data_root, log=ctx.log, deadline=deadline,
-                     only=ctx.notes.get("only"))
-    if any(zoo.is_done(Path(ctx.out), r) for r in zoo.zoo_runs()):  # the tables and figures of what is done
-        written = zoo.report(ctx.out, Path(ctx.out) / "report")["written"]
-        ctx.log({"stage": "zoo-report", "written": [str(p) for p in written]})
+    zoo.run_campaign(ctx.out, seeds=ctx.seeds, jobs=ctx.notes.get("jobs", 2),
+                     sizes=zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO, data_root=ctx.data_root, log=ctx.log,
+                     deadline=deadline, only=ctx.notes.get("only"))
+    if any(zoo.done_seeds(Path(ctx.out), r) for r in zoo.zoo_runs()):  # the tables and figures of what is done
+        written = report(ctx.out, Path(ctx.out) / "report", epochs=(zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO).epochs)
+        ctx.log({"stage": "zoo-report", "written": [str(p) for p in written["written"]]})
 
 
 def demo_cpu(ctx: Context) -> None:
@@ -110,7 +116,7 @@ def demo_cpu(ctx: Context) -> None:
     from .demo import TINY, DemoConfig, run_demo
 
     run_demo(ctx.out, cfg=TINY if ctx.dry_run else DemoConfig(), data_root=ctx.data_root, device=ctx.device,
-             progress=ctx.progress)
+             progress=ctx.progress, seeds=ctx.seeds)
 
 
 def _demo_sizes(dry_run: bool) -> Any:
@@ -166,11 +172,10 @@ def _check_options(name: str, campaign: Campaign | None, jobs: int | None, only:
         raise UserError(f"--jobs and --only apply to {takes['runs']} only")
     if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {jobs}")
-    if only:
-        from .zoo import run_by_slug
+    if only is not None:
+        from .zoo import select_runs
 
-        for o in only:
-            run_by_slug(o)
+        select_runs(only)
     if budget is not None and not budget > 0:
         raise UserError(f"--budget must be a positive number of seconds, got {budget:g}")
     if archive_mib is not None and not archive_mib > 0:
@@ -179,14 +184,18 @@ def _check_options(name: str, campaign: Campaign | None, jobs: int | None, only:
 
 def run_preset(name: str, *, out: str | Path | None = None, data_root: str | None = None, budget: float | None = None,
                dry_run: bool = False, device: str = "auto", progress: bool = True, campaign: Campaign | None = None,
-               archive_mib: float | None = None, jobs: int | None = None, only: list[str] | None = None) -> int:
+               archive_mib: float | None = None, jobs: int | None = None, only: list[str] | None = None,
+               seeds: str | list[int] | None = None) -> int:
     """Run preset ``name`` within ``budget`` seconds; writes ``measurements.jsonl`` and ``results.tar.gz`` (under
     ``archive_mib`` when given). ``campaign`` (``gpu-quick`` only) picks its stages and the science run; ``jobs``
-    and ``only`` (``zoo-cifar10-cpu`` only): runs side by side, and which runs (slugs or labels)."""
+    and ``only`` (``zoo-cifar10-cpu`` only): runs side by side, and which runs (groups, slugs or labels);
+    ``seeds`` (every preset): a count or a list (:func:`stripe.experiments.zoo.parse_seeds`; default seed 0)."""
     from ..data import default_data_dir
     from .demo import pick_dataset
+    from .zoo import parse_seeds
 
     _check_options(name, campaign, jobs, only, budget, archive_mib)
+    seed_list = parse_seeds(seeds) if seeds is not None else [campaign.seed if campaign is not None else 0]
     preset = PRESETS[name]
     sizes = preset.dry if dry_run else preset.sizes
     if device != "auto":
@@ -202,13 +211,15 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
                   progress, dry_run, campaign or Campaign())
     if jobs is not None:
         ctx.notes["jobs"] = jobs
-    if only:
+    if only is not None:
         ctx.notes["only"] = list(only)
+    ctx.seeds = seed_list
     with fsio.DirLock(out, "--out"):
         ctx.log({"stage": "env", "preset": name, "stripe": __version__, "torch": torch.__version__,
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,
                  "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else platform.processor() or "cpu",
                  "data": sentence, "sizes": (preset.own_sizes(dry_run) if preset.own_sizes else sizes).__dict__,
+                 "seeds": seed_list,
                  **({"campaign": ctx.campaign.__dict__} if "campaign" in preset.options else {})})
         failed = False
         try:

@@ -8,7 +8,8 @@ from .taps import ChannelAttention, Tap
 
 
 class CBAM(ChannelAttention):
-    """Channel gate: shared MLP (no biases) on GAP and global max pool, summed, Sigmoid; then a
+    """Channel gate: shared MLP (no biases, as timm's; ``bias=True``: with biases, as the original CBAM code) on
+    GAP and global max pool, summed, Sigmoid; then a
     spatial gate: [channel-max, channel-mean] -> Conv2d(2, 1, 7, pad 3, no bias) -> BN -> Sigmoid.
 
     ``tap`` records the channel gate (the only channel attention); ``tap_spatial`` records the
@@ -18,16 +19,17 @@ class CBAM(ChannelAttention):
     the input, so it cannot fold; an ASR(CBAM) model is channel-gate-only and stays cost-free.
     Without biases, a hidden unit whose weights sum below zero is dead for the constant ψ (0.1 in every
     channel) and passes no gradient, so it stays dead; a tap whose units are all dead outputs exactly 0.5
-    in every channel for good (about half the units at initialisation; 8 of 9 taps of ResNet-20 by epoch
-    10 in ``figures/cifar10-zoo-cpu/``). ``stripe stats`` names such taps.
+    in every channel for good (each unit starts dead with probability 1/2: 16 of 21 units of ResNet-20 at
+    initialisation; 8 of 9 taps frozen by epoch 10 in ``figures/cifar10-zoo-cpu/``). ``stripe stats`` names such
+    taps. With ``bias=True`` a unit's bias can move it out of the dead region, so no tap is frozen by construction.
     """
 
-    def __init__(self, channels: int, reduction: int = 16, spatial: bool = True) -> None:
+    def __init__(self, channels: int, reduction: int = 16, spatial: bool = True, bias: bool = False) -> None:
         super().__init__(channels)
         hidden = self.hidden_width = max(1, channels // reduction)
         self.tap_hidden = Tap()
         self.mlp = nn.Sequential(
-            nn.Linear(channels, hidden, bias=False), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=False)
+            nn.Linear(channels, hidden, bias=bias), nn.ReLU(inplace=True), nn.Linear(hidden, channels, bias=bias)
         )
         self.spatial = spatial
         if spatial:

@@ -44,6 +44,7 @@ class ModelConfig:
     psi_init: float = 0.1
     attn_kw: dict[str, Any] = field(default_factory=dict)
     reduction: int | None = None
+    mlp_bias: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -71,7 +72,7 @@ class ModelConfig:
         if self.is_source:
             parse_source(self.name)
             used = [f for f, v in (("attn", self.attn), ("asr", self.asr), ("both", self.both), ("block", self.block),
-                                   ("psi_size", self.psi_size)) if v not in (None, False)]
+                                   ("psi_size", self.psi_size), ("mlp_bias", self.mlp_bias)) if v not in (None, False)]
             if used or self.attn_kw:
                 raise UserError(f"{self.name}: {', '.join(used or ['attn_kw'])} only apply to this package's "
                                  "cifar_resnet models; a source model keeps its own attention (record it with "
@@ -97,6 +98,9 @@ class ModelConfig:
                                                                           get_spec(n).options()))
             if isinstance(self.reduction, bool) or int(self.reduction) != self.reduction or self.reduction < 1:
                 raise UserError(f"--reduction must be a positive integer, got {self.reduction!r}")
+        if self.mlp_bias and (spec is None or "bias" not in spec.options()):
+            raise UserError(f"--mlp-bias: {self.attn or 'the baseline (no attention)'} has no bias-free MLP; it applies "
+                             "to " + ", ".join(n for n in list_attn() if "bias" in get_spec(n).options()))
         min_psi = spec.min_psi_size if self.asr else 1
         psi_size = min_psi if self.psi_size is None else self.psi_size
         if psi_size < min_psi:
@@ -115,12 +119,13 @@ class ModelConfig:
     def folded(self) -> "ModelConfig":
         """The config of this model after its ASR norms are folded."""
         return replace(self, asr=False, both=False, attn=self.attn if self.both else None, psi_size=1,
-                       psi_init=ModelConfig.psi_init, reduction=self.reduction if self.both else None)
+                       psi_init=ModelConfig.psi_init, reduction=self.reduction if self.both else None,
+                       mlp_bias=self.mlp_bias if self.both else False)
 
     def plain(self) -> "ModelConfig":
         """The config of the plain backbone (no attention, no ASR)."""
         return replace(self, attn=None, asr=False, both=False, psi_size=1, psi_init=ModelConfig.psi_init,
-                       reduction=None)
+                       reduction=None, mlp_bias=False)
 
     @property
     def depth(self) -> int:
@@ -271,7 +276,8 @@ class CifarResNet(nn.Module):
 def _make_stage(block: type[nn.Module], inplanes: int, planes: int, n: int, stride: int, cfg: ModelConfig) -> Stage:
     spec = get_spec(cfg.attn) if cfg.attn else None
     channels = planes * block.expansion
-    kw = cfg.attn_kw if cfg.reduction is None else {**cfg.attn_kw, "reduction": cfg.reduction}
+    kw = {**cfg.attn_kw, **({"reduction": cfg.reduction} if cfg.reduction is not None else {}),
+          **({"bias": True} if cfg.mlp_bias else {})}
     normal = spec is not None and (not cfg.asr or cfg.both)  # a normal, input-dependent attention
     shared = create_attn(spec.name, channels, **kw) if normal and spec.placement == "stage" else None
     asr_shared = (create_attn(spec.name, channels, for_asr=True, **kw)

@@ -230,6 +230,9 @@ MODEL_OPTIONS: dict[str, tuple[str, str]] = {
     "psi_init": ("--psi-init", "ψ's initial value"),
     "reduction": ("--reduction", "bottleneck ratio r of SE, CBAM, SPA (default 16) and DIA (default 4): hidden width "
                                  "round(C/r) for SE, C//r for the others"),
+    "mlp_bias": ("--mlp-bias", "CBAM's and SPA's MLPs with biases, as in the original CBAM code (default: none, as "
+                               "timm's; without them an ASR(CBAM)/ASR(SPA) hidden unit dead for the constant ψ stays "
+                               "dead)"),
 }
 #: model-config fields set from the data set (or not exposed), never options
 MODEL_FROM_DATA = ("num_classes", "in_chans", "image_size", "attn_kw")

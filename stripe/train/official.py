@@ -306,12 +306,13 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
     candidates = [base] if psi is None else []
     for a in list_attn():
         spec = get_spec(a)
+        biases = (False, True) if "bias" in spec.options() else (False,)
         if psi is None:
-            candidates.append(ModelConfig(**{**base.to_dict(), "attn": a}))
+            candidates += [ModelConfig(**{**base.to_dict(), "attn": a, "mlp_bias": b}) for b in biases]
         elif psi_size >= spec.min_psi_size:
             for both in (False, True):
-                candidates.append(ModelConfig(**{**base.to_dict(), "attn": a, "asr": True, "both": both,
-                                                 "psi_size": psi_size}))
+                candidates += [ModelConfig(**{**base.to_dict(), "attn": a, "asr": True, "both": both,
+                                              "psi_size": psi_size, "mlp_bias": b}) for b in biases]
     found = []
     for cand in candidates:
         want = _meta_shapes(cand)

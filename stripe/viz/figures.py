@@ -928,10 +928,11 @@ def _write_palette_png(fig: Figure, f: Any) -> None:
     pal.save(f, format="PNG", optimize=True, dpi=(DPI, DPI))
 
 
-def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
+def zoo_stripes(stages: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
     """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
     (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init. ASR taps are left out
-    (constant by construction): an ASR-only model (+ASR(att)) gets no panel, only a mention in the title."""
+    (constant by construction): an ASR-only model (+ASR(att)) gets no panel, only a mention in the title.
+    ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
     kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stages.items()}
     asr_only = [k for k, v in kept.items() if v.empty]
     stages = {k: v for k, v in kept.items() if not v.empty}
@@ -962,38 +963,88 @@ def zoo_stripes(stages: Mapping[str, pd.DataFrame]) -> Figure:
         handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
                     Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small")
+        seeds = sorted({int(n) for v in stages.values() if "n_seeds" in v for n in v["n_seeds"]})
+        mean = f"; mean over {'/'.join(map(str, seeds))} seeds" if seeds and seeds != [1] else ""
         fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)"
+                     + _notes([t for t in (subtitle + mean,) if t], 100)
                      + (_notes([f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}"], 100)
                         if asr_only else ""))
     return fig
 
 
-def zoo_accuracy(acc: pd.DataFrame) -> Figure:
-    """Final test top-1 with its 95% Wilson interval per run: the baseline as a band, +att and +ASR(att) side by
-    side for each module."""
-    require_columns(acc, ["run", "attn", "asr", "top1", "top1_lo", "top1_hi"], "zoo accuracy table")
-    red = acc["reduction"].fillna(0).astype(int) if "reduction" in acc else pd.Series(0, index=acc.index)
-    groups = [g for g in dict.fromkeys(zip(acc["attn"], red)) if g[0]]  # (module, reduction): SE r=4 on its own
-    base = acc[acc["attn"] == ""]
+#: where each kind of run sits in its module's group on the accuracy figure, and its colour
+_KINDS = (("baseline", -0.3, "0.35"), ("+att", -0.1, "#dd8452"), ("+ASR(att)", 0.1, "#4c72b0"),
+          ("+ASR(att)+att", 0.3, "#55a868"))
+
+
+def _acc_kind(attn: str, asr: bool, both: bool) -> str:
+    return "baseline" if not attn else "+att" if not asr else "+ASR(att)+att" if both else "+ASR(att)"
+
+
+def zoo_accuracy(acc: pd.DataFrame, *, subtitle: str = "") -> Figure:
+    """Final test top-1 per run over seeds: every seed a small point, each run's mean with its 95% t-interval over
+    seeds (one seed: the point alone, marked as one seed); the baseline of the campaign's schedule as a band (its
+    seeds' t-interval, or its range of one seed's Wilson interval when it has one seed). One group per module
+    and recipe (reduction, MLP biases, a longer schedule); a recipe's own baseline sits in its group.
+    ``subtitle`` says what was run (model, data, epochs, seeds)."""
+    require_columns(acc, ["run", "attn", "asr", "top1"], "zoo accuracy table")
+    d = acc.copy()
+    d["seed"] = d["seed"] if "seed" in d else 0
+    d["both"] = d["both"].astype(bool) if "both" in d else False
+    d["recipe"] = d["recipe"].fillna("") if "recipe" in d else [
+        f"r={int(r)}" if r == r and r else "" for r in d.get("reduction", pd.Series(np.nan, index=d.index))]
+    d["attn"] = d["attn"].fillna("")
+    d["kind"] = [_acc_kind(a, bool(s), bool(b)) for a, s, b in zip(d["attn"], d["asr"], d["both"])]
+    base = d[(d["kind"] == "baseline") & (d["recipe"] == "")]
+    groups = list(dict.fromkeys((a, r) for a, r in zip(d["attn"], d["recipe"]) if a))
+    groups += [("", r) for r in dict.fromkeys(d.loc[(d["kind"] == "baseline") & (d["recipe"] != ""), "recipe"])
+               if not any(g[1] == r for g in groups)]
+    from scipy import stats as st
+
+    offsets = {k: (x, c) for k, x, c in _KINDS}
+    one_seed = False
     with _theme():
         fig = _figure("zoo_accuracy")
         ax = fig.subplots()
         if len(base):
-            b = base.iloc[0]
-            ax.axhspan(b["top1_lo"], b["top1_hi"], color="0.85", zorder=0, label=f"baseline {b['top1']:.2f}%")
+            v = base["top1"].to_numpy(dtype=float)
+            if len(v) > 1:
+                half = float(st.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v))
+                lo, hi, what = v.mean() - half, v.mean() + half, f"{len(v)} seeds, 95% t"
+            else:
+                lo, hi = (float(base["top1_lo"].iloc[0]), float(base["top1_hi"].iloc[0])) if "top1_lo" in base \
+                    else (v[0], v[0])
+                what = "one seed, 95% Wilson"
+            ax.axhspan(lo, hi, color="0.88", zorder=0, label=f"baseline {v.mean():.2f}% ({what})")
+            ax.axhline(v.mean(), color="0.6", lw=0.8, zorder=0)
         labelled: set[str] = set()
-        for i, (m, r_) in enumerate(groups):
-            g = acc[(acc["attn"] == m) & (red == r_)]
-            for j, (asr, name, color) in enumerate(((False, "+att", "#dd8452"), (True, "+ASR(att)", "#4c72b0"))):
-                for r in g[g["asr"].astype(bool) == asr].itertuples():
-                    ax.errorbar([i + (j - 0.5) * 0.3], [r.top1], yerr=[[r.top1 - r.top1_lo], [r.top1_hi - r.top1]],
-                                fmt="o", color=color, capsize=3, label=None if name in labelled else name)
-                    labelled.add(name)
-        ax.set_xticks(range(len(groups)), [m.upper() + (f" r={r_}" if r_ else "") for m, r_ in groups])
+        for i, (m, recipe) in enumerate(groups):
+            g = d[(d["recipe"] == recipe) & ((d["attn"] == m) | ((d["kind"] == "baseline") & (recipe != "")))]
+            for kind, rows in g.groupby("kind", sort=False):
+                x0, color = offsets[kind]
+                x = i + x0
+                v = rows["top1"].to_numpy(dtype=float)
+                ax.scatter(np.full(len(v), x) + np.linspace(-0.03, 0.03, len(v)) * (len(v) > 1), v, s=9,
+                           color=color, alpha=0.55, zorder=2, linewidths=0)
+                if len(v) > 1:
+                    half = float(st.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v))
+                    ax.errorbar([x], [v.mean()], yerr=[[half], [half]], fmt="o", color=color, capsize=3, ms=5,
+                                zorder=3, label=None if kind in labelled else kind)
+                else:
+                    one_seed = True
+                    ax.plot([x], v, marker="D", ls="none", color=color, ms=4, zorder=3,
+                            label=None if kind in labelled else kind)
+                labelled.add(kind)
+        ax.set_xticks(range(len(groups)), [(m.upper() if m else "baseline") + (f" {r}" if r else "")
+                                           for m, r in groups])
         ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_ylabel("final test top-1 (%)")
         ax.legend(loc="best", fontsize="small")
-        fig.suptitle("Final test top-1 per module, 95% Wilson intervals: +att, +ASR(att) and the baseline (band)")
+        notes = [subtitle] if subtitle else []
+        notes.append("small dots: seeds; circle and bar: mean and 95% t-interval over seeds"
+                     + ("; diamond: a run with one seed (no interval: the seed-to-seed spread is unknown)"
+                        if one_seed else ""))
+        fig.suptitle("Final test top-1 per module: +att, +ASR(att) and the baseline (band)" + _notes(notes, 110))
     return fig
 
 

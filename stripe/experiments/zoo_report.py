@@ -1,0 +1,464 @@
+"""The attention zoo's report over seeds: from whatever (run, seed) pairs are done in ``OUT/results``.
+
+The seed is the unit of replication (DESIGN.md): per run, the per-seed top-1, its mean and a 95 % t-interval
+over seeds; per comparison (+ASR(att) against +att of the same module and recipe, every run against the
+baseline of its schedule), the per-seed paired difference (same seed = same initialisation stream and data
+order) with a t-interval and a paired t-test. McNemar's exact test of one seed's two networks is kept,
+labelled as what it is: a comparison of two trained networks on one test set, never of two methods. With one
+seed a difference is given as a number and called "one seed"; no text calls it detectable. Across modules, a
+sign test over the pairs' mean differences (pairs whose ASR gates froze left out: their ASR is degenerate by
+construction of the module variant).
+
+Stripes: the stage means of S and of the per-channel std (the paper's statistic) at the first, middle and
+last epoch, averaged over seeds with a t-interval over seeds (one seed: the recording's jackknife interval over
+the probe folds); the spread's trend over the second half of training when the tables hold it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import fsio
+from ..nn.variants import Variant
+from .zoo import ZooRun, done_seeds, result_dir, zoo_runs
+
+#: the statistics the stripe table carries per stage (column in stages.csv, interval kind of seed_interval)
+STAGE_STATS = (("stripe_after", "stripe"), ("stripe_before", "stripe"), ("std_after", "std"), ("std_before", "std"))
+
+
+@dataclass
+class _Result:
+    """One finished (run, seed) pair, read from its results folder."""
+
+    run: ZooRun
+    seed: int
+    path: Path
+    info: dict[str, Any]
+    config: dict[str, Any]
+    pred: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * float((self.pred == self.labels).mean())
+
+
+def load_results(out: str | Path) -> list[_Result]:
+    """Every finished (run, seed) pair of the campaign folder ``out``, in catalogue then seed order."""
+    found = []
+    for run in zoo_runs():
+        for seed in done_seeds(out, run):
+            d = result_dir(out, run, seed)
+            with np.load(d / "predictions.npz") as z:
+                pred, labels = z["pred"].astype(np.int64), z["labels"].astype(np.int64)
+            found.append(_Result(run, seed, d, json.loads((d / "DONE.json").read_text()),
+                                 json.loads((d / "config.json").read_text()), pred, labels))
+    return found
+
+
+def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the t-interval of the mean of ``values``; one value: NaN interval; no spread: [m, m]."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return np.nan, np.nan, np.nan
+    m = float(x.mean())
+    if n < 2:
+        return m, np.nan, np.nan
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / np.sqrt(n)
+    return m, m - half, m + half
+
+
+def paired_t_p(diffs: Any) -> float:
+    """Two-sided p of the paired t-test (mean difference 0) from the per-seed differences; NaN with fewer than two
+    seeds or no spread."""
+    from scipy import stats
+
+    d = np.asarray(diffs, dtype=np.float64)
+    if len(d) < 2 or d.std(ddof=1) == 0:
+        return np.nan
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
+    return float(2 * stats.t.sf(abs(t), len(d) - 1))
+
+
+def sign_test_p(n_negative: int, n: int) -> float:
+    """Two-sided exact sign test: p of at least this many of ``n`` signs on one side when each side has 1/2."""
+    from scipy import stats
+
+    return float(stats.binomtest(n_negative, n, 0.5).pvalue) if n else np.nan
+
+
+def frozen_taps(res: _Result) -> int | None:
+    """How many of an ASR run's taps are frozen at the last epoch: every hidden unit dead in a module whose MLP has
+    no biases, so the gate outputs sigmoid(0) = 0.5 in every channel and gets no gradient, for good. None for a
+    run without ASR or without the tables."""
+    import pandas as pd
+
+    from ..nn.registry import get_spec
+
+    attn = res.run.variant.attn
+    path = res.path / "recording" / "tables" / "taps.csv"
+    if not res.run.variant.asr or not path.is_file():
+        return None
+    if "bias" not in get_spec(attn).options() or res.run.mlp_bias:
+        return 0  # an MLP with biases can always leave the dead region
+    taps = pd.read_csv(path)
+    last = taps[(taps["epoch"] == taps["epoch"].max()) & taps["asr"].astype(bool)]
+    if "dead_hidden" not in last:
+        return None
+    return int(((last["dead_hidden"] >= last["hidden_width"]) & (last["hidden_width"] > 0)).sum())
+
+
+def _verdict(n: int, mean: float, lo: float, hi: float) -> str:
+    """What a difference over seeds says, in words that never overstate it."""
+    if n == 0 or not np.isfinite(mean):
+        return "—"
+    if n == 1:
+        return "one seed"
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{n} seeds, no interval"
+    return f"{n} seeds: " + ("interval below 0" if hi < 0 else "interval above 0" if lo > 0 else "interval contains 0")
+
+
+def accuracy_tables(results: list[_Result], speed: "pd.DataFrame | None" = None) -> dict[str, "pd.DataFrame"]:
+    """``accuracy`` (one row per run and seed: top-1 with its Wilson interval, McNemar of the two networks of the
+    same seed against +att and the baseline), ``variants`` (per run over seeds: mean and t-interval),
+    ``comparisons`` (paired differences over seeds) and ``pooled`` (the sign test over modules)."""
+    import pandas as pd
+
+    from ..analysis import paired_counts
+    from .compare import wilson_interval
+
+    by = {(r.run, r.seed): r for r in results}
+    rows = []
+    for r in results:
+        lo, hi = wilson_interval(int((r.pred == r.labels).sum()), len(r.labels))
+        v = r.run.variant
+        row = {"run": r.run.label, "seed": r.seed, "attn": v.attn or "", "asr": v.asr, "both": v.both,
+               "reduction": r.run.reduction, "mlp_bias": r.run.mlp_bias, "recipe": r.run.recipe,
+               "epochs": int(r.info.get("epochs", 0)), "params_trained": r.config["params"]["train"],
+               "params_deployed": r.config["params"]["deployed"], "top1": r.top1, "top1_lo": lo, "top1_hi": hi,
+               "n_test": len(r.labels), "train_images_per_s": r.info.get("median_images_per_s"),
+               "fold_max_abs_logit_diff": (r.info.get("fold") or {}).get("max_abs_logit_diff"),
+               "fold_changed_predictions": (r.info.get("fold") or {}).get("changed_predictions"),
+               "frozen_taps": frozen_taps(r)}
+        for name, ref in (("vs_att", r.run.att() if v.asr else None), ("vs_baseline", r.run.baseline())):
+            other = by.get((ref, r.seed)) if ref is not None and ref != r.run else None
+            row[f"mcnemar_p_{name}"] = (paired_counts(other.pred, r.pred, r.labels)[2]
+                                        if other is not None and np.array_equal(other.labels, r.labels) else np.nan)
+        rows.append(row)
+    acc = pd.DataFrame(rows)
+    if speed is not None and len(acc):
+        acc["infer_images_per_s"] = inference_speed_of(acc, speed)
+
+    runs = list(dict.fromkeys(r.run for r in results))
+    var_rows = []
+    for run in runs:
+        mine = [r for r in results if r.run == run]
+        m, lo, hi = t_interval([r.top1 for r in mine])
+        var_rows.append({"run": run.label, "attn": run.variant.attn or "", "asr": run.variant.asr,
+                         "both": run.variant.both, "reduction": run.reduction, "mlp_bias": run.mlp_bias,
+                         "recipe": run.recipe, "n_seeds": len(mine), "seeds": " ".join(str(r.seed) for r in mine),
+                         "top1_per_seed": " ".join(f"{r.top1:.2f}" for r in mine), "top1_mean": m,
+                         "top1_sd": float(np.std([r.top1 for r in mine], ddof=1)) if len(mine) > 1 else np.nan,
+                         "top1_lo": lo, "top1_hi": hi,
+                         "frozen_taps": max((f for r in mine if (f := frozen_taps(r)) is not None), default=None)})
+    variants = pd.DataFrame(var_rows)
+
+    comp_rows = []
+    for run in runs:
+        refs = ([("+ASR(att) vs +att", run.att())] if run.variant.asr else []) + \
+               ([("vs baseline", run.baseline())] if run.variant.attn else [])
+        for kind, ref in refs:
+            seeds = sorted(s for (x, s) in by if x == run and (ref, s) in by)
+            diffs = [by[(run, s)].top1 - by[(ref, s)].top1 for s in seeds]
+            m, lo, hi = t_interval(diffs)
+            comp_rows.append({"run": run.label, "reference": ref.label, "kind": kind, "recipe": run.recipe,
+                              "attn": run.variant.attn or "", "asr": run.variant.asr, "both": run.variant.both,
+                              "n_seeds": len(seeds), "seeds": " ".join(map(str, seeds)),
+                              "diff_per_seed": " ".join(f"{d:+.2f}" for d in diffs), "diff_mean": m, "diff_lo": lo,
+                              "diff_hi": hi, "p_paired_t": paired_t_p(diffs),
+                              "frozen_taps": max((f for s in seeds if (f := frozen_taps(by[(run, s)])) is not None),
+                                                 default=None),
+                              "reads": _verdict(len(seeds), m, lo, hi)})
+    comparisons = pd.DataFrame(comp_rows)
+
+    pooled_rows = []
+    if len(comparisons):
+        pairs = comparisons[(comparisons["kind"] == "+ASR(att) vs +att") & ~comparisons["both"].astype(bool)
+                            & (comparisons["n_seeds"] > 0)]
+        for name, keep in (("every pair", np.ones(len(pairs), bool)),
+                           ("pairs whose ASR gates did not freeze",
+                            ~(pairs["frozen_taps"].fillna(0).astype(float) > 0).to_numpy())):
+            sel = pairs[keep]
+            neg, pos = int((sel["diff_mean"] < 0).sum()), int((sel["diff_mean"] > 0).sum())
+            pooled_rows.append({"pairs": name, "n_pairs": len(sel), "runs": ", ".join(sel["run"]),
+                                "negative": neg, "positive": pos, "sign_test_p": sign_test_p(neg, neg + pos),
+                                "seeds_per_pair": " ".join(str(int(n)) for n in sel["n_seeds"])})
+    return {"accuracy": acc, "variants": variants, "comparisons": comparisons, "pooled": pd.DataFrame(pooled_rows)}
+
+
+def _stage_table(r: _Result) -> "pd.DataFrame | None":
+    import pandas as pd
+
+    path = r.path / "recording" / "tables" / "stages.csv"
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def stage_means(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
+    """Per run (label), its stage table averaged over seeds: every statistic of :data:`STAGE_STATS` (and ``rstd_*``
+    when present) as the mean over seeds per (epoch, stage, asr), with ``n_seeds``. One seed: the table itself."""
+    import pandas as pd
+
+    out: dict[str, pd.DataFrame] = {}
+    for run in dict.fromkeys(r.run for r in results):
+        tabs = [t for r in results if r.run == run and (t := _stage_table(r)) is not None]
+        if not tabs:
+            continue
+        if len(tabs) == 1:
+            out[run.label] = tabs[0].assign(n_seeds=1)
+            continue
+        both = pd.concat(tabs)
+        cols = [c for c in both.columns if c not in ("epoch", "stage", "asr", "n_taps")
+                and not c.endswith(("_lo", "_hi")) and pd.api.types.is_numeric_dtype(both[c])]
+        g = both.groupby(["epoch", "stage", "asr"], as_index=False)
+        out[run.label] = g[cols].mean().merge(g.size().rename(columns={"size": "n_seeds"}))
+    return out
+
+
+def stripe_rows(results: list[_Result]) -> "pd.DataFrame":
+    """Per run, epoch (first, middle, last recorded after 0) and stage of its input-dependent taps: S and the
+    per-channel std after and before, the mean over seeds with its t-interval over seeds (``interval`` says
+    'seeds'), or with one seed the recording's jackknife interval over the probe folds ('probe folds')."""
+    import pandas as pd
+
+    from ..analysis.tables import seed_interval
+
+    rows = []
+    for run in dict.fromkeys(r.run for r in results):
+        tabs = [(r.seed, t) for r in results if r.run == run and (t := _stage_table(r)) is not None]
+        if not tabs:
+            continue
+        epochs = sorted(set.intersection(*(set(t["epoch"]) for _, t in tabs)) - {0})
+        pick = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]}) if epochs else []
+        for e in pick:
+            for stage in sorted(set(tabs[0][1]["stage"])):
+                sel = [t[(t["epoch"] == e) & (t["stage"] == stage) & ~t["asr"].astype(bool)] for _, t in tabs]
+                if any(len(s) != 1 for s in sel):
+                    continue
+                row: dict[str, Any] = {"run": run.label, "epoch": e, "stage": int(stage), "n_seeds": len(sel),
+                                       "interval": "seeds" if len(sel) > 1 else "probe folds"}
+                for col, kind in STAGE_STATS:
+                    if len(sel) > 1:
+                        m, lo, hi = seed_interval([float(s[col].iloc[0]) for s in sel], kind)
+                    else:
+                        s = sel[0].iloc[0]
+                        m, lo, hi = s[col], s.get(f"{col}_lo", np.nan), s.get(f"{col}_hi", np.nan)
+                    row.update({col: m, f"{col}_lo": lo, f"{col}_hi": hi})
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def settling_rows(results: list[_Result]) -> "pd.DataFrame":
+    """Per (run, seed) with input-dependent taps: settling, convergence, S per tap, dead and saturated channels,
+    hidden widths, dead hidden units and flags at the last epoch."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        tables = r.path / "recording" / "tables"
+        if not (tables / "taps.csv").is_file():
+            continue
+        conv = pd.read_csv(tables / "convergence.csv")
+        taps = pd.read_csv(tables / "taps.csv")
+        last = taps[taps["epoch"] == taps["epoch"].max()]
+        live = last[~last["asr"].astype(bool)]
+        rows.append({
+            "run": r.run.label, "seed": r.seed, "taps": len(conv), "settled": int(conv["settled"].sum()),
+            "settle_epoch_median": conv["settle_epoch"].median(),
+            "converged": int(conv["converged"].fillna(False).astype(bool).sum()),
+            "S_after_tap_min": live["stripe_after"].min() if len(live) else np.nan,
+            "S_after_tap_max": live["stripe_after"].max() if len(live) else np.nan,
+            "dead_channels": int(last["dead_channels"].fillna(0).sum()),
+            "saturated_channels": int(round(float((last["saturated_frac"].fillna(0) * last["channels"]).sum()))),
+            "flags": ", ".join(f"{k} {v}" for k, v in last["flag"].fillna("").value_counts().items() if k),
+            "hidden_widths": "/".join(str(int(w)) for w in sorted(set(last["hidden_width"].dropna())))
+            if "hidden_width" in last else "",
+            "dead_hidden": int(last["dead_hidden"].fillna(0).sum()) if "dead_hidden" in last else None,
+            "frozen_taps": frozen_taps(r)})
+    return pd.DataFrame(rows)
+
+
+def ablation_rows(results: list[_Result]) -> "pd.DataFrame":
+    """Per (run, seed) that was ablated: each replaced scope's top-1, change and McNemar p."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        path = r.path / "ablation" / "ablation.csv"
+        if not path.is_file():
+            continue
+        abl = pd.read_csv(path)
+        rows += [{"run": r.run.label, "seed": r.seed, "scope": a.scope, "target": a.target, "n_taps": a.n_taps,
+                  "test_acc": a.test_acc, "delta": a.delta, "changed": a.changed, "gained": a.gained, "lost": a.lost,
+                  "mcnemar_p": a.mcnemar_p} for a in abl.itertuples() if a.scope != "none"]
+    return pd.DataFrame(rows)
+
+
+def describe(results: list[_Result], epochs: int | None = None) -> str:
+    """What the campaign is, for a figure's title: model, data, epochs and seeds."""
+    if not results:
+        return ""
+    cfg = results[0].config["train"]
+    n = sorted({r.info.get("epochs") for r in results if not r.run.epochs})
+    seeds = sorted({len(done) for done in ({r.seed for r in results if r.run == run}
+                                           for run in dict.fromkeys(r.run for r in results))})
+    name = cfg["model"]["name"].replace("cifar_resnet", "ResNet-")
+    n_train = cfg.get("train_subset") or "all"
+    ep = "/".join(map(str, n)) if n else str(epochs or "?")
+    seed_text = ("one seed" if seeds == [1] else f"{seeds[0]}-{seeds[-1]} seeds per run" if len(seeds) > 1
+                 else f"{seeds[0]} seeds per run")
+    return f"{name}, CIFAR-10 ({n_train} training images), {ep} epochs, {seed_text}"
+
+
+def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = None,
+           epochs: int | None = None) -> dict[str, Any]:
+    """The campaign's tables and figures from ``out/results`` (whatever (run, seed) pairs are done): accuracy per
+    seed and over seeds with the paired comparisons and the pooled sign test, stripes and the paper's spread per
+    stage, settling and flags, the ablation; ``zoo_*.csv``, the same as Markdown in ``zoo_report.md``, and the
+    figures, in ``dest``. Returns what it wrote and the tables."""
+    import pandas as pd
+
+    from ..viz import figures
+
+    dest = fsio.claim_dir(dest, "figures")
+    results = load_results(out)
+    tables = accuracy_tables(results, speed)
+    tables.update({"stripes": stripe_rows(results), "settling": settling_rows(results),
+                   "ablation": ablation_rows(results)})
+    what = describe(results, epochs)
+    written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
+               for name, df in tables.items()]
+    written.append(fsio.write_text(dest / "zoo_report.md", report_markdown(tables, what)))
+    means = stage_means([r for r in results if not r.run.epochs])  # the campaign's schedule; longer ones apart
+    if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
+        written += figures.save_figure(figures.zoo_stripes(means, subtitle=what), dest, "zoo_stripes",
+                                       formats=("png",))
+    if len(tables["accuracy"]):
+        written += figures.save_figure(figures.zoo_accuracy(tables["accuracy"], subtitle=what), dest,
+                                       "zoo_accuracy", formats=("png",))
+    return {"written": written, **tables, "stage_means": means, "description": what}
+
+
+def inference_speed_of(acc: "pd.DataFrame", speed: "pd.DataFrame") -> list[float]:
+    """Each accuracy row's inference images/s from a speed table (``bench.inference_speed``): the row of the same
+    module and kind (baseline, attention, asr-folded) *and* the same deployed parameter count, so that a run at
+    another reduction (SE r=4) never takes the speed of the default width; NaN where the table has no such model."""
+    ips = {(row.attn if isinstance(row.attn, str) else "", row.variant, int(row.params)): row.images_per_s
+           for row in speed.itertuples()}  # a baseline's attn is '' (NaN when read from a CSV)
+    return [ips.get((a if isinstance(a, str) else "", "asr-folded" if s else "attention" if a else "baseline", int(n)),
+                    np.nan)
+            for a, s, n in zip(acc["attn"], acc["asr"], acc["params_deployed"])]
+
+
+# --------------------------------------------------------------------------- Markdown
+def _md_p(p: Any) -> str:
+    """A p-value for a Markdown cell ('—' when missing; '< 1e-300' when it is below what a float holds)."""
+    from ..analysis.ablation import format_p
+
+    return "—" if p is None or not np.isfinite(p) else format_p(p, ".2g")
+
+
+def _md_interval(x: Any, lo: Any, hi: Any, fmt: str = ".3f") -> str:
+    if x is None or not np.isfinite(x):
+        return "—"
+    return f"{x:{fmt}}" + (f" [{lo:{fmt}}, {hi:{fmt}}]" if np.isfinite(lo) and np.isfinite(hi) else "")
+
+
+def report_markdown(tables: dict[str, "pd.DataFrame"], what: str = "") -> str:
+    """The report's tables as Markdown (what ``zoo_report.md`` holds)."""
+    import pandas as pd
+
+    from ..viz.figures import md_number
+
+    acc, var, comp, pooled = (tables[k] for k in ("accuracy", "variants", "comparisons", "pooled"))
+    stripes, settle, abl = (tables[k] for k in ("stripes", "settling", "ablation"))
+    md = ["# The attention zoo: tables of the finished runs", ""]
+    if what:
+        md += [what + ".", ""]
+    md += ["## Accuracy over seeds", "",
+           "Final test top-1 per seed, the mean and its 95% t-interval over seeds (one seed: no interval).", "",
+           "| run | seeds | top-1 % per seed | mean [95% t over seeds] | params deployed |",
+           "|---|---:|---|---:|---:|"]
+    deployed = {r["run"]: r["params_deployed"] for r in acc.to_dict("records")} if len(acc) else {}
+    for r in var.to_dict("records"):
+        md.append(f"| {r['run']} | {r['n_seeds']} | {r['top1_per_seed']} | "
+                  f"{_md_interval(r['top1_mean'], r['top1_lo'], r['top1_hi'], '.2f')} | {deployed[r['run']]:,} |")
+    md += ["", "## Paired differences (top-1 points, same seed = same data order)", "",
+           "Mean over seeds with its 95% t-interval and the paired t-test; with one seed the difference of two "
+           "trained networks only.", "",
+           "| run | against | seeds | difference per seed | mean [95% t] | p (paired t) | frozen ASR taps | reads |",
+           "|---|---|---:|---|---:|---:|---:|---|"]
+    for r in comp.to_dict("records"):
+        md.append(f"| {r['run']} | {r['reference']} | {r['n_seeds']} | {r['diff_per_seed'] or '—'} | "
+                  f"{_md_interval(r['diff_mean'], r['diff_lo'], r['diff_hi'], '+.2f')} | {_md_p(r['p_paired_t'])} | "
+                  f"{md_number(r['frozen_taps'], 'g')} | {r['reads']} |")
+    if len(pooled):
+        md += ["", "Across modules, +ASR(att) − +att (each pair's mean over its seeds), exact two-sided sign test:", "",
+               "| pairs | n | below 0 | above 0 | sign test p | seeds per pair |", "|---|---:|---:|---:|---:|---|"]
+        md += [f"| {r['pairs']} | {r['n_pairs']} | {r['negative']} | {r['positive']} | {_md_p(r['sign_test_p'])} | "
+               f"{r['seeds_per_pair']} |" for r in pooled.to_dict("records")]
+    md += ["", "## Each seed's networks (Table 1 form)", "",
+           "McNemar's exact test compares two trained networks on one test set (the same seed): it says whether "
+           "these two networks differ, not whether the methods do.", "",
+           "| run | seed | params trained | params deployed | top-1 % [95% Wilson] | McNemar p vs +att | "
+           "McNemar p vs baseline | inference images/s | fold: changed predictions, max abs logit diff |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in acc.to_dict("records"):
+        fold = "—" if pd.isna(r.get("fold_changed_predictions")) else \
+            f"{int(r['fold_changed_predictions'])}, {r['fold_max_abs_logit_diff']:.1e}"
+        md.append(f"| {r['run']} | {r['seed']} | {r['params_trained']:,} | {r['params_deployed']:,} | "
+                  f"{_md_interval(r['top1'], r['top1_lo'], r['top1_hi'], '.2f')} | {_md_p(r['mcnemar_p_vs_att'])} | "
+                  f"{_md_p(r['mcnemar_p_vs_baseline'])} | {md_number(r.get('infer_images_per_s'), ',.0f')} | {fold} |")
+    md += ["", "## Stripes and the per-channel spread (stage means of the input-dependent taps)", "",
+           "S of the attention (after) and of its pooled input (before), and the per-channel std across images (the "
+           "paper's statistic); the mean over seeds with a 95% t-interval over seeds, or with one seed the "
+           "jackknife interval over the probe folds.", ""]
+    if len(stripes):
+        md += ["| run | epoch | stage | seeds | S after | S before | std after | std before |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['run']} | {r['epoch']} | {r['stage']} | {r['n_seeds']} | "
+               f"{_md_interval(r['stripe_after'], r['stripe_after_lo'], r['stripe_after_hi'])} | "
+               f"{_md_interval(r['stripe_before'], r['stripe_before_lo'], r['stripe_before_hi'])} | "
+               f"{_md_interval(r['std_after'], r['std_after_lo'], r['std_after_hi'], '.4f')} | "
+               f"{_md_interval(r['std_before'], r['std_before_lo'], r['std_before_hi'], '.4f')} |"
+               for r in stripes.to_dict("records")]
+    else:
+        md.append("No finished run has attention that reads its input.")
+    md += ["", "## Settling, convergence and flags (last epoch)", ""]
+    if len(settle):
+        md += ["| run | seed | taps | settled | median settling epoch | converged (S > 0.9, settled) | S after per tap "
+               "| dead channels | saturated channels | hidden widths | dead hidden units | frozen ASR taps | flags |",
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|"]
+        for r in settle.to_dict("records"):
+            span = "—" if pd.isna(r["S_after_tap_min"]) else f"{r['S_after_tap_min']:.2f}–{r['S_after_tap_max']:.2f}"
+            md.append(f"| {r['run']} | {r['seed']} | {r['taps']} | {r['settled']} | "
+                      f"{md_number(r['settle_epoch_median'], 'g')} | {r['converged']} | {span} | {r['dead_channels']} | "
+                      f"{r['saturated_channels']} | {r['hidden_widths'] or '—'} | {md_number(r['dead_hidden'], 'g')} | "
+                      f"{md_number(r['frozen_taps'], 'g')} | {r['flags'] or '—'} |")
+    md += ["", "## Ablation (attention replaced by its probe-set mean, folded into BN; the full test set)", ""]
+    if len(abl):
+        md += ["| run | seed | replaced | taps | test top-1 % | change (points) | predictions changed (gained / lost) "
+               "| McNemar p |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['run']} | {r['seed']} | {r['target']} | {r['n_taps']} | {r['test_acc']:.2f} | {r['delta']:+.2f} "
+               f"| {r['changed']} ({r['gained']} / {r['lost']}) | {_md_p(r['mcnemar_p'])} |"
+               for r in abl.to_dict("records")]
+    else:
+        md.append("No finished run with input-dependent attention has been ablated yet.")
+    return "\n".join(md) + "\n"
