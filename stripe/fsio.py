@@ -245,6 +245,13 @@ def _own_kind(path: Path) -> str | None:
         children = [p for p in runs.iterdir() if not p.name.startswith(".")]
         if children and all(p.is_dir() and _own_kind(p) == "run" for p in children):
             return "comparison"
+    results = path / "results"  # a zoo campaign continued from committed results: results/<run>/[seed<N>/]DONE.json
+    if results.is_dir() and all(e.name in ("results", "report", "logs") for e in path.iterdir()
+                                if e.name not in _IGNORABLE):
+        children = [p for p in results.iterdir() if not p.name.startswith(".")]
+        if children and all(p.is_dir() and ((p / "DONE.json").is_file() or any(
+                s.name.startswith("seed") and (s / "DONE.json").is_file() for s in p.iterdir())) for p in children):
+            return "preset"
     return None
 
 

@@ -175,10 +175,13 @@ def test_recorder_folds_follow_the_image_order():
     from stripe.nn import create_model
 
     torch.manual_seed(0)
-    model = create_model("cifar_resnet8", num_classes=10, attn="se").eval()
-    x = torch.randn(23, 3, 32, 32)
+    # in float64: batches of other sizes may take other convolution algorithms, whose float32 rounding differs by
+    # CPU; in float64 it stays ~eps64·κ, far below the eps32 bound below, while a wrong fold is off by O(1)
+    model = create_model("cifar_resnet8", num_classes=10, attn="se").double().eval()
+    x = torch.randn(23, 3, 32, 32, dtype=torch.float64)
     key = "layer3.0.attn.tap"
-    with Recorder(model, key.rsplit(".", 1)[0], folds=4, raw_n=23) as rec, torch.no_grad():
+    with Recorder(model, key.rsplit(".", 1)[0], folds=4, raw_n=23, raw_dtype=torch.float64) as rec, \
+            torch.no_grad():
         for lo in (0, 5, 14):  # uneven batches
             model(x[lo:{0: 5, 5: 14, 14: 23}[lo]])
     fs = rec.fold_stats()[(key, "after")]
@@ -187,9 +190,9 @@ def test_recorder_folds_follow_the_image_order():
         model(x)
     full = rec2.stats()[(key, "after")]
     assert list(fs.count_) == [6, 6, 6, 5]
-    np.testing.assert_allclose(fs.total().mean_, full.mean_, rtol=1e-6)  # fp32 forwards at other batch sizes
-    # fold 1 holds images 1, 5, 9, …: its mean is theirs (the raw rows are fp16: loose tolerance)
-    np.testing.assert_allclose(fs.mean_[1], raw[1::4].mean(0).numpy(), atol=2e-3)
+    np.testing.assert_allclose(fs.total().mean_, full.mean_, rtol=torch.finfo(torch.float32).eps)
+    # fold 1 holds images 1, 5, 9, …: its mean is theirs (the raw rows kept in float64: summation order only)
+    np.testing.assert_allclose(fs.mean_[1], raw[1::4].mean(0).numpy(), rtol=1e-12)
 
 
 # 4b: every interval stays inside its statistic's range ----------------------------------------------------
@@ -395,23 +398,30 @@ def test_wilson_interval_known_values():
     assert lo == pytest.approx(0.0, abs=1e-10) and 15 < hi < 17
 
 
-def test_welch_p_by_hand_and_undefined_cases():
+def test_statistics_over_seeds_by_hand_and_undefined_cases():
+    """The t-interval of a mean, the paired difference (only seeds both sides have, each seed with its own), the
+    paired t-test, the sign test and the words a difference gets, against textbook formulas."""
     from scipy import stats
 
-    from stripe.experiments.compare import welch_p
+    from stripe.analysis.seeds import paired_difference, paired_t_p, reads, sign_test_p, t_interval
 
-    a, b = [48.1, 49.3, 47.7], [46.0, 46.9, 45.2, 46.4]
-    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
-    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))  # Welch-Satterthwaite
-    assert welch_p(a, b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10)
-    assert np.isnan(welch_p([10.0, 10.0], [10.0, 10.0]))  # no spread anywhere: undefined, not a warning
-    assert np.isnan(welch_p([10.0], [11.0, 12.0]))  # one seed
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # one group without spread: defined, and no warning
-        vb = np.var(b, ddof=1) / len(b)
-        t, df = (10.0 - np.mean(b)) / np.sqrt(vb), len(b) - 1
-        assert welch_p([10.0, 10.0, 10.0], b) == pytest.approx(2 * stats.t.sf(abs(t), df), rel=1e-10)
+    x = [48.1, 49.3, 47.7]
+    half = stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / np.sqrt(3)
+    assert t_interval(x) == pytest.approx((np.mean(x), np.mean(x) - half, np.mean(x) + half), rel=1e-12)
+    m, lo, hi = t_interval([50.0])
+    assert m == 50.0 and np.isnan(lo) and np.isnan(hi)  # one seed: no interval
+    assert t_interval([2.0, 2.0]) == (2.0, 2.0, 2.0)
+    a, b = {0: 80.1, 1: 80.9, 2: 79.8, 5: 81.0}, {0: 80.6, 1: 81.2, 2: 80.7, 3: 80.0}
+    d = paired_difference(a, b)
+    assert d["seeds"] == [0, 1, 2] and d["diffs"] == pytest.approx([-0.5, -0.3, -0.9])
+    assert d["p"] == pytest.approx(stats.ttest_rel([80.1, 80.9, 79.8], [80.6, 81.2, 80.7]).pvalue, rel=1e-10)
+    assert np.isnan(paired_t_p([-0.5])) and np.isnan(paired_t_p([0.3, 0.3]))  # one seed; no spread
+    assert sign_test_p(6, 6) == pytest.approx(2 * 0.5 ** 6) and sign_test_p(3, 6) == pytest.approx(1.0)
+    assert np.isnan(sign_test_p(0, 0))
+    assert reads(1, -0.8, np.nan, np.nan) == "one seed"
+    assert reads(3, d["mean"], d["lo"], d["hi"]) == "3 seeds: interval contains 0"  # all three below 0, hi +0.19
+    assert reads(3, -0.5, -0.8, -0.2) == "3 seeds: interval below 0" and reads(2, 0.5, 0.1, 0.9).endswith("above 0")
+    assert reads(2, 0.1, -0.4, 0.6) == "2 seeds: interval contains 0"
 
 
 @pytest.mark.parametrize(("gained", "lost", "want"), [

@@ -473,3 +473,72 @@ def test_tap_curve_labels_the_input_of_an_asr_tap_psi(rec_se, rec_both, tmp_path
     fig = plots.tap_curve(compute_tables(rec_both)["taps"], "layer2.0.attn.tap", label="+ASR(SE)+SE")
     text = all_text(fig)
     assert "input ψ (constant)" in text and "before attention" not in text and "by construction; not a finding" in text
+
+
+def _trained_lines(ax) -> list:
+    """The solid or dashed lines over trained epochs (epoch 0's hollow marker and the 'init' rule apart)."""
+    return [ln for ln in ax.get_lines() if ln.get_linestyle() in ("-", "--") and len(ln.get_xdata()) > 1]
+
+
+def test_spread_dynamics_draws_std_and_rstd_per_stage_with_bands(rec_se, rec_both, rec_asr, tmp_path) -> None:
+    tables = compute_tables(rec_se[0])
+    fig = plots.spread_dynamics(tables)
+    check_figure(fig, tmp_path, "spread_dynamics")
+    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["spread_dynamics"]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 * len(STAGE_CHANNELS)  # std, then rstd, per stage
+    stages = tables["stages"]
+    for j, stage in enumerate(STAGE_CHANNELS):
+        g = stages[(stages["stage"] == stage) & (stages["epoch"] > 0)].sort_values("epoch")
+        (std_line,) = _trained_lines(axes[j])  # the attention's std: one line, epoch 0 not joined
+        np.testing.assert_array_equal(std_line.get_xdata(), g["epoch"])
+        np.testing.assert_array_equal(std_line.get_ydata(), g["std_after"])
+        rstd = _trained_lines(axes[len(STAGE_CHANNELS) + j])  # rstd before and after
+        want = sorted(tuple(g[c]) for c in ("rstd_before", "rstd_after"))
+        assert sorted(tuple(ln.get_ydata()) for ln in rstd) == want
+        assert len(axes[j].collections) >= 1  # the jackknife band
+        assert "slope" in axes[j].get_title()  # the trend over the window, from the trend table
+    text = all_text(fig)
+    assert "Fig. 1b" in text and "rstd = std / RMS" in text and "jackknife" in text and "init" in text
+    # ASR taps are left out and said so; an ASR-only model has nothing to draw
+    assert "ASR taps left out" in all_text(plots.spread_dynamics(compute_tables(rec_both)))
+    with pytest.raises(ValueError, match="ASR taps only"):
+        plots.spread_dynamics(compute_tables(rec_asr))
+    # a stage table written before rstd existed: the std alone, and the title says so
+    old = {"stages": stages.drop(columns=[c for c in stages.columns if c.startswith("rstd_")])}
+    fig = plots.spread_dynamics(old, label="+SE")
+    check_figure(fig, tmp_path, "spread_dynamics_old")
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == len(STAGE_CHANNELS)
+    assert "no rstd" in all_text(fig)
+
+
+def test_zoo_spread_one_panel_per_run_and_a_block_for_rstd(rec_se, tmp_path) -> None:
+    stages = compute_tables(rec_se[0])["stages"]
+    old = stages.drop(columns=[c for c in stages.columns if c.startswith("rstd_")])
+    asr_runs = ["+ASR(SE)", "+ASR(CBAM)"]
+    runs = {"+SE": old, "+CBAM": old, "+SRM": old, "+ECA": old, "+IE": old} | \
+        {k: old.assign(asr=True) for k in asr_runs}
+    fig = plots.zoo_spread(runs)  # the committed zoo tables' case: no rstd
+    check_figure(fig, tmp_path, "zoo_spread")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["+SE", "+CBAM", "+SRM", "+ECA", "+IE"]
+    assert [ax.get_xlabel() for ax in shown] == ["", "epoch", "epoch", "epoch", "epoch"]
+    for ax in shown:  # one line per stage: the stage mean of std after over the trained epochs
+        lines = _trained_lines(ax)
+        assert len(lines) == 3 and all(0 not in ln.get_xdata() for ln in lines)
+        assert sorted(tuple(ln.get_ydata()) for ln in lines) == sorted(
+            tuple(g.sort_values("epoch").loc[g["epoch"] > 0, "std_after"]) for _, g in old.groupby("stage"))
+    title = " ".join(fig.get_suptitle().split())
+    assert all(k in title for k in asr_runs) and "no rstd" in title and "Fig. 1b" in title
+    w, h = plots.FIGSIZE["zoo_spread"]
+    assert tuple(fig.get_size_inches()) == (w, 2 * h)
+    # with rstd: a second block of panels, after (solid) and before (dashed) per stage
+    fig = plots.zoo_spread({"+SE": stages, "+CBAM": stages})
+    check_figure(fig, tmp_path, "zoo_spread_rstd")
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in shown] == ["+SE · std", "+CBAM · std", "+SE · rstd", "+CBAM · rstd"]
+    assert [len(_trained_lines(ax)) for ax in shown] == [3, 3, 6, 6]
+    assert sorted(ln.get_linestyle() for ln in _trained_lines(shown[2])) == ["-"] * 3 + ["--"] * 3
+    assert "no rstd" not in fig.get_suptitle()
+    with pytest.raises(ValueError, match="ASR taps only"):
+        plots.zoo_spread({k: old.assign(asr=True) for k in asr_runs})

@@ -48,8 +48,9 @@ EXPECTED_CONVERGENCE = {  # settled (settle_dist < 0.1 for good) and S_after > 0
 EXPECTED_FLAGS = {
     "layer3.0.attn.tap": "asr",
     "layer3.1.attn.tap": "saturated",
-    "layer3.2.attn.tap": "dead",
+    "layer3.2.attn.tap": "constant_output;dead",  # exactly 0 everywhere: S is 0/0
 }
+CONSTANT_AFTER = {"layer3.2.attn.tap"}  # taps whose attention is constant over images and channels (S undefined)
 
 
 def make_matrices(rng: np.random.Generator) -> dict[tuple[int, str, str], np.ndarray]:
@@ -284,6 +285,7 @@ def test_tap_table_matches_numpy(built, tables) -> None:
     assert list(taps.columns) == [
         "epoch", "tap", "module", "stage", "block", "depth", "call", "attn", "asr", "channels", "count",
         "std_after", "std_after_lo", "std_after_hi", "std_before", "std_before_lo", "std_before_hi",
+        "rstd_after", "rstd_after_lo", "rstd_after_hi", "rstd_before", "rstd_before_lo", "rstd_before_hi",
         "stripe_after", "stripe_after_lo", "stripe_after_hi", "stripe_before", "stripe_before_lo", "stripe_before_hi",
         "cos_after", "cos_after_lo", "cos_after_hi", "cos_before", "cos_before_lo", "cos_before_hi",
         "drift_prev", "dist_final", "settle_dist", "pattern_dist_final", "saturated_frac", "dead_channels",
@@ -304,7 +306,7 @@ def test_tap_table_matches_numpy(built, tables) -> None:
         assert row.count == N
         assert_close(row.std_after, a.std(axis=0).mean(), 1e-9)
         assert_close(row.std_before, b.std(axis=0).mean(), 1e-9)
-        assert_close(row.stripe_after, stripe_ref(a))
+        assert_close(row.stripe_after, np.nan if key in CONSTANT_AFTER else stripe_ref(a))
         assert_close(row.stripe_before, stripe_ref(b))
         assert_close(row.cos_after, cos_ref(a))
         assert_close(row.cos_before, cos_ref(b))
@@ -337,7 +339,8 @@ def test_tap_table_flags(tables) -> None:
     np.testing.assert_allclose(sat["saturated_frac"], 5 / 6)
     dead = taps[taps["tap"] == "layer3.2.attn.tap"]
     assert (dead["dead_channels"] == 4).all() and (dead["saturated_frac"] == 0).all()
-    assert (dead["stripe_after"] == 1.0).all() and dead["cos_after"].isna().all()
+    assert dead["stripe_after"].isna().all() and dead["cos_after"].isna().all()  # 0/0: undefined, never 1
+    assert dead[["stripe_after_lo", "stripe_after_hi", "rstd_after"]].isna().all().all()
     gct = taps[taps["tap"] == "layer3.3.attn.tap"]
     assert (gct["dead_channels"] == 2).all() and gct["saturated_frac"].isna().all()
     asr = taps[taps["tap"] == "layer3.0.attn.tap"]
@@ -348,7 +351,7 @@ def test_saturation_and_dead_parameters(built) -> None:
     taps = tap_table(built[0], saturation=0.0005, dead_tol=0.0)
     sat = taps[taps["tap"] == "layer3.1.attn.tap"]
     assert (sat["saturated_frac"] < 0.5).all() and set(sat["flag"]) == {""}
-    assert set(taps.loc[taps["tap"] == "layer3.2.attn.tap", "flag"]) == {"dead"}  # exact zeros
+    assert set(taps.loc[taps["tap"] == "layer3.2.attn.tap", "flag"]) == {"constant_output;dead"}  # exact zeros
     with pytest.raises(ValueError, match="saturation"):
         tap_table(built[0], saturation=0.7)
 
@@ -378,7 +381,7 @@ def test_convergence_on_recording(tables) -> None:
     for key in ("layer3.0.attn.tap", "layer3.2.attn.tap"):
         assert taps.loc[taps["tap"] == key, "settle_dist"].isna().all() and not conv.loc[key, "settled"]
     assert (conv["eps"] == 0.1).all() and (conv["threshold"] == 0.9).all()
-    assert conv.loc["layer3.0.attn.tap", "flag"] == "asr" and conv.loc["layer3.2.attn.tap", "flag"] == "dead"
+    assert conv.loc["layer3.0.attn.tap", "flag"] == "asr" and conv.loc["layer3.2.attn.tap", "flag"] == "constant_output;dead"
     assert (conv["final_epoch"] == 12).all() and (conv["first_epoch"] == 0).all()
 
 
@@ -434,8 +437,8 @@ def test_stage_summary(tables) -> None:
     for row in stages.itertuples(index=False):
         sel = taps[(taps["epoch"] == row.epoch) & (taps["stage"] == row.stage) & (taps["asr"] == row.asr)]
         assert row.n_taps == len(sel)
-        for col in ("stripe_after", "stripe_before", "std_after", "std_before"):
-            assert_close(getattr(row, col), sel[col].mean(), 1e-12)
+        for col in ("stripe_after", "stripe_before", "std_after", "std_before", "rstd_after", "rstd_before"):
+            assert_close(getattr(row, col), sel[col].mean(), 1e-12)  # the constant tap's NaN S is left out
     asr_rows = stages[stages["asr"]]
     assert set(asr_rows["stage"]) == {3} and (asr_rows["n_taps"] == 1).all()
     assert (asr_rows["stripe_after"] > 1 - 1e-12).all()
@@ -446,8 +449,8 @@ def test_write_tables_and_summary(tmp_path, tables) -> None:
     paths = write_tables(tables, out)
     names = sorted(p.name for p in paths)
     assert names == sorted(
-        ["channels.parquet", "taps.parquet", "convergence.parquet", "stages.parquet",
-         "taps.csv", "convergence.csv", "stages.csv"]
+        ["channels.parquet", "taps.parquet", "convergence.parquet", "stages.parquet", "trend.parquet",
+         "taps.csv", "convergence.csv", "stages.csv", "trend.csv"]
     )  # fmt: skip
     assert sorted(os.listdir(out)) == names  # no temp files
     for name, df in tables.items():

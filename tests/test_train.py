@@ -208,8 +208,14 @@ def test_compare_writes_results_table(tmp_path, capsys):
     plain = sum(p.numel() for p in data_model("cifar_resnet8").parameters())
     with_se = sum(p.numel() for p in data_model("cifar_resnet8", attn="se").parameters())
     assert table["params_deployed"].tolist() == [plain, with_se, plain, with_se]
+    final = {(v, s): pd.read_csv(tmp_path / "runs" / f"{slug}_seed{s}" / "metrics.csv")["test_acc"].iloc[-1]
+             for v, slug in (("baseline", "baseline"), ("+SE", "plus_se")) for s in (0, 1)}
+    se = table.set_index("variant").loc["+SE"]  # paired: each seed against the baseline of the same seed
+    diffs = [final[("+SE", s)] - final[("baseline", s)] for s in (0, 1)]
+    assert se["paired_seeds"] == 2 and se["diff_vs_baseline_mean"] == pytest.approx(np.mean(diffs), abs=1e-4)
+    assert np.isnan(table.set_index("variant").loc["baseline", "diff_vs_baseline_mean"])
     md = (tmp_path / "results.md").read_text()
-    assert "final-epoch top-1" in md and "best-epoch top-1" in md
+    assert "final-epoch top-1" in md and "best-epoch top-1" in md and "p (paired t)" in md
     assert "+ASR(SE)+SE" in capsys.readouterr().out
 
 

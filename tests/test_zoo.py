@@ -113,6 +113,11 @@ def test_one_seed_is_called_one_seed(campaign, tmp_path):
     for slug in RUNS:
         shutil.copytree(campaign / "results" / slug / "seed0", old / "results" / slug)
     assert [zoo.done_seeds(old, zoo.run_by_slug(s)) for s in RUNS] == [[0]] * 3
+    # a folder holding only copied results is a campaign to continue (README), not someone else's folder
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--seeds", "0,", "--out", str(old),
+                 "--no-progress"]) == 0
+    assert "zoo-start" not in (old / "measurements.jsonl").read_text()
+    shutil.rmtree(old / "report")
     r = report(old, tmp_path / "fig")
     assert set(r["comparisons"]["reads"]) == {"one seed"} and r["comparisons"]["diff_lo"].isna().all()
     assert r["variants"]["top1_lo"].isna().all() and set(r["stripes"]["interval"]) == {"probe folds"}

@@ -1,14 +1,14 @@
 """The paper's comparison: baseline, +att, +ASR(att), +ASR(att)+att, over seeds, as one table with intervals.
 
 Accuracy intervals: over seeds, a t-interval of the mean (two or more seeds); for a single run, the
-Wilson interval of its accuracy on the scored test images. Tests against the baseline: Welch's t-test
-over seeds (two or more seeds per variant) and, for each seed, an exact McNemar test of the paired
-final-epoch predictions on the same scored images (both variants of a seed score the same images).
+Wilson interval of its accuracy on the scored test images. Against the baseline: the per-seed paired difference
+(same seed, same data order) with a t-interval and the paired t-test over seeds
+(:mod:`stripe.analysis.seeds`) and, for each seed, McNemar's exact test of the two networks' final-epoch
+predictions on the same scored images (a test of two trained networks, not of the methods).
 """
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -85,20 +85,6 @@ def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, f
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100 * (centre - half), 100 * (centre + half)
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p-value of two groups of seeds; NaN when it is undefined (fewer than two
-    values in a group, or no spread in either group: the t statistic then has no distribution)."""
-    from scipy import stats
-
-    a64, b64 = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a64) < 2 or len(b64) < 2 or (np.ptp(a64) == 0 and np.ptp(b64) == 0):
-        return float("nan")
-    with warnings.catch_warnings():
-        # one group without spread (e.g. every seed at the same accuracy) is exact here, not a precision loss
-        warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
-        return float(stats.ttest_ind(a64, b64, equal_var=False).pvalue)
 
 
 def _cached_predictions(cache: Path, run: Path, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -180,16 +166,19 @@ def _run_summary(run: Path, device: str | None) -> dict[str, Any]:
 
 def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str | None = "cpu",
                   missing_ok: bool = False, skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
-    """One row per variant: deployed parameters, final/best top-1 (mean, std, 95 % interval), img/s, and tests
-    against the baseline (Welch over seeds; exact McNemar of the paired predictions, per seed). With
+    """One row per variant: deployed parameters, final/best top-1 (mean, std, 95 % interval), img/s, and the
+    comparison with the baseline: the per-seed paired difference of final top-1 (same seed = same data order)
+    with its t-interval and paired t-test over seeds, and per seed McNemar's exact test of the two networks'
+    predictions (a test of two trained networks, not of the methods). With
     ``missing_ok``, runs that do not exist are left out (a campaign in progress) and so are variants without any,
     and runs that cannot be tabulated are left out with the reason appended to ``skipped``."""
     from scipy import stats
 
     from ..analysis.ablation import format_p, paired_counts
+    from ..analysis.seeds import paired_difference, reads
 
     out = Path(out)
-    finals: dict[str, list[float]] = {}
+    finals: dict[str, dict[int, float]] = {}
     rows = []
     preds: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
     for label, v in variants(attn).items():
@@ -207,10 +196,10 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
                 continue
             params, n_test = r["params"], r["n_test"]
             fin.append(r["final"])
+            finals.setdefault(label, {})[seed] = r["final"]
             best.append(r["best"])
             speeds.append(r["speed"])
             preds[(label, seed)] = r["pred"]
-        finals[label] = fin
         s = pd.Series(fin, dtype=float)
         if len(fin) > 1:
             half = stats.t.ppf(0.975, len(fin) - 1) * s.std(ddof=1) / np.sqrt(len(fin))
@@ -228,10 +217,15 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
                      "final_top1_hi": hi, "best_top1_mean": pd.Series(best, dtype=float).mean(),
                      "best_top1_std": pd.Series(best, dtype=float).std(ddof=1),
                      "train_images_per_s": pd.Series(speeds, dtype=float).mean()})
-    base = finals.get("baseline", [])
+    base = finals.get("baseline", {})
     for row in rows:
-        fin = finals[row["variant"]]
-        row["welch_p_vs_baseline"] = welch_p(fin, base) if row["variant"] != "baseline" else np.nan
+        d = paired_difference(finals.get(row["variant"], {}), base) if row["variant"] != "baseline" else None
+        row["paired_seeds"] = len(d["seeds"]) if d else 0
+        row["diff_vs_baseline_per_seed"] = " ".join(f"{x:+.2f}" for x in d["diffs"]) if d else ""
+        row["diff_vs_baseline_mean"], row["diff_vs_baseline_lo"], row["diff_vs_baseline_hi"] = \
+            (d["mean"], d["lo"], d["hi"]) if d else (np.nan, np.nan, np.nan)
+        row["paired_p_vs_baseline"] = d["p"] if d else np.nan
+        row["reads"] = reads(len(d["seeds"]), d["mean"], d["lo"], d["hi"]) if d else ""
         ps = []
         for seed in seeds:
             a, b = preds.get((row["variant"], seed)), preds.get(("baseline", seed))
@@ -306,16 +300,22 @@ def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:
         + ", ".join(f"{e:g}" for e in base.milestone_epochs()) + ", applied per step).",
         "",
         "95% interval: t-interval over seeds (2+ seeds), else Wilson interval of the single run's accuracy. "
-        "Tests vs baseline: Welch t-test over seeds; exact McNemar test of paired final predictions, per seed.",
+        "Against the baseline: the paired difference of final top-1 at each seed (same seed, same data order), its "
+        "mean with a 95% t-interval and the paired t-test over seeds (one seed: the difference of two trained "
+        "networks only); McNemar's exact test of the two networks of each seed on the same test images.",
         "",
         "| variant | deployed params | final-epoch top-1 % (mean ± std) | 95% interval | best-epoch top-1 % "
-        "(mean ± std; picked on the test set) | seeds | Welch p | McNemar p | train img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "(mean ± std; picked on the test set) | seeds | − baseline per seed | − baseline, mean [95% t] | "
+        "p (paired t) | reads | McNemar p per seed | train img/s |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|",
     ]
     for r in table.itertuples():
         params = f"{r.params_deployed / 1e6:.3f} M" if pd.notna(r.params_deployed) else "n/a"
-        welch = f"{r.welch_p_vs_baseline:.3g}" if pd.notna(r.welch_p_vs_baseline) else "—"
+        diff = "—" if pd.isna(r.diff_vs_baseline_mean) else f"{r.diff_vs_baseline_mean:+.2f}" + (
+            f" [{r.diff_vs_baseline_lo:+.2f}, {r.diff_vs_baseline_hi:+.2f}]" if pd.notna(r.diff_vs_baseline_lo) else "")
+        p = f"{r.paired_p_vs_baseline:.3g}" if pd.notna(r.paired_p_vs_baseline) else "—"
         lines.append(f"| {r.variant} | {params} | {pm(r.final_top1_mean, r.final_top1_std)} | "
                      f"{ci(r.final_top1_lo, r.final_top1_hi)} | {pm(r.best_top1_mean, r.best_top1_std)} | {r.seeds} | "
-                     f"{welch} | {r.mcnemar_p_vs_baseline or '—'} | {r.train_images_per_s:.0f} |")
+                     f"{r.diff_vs_baseline_per_seed or '—'} | {diff} | {p} | {r.reads or '—'} | "
+                     f"{r.mcnemar_p_vs_baseline or '—'} | {r.train_images_per_s:.0f} |")
     return "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import fsio
-from ..nn.variants import Variant
+from ..analysis.seeds import paired_t_p, reads, sign_test_p, t_interval
 from .zoo import ZooRun, done_seeds, result_dir, zoo_runs
 
 #: the statistics the stripe table carries per stage (column in stages.csv, interval kind of seed_interval)
@@ -60,40 +60,6 @@ def load_results(out: str | Path) -> list[_Result]:
     return found
 
 
-def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): the t-interval of the mean of ``values``; one value: NaN interval; no spread: [m, m]."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    m = float(x.mean())
-    if n < 2:
-        return m, np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / np.sqrt(n)
-    return m, m - half, m + half
-
-
-def paired_t_p(diffs: Any) -> float:
-    """Two-sided p of the paired t-test (mean difference 0) from the per-seed differences; NaN with fewer than two
-    seeds or no spread."""
-    from scipy import stats
-
-    d = np.asarray(diffs, dtype=np.float64)
-    if len(d) < 2 or d.std(ddof=1) == 0:
-        return np.nan
-    t = d.mean() / (d.std(ddof=1) / np.sqrt(len(d)))
-    return float(2 * stats.t.sf(abs(t), len(d) - 1))
-
-
-def sign_test_p(n_negative: int, n: int) -> float:
-    """Two-sided exact sign test: p of at least this many of ``n`` signs on one side when each side has 1/2."""
-    from scipy import stats
-
-    return float(stats.binomtest(n_negative, n, 0.5).pvalue) if n else np.nan
-
-
 def frozen_taps(res: _Result) -> int | None:
     """How many of an ASR run's taps are frozen at the last epoch: every hidden unit dead in a module whose MLP has
     no biases, so the gate outputs sigmoid(0) = 0.5 in every channel and gets no gradient, for good. None for a
@@ -113,17 +79,6 @@ def frozen_taps(res: _Result) -> int | None:
     if "dead_hidden" not in last:
         return None
     return int(((last["dead_hidden"] >= last["hidden_width"]) & (last["hidden_width"] > 0)).sum())
-
-
-def _verdict(n: int, mean: float, lo: float, hi: float) -> str:
-    """What a difference over seeds says, in words that never overstate it."""
-    if n == 0 or not np.isfinite(mean):
-        return "—"
-    if n == 1:
-        return "one seed"
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return f"{n} seeds, no interval"
-    return f"{n} seeds: " + ("interval below 0" if hi < 0 else "interval above 0" if lo > 0 else "interval contains 0")
 
 
 def accuracy_tables(results: list[_Result], speed: "pd.DataFrame | None" = None) -> dict[str, "pd.DataFrame"]:
@@ -186,7 +141,7 @@ def accuracy_tables(results: list[_Result], speed: "pd.DataFrame | None" = None)
                               "diff_hi": hi, "p_paired_t": paired_t_p(diffs),
                               "frozen_taps": max((f for s in seeds if (f := frozen_taps(by[(run, s)])) is not None),
                                                  default=None),
-                              "reads": _verdict(len(seeds), m, lo, hi)})
+                              "reads": reads(len(seeds), m, lo, hi)})
     comparisons = pd.DataFrame(comp_rows)
 
     pooled_rows = []

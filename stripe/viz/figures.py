@@ -44,7 +44,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image
 
-from ..analysis.tables import require_columns
+from ..analysis.tables import require_columns, trend_window
 from ..errors import MissingEntryError, UserError
 from ..fsio import atomic_write
 from ..nn.variants import Variant, config_label, variant_rank
@@ -62,9 +62,11 @@ __all__ = [
     "speed_markdown",
     "speed_table",
     "stripe_dynamics",
+    "spread_dynamics",
     "stripe_heatmap",
     "tap_curve",
     "zoo_accuracy",
+    "zoo_spread",
     "zoo_stripes",
 ]
 
@@ -84,6 +86,8 @@ FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
         "tap_curve": (12.0, 3.6),
         "zoo_stripes": (12.0, 2.6),  # height per row of module panels (4 panels a row)
         "zoo_accuracy": (12.0, 4.4),
+        "spread_dynamics": (12.0, 7.2),
+        "zoo_spread": (12.0, 2.6),  # height per row of module panels (4 panels a row)
     }
 )
 
@@ -175,10 +179,11 @@ def _stage_name(stage: int) -> str:
 
 
 def _stripe_index(a: np.ndarray) -> float:
-    """Stripe index of a matrix [N, C] (rows with NaNs left out), by the streaming statistics' formula."""
+    """Stripe index of a matrix [N, C] (rows with NaNs left out), by the streaming statistics' formula; NaN when
+    every value is the same (S is 0/0 there)."""
     a = np.asarray(a, dtype=np.float64)
     a = a[np.isfinite(a).all(axis=1)] if a.ndim == 2 else a  # images with a missing value are left out
-    if a.ndim != 2 or a.shape[0] < 2:
+    if a.ndim != 2 or a.shape[0] < 2 or (a == a.flat[0]).all():
         return float("nan")
     return ChannelStats().update(a).stripe_index()
 
@@ -186,6 +191,14 @@ def _stripe_index(a: np.ndarray) -> float:
 def _fmt_s(s: float) -> str:
     """A stripe index for a title."""
     return "n/a" if not np.isfinite(s) else f"{s:.3f}"
+
+
+def _shown_s(a: np.ndarray) -> str:
+    """'S of the shown values = 0.512', or why there is none."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.size and np.isfinite(a).all() and (a == a.flat[0]).all():
+        return "every shown value equal: S undefined (0/0)"
+    return f"S of the shown values = {_fmt_s(_stripe_index(a))}"
 
 
 def _epoch_tick(x: float, _pos: Any = None) -> str:
@@ -267,7 +280,7 @@ def _heat_panel(fig: Figure, ax: Axes, a: np.ndarray, gid: str, what: str, title
     im = ax.imshow(a, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     im.set_gid(gid)
     fig.colorbar(im, ax=ax, label=f"{what} (colour: min–max of this panel)")
-    ax.set_title(f"{title}\n(S of the shown values = {_fmt_s(_stripe_index(a))})")
+    ax.set_title(f"{title}\n({_shown_s(a)})")
     ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("channel")
@@ -592,8 +605,13 @@ def stripe_dynamics(
                                   label="init = epoch 0, untrained (channel pattern from random biases): "
                                         "not a finding"))  # fmt: skip
         fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize="small")
+        constant = sorted({str(t) for f in frames.values() if "flag" in f.columns
+                           for t, fl in zip(f["tap"], f["flag"].fillna("").astype(str)) if "constant_" in fl})
         fig.suptitle(f"Stripe dynamics of {', '.join(frames)}\nstripe index S and mean per-channel std across "
-                     f"images vs epoch, one line per tap, one column per stage")  # fmt: skip
+                     f"images vs epoch, one line per tap, one column per stage"
+                     + _notes([f"S undefined (a constant input or output: 0/0), not drawn there, at {len(constant)} "
+                               f"tap(s): {', '.join(constant[:6])}{' …' if len(constant) > 6 else ''}"]
+                              if constant else [], 110))  # fmt: skip
     return fig
 
 
@@ -879,6 +897,193 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
 
 
 # --------------------------------------------------------------------------------------
+# 7. spread of the attention over training (the paper's Fig. 1b statistic)
+# --------------------------------------------------------------------------------------
+
+_STD_LABEL = "mean per-channel std\nacross images"
+_RSTD_LABEL = "rstd = std / RMS\n(scale-free)"
+_WINDOW_COLOR = "0.95"
+_WINDOW_NOTE = "shaded: the trend window (second half of training)"
+
+
+def _band(ax: Axes, e: np.ndarray, lo: Any, hi: Any, color: Any, alpha: float = 0.2) -> None:
+    """An interval band over the trained epochs (>= 1) and a bar at epoch 0, never joining the two."""
+    e = np.asarray(e, dtype=float)
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    trained, init = ok & (e != 0), ok & (e == 0)
+    if trained.sum() >= 2:
+        ax.fill_between(e[trained], lo[trained], hi[trained], color=color, alpha=alpha, lw=0, zorder=1)
+    elif trained.any():
+        ax.vlines(e[trained], lo[trained], hi[trained], color=color, alpha=0.6, lw=2, zorder=1)
+    if init.any():
+        ax.vlines(e[init], lo[init], hi[init], color=color, alpha=0.6, lw=1.2, zorder=1)
+
+
+def _window_span(ax: Axes, epochs: Any) -> None:
+    """Shade the epochs the trend table's slopes use (:func:`~stripe.analysis.tables.trend_window`)."""
+    e = np.asarray(sorted({float(x) for x in epochs if np.isfinite(x)}), dtype=float)
+    w = trend_window(e)
+    if w.any():
+        ax.axvspan(e[w].min(), e[w].max(), color=_WINDOW_COLOR, lw=0, zorder=0)
+
+
+def _slope_text(trend: pd.DataFrame | None, stage: int, kind: str, stat: str) -> str:
+    """'slope -0.0021 [-0.003, -0.0012]: falls' for a non-ASR stage of a trend table ('' if none)."""
+    need = {"scope", "stage", "asr", "kind", "stat", "slope", "epoch_from", "epoch_to"}
+    if trend is None or not len(trend) or not need <= set(trend.columns):
+        return ""
+    keys = np.array([_stage_key(x) for x in trend["stage"]])
+    r = trend[(trend["scope"] == "stage").to_numpy() & (keys == stage) & ~trend["asr"].astype(bool).to_numpy()
+              & (trend["kind"] == kind).to_numpy() & (trend["stat"] == stat).to_numpy()]
+    if not len(r) or pd.isna(r["slope"].iloc[0]):
+        return ""
+    r = r.iloc[0]
+    lo, hi = r.get("slope_lo"), r.get("slope_hi")
+    ci = f" [{lo:+.2g}, {hi:+.2g}]" if lo is not None and pd.notna(lo) else ""
+    what = f": {r['direction']}" if isinstance(r.get("direction"), str) and r["direction"] else ""
+    return f"slope {r['slope']:+.2g}{ci}{what}"
+
+
+def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = None) -> Figure:
+    """The spread of the attention across images per stage against epoch, with 95% jackknife bands: the mean
+    per-channel std of the attention (absolute: the paper's Fig. 1b statistic), and rstd = std / RMS of the
+    attention vs its pooled input (scale-free); the trend window shaded, each stage's slope there in its title."""
+    st = tables["stages"]
+    require_columns(st, ["epoch", "stage", "asr", "std_after"], "stage table")
+    taps = tables.get("taps")
+    label = label or _tables_label(taps if taps is not None else pd.DataFrame())
+    asr = st["asr"].astype(bool)
+    d = st[~asr].copy()
+    if d.empty:
+        raise UserError("spread_dynamics: ASR taps only (constant by construction: every std is 0), nothing to draw")
+    notes = ["ASR taps left out (constant by construction: std 0)"] if asr.any() else []
+    has_rstd = {"rstd_after", "rstd_before"} <= set(d.columns)
+    if not has_rstd:
+        notes.append("this stage table holds no rstd (written before it existed): the std alone")
+    d["_stage"] = [_stage_key(x) for x in d["stage"]]
+    stages = sorted(set(d["_stage"]))
+    trend = tables.get("trend")
+    rows = (("std", _STD_LABEL, (("after", "std"),)),) + (
+        (("rstd", _RSTD_LABEL, (("before", "rstd"), ("after", "rstd"))),) if has_rstd else ())
+    with _theme(), _warnings_off():
+        fig = _figure("spread_dynamics")
+        axes = fig.subplots(len(rows), len(stages), squeeze=False, sharex=True)
+        for j, stage in enumerate(stages):
+            g = d[d["_stage"] == stage].sort_values("epoch")
+            e = g["epoch"].to_numpy(dtype=float)
+            n_taps = int(g["n_taps"].iloc[0]) if "n_taps" in g.columns else None
+            for i, (stat, ylab, series) in enumerate(rows):
+                ax = axes[i, j]
+                _window_span(ax, e)
+                for kind, _ in series:
+                    col = f"{stat}_{kind}"
+                    if col not in g.columns:
+                        continue
+                    if f"{col}_lo" in g.columns:
+                        _band(ax, e, g[f"{col}_lo"], g[f"{col}_hi"], _KIND_COLORS[kind])
+                    _draw_series(ax, e, g[col].to_numpy(dtype=float), _KIND_COLORS[kind], lw=1.8, alpha=1.0)
+                ax.set_ylim(bottom=0)
+                _epoch_axis(ax, e)
+                slope = _slope_text(trend, stage, "after", stat)
+                head = (f"{_stage_name(stage)}" + (f" ({n_taps} tap{'s' if n_taps != 1 else ''})" if n_taps else "")
+                        if i == 0 else "")
+                ax.set_title("\n".join(x for x in (head, slope) if x) or f"{stat}", fontsize="small")
+                if j == 0:
+                    ax.set_ylabel(ylab)
+            axes[-1, j].set_xlabel("epoch")
+        handles = [Line2D([], [], color=_KIND_COLORS["after"], lw=1.8, label="after (attention)")]
+        if has_rstd:
+            handles.append(Line2D([], [], color=_KIND_COLORS["before"], lw=1.8, label="before (pooled input)"))
+        handles += [Patch(color=mpl.colors.to_rgba("0.3", 0.2), label="95% jackknife interval over probe folds"),
+                    Patch(color=_WINDOW_COLOR, label=_WINDOW_NOTE)]
+        if (d["epoch"] == 0).any():
+            handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2",
+                                  label="init = epoch 0, untrained: not a finding"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
+        what = ("top: mean per-channel std of the attention across images (absolute, the paper's Fig. 1b "
+                "statistic); bottom: rstd = std / RMS, scale-free, attention vs its pooled input" if has_rstd else
+                "mean per-channel std of the attention across images (absolute, the paper's Fig. 1b statistic)")
+        window = sorted({(int(a), int(b)) for a, b in zip(trend["epoch_from"], trend["epoch_to"])
+                         if pd.notna(a) and pd.notna(b)}) if trend is not None and "epoch_from" in trend else []
+        span = f" (epochs {window[0][0]}-{window[0][1]})" if len(window) == 1 else ""
+        fig.suptitle(f"Spread of the attention across images, {label}, per stage against epoch"
+                     + _notes([what, f"titles: the attention's least-squares slope per epoch over the shaded window"
+                                     f"{span}, with its 95% jackknife interval", *notes], 110))
+    return fig
+
+
+def zoo_spread(stage_tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """One panel per run (a module, +att or +ASR(att)): the stage mean of the per-channel std of the attention
+    across images (the paper's Fig. 1b statistic) against epoch with its jackknife band, one colour per stage,
+    epoch 0 marked init, the trend window shaded; when every table holds rstd, a second block of panels: rstd
+    after (solid) vs before (dashed). ASR-only runs (constant by construction) get no panel, only a mention."""
+    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stage_tables.items()}
+    asr_only = [k for k, v in kept.items() if v.empty]
+    runs = {k: v for k, v in kept.items() if not v.empty}
+    if not runs:
+        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
+    for k, v in runs.items():
+        require_columns(v, ["epoch", "stage", "std_after"], f"stage table of {k}")
+    has_rstd = all({"rstd_after", "rstd_before"} <= set(v.columns) for v in runs.values())
+    blocks = [("std", "std after")]
+    if has_rstd:
+        blocks.append(("rstd", "rstd"))
+    labels = list(runs)
+    cols = 4
+    rows = -(-len(labels) // cols)
+    palette = sns.color_palette("viridis", 3)
+    with _theme(), _warnings_off():
+        fig = _figure("zoo_spread", blocks=rows * len(blocks))
+        axes = fig.subplots(rows * len(blocks), cols, squeeze=False)
+        for b, (stat, ylab) in enumerate(blocks):
+            block = axes[b * rows:(b + 1) * rows].ravel()
+            for ax, label in zip(block, labels):
+                df = runs[label]
+                _window_span(ax, df["epoch"].to_numpy(dtype=float))
+                for stage, g in df.groupby("stage", sort=True):
+                    g = g.sort_values("epoch")
+                    e = g["epoch"].to_numpy(dtype=float)
+                    color = palette[(_stage_key(stage) - 1) % 3]
+                    if stat == "std":
+                        if {"std_after_lo", "std_after_hi"} <= set(g.columns):
+                            _band(ax, e, g["std_after_lo"], g["std_after_hi"], color, alpha=0.18)
+                        _draw_series(ax, e, g["std_after"].to_numpy(dtype=float), color, lw=1.6, alpha=1.0)
+                    else:
+                        _draw_series(ax, e, g["rstd_after"].to_numpy(dtype=float), color, lw=1.6, alpha=1.0)
+                        _draw_series(ax, e, g["rstd_before"].to_numpy(dtype=float), color, lw=1.2, ls="--", alpha=1.0)
+                ax.set_title(label if len(blocks) == 1 else f"{label} · {stat}", fontsize="small")
+                ax.set_ylim(bottom=0)
+                _epoch_axis(ax, df["epoch"].tolist())
+            for ax in block[len(labels):]:
+                ax.set_visible(False)
+            for ax in block[max(0, len(labels) - cols):len(labels)]:  # the lowest panel of each column
+                ax.set_xlabel("epoch")
+            for r in range(rows):
+                axes[b * rows + r, 0].set_ylabel(ylab)
+        handles = [Line2D([], [], color=palette[i], lw=1.6, label=f"stage {i + 1}") for i in range(3)]
+        handles += [Patch(color=mpl.colors.to_rgba("0.3", 0.18), label="95% jackknife interval"),
+                    Patch(color=_WINDOW_COLOR, label=_WINDOW_NOTE),
+                    Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2", label="init (epoch 0)")]
+        if has_rstd:
+            handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
+                        Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if len(handles) <= 6 else 4,
+                   fontsize="small")
+        notes = []
+        if not has_rstd:
+            notes.append("these stage tables hold no rstd (written before it existed): the absolute std alone")
+        if asr_only:
+            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
+        title = ("Mean per-channel std across images of the attention (std after: the paper's Fig. 1b statistic), "
+                 "stage means against epoch, by module; each panel on its own scale from 0"
+                 + ("; lower block: rstd = std / RMS, scale-free, attention (solid) vs pooled input (dashed)"
+                    if has_rstd else ""))
+        fig.suptitle(textwrap.fill(title, 100) + _notes(notes, 100))
+    return fig
+
+
+# --------------------------------------------------------------------------------------
 # saving and the registry
 # --------------------------------------------------------------------------------------
 
@@ -1060,5 +1265,7 @@ FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
         "tap_curve": tap_curve,
         "zoo_stripes": zoo_stripes,
         "zoo_accuracy": zoo_accuracy,
+        "spread_dynamics": spread_dynamics,
+        "zoo_spread": zoo_spread,
     }
 )
