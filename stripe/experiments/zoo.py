@@ -210,7 +210,7 @@ def train_config(run: ZooRun, sizes: ZooSizes, data_root: str | None, seed: int 
                        **fast)
 
 
-def run_dir_of(out: str | Path, run: ZooRun, seed: int) -> Path:
+def run_folder(out: str | Path, run: ZooRun, seed: int) -> Path:
     """Where the (run, seed) pair trains: ``OUT/runs/SLUG_seedN``."""
     return Path(out) / "runs" / f"{run.slug}_seed{seed}"
 
@@ -291,7 +291,7 @@ def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZO
     from ..train import train
 
     out = Path(out)
-    run_dir = run_dir_of(out, run, seed)
+    run_dir = run_folder(out, run, seed)
     dest = result_dir(out, run, seed)
     cfg = train_config(run, sizes, data_root, seed)
     t0 = time.perf_counter()
@@ -475,7 +475,7 @@ def refresh_recording(out: str | Path, run: ZooRun, seed: int = 0, *, device: st
     from ..record import collect
 
     out = Path(out)
-    run_dir = run_dir_of(out, run, seed)
+    run_dir = run_folder(out, run, seed)
     if not (run_dir / "checkpoints").is_dir() or not run.variant.attn:
         return None
     rec = run_dir / "recording_v2"

@@ -159,7 +159,7 @@ def accuracy_tables(results: list[_Result], speed: "pd.DataFrame | None" = None)
     return {"accuracy": acc, "variants": variants, "comparisons": comparisons, "pooled": pd.DataFrame(pooled_rows)}
 
 
-def _stage_table(r: _Result) -> "pd.DataFrame | None":
+def _stages_csv(r: _Result) -> "pd.DataFrame | None":
     import pandas as pd
 
     path = r.path / "recording" / "tables" / "stages.csv"
@@ -173,7 +173,7 @@ def stage_means(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
 
     out: dict[str, pd.DataFrame] = {}
     for run in dict.fromkeys(r.run for r in results):
-        tabs = [t for r in results if r.run == run and (t := _stage_table(r)) is not None]
+        tabs = [t for r in results if r.run == run and (t := _stages_csv(r)) is not None]
         if not tabs:
             continue
         if len(tabs) == 1:
@@ -197,7 +197,7 @@ def stripe_rows(results: list[_Result]) -> "pd.DataFrame":
 
     rows = []
     for run in dict.fromkeys(r.run for r in results):
-        tabs = [(r.seed, t) for r in results if r.run == run and (t := _stage_table(r)) is not None]
+        tabs = [(r.seed, t) for r in results if r.run == run and (t := _stages_csv(r)) is not None]
         if not tabs:
             continue
         epochs = sorted(set.intersection(*(set(t["epoch"]) for _, t in tabs)) - {0})
@@ -217,6 +217,63 @@ def stripe_rows(results: list[_Result]) -> "pd.DataFrame":
                         m, lo, hi = s[col], s.get(f"{col}_lo", np.nan), s.get(f"{col}_hi", np.nan)
                     row.update({col: m, f"{col}_lo": lo, f"{col}_hi": hi})
                 rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _trend_of(r: _Result) -> "pd.DataFrame | None":
+    """A result's stage-level trend rows: its ``trend.csv`` (slopes with jackknife intervals over the probe folds)
+    or, for results written before it existed, the point slopes from its taps and stage tables."""
+    import pandas as pd
+
+    from ..analysis.tables import trend_from_tables
+
+    tables = r.path / "recording" / "tables"
+    if (tables / "trend.csv").is_file():
+        t = pd.read_csv(tables / "trend.csv")
+    elif (tables / "stages.csv").is_file() and (tables / "taps.csv").is_file():
+        t = trend_from_tables(pd.read_csv(tables / "taps.csv"), pd.read_csv(tables / "stages.csv"))
+    else:
+        return None
+    t = t[(t["scope"] == "stage") & ~t["asr"].astype(bool)]
+    return t
+
+
+def spread_rows(results: list[_Result]) -> "pd.DataFrame":
+    """Does the attention's per-channel spread across images (the paper's statistic) fall during training? Per run,
+    stage, statistic (``std``: absolute; ``rstd``: std / RMS, scale-free, when the tables hold it) and kind (after:
+    the attention; before: its pooled input): the least-squares slope per epoch over the second half of training
+    (``stripe.analysis.tables.trend_window``), and its value at the window's start and end. Over several seeds: the
+    mean slope with a t-interval over seeds; one seed: its jackknife interval over the probe folds when the
+    recording's trend table is there (else none)."""
+    import pandas as pd
+
+    rows = []
+    for run in dict.fromkeys(r.run for r in results):
+        per_seed = [(r.seed, t) for r in results if r.run == run and (t := _trend_of(r)) is not None]
+        if not per_seed:
+            continue
+        keys = sorted({(int(k.stage), k.stat, k.kind) for _, t in per_seed for k in t.itertuples()})
+        for stage, stat, kind in keys:
+            sel = [t[(t["stage"] == stage) & (t["stat"] == stat) & (t["kind"] == kind)] for _, t in per_seed]
+            sel = [x.iloc[0] for x in sel if len(x)]
+            slopes = [float(x["slope"]) for x in sel if np.isfinite(x["slope"])]
+            if not slopes:
+                continue
+            if len(slopes) > 1:
+                m, lo, hi = t_interval(slopes)
+                interval = "seeds"
+            else:
+                x = sel[0]
+                m, lo, hi = float(x["slope"]), float(x.get("slope_lo", np.nan)), float(x.get("slope_hi", np.nan))
+                interval = "probe folds" if np.isfinite(lo) else "none (one seed, no folds)"
+            start = float(np.mean([x["value_from"] for x in sel]))
+            end = float(np.mean([x["value_to"] for x in sel]))
+            rows.append({"run": run.label, "stage": stage, "stat": stat, "kind": kind, "n_seeds": len(slopes),
+                         "epoch_from": int(sel[0]["epoch_from"]), "epoch_to": int(sel[0]["epoch_to"]),
+                         "value_from": start, "value_to": end, "slope": m, "slope_lo": lo, "slope_hi": hi,
+                         "interval": interval,
+                         "reads": ("falls" if hi < 0 else "rises" if lo > 0 else "unclear")
+                         if np.isfinite(lo) and np.isfinite(hi) else "no interval"})
     return pd.DataFrame(rows)
 
 
@@ -295,7 +352,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     dest = fsio.claim_dir(dest, "figures")
     results = load_results(out)
     tables = accuracy_tables(results, speed)
-    tables.update({"stripes": stripe_rows(results), "settling": settling_rows(results),
+    tables.update({"stripes": stripe_rows(results), "spread": spread_rows(results), "settling": settling_rows(results),
                    "ablation": ablation_rows(results)})
     what = describe(results, epochs)
     written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
@@ -305,6 +362,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
         written += figures.save_figure(figures.zoo_stripes(means, subtitle=what), dest, "zoo_stripes",
                                        formats=("png",))
+        written += figures.save_figure(figures.zoo_spread(means, subtitle=what), dest, "zoo_spread", formats=("png",))
     if len(tables["accuracy"]):
         written += figures.save_figure(figures.zoo_accuracy(tables["accuracy"], subtitle=what), dest,
                                        "zoo_accuracy", formats=("png",))
@@ -343,7 +401,7 @@ def report_markdown(tables: dict[str, "pd.DataFrame"], what: str = "") -> str:
     from ..viz.figures import md_number
 
     acc, var, comp, pooled = (tables[k] for k in ("accuracy", "variants", "comparisons", "pooled"))
-    stripes, settle, abl = (tables[k] for k in ("stripes", "settling", "ablation"))
+    stripes, spread, settle, abl = (tables[k] for k in ("stripes", "spread", "settling", "ablation"))
     md = ["# The attention zoo: tables of the finished runs", ""]
     if what:
         md += [what + ".", ""]
@@ -394,6 +452,21 @@ def report_markdown(tables: dict[str, "pd.DataFrame"], what: str = "") -> str:
                f"{_md_interval(r['std_after'], r['std_after_lo'], r['std_after_hi'], '.4f')} | "
                f"{_md_interval(r['std_before'], r['std_before_lo'], r['std_before_hi'], '.4f')} |"
                for r in stripes.to_dict("records")]
+    else:
+        md.append("No finished run has attention that reads its input.")
+    md += ["", "## Does the per-channel spread fall? (the paper's statistic, second half of training)", "",
+           "Least-squares slope per epoch of the stage mean of the per-channel std across images (`std`; `rstd` = "
+           "std / RMS, scale-free) over the window's epochs, for the attention (after) and its pooled input (before); "
+           "with several seeds the mean slope and its 95% t-interval over seeds, with one seed the jackknife interval "
+           "over the probe folds. 'falls' / 'rises': the interval lies below / above 0.", ""]
+    if len(spread):
+        md += ["| run | stage | statistic | epochs | seeds | value at start → end | slope per epoch [95%] | interval "
+               "| reads |", "|---|---:|---|---|---:|---|---:|---|---|"]
+        for r in spread.to_dict("records"):
+            md.append(f"| {r['run']} | {r['stage']} | {r['stat']} {r['kind']} | {r['epoch_from']}–{r['epoch_to']} | "
+                      f"{r['n_seeds']} | {r['value_from']:.4f} → {r['value_to']:.4f} | "
+                      f"{_md_interval(r['slope'], r['slope_lo'], r['slope_hi'], '+.5f')} | {r['interval']} | "
+                      f"{r['reads']} |")
     else:
         md.append("No finished run has attention that reads its input.")
     md += ["", "## Settling, convergence and flags (last epoch)", ""]

@@ -1013,11 +1013,12 @@ def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = N
     return fig
 
 
-def zoo_spread(stage_tables: Mapping[str, pd.DataFrame]) -> Figure:
+def zoo_spread(stage_tables: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
     """One panel per run (a module, +att or +ASR(att)): the stage mean of the per-channel std of the attention
     across images (the paper's Fig. 1b statistic) against epoch with its jackknife band, one colour per stage,
     epoch 0 marked init, the trend window shaded; when every table holds rstd, a second block of panels: rstd
-    after (solid) vs before (dashed). ASR-only runs (constant by construction) get no panel, only a mention."""
+    after (solid) vs before (dashed). ASR-only runs (constant by construction) get no panel, only a mention.
+    ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
     kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stage_tables.items()}
     asr_only = [k for k, v in kept.items() if v.empty]
     runs = {k: v for k, v in kept.items() if not v.empty}
@@ -1070,7 +1071,9 @@ def zoo_spread(stage_tables: Mapping[str, pd.DataFrame]) -> Figure:
                         Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
         fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if len(handles) <= 6 else 4,
                    fontsize="small")
-        notes = []
+        seeds = sorted({int(n) for v in runs.values() if "n_seeds" in v for n in v["n_seeds"]})
+        notes = [subtitle + (f"; mean over {'/'.join(map(str, seeds))} seeds" if seeds and seeds != [1] else "")] \
+            if subtitle else []
         if not has_rstd:
             notes.append("these stage tables hold no rstd (written before it existed): the absolute std alone")
         if asr_only:
@@ -1246,9 +1249,10 @@ def zoo_accuracy(acc: pd.DataFrame, *, subtitle: str = "") -> Figure:
         ax.set_ylabel("final test top-1 (%)")
         ax.legend(loc="best", fontsize="small")
         notes = [subtitle] if subtitle else []
-        notes.append("small dots: seeds; circle and bar: mean and 95% t-interval over seeds"
-                     + ("; diamond: a run with one seed (no interval: the seed-to-seed spread is unknown)"
-                        if one_seed else ""))
+        several = bool(d.groupby("run")["seed"].nunique().gt(1).any())
+        notes.append("; ".join(t for t in (
+            "small dots: seeds; circle and bar: mean and 95% t-interval over seeds" if several else "",
+            "diamond: a run with one seed (no interval: the seed-to-seed spread is unknown)" if one_seed else "") if t))
         fig.suptitle("Final test top-1 per module: +att, +ASR(att) and the baseline (band)" + _notes(notes, 110))
     return fig
 
