@@ -126,7 +126,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
                    download=args.download)
     if args.record:
-        rows = train_with_recording(cfg, out, record_config_from_args(args), **options)
+        rows = train_with_recording(cfg, out, record_config_from_args(args, prefix="record-"), **options)
     else:
         rows = train(cfg, out, **options)
     if dist_from_env().rank != 0:
@@ -170,7 +170,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     table = run_comparison(base, base.model.attn, list(range(base.seed, base.seed + args.seeds)), args.out,
                            device=args.device, progress=not args.no_progress,
-                           record=record_config_from_args(args) if args.record else None)
+                           record=record_config_from_args(args, prefix="record-") if args.record else None)
     out = Path(table.attrs["out"])
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv and results.md in {time.perf_counter() - t0:.0f} s ({len(table)} variants)")

@@ -11,8 +11,9 @@ output holds a small marker file, ``.stripe`` (what it is, the version that made
 claimed (marked), a folder of stripe's own is accepted, and any other non-empty folder is refused
 (:class:`~stripe.errors.RefusedError`), with ``--overwrite`` or without. Folders written before the
 marker existed are recognised by their own formats (a run's ``config.json``, a recording's
-``manifest.json``, a preset's ``measurements.jsonl``), and a folder inside one of stripe's own is
-stripe's own.
+``manifest.json``, a preset's ``measurements.jsonl``), and a folder right inside one of stripe's own is
+stripe's own when it bears a name stripe gives its parts (``checkpoints``, ``recording``, ``ablation`` …):
+any other folder there (a user's ``RUN/mywork``) is judged by what it holds, like any folder.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -147,6 +149,28 @@ class LockedError(StripeError, RuntimeError):
     """Another process holds the lock of a run or recording directory."""
 
 
+def _open_lock(path: Path) -> int:
+    """A read-write descriptor of the lock file ``path`` (created if missing), never through a symbolic link and
+    never of anything but a plain file of its own: the lock's owner line is written into it, so a link (an
+    unpacked archive or a shared folder may bring one) would overwrite the file it points to."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise RefusedError(f"{path}: is a symbolic link; stripe does not write through links (remove the link "
+                               "and run again)") from None
+        if e.errno == errno.EISDIR:
+            raise RefusedError(f"{path}: is a folder, not stripe's lock file (remove it and run again)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        what = "has other hard links" if stat.S_ISREG(st.st_mode) else "is not a plain file"
+        raise RefusedError(f"{path}: {what}, so it is not stripe's lock file; stripe does not write into it (remove "
+                           "it and run again)")
+    return fd
+
+
 class DirLock:
     """An exclusive lock on a directory (``<dir>/.stripe.lock``, ``flock``): one writer at a time.
 
@@ -168,7 +192,7 @@ class DirLock:
             raise UserError(f"{self.directory}: exists and is not a directory")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / self.NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -215,14 +239,21 @@ def owner_kind(path: str | os.PathLike[str]) -> str | None:
     """What stripe wrote in folder ``path`` ('run', 'recording', 'figures' …), or None if it is not stripe's.
 
     The ``.stripe`` marker says it; folders from before the marker are recognised by their formats; a
-    folder right inside one of stripe's own folders is stripe's too ('part of <kind>').
+    folder right inside one of stripe's own folders whose name is one stripe gives its parts (:data:`PARTS`) is
+    stripe's too ('part of <kind>'). A folder of any other name there is not: it may be a user's.
     """
     path = Path(path).absolute()
     own = _own_kind(path)
-    if own is not None or path.parent == path:
+    if own is not None or path.parent == path or path.name not in PARTS:
         return own
     parent = _own_kind(path.parent)
     return None if parent is None else f"part of {parent}"
+
+
+#: the names of the folders stripe writes inside its own output folders (a run's ``checkpoints``, a recording's
+#: ``stats`` …): a folder of such a name right inside a stripe folder is part of it, even from before the marker
+PARTS = frozenset({"checkpoints", "recording", "ablation", "stats", "raw", "tables", "tables_seeds", "runs",
+                   "results", "logs", "figures", "speed", "compare", "report", "learns"})
 
 
 _LEGACY = (("config.json", "run", lambda d: str(d.get("format", "")).startswith("stripe-run/")),
@@ -291,7 +322,10 @@ def claim_dir(path: str | os.PathLike[str], kind: str, *, option: str = "--out")
 
 
 def check_replaceable(path: str | os.PathLike[str], is_ours: Callable[[Path], bool], *, option: str) -> Path:
-    """Refuse to replace an existing file ``path`` that stripe did not write (``is_ours(path)`` False)."""
+    """Refuse to replace an existing file ``path`` that stripe did not write (``is_ours(path)`` False); a name that
+    ends with a slash names a folder, not a file, and is refused too (``Path`` would drop the slash)."""
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise UserError(f"{option} {os.fspath(path)}: names a folder (it ends with '/'); give a file name")
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{option} {path}: is a folder; give a file name")

@@ -30,8 +30,19 @@ RELEASED = {
     "cifar100-resnet164-senet-asr": (74.43, 75.21),
     "cifar100-resnet164-senet-asr-both": (75.71, 76.23),
 }
-LOGITS_TOL = 1e-5  # float32, the official model's logits against ours on the same file
-DEPLOYED_TOL = 1e-4  # our fold / the file's fused_bn against the official deployed logits
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def float32_tol(model: torch.nn.Module, logits: torch.Tensor) -> float:
+    """How far a float32 forward of ``model`` may be from its exact logits, on any CPU: by the √n rule a layer whose
+    outputs are sums of K products rounds them by about √K·eps32 (relative), and the D layers of a chain add up:
+    D·√K_max·eps32 of the largest logit. The reference logits were computed in float32 by the official code on
+    another CPU, whose convolution algorithms round differently; ours are computed in float64 and compared with
+    them, so only the reference's own rounding is between the two. A wrong mapping of names or a wrong fold is off
+    by the order of the logits."""
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    fan_in = max(m.weight[0].numel() for m in layers)
+    return len(layers) * fan_in ** 0.5 * EPS32 * max(1.0, float(logits.abs().max()))
 
 
 def _shared_dir() -> Path | None:
@@ -59,6 +70,15 @@ def _logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)
 
 
+def _off(model: torch.nn.Module, x: torch.Tensor, want: np.ndarray | torch.Tensor) -> tuple[float, float]:
+    """(max |logits of ``model`` in float64 - ``want``|, :func:`float32_tol` of ``want``)."""
+    import copy
+
+    want = torch.as_tensor(want).double()
+    got = _logits(copy.deepcopy(model).double(), x.double())
+    return (got - want).abs().max().item(), float32_tol(model, want)
+
+
 # ------------------------------------------------------------------ the official code's files
 
 
@@ -78,9 +98,9 @@ def test_official_checkpoint_gives_the_official_logits(folder):
                                                                                   2, "module.")
     assert info.fused == (6 if asr else 0)
     x = official_input(ref["images_uint8"])
-    diff = (_logits(model, x) - torch.from_numpy(ref["logits"])).abs().max().item()
-    print(f"\n{folder}: max |logits - official| = {diff:.3g}")
-    assert diff <= LOGITS_TOL
+    diff, tol = _off(model, x, ref["logits"])
+    print(f"\n{folder}: max |logits (float64) - official (float32)| = {diff:.3g} (bound {tol:.3g})")
+    assert diff <= tol
     # a given config is checked and used
     given = load_model(path, ModelConfig(name="cifar_resnet20", block="bottleneck", attn=attn, asr=asr, both=both))
     assert given.load_info.config_from == "given"
@@ -96,20 +116,20 @@ def test_official_asr_fold_matches_the_official_deployed_logits(folder):
     want = torch.from_numpy(ref["deployed_logits"])
     model = load_model(path)
     ours = reparameterize(model)
-    d_ours = (_logits(ours, x) - want).abs().max().item()
+    d_ours, tol = _off(ours, x, want)
     deployed = load_model(path, deployed=True)
     assert deployed.load_info.deployed == "the file's fused_bn (the official fold)"
     assert deployed.config == model.config.folded().resolved()
     assert not any("psi" in k for k in deployed.state_dict())
-    d_file = (_logits(deployed, x) - want).abs().max().item()
+    d_file, _ = _off(deployed, x, want)
     report = fold_vs_official(path, ref["images_uint8"])
     print(f"\n{folder}: our fold vs deployed_logits {d_ours:.3g}; fused_bn model vs deployed_logits {d_file:.3g}; "
           f"fold vs fused_bn {report}")
-    assert d_ours <= DEPLOYED_TOL and d_file <= DEPLOYED_TOL
+    assert d_ours <= tol and d_file <= tol
     assert report["norms"] == 6
-    assert report["weight"] <= 1e-6 and report["bias"] <= 1e-6
+    assert report["stale"] == []  # the file's fused_bn is the fold of its weights (to FUSED_RTOL)
     assert report["running_mean"] == 0.0 and report["running_var"] == 0.0
-    assert report["logits"] <= DEPLOYED_TOL
+    assert report["logits"] <= 2 * tol  # two float32 forwards on this CPU
 
 
 @needs_shared
@@ -128,7 +148,8 @@ def test_deleted_deploy_and_stale_fused_bn(folder, tmp_path):
     torch.save(deleted, tmp_path / "deleted.pth")
     m = load_model(tmp_path / "deleted.pth")
     assert m.config.asr is False and m.config.attn == ("se" if FOLDERS[folder][2] else None)
-    assert (_logits(m, x) - torch.from_numpy(ref["deployed_logits"])).abs().max().item() <= DEPLOYED_TOL
+    diff, tol = _off(m, x, ref["deployed_logits"])
+    assert diff <= tol
 
     stale = dict(state)
     key = next(iter(sorted(k for k in state if k.endswith("fused_bn.running_mean"))))
@@ -137,7 +158,8 @@ def test_deleted_deploy_and_stale_fused_bn(folder, tmp_path):
     d = load_model(tmp_path / "stale.pth.tar", deployed=True)
     assert d.load_info.deployed == "this package's fold"
     assert any("fused_bn do not hold the official fold" in n for n in d.load_info.notes)
-    assert (_logits(d, x) - torch.from_numpy(ref["deployed_logits"])).abs().max().item() <= DEPLOYED_TOL
+    diff, tol = _off(d, x, ref["deployed_logits"])
+    assert diff <= tol
 
 
 @needs_shared

@@ -32,6 +32,7 @@ from torch import nn
 from .. import fsio
 from ..errors import NotFoundError, UserError
 from ..gates import Gate, replace_with_constants
+from ..nn import check_finite_weights
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -174,13 +175,14 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     if model_name is None:
         if weights is None:
             raise UserError("give a checkpoint file (or a model NAME with --weights)")
-        model = load_model(weights)
+        model = check_finite_weights(load_model(weights), weights)
         official = model.load_info.format == "official-checkpoint"
         if dataset is None and official:
             dataset = {10: "cifar10", 100: "cifar100"}.get(model.config.num_classes)
         where = f"{weights} ({model.load_info.summary()})"
     else:
         model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
+        check_finite_weights(model, weights or model_name)
         official, where = False, f"{model_name} ({weights or 'no weights file'})"
     if dataset is None:
         raise UserError("give the data set to ablate on (--dataset)")
@@ -246,6 +248,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         save = fsio.check_replaceable(save, _is_stripe_checkpoint, option="--save")
     dev = resolve_device(device)
     model, _ = load_weights(paths[epoch], info["model"])
+    check_finite_weights(model, paths[epoch])
     model.to(dev).eval()
     _, data = run_eval_sets(info)
     out = fsio.claim_dir(Path(out) if out else run_dir / "ablation", "ablation")

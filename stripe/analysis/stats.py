@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import fsio
 from ..errors import UserError
+from ..nn.variants import config_label
 from ..record.format import Recording
 from .tables import SETTLE_EPS, STRIPE_THRESHOLD, aggregate_seeds, compute_tables, write_tables
 
@@ -66,21 +67,28 @@ def check_seed_recordings(recs: Sequence[Recording]) -> None:
         if ids.index(rid) != i:
             raise UserError(f"{recs[ids.index(rid)].path} and {recs[i].path} record the same run ({rid}); seeds must "
                             "be distinct runs")
-    seeds = [_seed_of(r) for r in recs]
-    known = [s for s in seeds if s is not None]
-    if len(known) != len(set(known)):
-        s = next(x for x in known if known.count(x) > 1)
-        twins = [str(r.path) for r, x in zip(recs, seeds) if x == s]
-        raise UserError(f"{twins[0]} and {twins[1]} are runs with the same seed ({s}); seeds must differ")
-    first = recs[0]
+    first = recs[0]  # what the runs are comes before their seeds: two models are refused as two models
     for r in recs[1:]:
         for what, get in (("model", lambda m: m.manifest.get("model")),
                           ("data set", lambda m: m.manifest.get("dataset")),
                           ("probe set", lambda m: (m.manifest.get("probe") or {}).get("hash")),
                           ("taps", lambda m: list(m.taps["key"]))):
             if get(r) != get(first):
-                raise UserError(f"{r.path} and {first.path} differ in their {what}; only runs of one variant with "
-                                "the same taps aggregate")
+                shown = ""
+                if what == "model":
+                    try:
+                        a, b = config_label(get(r)), config_label(get(first))
+                        shown = f" ({a} and {b})" if a != b else ""
+                    except (TypeError, ValueError, KeyError, AttributeError):
+                        shown = ""
+                raise UserError(f"{r.path} and {first.path} differ in their {what}{shown}; only runs of one variant "
+                                "with the same taps aggregate")
+    seeds = [_seed_of(r) for r in recs]
+    known = [s for s in seeds if s is not None]
+    if len(known) != len(set(known)):
+        s = next(x for x in known if known.count(x) > 1)
+        twins = [str(r.path) for r, x in zip(recs, seeds) if x == s]
+        raise UserError(f"{twins[0]} and {twins[1]} are runs with the same seed ({s}); seeds must differ")
 
 
 def stats(recordings: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,

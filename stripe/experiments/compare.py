@@ -18,6 +18,7 @@ import pandas as pd
 
 from .. import fsio
 from ..errors import NotFoundError, UserError
+from ..nn import check_finite_weights
 from ..nn.variants import Variant, config_label, variants
 from ..record import RecordConfig
 from ..train import TrainConfig, read_metrics, read_run, train
@@ -132,6 +133,7 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     _, data = run_eval_sets(info)
     dev = resolve_device(device)
     model, _ = load_weights(path, info["model"])
+    check_finite_weights(model, path)
     pred = predict(deployed(model.to(dev)), Loader(data.test, 1000, train=False, device=dev)).numpy()
     labels = data.test.labels.numpy()
     import io
@@ -267,11 +269,19 @@ def table_of_existing(out: str | Path, attn: str, *, device: str | None = "cpu",
     if not cfgs:
         raise UserError(f"{out}: no run could be tabulated: " + "; ".join(why for _, why in skipped))
     # what must agree: everything but the variant, the seed and where the data was read from
-    recipe = {json.dumps(replace(c, seed=0, data_root=None, model=replace(c.model, attn=None, asr=False, both=False))
-                         .to_dict(), sort_keys=True, default=str) for c in cfgs.values()}
-    if len(recipe) > 1:
-        raise UserError(f"{out}: the runs were trained with different recipes (model, data, epochs or "
-                         "optimiser); compare runs of one recipe")
+    recipes: dict[str, list[Path]] = {}
+    for p, c in cfgs.items():
+        key = json.dumps(replace(c, seed=0, data_root=None, model=replace(c.model, attn=None, asr=False, both=False))
+                         .to_dict(), sort_keys=True, default=str)
+        recipes.setdefault(key, []).append(p)
+    if len(recipes) > 1:
+        (k1, r1), (k2, r2) = list(recipes.items())[:2]
+        flat = lambda d: {**{k: v for k, v in d.items() if k != "model"},  # noqa: E731
+                          **{f"model.{k}": v for k, v in d.get("model", {}).items()}}
+        a, b = flat(json.loads(k1)), flat(json.loads(k2))
+        diff = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        raise UserError(f"{out}: the runs were trained with different recipes: {r1[0].name} and {r2[0].name} differ "
+                        f"in {'; '.join(diff[:3])}{' …' if len(diff) > 3 else ''}; compare runs of one recipe")
     wanted = {v.label for v in variants(attn).values()}
     other = sorted({config_label(c.model) for c in cfgs.values()} - wanted)
     if other:

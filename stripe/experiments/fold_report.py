@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..gates import FoldError, Gate, detect_gates, reparameterize, verify_fold, verify_posthoc_fold
-from ..nn import build_source, count_params, create_model, is_source, list_attn, preprocessing
+from ..nn import (build_source, check_finite_outputs, check_finite_weights, count_params, create_model, is_source,
+                  list_attn, preprocessing)
 from ..record import Recorder
 
 
@@ -134,7 +135,7 @@ def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
     from ..nn import build_model
     from ..train import fold_vs_official, load_model
 
-    model = load_model(path)
+    model = check_finite_weights(load_model(path), path)  # a diverged model: say so, do not blame the fold
     cfg, info = model.config, model.load_info
     out: dict[str, Any] = {"summary": info.summary(), "config": cfg, "params_before": count_params(model)}
     if not cfg.asr:
@@ -148,7 +149,9 @@ def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
     m64 = copy.deepcopy(model).double().eval()
     f64 = reparameterize(m64).eval()  # folded in float64: the check is of the algebra, not of fp32 rounding
     with torch.no_grad():
-        diff = (m64(x) - f64(x)).abs().max().item()
+        y, yf = m64(x), f64(x)
+    check_finite_outputs(torch.isfinite(y).all(), path)
+    diff = (y - yf).abs().max().item()
     out["max_abs_diff_fp64"] = diff
     if not diff <= atol:
         raise FoldError(f"{path}: the fold differs from the ASR model by {diff:.3g} > atol {atol:g}")

@@ -18,7 +18,8 @@ from .sources import (MissingDependency, build_source, is_source, load_weights_f
 from .spa import SPA
 from .srm import SRM
 from .taps import ChannelAttention, Tap, global_pool
-from .utils import count_params, is_compiled, set_submodule, unwrap
+from .utils import (NotFiniteError, check_finite_outputs, check_finite_weights, count_params, is_compiled,
+                    set_submodule, unwrap)
 from .weights import CHECKPOINT_FORMAT, CheckpointError, WeightsFile, read_weights, strip_prefix
 from .variants import Variant, config_label, parse_label, slug, variant_label, variant_of, variant_rank, variants
 
@@ -28,7 +29,8 @@ __all__ = [
     "preprocessing", "resolve_preprocess",
     "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",
     "DIAStep", "ECA", "IEBatchNorm", "IEGate", "ModelConfig", "SE", "SPA", "SRM", "Stage", "Tap",
-    "Variant", "build_model", "config_label", "count_params",
+    "NotFiniteError", "Variant", "build_model", "check_finite_outputs", "check_finite_weights", "config_label",
+    "count_params",
     "create_attn", "create_model", "eca_kernel_size", "gate_classes", "get_spec", "global_pool",
     "is_compiled", "list_attn", "list_models", "param_table", "parse_label", "pick_block", "register_attn",
     "registered_attn",

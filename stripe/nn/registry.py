@@ -56,7 +56,13 @@ class AttnSpec:
         return tuple(n for n in params if n not in ("self", "channels") and n not in self.asr_kw)
 
     def create(self, channels: int, *, for_asr: bool = False, **kw: Any) -> nn.Module:
-        """The normal form, or with ``for_asr`` the form that takes ASR's ψ."""
+        """The normal form, or with ``for_asr`` the form that takes ASR's ψ. A ``reduction`` larger than ``channels``
+        is refused: the hidden width channels/reduction would be below 1, and the gates round it up to 1 unseen."""
+        r = kw.get("reduction")
+        if r is not None and not isinstance(r, bool) and isinstance(r, (int, float)) and r > channels:
+            raise UserError(f"--reduction {r}: the {self.name} gates of {channels} channels would have a hidden width "
+                            f"of {channels}/{r} < 1 (it would be made 1 without a word); give --reduction {channels} "
+                            "or less")
         if for_asr:
             return self.gate(channels, **self.asr_kw, **kw)
         return (self.build or self.gate)(channels, **kw)

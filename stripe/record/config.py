@@ -64,6 +64,16 @@ def add_record_args(parser: argparse.ArgumentParser, *, prefix: str = "", title:
                            help=f"{f.metadata['help']} (default {default})")
 
 
-def record_config_from_args(args: argparse.Namespace) -> RecordConfig:
-    """The :class:`RecordConfig` of options added by :func:`add_record_args`."""
-    return RecordConfig(**{k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("record.")})
+def record_config_from_args(args: argparse.Namespace, *, prefix: str = "") -> RecordConfig:
+    """The :class:`RecordConfig` of options added by :func:`add_record_args` (with the same ``prefix``: a refused
+    value is named by the option the user typed, e.g. ``--record-folds`` on ``train``)."""
+    try:
+        return RecordConfig(**{k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("record.")})
+    except UserError as e:
+        text = str(e)
+        for f in fields(RecordConfig):
+            flag = f"--{f.name.replace('_', '-')}"
+            if text.startswith(flag + " ") or text.startswith(flag + ":"):
+                text = f"--{prefix}{text[2:]}"
+                break
+        raise UserError(text) from None

@@ -485,6 +485,8 @@ class RecordingWriter:
                     return f"stats file unreadable ({e})"
                 if epochs != {int(epoch)}:
                     return f"stats file holds epochs {sorted(epochs)}, not {epoch}"
+        if checkpoint_sha256 is not None and not entry.get("checkpoint_sha256"):
+            return "the manifest does not hold its checkpoint file's sha256"
         if checkpoint_sha256 is not None and entry.get("checkpoint_sha256") != checkpoint_sha256:
             return "checkpoint file changed"
         return None
@@ -499,7 +501,7 @@ class RecordingWriter:
         """Write one checkpoint's statistics and raw vectors, then the manifest; returns the manifest entry."""
         stats_rel, raw_rel = f"stats/epoch_{epoch:04d}.parquet", f"raw/epoch_{epoch:04d}.safetensors"
         write_stats_parquet(self.out / stats_rel, stats_to_table(epoch, stats))
-        _save_safetensors(dict(raw), self.out / raw_rel)
+        _save_safetensors({str(k): v for k, v in raw.items()}, self.out / raw_rel)  # a Recorder key: "<tap>/<kind>"
         (sb, ss), (rb, rs) = _digest(self.out / stats_rel), _digest(self.out / raw_rel)
         entry = {"epoch": int(epoch), "stats": stats_rel, "raw": raw_rel, "checkpoint": checkpoint,
                  "checkpoint_sha256": checkpoint_sha256, "stats_bytes": sb, "stats_sha256": ss, "raw_bytes": rb,

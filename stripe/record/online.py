@@ -38,6 +38,21 @@ class OnlineRecorder:
         self.seconds = 0.0
         self.loader: Loader | None = None
 
+    def check(self, cfg: TrainConfig, data: Any, model: nn.Module) -> None:
+        """Refuse, before anything is created, what would fail once training runs: more folds than probe images,
+        taps that match nothing, a model without attention (nothing to record)."""
+        from ..gates import find_gates, gates_of, select_gates
+
+        if self.record.folds > len(data.probe):
+            raise UserError(f"--record-folds {self.record.folds} exceeds the {len(data.probe)} probe images")
+        if not find_gates(model) and "auto" not in self.record.taps:
+            raise UserError(f"--record: {cfg.model.resolved().arch} without attention (a baseline) has no attention "
+                            "taps to record; leave out --record")
+        try:
+            select_gates(model, *gates_of(model, self.record.selectors))
+        except UserError as e:
+            raise UserError(f"--record-taps: {e}") from None
+
     def on_train_start(self, state) -> None:
         """Open (lock) the recording and catch up on kept checkpoints not recorded yet."""
         cfg = state.cfg

@@ -11,8 +11,8 @@ from torch import nn
 from .. import fsio
 from ..errors import NotFoundError, UserError
 from ..nn import ModelConfig, build_model, is_source, load_weights_file
-from ..train import CheckpointError, epoch_from_name, list_checkpoints, load_model, read_run
-from ..train.loading import official_run
+from ..train import CheckpointError, epoch_from_name, file_sha256, list_checkpoints, load_model, read_run
+from ..train.loading import _describe, official_run
 from ..train.config import parse_epoch_spec, epoch_matches
 
 
@@ -39,9 +39,11 @@ class SweepSource:
 def parse_checkpoint_spec(spec: str | None, available: list[int]) -> list[int]:
     """The epochs of ``available`` that ``spec`` selects (the one grammar: 'all' (default), 'last', 'every:K'
     (plus the last), epoch numbers, comma-separated); an epoch that is not there is refused."""
+    if spec is not None and not str(spec).strip():  # '' is not 'all': train refuses it too
+        parse_epoch_spec(spec, "--checkpoints")
     if not available:
         return []
-    if spec in (None, "", "all"):
+    if spec in (None, "all"):
         return available
     terms = parse_epoch_spec(spec, "--checkpoints")
     last = available[-1]
@@ -102,7 +104,8 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
         if checkpoints not in (None, "all"):
             raise UserError(f"{run_dir} is a run folder of the official ASR code: it records all its checkpoint "
                             "files; --checkpoints does not apply")
-        run = official_run(run_dir)  # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best)
+        # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best); the log is not needed to record
+        run = official_run(run_dir, read_log=False)
         checkpoints = [c.path for c in run.checkpoints.values()]
         run_dir = None
     if run_dir is not None:
@@ -121,7 +124,8 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
     cfg = infos[0].config
     for p, i in zip(files[1:], infos[1:]):
         if i.config != cfg:
-            raise UserError(f"--files: {p} holds another model ({i.config.arch}, {i.config.attn}) than {files[0]}")
+            raise UserError(f"--files: {p} holds another model ({_describe(i.config)}) than {files[0]} "
+                            f"({_describe(cfg)}); record each model into its own --out folder")
     official = any(i.format == "official-checkpoint" for i in infos)
     if dataset is None:
         guess = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes) if official else None

@@ -239,7 +239,7 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
         if info.main:
             writer.write_manifest()
         dist.barrier()
-    elif not writer.path.exists():
+    elif not writer.path.exists() and writer.done:  # nothing recorded: no manifest, the new folder goes again
         writer.write_manifest()
     result.seconds = time.perf_counter() - t_start
     return result

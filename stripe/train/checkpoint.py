@@ -28,13 +28,16 @@ _EPOCH_IN_NAME = re.compile(r"epoch[_-]?(\d+)", re.IGNORECASE)
 
 def epoch_from_name(path: str | Path, *, any_number: bool = False) -> int | None:
     """The epoch a checkpoint file's name gives: ``epoch_12.pt``, ``model-epoch7.pth``; with ``any_number`` (a
-    list of checkpoint files) also the last number in the name (``ckpt_12.pt``); else None. A run's own files
-    are ``epoch_XXXX.pt`` (:func:`checkpoint_path`)."""
+    list of checkpoint files) also a name's one number standing alone between ``_``/``-`` (``ckpt_12.pt``,
+    ``model-3.pth``), not a number glued to a word (``resnet20_lr0.1_bs128.pth`` names no epoch); else None. A
+    run's own files are ``epoch_XXXX.pt`` (:func:`checkpoint_path`)."""
     m = _EPOCH_IN_NAME.search(Path(path).name)
     if m:
         return int(m.group(1))
-    m = re.search(r"(\d+)(?!.*\d)", Path(path).stem) if any_number else None
-    return int(m.group(1)) if m else None
+    if not any_number:
+        return None
+    alone = [t for t in re.split(r"[_\-\s]+", Path(path).name.split(".")[0]) if t.isdigit()]
+    return int(alone[0]) if len(alone) == 1 else None
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

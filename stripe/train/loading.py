@@ -140,8 +140,13 @@ def load_model(path: str | Path, config: ModelConfig | dict[str, Any] | None = N
     info = LoadInfo(path=str(path), format=fmt, naming=names["naming"], config=cfg, config_from=source, epoch=epoch,
                     stripped_prefix=names["stripped_prefix"], renamed=names["renamed"], fused=names["fused"],
                     extra=extra, fused_state=fused, raw=wf.raw)
+    ours = reparameterize(model) if fused and cfg.asr else None  # this package's fold, to judge the file's own
+    stale = stale_fused(weights, fused, ours.state_dict()) if ours is not None else []
+    if stale:  # said on every load: any work that deploys the file must not take its fused_bn for the fold
+        info.notes.append(f"{len(stale)} fused_bn do not hold the official fold of the file's weights (stale: their "
+                          f"running statistics or weights differ, e.g. {stale[0]}); stripe folds the file itself")
     if deployed:
-        model, info.deployed = _deploy(model, cfg, weights, fused, info)
+        model, info.deployed = _deploy(model, cfg, weights, fused, stale, ours)
         info.deployed_config = model.config
     if isinstance(map_location, (str, torch.device)):
         model = model.to(map_location)
@@ -151,19 +156,16 @@ def load_model(path: str | Path, config: ModelConfig | dict[str, Any] | None = N
 
 
 def _deploy(model: nn.Module, cfg: ModelConfig, weights: dict[str, torch.Tensor], fused: dict[str, torch.Tensor],
-            info: LoadInfo) -> tuple[nn.Module, str]:
-    """The deployed model and how it was made: the official fused_bn when the file holds a valid one, else our fold."""
+            stale: list[str], ours: nn.Module | None) -> tuple[nn.Module, str]:
+    """The deployed model and how it was made: the official fused_bn when the file holds a valid one (none of it
+    ``stale``), else our fold (``ours`` when already made)."""
     if not cfg.asr:
         return model, "nothing to fold (no ASR)"
-    if fused:
-        stale = stale_fused(weights, fused)
-        if not stale:
-            folded = build_model(cfg.folded())
-            folded.load_state_dict(deployed_state(weights, fused), strict=True)
-            return folded, "the file's fused_bn (the official fold)"
-        info.notes.append(f"{len(stale)} fused_bn do not hold the official fold (running statistics differ from "
-                          f"bn's, e.g. {stale[0]}): folded here instead")
-    return reparameterize(model), "this package's fold"
+    if fused and not stale:
+        folded = build_model(cfg.folded())
+        folded.load_state_dict(deployed_state(weights, fused), strict=True)
+        return folded, "the file's fused_bn (the official fold)"
+    return (ours if ours is not None else reparameterize(model)), "this package's fold"
 
 
 def fold_vs_official(path: str | Path, images: Any = None) -> dict[str, Any]:
@@ -181,7 +183,7 @@ def fold_vs_official(path: str | Path, images: Any = None) -> dict[str, Any]:
     ours = reparameterize(model).eval()
     folded = ours.state_dict()
     prefixes = sorted({k.split(".fused_bn.")[0] for k in info.fused_state})
-    out: dict[str, Any] = {"norms": len(prefixes)}
+    out: dict[str, Any] = {"norms": len(prefixes), "stale": stale_fused(model.state_dict(), info.fused_state, folded)}
     for n in ("weight", "bias", "running_mean", "running_var"):
         out[n] = max((folded[f"{p}.{n}"] - info.fused_state[f"{p}.fused_bn.{n}"]).abs().max().item() for p in prefixes)
     if images is not None:
@@ -209,8 +211,9 @@ def read_official_log(path: str | Path):
     header = [c.strip() for c in lines[0].split("\t")]
     header = header[:-1] if header and header[-1] == "" else header  # the Logger ends each line with a tab
     if sorted(header) != sorted(OFFICIAL_LOG_COLUMNS):
-        raise UserError(f"{path}: not an official log.txt: header {header} (expected the tab-separated columns "
-                         f"{', '.join(OFFICIAL_LOG_COLUMNS)})")
+        shown = repr(lines[0][:60]) + ("…" if len(lines[0]) > 60 else "")  # a binary file's bytes stay off the screen
+        raise UserError(f"{path}: not an official log.txt: its first line is {shown} (expected the tab-separated "
+                         f"columns {', '.join(OFFICIAL_LOG_COLUMNS)})")
     rows = []
     for i, line in enumerate(lines[1:], start=2):
         if not line.strip():
@@ -266,9 +269,10 @@ class OfficialRun:
         return self.checkpoints[name]
 
 
-def official_run(folder: str | Path) -> OfficialRun:
+def official_run(folder: str | Path, *, read_log: bool = True) -> OfficialRun:
     """An official run folder (``checkpoint.pth.tar``, ``model_best.pth.tar``, ``log.txt``): each checkpoint with
-    the epoch, acc and best_acc it records (read with weights_only), and the log; ``notes`` flag disagreements."""
+    the epoch, acc and best_acc it records (read with weights_only), and the log (``read_log`` False: left unread,
+    for work that needs only the checkpoints); ``notes`` flag disagreements."""
     folder = Path(folder)
     if not folder.is_dir():
         raise NotFoundError(f"{folder}: no such run folder")
@@ -287,7 +291,7 @@ def official_run(folder: str | Path) -> OfficialRun:
         num = lambda k: float(obj[k]) if isinstance(obj.get(k), (int, float)) else None  # noqa: E731
         checkpoints[name] = OfficialCheckpoint(name, p, obj["epoch"] if isinstance(obj["epoch"], int) else None,
                                                num("acc"), num("best_acc"))
-    log = read_official_log(log_path) if log_path.is_file() else None
+    log = read_official_log(log_path) if read_log and log_path.is_file() else None
     run = OfficialRun(folder, checkpoints, log)
     last = checkpoints.get("checkpoint.pth.tar")
     if log is not None and last is not None and last.epoch is not None and last.epoch != len(log):

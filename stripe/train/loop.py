@@ -88,14 +88,21 @@ def evaluate(model: nn.Module, loader: Loader, *, precision: str = "fp32",
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Loader, *, precision: str = "fp32") -> torch.Tensor:
-    """Predicted labels [N] (int64, on the CPU) of ``model`` in eval mode, in the loader's order."""
+    """Predicted labels [N] (int64, on the CPU) of ``model`` in eval mode, in the loader's order; a model whose
+    outputs are not finite is refused (:class:`~stripe.nn.NotFiniteError`): the argmax of NaN means nothing."""
+    from ..nn import check_finite_outputs
+
     was_training = model.training
     model.eval()
     out = []
+    finite = torch.ones((), dtype=torch.bool, device=loader.device)  # kept on the device: no sync per batch
     for x, _ in loader:
         with autocast(loader.device, precision):
-            out.append(model(x).argmax(1))
+            logits = model(x)
+        finite &= torch.isfinite(logits).all()
+        out.append(logits.argmax(1))
     model.train(was_training)
+    check_finite_outputs(finite)
     return torch.cat(out).cpu()
 
 
@@ -159,6 +166,9 @@ def train(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool =
     data = data or load_run_data(cfg, download=download)
     _check_fits(cfg, data, info)
     model, opt = build_training(cfg, data.train, dev)
+    for cb in callbacks:  # a callback's own options are checked before the run folder is made
+        if hasattr(cb, "check"):
+            cb.check(cfg, data, model)
 
     lock = fsio.DirLock(run_dir, "--out") if info.main else None
     try:

@@ -205,9 +205,20 @@ def deployed_state(state: Mapping[str, torch.Tensor], fused: Mapping[str, torch.
     return out
 
 
-def stale_fused(weights: Mapping[str, torch.Tensor], fused: Mapping[str, torch.Tensor]) -> list[str]:
-    """ASR norms whose ``fused_bn`` cannot be the official fold because its running statistics differ from the
-    norm's (the official fold shares them), e.g. a state saved before any ``switch_to_deploy``.
+#: how closely a file's fused_bn weight and bias must match this package's fold of the same norm (relative to the
+#: tensor's largest magnitude): half of float32's digits. The two folds compute the same few products and one small
+#: MLP in float32 in another order, which moves them by a few eps32 (κ·eps32 with any cancellation short of
+#: 2^11.5); a fused_bn left from other weights (the norm trained on after the fold) differs by the order of the
+#: weights themselves.
+FUSED_RTOL = float(torch.finfo(torch.float32).eps) ** 0.5
+
+
+def stale_fused(weights: Mapping[str, torch.Tensor], fused: Mapping[str, torch.Tensor],
+                folded: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+    """ASR norms whose ``fused_bn`` cannot be the official fold: its running statistics differ from the norm's (the
+    official fold shares them), e.g. a state saved before any ``switch_to_deploy``; or, given ``folded`` (this
+    package's fold of the same weights, :func:`stripe.gates.reparameterize`), its weight or bias is not that fold
+    (to :data:`FUSED_RTOL`): the norm changed after the official fold was written.
 
     ``weights`` in this package's names (``P.norm.*``), ``fused`` as :func:`split_fused` returns it.
     """
@@ -218,6 +229,16 @@ def stale_fused(weights: Mapping[str, torch.Tensor], fused: Mapping[str, torch.T
             if a is None or b is None or a.shape != b.shape or not torch.equal(a, b):
                 bad.append(p)
                 break
+        else:
+            for n in ("weight", "bias") if folded is not None else ():
+                a, b = fused.get(f"{p}.fused_bn.{n}"), folded.get(f"{p}.{n}")
+                if a is None or b is None or a.shape != b.shape:
+                    bad.append(p)
+                    break
+                scale = max(1e-30, float(b.abs().max()))
+                if float((a.double() - b.double()).abs().max()) > FUSED_RTOL * scale:
+                    bad.append(p)
+                    break
     return bad
 
 
@@ -313,11 +334,12 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
             for both in (False, True):
                 candidates += [ModelConfig(**{**base.to_dict(), "attn": a, "asr": True, "both": both,
                                               "psi_size": psi_size, "mlp_bias": b}) for b in biases]
-    found = []
+    found, near = [], []  # near: candidates whose keys fit but some shapes do not (named if nothing fits)
     for cand in candidates:
         want = _meta_shapes(cand)
         if set(want) != set(first):
             continue
+        near.append((cand, [k for k in want if want[k] != first[k]], want))
         if want == first:
             found.append(cand)
             continue
@@ -330,6 +352,11 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
                         break
                 except ValueError:
                     continue
+    if not found and near:
+        cand, keys, want = min(near, key=lambda c: len(c[1]))
+        shown = ", ".join(f"{k}: file {first[k]} vs model {want[k]}" for k in keys[:3]) + (", …" if len(keys) > 3 else "")
+        raise UserError(f"layout not recognised: its keys fit a {block} CIFAR ResNet-{depth} attn={cand.attn} "
+                        f"asr={cand.asr} both={cand.both}, but {len(keys)} tensor(s) have another shape ({shown})")
     if not found:
         gate = sorted({k.split(".", 2)[2] if k.count(".") >= 2 else k for k in first
                        if re.match(r"^layer1\.(0|attn|asr_attn)\.", k)

@@ -42,7 +42,8 @@ class TrainStep:
         self.opt.zero_grad()
         with autocast(self.device, self.cfg.precision):
             logits = self.forward(x)
-            loss = loss_fn(logits.float(), y)
+            # bf16 logits are scored in float32; float64 ones (a model cast to float64) stay float64
+            loss = loss_fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), y)
         loss.backward()
         self.opt.step()
         self.sums[0] += loss.detach().double() * y.shape[0]

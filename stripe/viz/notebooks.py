@@ -68,7 +68,11 @@ def discover(source: str | Path) -> Sources:
             else:
                 s.notes.append(f"{p.parent}: its config.json is not a stripe run's; skipped")
         elif p.name == "log.txt" and _is_official_log(p):
-            s.runs.append(p.parent)  # a run of the official ASR code: its log's learning curves
+            why = _unusable_official_log(p)
+            if why:
+                s.notes.append(f"{p}: read as the official ASR code's log and rejected ({why}); skipped")
+            else:
+                s.runs.append(p.parent)  # a run of the official ASR code: its log's learning curves
         elif p.name == "manifest.json":
             if _format_of(p).startswith("stripe-recording/"):
                 s.recordings.append(p.parent)
@@ -108,6 +112,17 @@ def _is_official_log(path: Path) -> bool:
     except OSError:
         return False
     return head.startswith("Learning Rate\t") and "Valid Acc." in head
+
+
+def _unusable_official_log(path: Path) -> str | None:
+    """Why the official log ``path`` cannot be drawn (its reader's one line, without the path), or None."""
+    from ..train import read_official_log
+
+    try:
+        read_official_log(path)
+    except (UserError, OSError) as e:
+        return str(e).removeprefix(f"{path}: ")
+    return None
 
 
 def recording_label(path: Path) -> str:
@@ -293,16 +308,38 @@ def clean_saved_notebook(model: dict[str, Any], path: str, contents_manager: Any
         cell.get("metadata", {}).pop("execution", None)
 
 
+def _error_names() -> frozenset[str]:
+    """The class names of stripe's own errors (one line for the user), as a kernel reports them: every subclass of
+    :class:`~stripe.errors.StripeError` defined by the time of the call."""
+    from .. import errors
+
+    found = {errors.StripeError}
+    todo = [errors.StripeError]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return frozenset(c.__name__ for c in found)
+
+
 def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *, timeout: int = 1200,
                      cwd: str | Path | None = None) -> Path:
     """Execute a bundled notebook headless (nbclient, kernel ``python3``) with ``params`` injected
-    after its ``parameters`` cell; writes the executed notebook to ``out_ipynb``."""
+    after its ``parameters`` cell; writes the executed notebook to ``out_ipynb``.
+
+    The kernel runs in ``cwd`` (default: the working folder) but imports nothing from it: Python's safe-path
+    mode (``PYTHONSAFEPATH``, which IPython honours too) keeps the folder off ``sys.path``, so a ``stripe.py`` or
+    ``pandas.py`` lying there is never run in place of the installed package. A cell that fails with one of
+    stripe's own errors is that error's one line (:class:`~stripe.errors.UserError`), not the kernel's traceback."""
+    import os
     import tempfile
 
     import jupytext
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     nb = jupytext.read(notebook_path(name))
     index = next((i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])), None)
@@ -319,7 +356,11 @@ def execute_notebook(name: str, params: dict[str, Any], out_ipynb: str | Path, *
         client = NotebookClient(nb, km=km, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(cwd or Path.cwd())}})
         try:
-            client.execute()
+            client.execute(env={**os.environ, "PYTHONSAFEPATH": "1"})
+        except CellExecutionError as e:
+            if getattr(e, "ename", "") in _error_names():  # the user's input, said in one line by stripe itself
+                raise UserError(f"{name} notebook: {e.evalue}") from None
+            raise
         finally:
             if km.has_kernel:
                 km.shutdown_kernel(now=False)
