@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stripe.nn import DIAStep, create_attn, eca_kernel_size, list_attn
+from stripe.nn import StageStep, create_attn, eca_kernel_size, list_attn
 
 
 def _record(module, names):
@@ -71,7 +71,7 @@ def test_ie_tap_reconstructs_output(train):
 def test_dia_taps_reconstruct_output_per_call():
     torch.manual_seed(0)
     cell = create_attn("dia", 32)
-    steps = [DIAStep(cell, i, last=i == 2) for i in range(3)]
+    steps = [StageStep(cell, i, last=i == 2) for i in range(3)]
     calls = []
     cell.tap.register_forward_hook(lambda mod, i, o: calls.append((mod.index, o)))
     x = torch.randn(5, 32, 4, 4)

@@ -185,7 +185,7 @@ def test_recorder_folds_follow_the_image_order():
         for lo in (0, 5, 14):  # uneven batches
             model(x[lo:{0: 5, 5: 14, 14: 23}[lo]])
     fs = rec.fold_stats()[(key, "after")]
-    raw = torch.from_numpy(rec.raw()[f"{key}/after"]).double()
+    raw = torch.from_numpy(rec.raw()[(key, "after")]).double()
     with Recorder(model, key.rsplit(".", 1)[0], raw_n=23) as rec2, torch.no_grad():
         model(x)
     full = rec2.stats()[(key, "after")]

@@ -19,6 +19,12 @@ SHARED_NAMES = {"__all__", "main"}
 #: names found defined twice and reported for renaming (each pair means different things or duplicates code);
 #: delete an entry once its name has one home
 RENAME_PENDING: dict[str, set[str]] = {}
+#: import circles that pass through an import inside a function, left to the work that removes them (the loading
+#: path: checkpoint -> loading -> rundir -> checkpoint); delete an entry once its circle is gone
+CIRCLES_PENDING: list[set[str]] = [{"train/checkpoint.py", "train/loading.py", "train/rundir.py"}]
+#: the layers a new attention joins by its registration alone (ARCHITECTURE.md, "Extending": the model, recording,
+#: the ablation, the folds, the figures): none of them may tell attentions apart by name
+ANY_ATTENTION = ("nn", "gates", "record", "analysis", "viz")
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,15 +153,51 @@ def test_one_home_scan_sees_definitions_in_every_form():
     assert sorted(_defined_names(tree.body)) == ["A", "B", "C", "D", "E", "F", "G", "K", "f", "g"]
 
 
+def _assigns(node: ast.AST, name: str) -> bool:
+    """Whether ``node`` assigns ``name`` (as a plain name or as an attribute, ``x.name = …``)."""
+    if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        for t in targets:
+            for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                if (isinstance(e, ast.Name) and e.id == name) or (isinstance(e, ast.Attribute) and e.attr == name):
+                    return True
+    return False
+
+
+def _module_name(path: str) -> str:
+    """The import name of a file of the package: ``nn/taps.py`` -> ``stripe.nn.taps``."""
+    parts = Path(path).with_suffix("").parts
+    return ".".join(["stripe", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
 def test_min_psi_size_lives_on_the_gate_classes_only():
-    homes = []
+    """The registry reads ``min_psi_size`` from a gate class: every assignment of it is a statement of the body of a
+    ChannelAttention class (the base class's default, or a gate's own), none anywhere else."""
+    import importlib
+
+    from stripe.nn import ChannelAttention
+
+    homes, stray = [], []
     for path, tree in _modules().items():
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Assign, ast.AnnAssign)):
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                if any(isinstance(t, ast.Name) and t.id == "min_psi_size" for t in targets):
-                    homes.append(path)
-    assert sorted(homes) == ["nn/srm.py", "nn/taps.py"]  # the base class default and SRM's override
+        in_class = set()
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for stmt in cls.body:
+                if _assigns(stmt, "min_psi_size"):
+                    homes.append((path, cls.name))
+                    in_class.add(id(stmt))
+        stray += [f"stripe/{path}:{n.lineno}" for n in ast.walk(tree)
+                  if _assigns(n, "min_psi_size") and id(n) not in in_class]
+    assert not stray, f"min_psi_size assigned outside a gate class's body: {stray}"
+    classes = {(path, name): getattr(importlib.import_module(_module_name(path)), name) for path, name in homes}
+    assert not [h for h, c in classes.items() if not issubclass(c, ChannelAttention)], classes
+    # the scan sees the default where the registry's readers find it: the base class declares it itself
+    base = (str(Path(inspect.getsourcefile(ChannelAttention)).relative_to(PKG)), ChannelAttention.__name__)
+    assert "min_psi_size" in vars(ChannelAttention) and base in classes
+
+
+def test_the_assignment_scan_sees_every_form():
+    tree = ast.parse("a = 1\nb: int = 2\nc += 3\nx.a = 4\n(a, d) = 5, 6\nf(a=7)\n")
+    assert [_assigns(n, "a") for n in tree.body] == [True, False, False, True, True, False]
 
 
 def _attention_class_names() -> set[str]:
@@ -166,11 +208,27 @@ def _attention_class_names() -> set[str]:
     return {name for m in modules for name, c in vars(m).items() if inspect.isclass(c) and c.__module__ == m.__name__}
 
 
+def _subclasses(cls: type) -> set[type]:
+    """Every subclass of ``cls``, at any depth."""
+    out = set()
+    for sub in cls.__subclasses__():
+        out |= {sub} | _subclasses(sub)
+    return out
+
+
 def test_attention_classes_are_named_only_in_the_layers_and_gates_packages():
     """Everything above nn/ and gates/ reaches attention modules through the registry and the gates, never by
     class name (so a newly registered module is recorded, ablated and drawn like the others)."""
+    from stripe.nn import ChannelAttention, GatedNorm
+    from stripe.nn.registry import get_spec, list_attn
+
     names = _attention_class_names()
-    assert {"SE", "ECA", "CBAM", "SRM", "IEBatchNorm", "IEGate", "SPA", "DIACell", "DIAStep"} <= names
+    # the scan sees every class the registry builds, and every attention class the package defines
+    built = {c.__name__ for n in list_attn() for c in (get_spec(n).gate, get_spec(n).build) if c}
+    contracts = ChannelAttention.__module__  # the base classes of the placements live beside ChannelAttention
+    defined = {c.__name__ for c in _subclasses(ChannelAttention) | _subclasses(GatedNorm)
+               if c.__module__.startswith("stripe.") and c.__module__ != contracts}
+    assert built and built <= names and defined <= names, (built | defined) - names
     bad = []
     for path, tree in _modules().items():
         if Path(path).parts[0] in ("nn", "gates"):
@@ -182,13 +240,221 @@ def test_attention_classes_are_named_only_in_the_layers_and_gates_packages():
     assert not bad, "\n".join(bad)
 
 
+def _cli_modules() -> dict[str, ast.Module]:
+    """The command line's modules: ``cli.py``, or every module of a ``cli`` package."""
+    return {p: t for p, t in _modules().items() if Path(p).parts[0] in ("cli.py", "cli")}
+
+
+def _handlers(tree: ast.Module) -> list[ast.FunctionDef]:
+    """The functions that receive parsed options (a parameter annotated ``argparse.Namespace``): the handlers. The
+    functions that declare the options receive a parser instead, so the rule below leaves them out by what they
+    are, not by name."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+            if any(a.annotation is not None and ast.unparse(a.annotation).split(".")[-1] == "Namespace"
+                   for a in args):
+                found.append(node)
+    return found
+
+
 def test_the_cli_holds_no_business_logic():
-    """cli.py only parses and dispatches: its handlers are short and it defines no classes."""
-    tree = _modules()["cli.py"]
-    assert not [n for n in tree.body if isinstance(n, ast.ClassDef)]
-    long = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name != "build_parser"
-            and n.end_lineno - n.lineno > 30]
+    """The command line only parses and dispatches: every handler is short (a call of the library and its printing)
+    and it defines no classes."""
+    import stripe.cli as cli
+
+    trees = _cli_modules()
+    assert trees
+    assert not [f"{p}: {n.name}" for p, t in trees.items() for n in ast.walk(t) if isinstance(n, ast.ClassDef)]
+    handlers = {n.name: n for t in trees.values() for n in _handlers(t)}
+    dispatched = {f.__name__ for f in getattr(cli, "COMMANDS", {}).values()}
+    assert dispatched and dispatched <= set(handlers), f"handlers not seen by the scan: {dispatched - set(handlers)}"
+    long = [name for name, n in handlers.items() if n.end_lineno - n.lineno > 30]
     assert not long, f"handlers longer than 30 lines: {long}"
+
+
+def test_the_handler_scan_tells_handlers_from_option_declarations():
+    tree = ast.parse("import argparse\n"
+                     "def h(args: argparse.Namespace) -> int: pass\n"
+                     "def k(x, *, args: Namespace): pass\n"
+                     "def build(p: argparse.ArgumentParser) -> None: pass\n"
+                     "def parser() -> argparse.ArgumentParser: pass\n")
+    assert [n.name for n in _handlers(tree)] == ["h", "k"]
+
+
+# ----------------------------------------------------------------------------- import circles
+def _import_targets(path: str, node: ast.Import | ast.ImportFrom) -> set[str]:
+    """The files of the package an import statement of ``path`` loads: the most specific module it names (``from .
+    import fsio`` -> ``fsio.py``; ``from ..nn import X`` -> ``nn/__init__.py``). A package's ``__init__`` that runs
+    first because one of its submodules is imported is not counted: it would close every package whose
+    ``__init__`` imports its own submodules into a circle."""
+    files = set(_modules())
+
+    def file_of(parts: list[str]) -> str | None:
+        for cand in ("/".join(parts) + ".py", "/".join([*parts, "__init__.py"])):
+            if cand in files:
+                return cand
+        return None
+
+    here = list(Path(path).parts[:-1])  # the package of the file
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            if node.level - 1 > len(here):
+                return set()
+            base = here[:len(here) - (node.level - 1)]
+        elif node.module and (node.module == "stripe" or node.module.startswith("stripe.")):
+            base = []
+        else:
+            return set()
+        mod = node.module.split(".") if node.module else []
+        target = base + (mod[1:] if not node.level else mod)
+        out = set()
+        for alias in node.names:
+            f = file_of([*target, alias.name]) or file_of(target)
+            out |= {f} if f else set()
+        return out
+    out = set()
+    for alias in node.names:
+        parts = alias.name.split(".")
+        if parts[0] == "stripe":
+            while len(parts) > 1 and file_of(parts[1:]) is None:
+                parts.pop()
+            f = file_of(parts[1:])
+            out |= {f} if f else set()
+    return out
+
+
+def _top_level_imports(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The import statements that run when the module is imported (module level, also inside if/try)."""
+    out = []
+    for node in body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            out.append(node)
+        elif isinstance(node, (ast.If, ast.Try)):
+            out += _top_level_imports(node.body) + _top_level_imports(node.orelse)
+            out += _top_level_imports(getattr(node, "finalbody", []))
+            out += [n for h in getattr(node, "handlers", []) for n in _top_level_imports(h.body)]
+    return out
+
+
+def _import_graph(*, inside_functions: bool) -> dict[str, set[str]]:
+    """File -> the files of the package it imports: at module level only, or also inside functions."""
+    graph = {}
+    for path, tree in _modules().items():
+        nodes = ([n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))] if inside_functions
+                 else _top_level_imports(tree.body))
+        graph[path] = {t for n in nodes for t in _import_targets(path, n)} - {path}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one file (Tarjan): each is one or more import circles."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_at_module_level():
+    """No file of the package imports, while it is being imported, a file that imports it back (directly or
+    through others): the import graph of module-level imports has no circle."""
+    graph = _import_graph(inside_functions=False)
+    assert sum(map(len, graph.values())) > len(graph) // 2  # the scan sees the imports
+    assert not _circles(graph), _circles(graph)
+
+
+def test_no_import_circle_counting_imports_inside_functions():
+    """Nor through the imports inside functions (deferred, yet a circle all the same: the two files need each other)."""
+    found = _circles(_import_graph(inside_functions=True))
+    new = [sorted(c) for c in found if c not in CIRCLES_PENDING]
+    assert not new, f"import circles: {new}"
+    gone = [sorted(c) for c in CIRCLES_PENDING if c not in found]
+    assert not gone, f"{gone} are no longer circles: delete them from CIRCLES_PENDING"
+
+
+def test_the_import_scan_resolves_like_python_and_finds_circles():
+    def targets(path: str, source: str) -> set[str]:
+        return {t for n in ast.parse(source).body for t in _import_targets(path, n)}
+
+    assert targets("gates/trace.py", "from .find import x\nfrom ..nn import y\nfrom .. import fsio\nimport os") == \
+        {"gates/find.py", "nn/__init__.py", "fsio.py"}
+    assert targets("gates/__init__.py", "from .gate import G\nfrom ..nn.cbam import C") == {"gates/gate.py",
+                                                                                          "nn/cbam.py"}
+    assert targets("cli.py", "import stripe.record.sweep\nfrom stripe.nn import taps\nfrom stripe import errors") == \
+        {"record/sweep.py", "nn/taps.py", "errors.py"}
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _circles(graph) == [{"a", "b", "c"}]
+    tree = ast.parse("import a\nif x:\n    import b\ntry:\n    import c\nexcept E:\n    import d\n"
+                     "def f():\n    import e\n")
+    assert [n.names[0].name for n in _top_level_imports(tree.body)] == ["a", "b", "c", "d"]
+
+
+# ----------------------------------------------------------------------------- the registry's own strings
+def test_placements_are_read_only_by_the_registry_and_the_model():
+    """An attention's placement (``after_bn``, ``in_bn``, ``stage``) is the business of the registry that declares it
+    and the model that builds it and folds it (it owns both halves); everything else asks the model."""
+    from stripe.nn import AttnSpec, build_model
+
+    owners = {str(Path(inspect.getsourcefile(o)).relative_to(PKG)) for o in (AttnSpec, build_model)}
+    readers = {path for path, tree in _modules().items()
+               if any(isinstance(n, ast.Attribute) and n.attr == "placement" for n in ast.walk(tree))}
+    assert readers - owners == set(), f"read an attention's placement: {sorted(readers - owners)}"
+    assert owners <= readers  # the scan sees the readers it allows
+
+
+def _name_comparisons(tree: ast.Module, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of every comparison (==, !=, in, not in) of something with a string in ``names``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for operand in [node.left, *node.comparators]:
+                elts = operand.elts if isinstance(operand, (ast.Tuple, ast.List, ast.Set)) else [operand]
+                found += [(node.lineno, e.value) for e in elts
+                          if isinstance(e, ast.Constant) and isinstance(e.value, str) and e.value in names]
+    return found
+
+
+def test_no_layer_a_new_attention_joins_tells_attentions_apart_by_name():
+    """The registry's names are its own: the layers a new attention joins by registration alone (ANY_ATTENTION)
+    compare nothing with a registered attention's name (``attn == "dia"`` would leave a new one out)."""
+    from stripe.nn import get_spec
+    from stripe.nn.registry import list_attn
+
+    names = set(list_attn())
+    registry = str(Path(inspect.getsourcefile(get_spec)).relative_to(PKG))
+    bad = [f"stripe/{path}:{line} compares with {name!r}" for path, tree in _modules().items()
+           if Path(path).parts[0] in ANY_ATTENTION and path != registry for line, name in _name_comparisons(tree, names)]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_name_comparison_scan_sees_every_form():
+    tree = ast.parse("a == 'se'\n'dia' != b\nc in ('x', 'ie')\nd not in ['eca']\ne == 'other'\nf('se')\n")
+    assert _name_comparisons(tree, {"se", "dia", "ie", "eca"}) == [(1, "se"), (2, "dia"), (3, "ie"), (4, "eca")]
 
 
 def test_public_api_resolves():

@@ -67,7 +67,7 @@ def test_recorded_tap_reconstructs_module_output(attn):
     taps = rec.taps
     assert len(taps) == 6 and all(t.attn == attn and not t.asr for t in taps)
     for t, (mod, xin, out) in zip(taps, seen):
-        a = torch.from_numpy(raw[f"{t.key}/after"])
+        a = torch.from_numpy(raw[(t.key, "after")])
         if attn == "ie":
             xhat = torch.nn.functional.batch_norm(xin, mod.running_mean, mod.running_var, None, None, False, 0, mod.eps)
             expected = xhat * (mod.weight * a)[:, :, None, None] + mod.bias[None, :, None, None]
@@ -76,7 +76,7 @@ def test_recorded_tap_reconstructs_module_output(attn):
             if attn == "cbam":
                 expected = expected * spatial.pop(0)
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-        before = torch.from_numpy(raw[f"{t.key}/before"])
+        before = torch.from_numpy(raw[(t.key, "before")])
         torch.testing.assert_close(before, xin.mean(dim=(2, 3)), rtol=0, atol=1e-6)
     if attn == "dia":
         assert [t.key for t in taps[:2]] == ["layer1.attn.tap[0]", "layer1.attn.tap[1]"]
@@ -91,7 +91,7 @@ def test_recorder_statistics_equal_two_pass_on_what_it_saw():
         for chunk in x.split([5, 11, 8]):  # uneven batches
             model(chunk)
     for (key, kind), s in rec.stats().items():
-        a = rec.raw()[f"{key}/{kind}"].astype(np.float64)
+        a = rec.raw()[(key, kind)].astype(np.float64)
         np.testing.assert_allclose(s.mean_, a.mean(0), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(s.std_, a.std(0), rtol=1e-4, atol=1e-7)
         np.testing.assert_array_equal(s.min_, a.min(0))
@@ -137,7 +137,42 @@ def test_tap_selection():
     with pytest.raises(ValueError, match=r"no tap matches \['layer9\*'\]"):
         select_gates(model, gates, "layer9*")
     with pytest.raises(ValueError, match="no tap matches"):
-        Recorder(create_model("cifar_resnet20", num_classes=10), "*")
+        with Recorder(create_model("cifar_resnet20", num_classes=10), "*"):
+            pass
+
+
+def test_recorder_construction_stores_and_entering_resolves():
+    """scikit-learn's rule: the constructor stores what to record (the model and a RecordConfig, or the same choices as
+    arguments); entering resolves the gates, installs the hooks and starts the results afresh."""
+    from stripe.record import RecordConfig, TapKey
+
+    plain = create_model("cifar_resnet8", num_classes=10)
+    rec = Recorder(plain, "*", folds=0)  # nothing is checked or resolved yet
+    with pytest.raises(ValueError, match="resolved when it is entered"):
+        rec.gates
+    with pytest.raises(ValueError, match="folds must be an integer >= 1"):
+        with rec:
+            pass
+    with pytest.raises(ValueError, match="no tap matches"):
+        with Recorder(plain, "*"):
+            pass
+    with pytest.raises(ValueError, match="in the RecordConfig or as arguments, not both"):
+        Recorder(plain, RecordConfig(), folds=2)
+
+    model = create_model("cifar_resnet8", num_classes=10, attn="se", asr=True, both=True)
+    rec = Recorder(model, RecordConfig(taps="layer1*,layer2.0.attn", raw_n=3, folds=2))
+    assert (rec.selection, rec.raw_n, rec.folds) == (["layer1*", "layer2.0.attn"], 3, 2)
+    for n in (5, 4):  # each with block records afresh
+        with rec, torch.no_grad():
+            model(_images(n))
+        assert rec.images == n and [g.path for g in rec.gates] == ["layer1.0.bn2.attn", "layer1.0.attn",
+                                                                   "layer2.0.attn"]
+    stats, folds, raw = rec.stats(), rec.fold_stats(), rec.raw()
+    # one key type for every result: TapKey (a (key, kind) tuple; its str is the raw file's tensor name)
+    assert set(stats) == set(folds) == set(raw) and all(type(k) is TapKey for d in (stats, folds, raw) for k in d)
+    assert {(k.tap, k.kind) for k in stats} == {(t.key, kind) for t in rec.taps for kind in ("after", "before", "hidden")}
+    key = next(iter(raw))
+    assert str(key) == f"{key.tap}/{key.kind}" and raw[key].shape[0] == 3 and stats[tuple(key)].count_ == 4
 
 
 @pytest.mark.parametrize("attn", ["se", "dia"])
@@ -158,7 +193,8 @@ def test_wrapped_models():
         wrapped(_images())
     assert len(rec.taps) == 3
     with pytest.raises(ValueError, match="torch.compile"):
-        Recorder(torch.compile(model))
+        with Recorder(torch.compile(model)):
+            pass
 
 
 def test_asr_taps_are_exactly_constant():
@@ -353,3 +389,26 @@ def test_constant_replacement_equals_forcing_the_taps(attn, variant):
         eps32 = torch.finfo(torch.float32).eps
         torch.testing.assert_close(folded(x), forced, rtol=0, atol=eps32 * max(1.0, float(forced.abs().max())))
     assert not find_gates(folded)  # no channel attention left (CBAM keeps only its spatial gate)
+
+
+def test_constant_replacement_in_a_model_that_does_not_fold_its_own_gates():
+    """A model of one's own holding this package's SE (no gate_folds()/fold_constant()): its gate says it does not
+    fold, and constant replacement forces the constant at the tap (the model given keeps its attention)."""
+    from torch import nn
+
+    from stripe.gates import replace_with_constants
+    from stripe.nn import create_attn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), create_attn("se", 8, reduction=2),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)).double().eval()
+    (gate,) = find_gates(model)
+    assert (gate.key, gate.fold, gate.fold_module) == ("2.tap", "none", None) and "forces" in gate.fold_reason
+    mu = torch.rand(8, dtype=torch.float64)
+    x = _images(4).double()
+    with torch.no_grad():
+        replaced = replace_with_constants(model, [gate], {gate.key: mu})(x)
+        expected = model[5](model[4](model[3](model[1](model[0](x)) * mu[None, :, None, None])))
+        eps32 = torch.finfo(torch.float32).eps  # float64 rounding is 2^29 below; a missed constant moves the logits
+        torch.testing.assert_close(replaced, expected, rtol=0, atol=eps32 * max(1.0, float(expected.abs().max())))
+        assert (model(x) - expected).abs().max() > 1e-3  # the model given still has its attention

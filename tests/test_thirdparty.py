@@ -104,7 +104,7 @@ def timm_model(name: str, **kw) -> nn.Module:
 def record(model: nn.Module, taps, x: torch.Tensor, **kw) -> tuple[Recorder, dict[str, torch.Tensor]]:
     with Recorder(model, taps, raw_n=len(x), raw_dtype=torch.float32, **kw) as rec, torch.no_grad():
         model(x)
-    return rec, {k: torch.from_numpy(v) for k, v in rec.raw().items()}
+    return rec, {str(k): torch.from_numpy(v) for k, v in rec.raw().items()}  # by the raw file's names
 
 
 def _means(sites) -> dict[str, torch.Tensor]:
@@ -281,9 +281,11 @@ def test_auto_gate_recorded_exactly():
     torch.testing.assert_close(raw["gate/before"], h.mean((2, 3)), rtol=0, atol=1e-6)
     assert rec.taps[0].attn == "auto" and rec.taps[0].path == ""
     with pytest.raises(ValueError, match="no tap matches"):  # no adapter class: only the detector finds it
-        Recorder(m, "*")
+        with Recorder(m, "*"):
+            pass
     with pytest.raises(ValueError, match="example"):  # no config to make a calibration input from
-        Recorder(m, "auto")
+        with Recorder(m, "auto"):
+            pass
 
 
 def test_nested_auto_gates_recorded_and_hooks_removed():
@@ -317,7 +319,7 @@ def test_third_party_moments_are_the_recorders_exact_moments():
     folds = rec.fold_stats()
     assert len(folds) == 18
     for (key, kind), s in rec.stats().items():
-        a = rec.raw()[f"{key}/{kind}"].astype(np.float64)
+        a = rec.raw()[(key, kind)].astype(np.float64)
         np.testing.assert_allclose(s.mean_, a.mean(0), rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(s.std_, a.std(0), rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(folds[(key, kind)].mean_[1], a[1::3].mean(0), rtol=1e-6, atol=1e-7)

@@ -84,7 +84,7 @@ def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
     with Recorder(model, "layer1.0.attn", raw_n=len(x), raw_dtype=torch.float32) as r, torch.no_grad():
         model(x)
     key = r.taps[0].key
-    vecs = r.raw()[f"{key}/after"].astype(np.float64)  # [N, C], the probe images in the recorded order
+    vecs = r.raw()[(key, "after")].astype(np.float64)  # [N, C], the probe images in the recorded order
     folds = rec.fold_stats(1)[(key, "after")]
     for k in range(4):
         np.testing.assert_allclose(folds.mean_[k], vecs[k::4].mean(0), rtol=0, atol=1e-6)

@@ -88,7 +88,8 @@ def paired_row(scope: str, target: str, n_taps: int, base_pred: torch.Tensor, pr
 
 
 def scope_groups(gates: list[Gate], scopes: Sequence[str]) -> list[tuple[str, str, list[Gate]]]:
-    """(scope, target, gates) for each requested scope: all gates; each stage; each gate (DIA: skipped)."""
+    """(scope, target, gates) for each requested scope: all gates; each stage; each gate (a stage-shared cell, DIA,
+    whose calls are one module: skipped)."""
     out = []
     for scope in scopes:
         if scope not in SCOPES:
@@ -99,7 +100,7 @@ def scope_groups(gates: list[Gate], scopes: Sequence[str]) -> list[tuple[str, st
             for st in sorted({g.stage for g in gates if g.stage is not None}):
                 out.append(("stage", f"stage {st}", [g for g in gates if g.stage == st]))
         else:
-            out.extend(("tap", g.key, [g]) for g in gates if g.attn != "dia")  # DIA: whole stages only
+            out.extend(("tap", g.key, [g]) for g in gates if g.call is None)  # a shared cell's calls: whole stages
     return out
 
 

@@ -3,8 +3,11 @@
 * :class:`Gate` (:mod:`.gate`): the one record of a gate, whatever model it lives in;
 * :mod:`.adapters`: the gate-adapter registry (how to read the gates of a module class; this package's
   attention modules join it from the attention registry);
-* :mod:`.find`: the gates of a model without running it, and selection;
-* :mod:`.trace`: the gates of any model from one traced forward, and where each one's constant folds;
+* :mod:`.gate`: the one gate record, its recording key and the module a recording hooks;
+* :mod:`.find`: the gates of a model without running it (where a package model's gates fold: the model says), and
+  selection;
+* :mod:`.trace`: the gates of any model from one traced forward, where each one's constant folds, and the gates to
+  choose from for a selection (:func:`gates_of`, composing both);
 * :mod:`.replace`: one constant replacement for every kind of gate;
 * :mod:`.asr` and :mod:`.fold`: the ASR fold, the post-hoc fold of other models' gates, the one BN
   randomiser and the one fold check (the fold report behind ``stripe fold`` is
@@ -12,15 +15,15 @@
 
 Imports only from :mod:`stripe.nn` (and the error classes).
 """
+from ..nn.cbam import SpatialGate  # CBAM's spatial gate alone: what constant replacement leaves of a CBAM
 from .adapters import AUTO_ONLY, UNSUPPORTED, GateAdapter, adapters, find_adapter, qualname_of, register_adapter
 from .asr import asr_vectors, fold_norm, reparameterize
-from .find import find_gates, gates_of, place_of, recordable, select_gates, site_key
+from .find import find_gates, place_of, select_gates
 from .fold import (FoldError, check_close, compared_output, fold_constants, gate_modules_left, randomize_norms,
                    verify_fold, verify_posthoc_fold)
-from .gate import FOLDS, GATE_KINDS, Gate
-from .replace import (ConstantGate, OwnerModeHooks, PassArg, SpatialGate, force_constant, inner_first,
-                      replace_with_constants)
-from .trace import MUL_FUNCS, STD_CONVS, detect_gates, gate_vector, split_gate
+from .gate import FOLDS, GATE_KINDS, Gate, recordable, site_key
+from .replace import ConstantGate, OwnerModeHooks, PassArg, force_constant, inner_first, replace_with_constants
+from .trace import MUL_FUNCS, STD_CONVS, detect_gates, gate_vector, gates_of, split_gate
 
 __all__ = [
     "AUTO_ONLY", "ConstantGate", "FOLDS", "FoldError", "GATE_KINDS", "Gate", "GateAdapter", "MUL_FUNCS",

@@ -12,7 +12,8 @@ by ``isinstance``):
 * ``before_attr``: a submodule whose output is ``before`` ([B, C]); ``None`` means the spatial mean of
   the module's first positional input, which is the map the gate scales;
 * ``fold``: where a constant attention folds in the models that use the class (the real target of
-  each gate is found by :func:`stripe.record.detect_gates` from one traced forward).
+  each gate is found by :func:`stripe.gates.detect_gates` from one traced forward; for this package's own
+  modules, ``unknown`` here: the model that holds one says where it folds, ``model.gate_folds()``).
 
 There is one registry. This package's own attention modules are in it as adapters of kind
 ``taps``, generated from :func:`stripe.nn.gate_classes` (so a newly registered attention joins
@@ -60,7 +61,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..nn.registry import gate_classes, get_spec
+from ..nn.registry import gate_classes
 
 Layout = Literal["bc11", "b1c", "bc"]
 LAYOUTS = ("bc11", "b1c", "bc")
@@ -122,9 +123,10 @@ def _taps_adapters() -> dict[type, GateAdapter]:
 def _taps_for(classes: tuple[tuple[type, str], ...]) -> dict[type, GateAdapter]:
     out = {}
     for cls, name in classes:
-        fold = "bn_before" if get_spec(name).placement == "after_bn" else "none"
         doc = (cls.__doc__ or "").strip().splitlines()
-        out[cls] = GateAdapter(qualname_of(cls), name, "tap", "bc", fold, doc[0] if doc else "", "taps", "tap_in")
+        # where the gate's constant folds depends on where the model puts it: the model says (gate_folds())
+        out[cls] = GateAdapter(qualname_of(cls), name, "tap", "bc", "unknown", doc[0] if doc else "", "taps",
+                               "tap_in")
     return out
 
 

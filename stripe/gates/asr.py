@@ -6,22 +6,13 @@ import copy
 import torch
 from torch import nn
 
-from ..nn import ASRNorm, set_submodule
+from ..nn import ASRNorm, fold_norm, set_submodule
 
 
 def asr_vectors(model: nn.Module) -> dict[str, torch.Tensor]:
     """v of every ASR norm, by module name, computed in forward order (DIA's state flows block to block)."""
     with torch.no_grad():
         return {name: m.vector().detach()[0] for name, m in model.named_modules() if isinstance(m, ASRNorm)}
-
-
-def fold_norm(norm: nn.BatchNorm2d, v: torch.Tensor) -> nn.BatchNorm2d:
-    """A copy of ``norm`` with γ' = γ·v and β' = β·v and cloned running statistics."""
-    folded = copy.deepcopy(norm)
-    with torch.no_grad():
-        folded.weight.mul_(v.to(folded.weight.dtype))
-        folded.bias.mul_(v.to(folded.bias.dtype))
-    return folded
 
 
 def reparameterize(model: nn.Module) -> nn.Module:

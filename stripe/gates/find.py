@@ -2,35 +2,26 @@
 
 This package's attention modules are found through the gate-adapter registry (adapters of kind
 ``taps``, generated from the attention registry), so a newly registered module is found without any
-change here; where such a gate sits (stage, block, depth) comes from the model itself
-(``model.tap_places()``), never from parsing module names. Modules of a registered adapter's class in
-any other model are found by class (their fold is ``unknown`` until :func:`stripe.gates.detect_gates`
-traces a forward). Every gate is a :class:`~stripe.gates.Gate`.
+change here; where such a gate sits (stage, block, depth) and where its constant folds come from the
+model itself (``model.tap_places()``, ``model.gate_folds()``), never from parsing module names. Modules of
+a registered adapter's class in any other model are found by class (their fold is ``unknown`` until
+:func:`stripe.gates.detect_gates` traces a forward). Every gate is a :class:`~stripe.gates.Gate`.
 """
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import nn
 
 from ..errors import UserError
-from ..nn import ASRNorm, Tap, is_compiled, unwrap
+from ..nn import ASRNorm, Tap
 from .adapters import find_adapter
-from .gate import Gate
+from .gate import Gate, recordable, site_key
 
-
-def recordable(model: nn.Module) -> nn.Module:
-    """The module to hook: DP/DDP unwrapped; a ``torch.compile`` wrapper refused (its graphs skip Python hooks)."""
-    if is_compiled(model):
-        raise UserError("the model is wrapped by torch.compile, whose graphs skip Python hooks; record the "
-                        "original module (model._orig_mod) instead")
-    return unwrap(model)
-
-
-def site_key(path: str, i: int = 0) -> str:
-    """The recording key of an owner's i-th gate: ``<path>.gate`` (``.gate<i>`` from the second on)."""
-    return (f"{path}." if path else "") + ("gate" if i == 0 else f"gate{i}")
+#: the fold of this package's gate in a model that does not say where its gates fold (no ``gate_folds()``)
+_NOT_DESCRIBED = ("none", None, "the model does not say where its attention folds (no gate_folds()); constant "
+                  "replacement forces the constant at the gate's tap")
 
 
 def place_of(model: nn.Module, path: str, call: int | None = None) -> dict[str, int | None]:
@@ -48,11 +39,13 @@ def place_of(model: nn.Module, path: str, call: int | None = None) -> dict[str, 
 
 def find_gates(model: nn.Module) -> list[Gate]:
     """Every gate found without running the model, in module order: this package's attention modules with taps
-    (kind ``taps``, key ``<path>.tap``, ``asr`` for the ψ-fed ones) and modules of a registered adapter's class
-    (kind ``module``, key ``<path>.gate``, fold ``unknown``)."""
+    (kind ``taps``, key ``<path>.tap``, ``asr`` for the ψ-fed ones, the fold the model gives) and modules of a
+    registered adapter's class (kind ``module``, key ``<path>.gate``, fold ``unknown``)."""
     model = recordable(model)
     asr_gates = {id(m.attn) for m in model.modules() if isinstance(m, ASRNorm)}
     asr_gates |= {id(m.asr_attn) for m in model.modules() if "asr_attn" in getattr(m, "_modules", {})}
+    describe = getattr(model, "gate_folds", None)
+    folds = describe() if callable(describe) else {}
     found = []
     for name, m in model.named_modules():
         a = find_adapter(m)
@@ -61,9 +54,11 @@ def find_gates(model: nn.Module) -> list[Gate]:
         if a.kind == "taps":
             if not isinstance(getattr(m, "tap", None), Tap):
                 continue
+            fold, fold_module, reason = folds.get(name, _NOT_DESCRIBED)
             found.append(Gate(f"{name}.tap", name, "taps", a.name, a.qualname, asr=id(m) in asr_gates,
-                              hidden=getattr(m, "hidden_width", None), fold=a.fold, gate_attr=a.gate_attr,
-                              before_attr=a.before_attr, layout=a.layout, **place_of(model, name)))
+                              hidden=getattr(m, "hidden_width", None), fold=fold, fold_module=fold_module,
+                              fold_reason=reason, gate_attr=a.gate_attr, before_attr=a.before_attr, layout=a.layout,
+                              **place_of(model, name)))
         else:
             found.append(Gate(site_key(name), name, "module", a.name, a.qualname, fold="unknown",
                               fold_reason="found by class; detect_gates(model, example) traces where it folds",
@@ -97,36 +92,3 @@ def select_gates(model: nn.Module, gates: Sequence[Gate], select: str | Sequence
         sample = ", ".join(keys[:4]) or "none: the model has no attention taps"
         raise UserError(f"no tap matches {selectors!r} (taps look like: {sample}{' …' if len(keys) > 4 else ''})")
     return chosen
-
-
-def gates_of(model: nn.Module, taps: Any = "*", example: Any = None) -> tuple[list[Gate], list[str]]:
-    """The gates to choose from and the selectors. ``taps`` a list of gates (found earlier) is taken as it is;
-    with ``"auto"`` (alone or in a list) the generic detector also runs, on ``example`` (default: two random
-    images of the size in ``model.config``); with an ``example`` the adapter gates come with their fold; this
-    package's modules are always read through their taps."""
-    from .trace import detect_gates
-
-    if isinstance(taps, (list, tuple)) and taps and all(isinstance(t, Gate) for t in taps):
-        return list(taps), ["*"]
-    selectors = [taps] if isinstance(taps, str) else list(taps)
-    gates = find_gates(model)
-    if "auto" in selectors or example is not None:
-        traced = detect_gates(model, _example(model, example))
-        if "auto" not in selectors:
-            traced = [g for g in traced if g.kind != "auto"]
-        gates = [g for g in gates if g.kind == "taps"] + [g for g in traced if g.kind != "taps"]
-    return gates, selectors
-
-
-def _example(model: nn.Module, example: Any) -> Any:
-    """The calibration input of gate detection: ``example``, or two random images of ``model.config``'s size."""
-    import torch
-
-    if example is not None:
-        return example
-    cfg = getattr(model, "config", None)
-    chans, size = getattr(cfg, "in_chans", None), getattr(cfg, "image_size", None)
-    if not chans or not size:
-        raise UserError("taps='auto' runs one calibration forward: give example= (a batch of the inputs to record)")
-    p = next(model.parameters())
-    return torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)

@@ -12,9 +12,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-#: where a constant attention folds: into the BatchNorm before the gate, the input channels of the
-#: convolution after it, the output channels of the convolution before it, or nowhere (the reason is kept)
-FOLDS = ("bn_before", "conv_after", "conv_before", "none")
+from torch import nn
+
+from ..errors import UserError
+from ..nn import is_compiled, unwrap
+
+#: where a constant attention folds: into the BatchNorm before the gate (γ and β), the input channels of the
+#: convolution after it, the output channels of the convolution before it, into the norm that holds the gate (an
+#: attention inside a BN, placement ``in_bn``: the norm becomes its plain form, IEBN's γ·μ), or nowhere (the reason
+#: is kept)
+FOLDS = ("bn_before", "conv_after", "conv_before", "in_norm", "none")
 GATE_KINDS = ("taps", "module", "auto")
 #: what a recording's manifest keeps of a gate (one entry per recorded key)
 RECORD_FIELDS = ("key", "module", "attn", "asr", "stage", "block", "depth", "call", "channels", "hidden")
@@ -80,3 +87,16 @@ class Gate:
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready."""
         return asdict(self)
+
+
+def site_key(path: str, i: int = 0) -> str:
+    """The recording key of an owner's i-th gate: ``<path>.gate`` (``.gate<i>`` from the second on)."""
+    return (f"{path}." if path else "") + ("gate" if i == 0 else f"gate{i}")
+
+
+def recordable(model: nn.Module) -> nn.Module:
+    """The module to hook: DP/DDP unwrapped; a ``torch.compile`` wrapper refused (its graphs skip Python hooks)."""
+    if is_compiled(model):
+        raise UserError("the model is wrapped by torch.compile, whose graphs skip Python hooks; record the "
+                        "original module (model._orig_mod) instead")
+    return unwrap(model)

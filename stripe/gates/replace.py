@@ -2,10 +2,11 @@
 
 One function for every gate (:func:`replace_with_constants`), whatever its kind:
 
-* this package's attention modules (kind ``taps``) are replaced *and folded* the way the architecture
-  allows: a block's attention by the constant folded into the block's last BN (CBAM keeps its spatial
-  gate, which depends on the input), IEBN by a plain BN with γ·μ, an ASR gate by the ASR fold with
-  v = μ, DIA's stage-shared cell block by block (the whole stage at once);
+* this package's attention modules (kind ``taps``) are replaced *and folded* by the model that holds them, where
+  its ``gate_folds()`` says (``CifarResNet.fold_constant``): a block's attention by the constant folded into the
+  block's last BN (CBAM keeps its spatial gate, which depends on the input), an attention inside a norm (IEBN) by
+  the norm's plain form, an ASR gate by the ASR fold with v = μ, a stage-shared cell (DIA) block by block (the
+  whole stage at once); in a model that does not fold its own gates, the constant is forced at the module's tap;
 * a module of a registered adapter's class (kind ``module``) keeps its place and its gate submodule's
   output is replaced by the constant;
 * a detected gate (kind ``auto``) has its owner replaced by :class:`ConstantGate` when the owner's
@@ -22,9 +23,6 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..nn import ASRNorm, CBAM, IEBatchNorm, set_submodule
-from .asr import fold_norm
 from .gate import Gate
 from .trace import MUL_FUNCS, split_gate
 
@@ -137,75 +135,27 @@ def inner_first(gates: Iterable[Gate]) -> list[Gate]:
 
 
 # --------------------------------------------------------------------------- this package's attention modules
-class SpatialGate(nn.Module):
-    """CBAM's spatial gate alone (the channel gate was folded): y ⊙ s(y)."""
+def _force_taps(model: nn.Module, path: str, per_call: dict[int | None, Tensor]) -> None:
+    """Make the tap of the attention module at ``path`` output its constant (per call, by the tap's index), for a
+    model that does not fold its own gates (no ``fold_constant``)."""
+    consts = {call: mu.detach().clone().reshape(1, -1) for call, mu in per_call.items()}  # [1, C]
 
-    def __init__(self, cbam: CBAM) -> None:
-        super().__init__()
-        self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
+    def hook(tap: nn.Module, args: tuple, out: Tensor) -> Tensor | None:
+        mu = consts.get(tap.index)
+        return None if mu is None else mu.to(out).expand_as(out)
 
-    spatial_map = CBAM.spatial_map  # the same computation, on these same submodules
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return y * self.spatial_map(y)
-
-
-def _last_norm_name(block: nn.Module) -> str:
-    return "bn3" if hasattr(block, "bn3") else "bn2"
-
-
-def _fold_into_last_norm(block: nn.Module, mu: Tensor) -> None:
-    name = _last_norm_name(block)
-    norm = getattr(block, name)
-    if isinstance(norm, ASRNorm):  # both=True: the ASR norm's output is what the attention multiplies
-        norm.norm = fold_norm(norm.norm, mu.to(norm.norm.weight))
-    else:
-        setattr(block, name, fold_norm(norm, mu.to(norm.weight)))
-
-
-def _replace_dia(model: nn.Module, cell_path: str, group: list[Gate], means: dict[str, Tensor]) -> None:
-    """Replace every call of a stage's DIA cell (normal or ASR) by its constant, block by block."""
-    stage_path, _, leaf = cell_path.rpartition(".")
-    stage = model.get_submodule(stage_path)
-    if sorted(g.call for g in group) != list(range(stage.num_blocks)):
-        raise UserError(f"{cell_path}: DIA shares one recurrent cell across the stage; replace the whole "
-                        "stage (scope stage or all), not single blocks")
-    for g in group:
-        block = stage.blocks()[g.call]
-        mu = means[g.key]
-        if group[0].asr:
-            name = _last_norm_name(block)
-            asr_norm = getattr(block, name)
-            setattr(block, name, fold_norm(asr_norm.norm, mu.to(asr_norm.norm.weight)))
-        else:
-            _fold_into_last_norm(block, mu)
-            block.attn = None
-    del stage._modules[leaf]
+    model.get_submodule(path).tap.register_forward_hook(hook)  # the hook lives as long as the model
 
 
 def _replace_own(model: nn.Module, path: str, group: list[Gate], means: dict[str, Tensor]) -> None:
-    """Replace (and fold) this package's attention module at ``path`` (every recorded call of it in ``group``)."""
-    first = group[0]
-    if first.attn == "dia":
-        _replace_dia(model, path, group, means)
-    elif first.asr:  # the ASR gate of an ASRNorm at <block>.<norm>.attn: the ASR fold, v = μ
-        norm_path = path.rpartition(".")[0]
-        asr_norm = model.get_submodule(norm_path)
-        set_submodule(model, norm_path, fold_norm(asr_norm.norm, means[first.key].to(asr_norm.norm.weight)))
+    """Replace this package's attention module at ``path`` (every recorded call of it in ``group``) by its constant:
+    folded by the model where it says (``model.fold_constant``), else forced at the module's tap."""
+    per_call = {g.call: means[g.key] for g in group}
+    fold = getattr(model, "fold_constant", None)
+    if callable(fold):
+        fold(path, per_call)
     else:
-        owner_path = path.rpartition(".")[0]
-        owner = model.get_submodule(owner_path)
-        mu = means[first.key]
-        if isinstance(owner, IEBatchNorm):  # IE: y = xhat·(γ·a) + β  ->  a plain BN with γ·μ
-            bn = nn.BatchNorm2d(owner.num_features, eps=owner.eps, momentum=owner.momentum)
-            bn.load_state_dict({k: v for k, v in owner.state_dict().items() if not k.startswith("attn.")})
-            with torch.no_grad():
-                bn.weight.mul_(mu.to(bn.weight))
-            set_submodule(model, owner_path, bn.to(owner.weight.device))
-        else:  # the block's attention slot
-            _fold_into_last_norm(owner, mu)
-            attn = owner.attn
-            owner.attn = SpatialGate(attn) if isinstance(attn, CBAM) and attn.spatial else None
+        _force_taps(model, path, per_call)
 
 
 def replace_with_constants(model: nn.Module, gates: Sequence[Gate], means: dict[str, Tensor]) -> nn.Module:
@@ -216,8 +166,8 @@ def replace_with_constants(model: nn.Module, gates: Sequence[Gate], means: dict[
     for g in gates:
         if g.kind == "taps":
             own.setdefault(g.path, []).append(g)
-    for path, group in own.items():
-        _replace_own(new, path, group, means)
+    for path in sorted(own, key=lambda p: -p.count(".")):  # a gate inside a norm before the norm's own ASR gate
+        _replace_own(new, path, own[path], means)
     for g in inner_first([g for g in gates if g.kind != "taps"]):
         force_constant(new, g, means[g.key])
     return new

@@ -1,4 +1,6 @@
-"""Gates of any model from one traced forward: adapters' gate multiplies, the generic detector, where each folds.
+"""Gates of any model from one traced forward: adapters' gate multiplies, the generic detector, where each folds;
+and the gates to choose from for a selection (:func:`gates_of`: those found without running the model, with the
+traced ones when asked).
 
 :func:`detect_gates` runs one eval, no-grad calibration forward under a ``TorchFunctionMode`` with
 hooks on every module, and finds (1) the gate multiply of every adapter module and (2) any other
@@ -26,9 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from ..errors import UserError
 from .adapters import AUTO_ONLY, UNSUPPORTED, GateAdapter, find_adapter, qualname_of
-from .find import recordable, site_key
-from .gate import Gate
+from .find import find_gates
+from .gate import Gate, recordable, site_key
 
 #: timm convs that standardise their weight at every call; a per-output-channel scale folds into ``gain``
 STD_CONVS = frozenset({"timm.layers.std_conv.ScaledStdConv2d", "timm.layers.std_conv.ScaledStdConv2dSame"})
@@ -437,3 +440,32 @@ def detect_gates(model: nn.Module, example: Any, *, use_adapters: bool = True) -
         per_owner[owner] += 1
     order = {n: i for i, n in enumerate(mods)}
     return sorted(sites, key=lambda s: (order.get(s.path, 0), s.mul_index))
+
+
+def gates_of(model: nn.Module, taps: Any = "*", example: Any = None) -> tuple[list[Gate], list[str]]:
+    """The gates to choose from and the selectors. ``taps`` a list of gates (found earlier) is taken as it is;
+    with ``"auto"`` (alone or in a list) the generic detector also runs, on ``example`` (default: two random
+    images of the size in ``model.config``); with an ``example`` the adapter gates come with their fold; this
+    package's modules are always read through their taps (:func:`stripe.gates.find_gates`)."""
+    if isinstance(taps, (list, tuple)) and taps and all(isinstance(t, Gate) for t in taps):
+        return list(taps), ["*"]
+    selectors = [taps] if isinstance(taps, str) else list(taps)
+    gates = find_gates(model)
+    if "auto" in selectors or example is not None:
+        traced = detect_gates(model, _example(model, example))
+        if "auto" not in selectors:
+            traced = [g for g in traced if g.kind != "auto"]
+        gates = [g for g in gates if g.kind == "taps"] + [g for g in traced if g.kind != "taps"]
+    return gates, selectors
+
+
+def _example(model: nn.Module, example: Any) -> Any:
+    """The calibration input of gate detection: ``example``, or two random images of ``model.config``'s size."""
+    if example is not None:
+        return example
+    cfg = getattr(model, "config", None)
+    chans, size = getattr(cfg, "in_chans", None), getattr(cfg, "image_size", None)
+    if not chans or not size:
+        raise UserError("taps='auto' runs one calibration forward: give example= (a batch of the inputs to record)")
+    p = next(model.parameters())
+    return torch.randn(2, chans, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)

@@ -6,7 +6,7 @@ Everything above builds on this layer; it imports nothing else from the package.
 """
 from .asr import ASRNorm
 from .cbam import CBAM
-from .dia import DIACell, DIAStep
+from .dia import DIACell
 from .eca import ECA, eca_kernel_size
 from .ie import IEBatchNorm, IEGate
 from .registry import AttnSpec, create_attn, gate_classes, get_spec, list_attn, register_attn, registered_attn
@@ -17,7 +17,7 @@ from .sources import (MissingDependency, build_source, is_source, load_weights_f
                       preprocessing, resolve_preprocess)
 from .spa import SPA
 from .srm import SRM
-from .taps import ChannelAttention, Tap, global_pool
+from .taps import ChannelAttention, GatedNorm, SharedAttention, StageStep, Tap, fold_norm, global_pool
 from .utils import (NotFiniteError, check_finite_outputs, check_finite_weights, count_params, is_compiled,
                     set_submodule, unwrap)
 from .weights import CHECKPOINT_FORMAT, CheckpointError, WeightsFile, read_weights, strip_prefix
@@ -28,7 +28,8 @@ __all__ = [
     "MissingDependency", "build_source", "is_source", "load_weights_file", "parse_source", "preprocess_for",
     "preprocessing", "resolve_preprocess",
     "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",
-    "DIAStep", "ECA", "IEBatchNorm", "IEGate", "ModelConfig", "SE", "SPA", "SRM", "Stage", "Tap",
+    "ECA", "GatedNorm", "IEBatchNorm", "IEGate", "ModelConfig", "SE", "SPA", "SRM", "SharedAttention", "Stage",
+    "StageStep", "Tap", "fold_norm",
     "NotFiniteError", "Variant", "build_model", "check_finite_outputs", "check_finite_weights", "config_label",
     "count_params",
     "create_attn", "create_model", "eca_kernel_size", "gate_classes", "get_spec", "global_pool",

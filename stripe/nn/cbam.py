@@ -51,3 +51,20 @@ class CBAM(ChannelAttention):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x * self.gate(x)[:, :, None, None]
         return y * self.spatial_map(y) if self.spatial else y
+
+    def constant_remainder(self) -> nn.Module | None:
+        """The spatial gate alone: it depends on the input, so it stays when the channel gate is folded."""
+        return SpatialGate(self) if self.spatial else None
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial gate alone (the channel gate was folded): y ⊙ s(y)."""
+
+    def __init__(self, cbam: CBAM) -> None:
+        super().__init__()
+        self.conv, self.bn, self.tap_spatial = cbam.conv, cbam.bn, cbam.tap_spatial
+
+    spatial_map = CBAM.spatial_map  # the same computation, on these same submodules
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * self.spatial_map(y)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .taps import ChannelAttention
+from .taps import ChannelAttention, GatedNorm
 
 
 class IEGate(ChannelAttention):
@@ -40,7 +40,7 @@ def batch_norm_no_affine(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -
     )
 
 
-class IEBatchNorm(nn.BatchNorm2d):
+class IEBatchNorm(GatedNorm):
     """y = BN_without_affine(x) · (γ ⊙ a) + β with a = IEGate(x): replaces the wrapped BN itself.
 
     Its parameters are a BatchNorm2d's plus ``attn.weight``/``attn.bias`` (2C).
@@ -54,3 +54,10 @@ class IEBatchNorm(nn.BatchNorm2d):
         a = self.attn.gate(x)  # [B, C], from the BN's input
         scale = self.weight[None, :] * a  # [B, C]
         return batch_norm_no_affine(self, x) * scale[:, :, None, None] + self.bias[None, :, None, None]
+
+    def with_constant(self, mu: torch.Tensor) -> nn.BatchNorm2d:
+        """y = x̂·(γ·μ) + β: the plain BN with γ·μ (the gate scales γ only, not β)."""
+        bn = self.plain()
+        with torch.no_grad():
+            bn.weight.mul_(mu.to(bn.weight))
+        return bn

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_args
 
 from torch import nn
 
@@ -33,8 +33,9 @@ class AttnSpec:
     ``gate`` is the class that computes the attention vector and owns the taps (``tap``,
     ``tap_in``); ``build`` builds the normal (input-fed) form when it differs from ``gate`` (IEBN
     wraps its gate in a BatchNorm); ``asr_kw`` are the keyword arguments of the ψ-fed form.
-    placement: ``after_bn`` multiplies the block's last BN output; ``in_bn`` replaces that BN
-    (IEBN); ``stage`` is one module shared by every block of a stage (DIA).
+    placement (the model builds every form through :meth:`create`): ``after_bn`` multiplies the block's last BN
+    output; ``in_bn`` replaces that BN: ``build`` makes a :class:`~stripe.nn.taps.GatedNorm` (IEBN) holding the gate;
+    ``stage`` is one :class:`~stripe.nn.taps.SharedAttention` shared by every block of a stage (DIA).
     """
 
     name: str
@@ -42,6 +43,14 @@ class AttnSpec:
     placement: Placement
     build: Callable[..., nn.Module] | None = None
     asr_kw: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.placement not in get_args(Placement):
+            raise UserError(f"attention {self.name!r}: unknown placement {self.placement!r}; known: "
+                            f"{', '.join(get_args(Placement))}")
+        if self.placement == "in_bn" and self.build is None:
+            raise UserError(f"attention {self.name!r}: placement in_bn replaces the block's last BN, so it needs "
+                            "build=, a GatedNorm that holds the gate (as IEBatchNorm holds IEGate)")
 
     @property
     def min_psi_size(self) -> int:

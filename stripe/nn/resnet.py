@@ -1,7 +1,13 @@
-"""CIFAR ResNets (basic 6n+2, bottleneck 9n+2) with an attention slot after the block's last BN."""
+"""CIFAR ResNets (basic 6n+2, bottleneck 9n+2) with an attention slot after the block's last BN.
+
+The model owns both halves of an attention's placement (:class:`~stripe.nn.registry.AttnSpec`): it builds every
+form through the registry entry (:meth:`AttnSpec.create`), and it says where each attention module's constant
+folds and folds it (:meth:`CifarResNet.gate_folds`, :meth:`CifarResNet.fold_constant`, beside
+:meth:`CifarResNet.tap_places`), so constant replacement never guesses at the model's structure."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -10,10 +16,9 @@ from torch import nn
 
 from ..errors import UserError
 from .asr import ASRNorm
-from .dia import DIAStep
-from .ie import IEBatchNorm
-from .registry import create_attn, get_spec, list_attn
+from .registry import AttnSpec, get_spec, list_attn
 from .sources import build_source, is_source, parse_source
+from .taps import ChannelAttention, GatedNorm, SharedAttention, StageStep, fold_norm
 from .utils import count_params
 
 _MODEL_NAME = re.compile(r"^cifar_resnet(\d+)$")
@@ -147,6 +152,8 @@ class BasicBlock(nn.Module):
     """3x3 -> BN -> ReLU -> 3x3 -> BN (-> attention) + shortcut -> ReLU."""
 
     expansion = 1
+    #: the block's last norm, the one the attention slot scales (and an ``in_bn`` attention replaces)
+    last_norm_name = "bn2"
 
     def __init__(self, inplanes: int, planes: int, stride: int, last_norm: nn.Module, attn: nn.Module | None) -> None:
         super().__init__()
@@ -170,6 +177,8 @@ class Bottleneck(nn.Module):
     """1x1 -> BN -> ReLU -> 3x3 -> BN -> ReLU -> 1x1 (x4) -> BN (-> attention) + shortcut -> ReLU."""
 
     expansion = 4
+    #: the block's last norm, the one the attention slot scales (and an ``in_bn`` attention replaces)
+    last_norm_name = "bn3"
 
     def __init__(self, inplanes: int, planes: int, stride: int, last_norm: nn.Module, attn: nn.Module | None) -> None:
         super().__init__()
@@ -199,8 +208,11 @@ def _shortcut(inplanes: int, outplanes: int, stride: int) -> nn.Module | None:
 
 
 class Stage(nn.Module):
-    """Blocks ``0 … n-1`` run in order, plus the stage-shared attention cells (DIA): ``attn`` for
+    """Blocks ``0 … n-1`` run in order, plus the stage-shared attention cells (placement ``stage``, DIA): ``attn`` for
     the normal attention and ``asr_attn`` for the one fed by ψ (removed by the fold)."""
+
+    #: the attribute names of the stage-shared cells: the normal one and the ψ-fed one
+    SHARED = ("attn", "asr_attn")
 
     def __init__(self, blocks: list[nn.Module], attn: nn.Module | None = None, asr_attn: nn.Module | None = None) -> None:
         super().__init__()
@@ -258,7 +270,7 @@ class CifarResNet(nn.Module):
         first = 0
         for s, stage in enumerate(self.stages(), start=1):
             prefix = f"layer{s}"
-            for leaf in ("attn", "asr_attn"):  # stage-shared cells (DIA)
+            for leaf in Stage.SHARED:  # stage-shared cells (DIA)
                 if leaf in stage._modules:
                     places[f"{prefix}.{leaf}"] = (s, None, first)
             for b, block in enumerate(stage.blocks()):
@@ -266,6 +278,94 @@ class CifarResNet(nn.Module):
                     places.setdefault(path, (s, b, first))
             first += stage.num_blocks
         return places
+
+    def _attention_sites(self) -> dict[str, tuple[str, nn.Module, str | None]]:
+        """Every attention module by path: (where it sits, its owner, the path of its block's last norm).
+        ``shared``/``asr_shared``: a stage-shared cell (owner: the stage; no one norm); ``slot``: the block's
+        attention after its last norm; ``asr``: the ψ-fed gate of the block's last norm; ``in_norm``: a gate inside
+        the block's last norm (owner: the block, for the last three)."""
+        sites: dict[str, tuple[str, nn.Module, str | None]] = {}
+        for s, stage in enumerate(self.stages(), start=1):
+            for leaf, where in zip(Stage.SHARED, ("shared", "asr_shared")):
+                if leaf in stage._modules:
+                    sites[f"layer{s}.{leaf}"] = (where, stage, None)
+            for b, block in enumerate(stage.blocks()):
+                last = f"layer{s}.{b}.{block.last_norm_name}"
+                norm = getattr(block, block.last_norm_name)
+                if isinstance(norm, GatedNorm):
+                    sites[f"{last}.attn"] = ("in_norm", block, last)
+                if isinstance(norm, ASRNorm) and isinstance(norm.norm, GatedNorm):
+                    sites[f"{last}.norm.attn"] = ("in_norm", block, last)
+                if isinstance(norm, ASRNorm) and isinstance(norm.attn, ChannelAttention):
+                    sites[f"{last}.attn"] = ("asr", block, last)
+                if isinstance(block.attn, ChannelAttention):
+                    sites[f"layer{s}.{b}.attn"] = ("slot", block, last)
+        return sites
+
+    def gate_folds(self) -> dict[str, tuple[str, str | None, str]]:
+        """Where each attention module's constant folds, by the module's path: (fold, the module whose parameters take
+        it, or None for a stage-shared cell (one norm per block), why), in the fold kinds of
+        :data:`stripe.gates.FOLDS`; what :func:`stripe.gates.find_gates` reads and :meth:`fold_constant` does."""
+        out = {}
+        for path, (where, _, last) in self._attention_sites().items():
+            if where == "shared":
+                out[path] = ("bn_before", None, "one cell shared by the stage's blocks: block i's constant scales the "
+                             "γ and β of block i's last norm, and the cell goes")
+            elif where == "asr_shared":
+                out[path] = ("bn_before", None, "the ASR fold block by block: block i's v = μ_i scales the γ and β of "
+                             "the BN in block i's last norm")
+            elif where == "asr":
+                out[path] = ("bn_before", f"{last}.norm", "the ASR fold: v = μ scales the γ and β of the ASR norm's BN")
+            elif where == "in_norm":
+                holder = path[: -len(".attn")]
+                doc = (type(self.get_submodule(holder)).with_constant.__doc__ or "").strip().splitlines()
+                out[path] = ("in_norm", holder, f"the gate sits inside {holder}, which becomes a plain BN"
+                             + (f": {doc[0]}" if doc else ""))
+            else:
+                target = f"{last}.norm" if isinstance(self.get_submodule(last), ASRNorm) else last
+                out[path] = ("bn_before", target, f"the attention scales the output of {last}, the block's last norm: "
+                             "μ scales its γ and β")
+        return out
+
+    def fold_constant(self, path: str, means: Mapping[int | None, torch.Tensor]) -> None:
+        """Replace the attention module at ``path`` (in place) by its constant, folded where :meth:`gate_folds` says.
+
+        ``means`` maps each call to its constant [C]: ``None`` for a module called once, the block index for a
+        stage-shared cell (every block of the stage: the cell is one module). An ``in_bn`` norm becomes its plain form
+        (:meth:`GatedNorm.with_constant`); what else an attention computes from the input stays
+        (:meth:`ChannelAttention.constant_remainder`: CBAM's spatial gate)."""
+        sites = self._attention_sites()
+        if path not in sites:
+            raise UserError(f"{path}: not an attention module of this model (they are: {', '.join(sites) or 'none'})")
+        where, owner, _ = sites[path]
+        if where in ("shared", "asr_shared"):
+            if sorted(means, key=lambda c: -1 if c is None else c) != list(range(owner.num_blocks)):
+                raise UserError(f"{path}: one cell is shared by the stage's {owner.num_blocks} blocks; replace every "
+                                "call of it (the whole stage: scope stage or all), not single blocks")
+            for call, mu in means.items():
+                block = owner.blocks()[call]
+                if where == "asr_shared":
+                    asr_norm = getattr(block, block.last_norm_name)
+                    setattr(block, block.last_norm_name, fold_norm(asr_norm.norm, mu.to(asr_norm.norm.weight)))
+                else:
+                    _fold_into_last_norm(block, mu)
+                    block.attn = None
+            del owner._modules[path.rpartition(".")[2]]
+            return
+        if list(means) != [None]:
+            raise UserError(f"{path} runs once per forward: give one constant (call None), got calls {list(means)}")
+        mu = means[None]
+        norm = getattr(owner, owner.last_norm_name)
+        if where == "asr":
+            setattr(owner, owner.last_norm_name, fold_norm(norm.norm, mu.to(norm.norm.weight)))
+        elif where == "in_norm":
+            if isinstance(norm, ASRNorm):
+                norm.norm = norm.norm.with_constant(mu)
+            else:
+                setattr(owner, owner.last_norm_name, norm.with_constant(mu))
+        else:
+            _fold_into_last_norm(owner, mu)
+            owner.attn = owner.attn.constant_remainder()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -279,26 +379,48 @@ def _make_stage(block: type[nn.Module], inplanes: int, planes: int, n: int, stri
     kw = {**cfg.attn_kw, **({"reduction": cfg.reduction} if cfg.reduction is not None else {}),
           **({"bias": True} if cfg.mlp_bias else {})}
     normal = spec is not None and (not cfg.asr or cfg.both)  # a normal, input-dependent attention
-    shared = create_attn(spec.name, channels, **kw) if normal and spec.placement == "stage" else None
-    asr_shared = (create_attn(spec.name, channels, for_asr=True, **kw)
+    shared = _built(spec, channels, kw, SharedAttention) if normal and spec.placement == "stage" else None
+    asr_shared = (_built(spec, channels, kw, SharedAttention, for_asr=True)
                   if cfg.asr and spec.placement == "stage" else None)
     blocks = []
     for i in range(n):
         last = i == n - 1
-        norm: nn.Module = (IEBatchNorm(channels, **kw) if normal and spec.placement == "in_bn"
+        norm: nn.Module = (_built(spec, channels, kw, GatedNorm) if normal and spec.placement == "in_bn"
                            else nn.BatchNorm2d(channels))
         attn = None
         if normal and spec.placement == "after_bn":
-            attn = create_attn(spec.name, channels, **kw)
+            attn = spec.create(channels, **kw)
         elif normal and spec.placement == "stage":
-            attn = DIAStep(shared, i, last)
+            attn = StageStep(shared, i, last)
         if cfg.asr:
-            gate = (DIAStep(asr_shared, i, last) if spec.placement == "stage"
-                    else create_attn(spec.name, channels, for_asr=True, **kw))
+            gate = (StageStep(asr_shared, i, last) if spec.placement == "stage"
+                    else spec.create(channels, for_asr=True, **kw))
             norm = ASRNorm(norm, gate, cfg.psi_size, cfg.psi_init)
         blocks.append(block(inplanes, planes, stride if i == 0 else 1, norm, attn))
         inplanes = channels
     return Stage(blocks, shared, asr_shared)
+
+
+def _built(spec: AttnSpec, channels: int, kw: dict[str, Any], kind: type[nn.Module], *,
+           for_asr: bool = False) -> nn.Module:
+    """The registry entry's module for its placement, refused with one line when it is not the ``kind`` the placement
+    needs (a GatedNorm for ``in_bn``, a SharedAttention for ``stage``)."""
+    module = spec.create(channels, for_asr=for_asr, **kw)
+    if not isinstance(module, kind):
+        form = "ψ-fed form (gate)" if for_asr else "builder" if spec.build is not None else "gate"
+        raise UserError(f"attention {spec.name!r}: placement {spec.placement} needs its {form} to make a "
+                         f"{kind.__name__}, got {type(module).__name__}")
+    return module
+
+
+def _fold_into_last_norm(block: nn.Module, mu: torch.Tensor) -> None:
+    """The block's last norm scaled by the constant ``mu`` (an ASR norm kept beside the attention: its BN)."""
+    name = block.last_norm_name
+    norm = getattr(block, name)
+    if isinstance(norm, ASRNorm):  # both=True: the ASR norm's output is what the attention multiplies
+        norm.norm = fold_norm(norm.norm, mu.to(norm.norm.weight))
+    else:
+        setattr(block, name, fold_norm(norm, mu.to(norm.weight)))
 
 
 def _init_weights(model: nn.Module) -> None:
