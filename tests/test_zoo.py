@@ -47,6 +47,11 @@ def test_every_run_and_seed_has_its_own_results(campaign):
             assert json.loads((d / "config.json").read_text())["train"]["seed"] == seed
             with np.load(d / "predictions.npz") as z:
                 assert len(z["pred"]) == done["predictions"]["n_test"] == zoo.ZOO_DRY.test_subset
+                cfg = json.loads((d / "config.json").read_text())  # the one predictions format, the one key
+                assert str(z["scored_hash"]) == cfg["score"]["hash"] and str(z["run_id"]) == cfg["run_id"]
+            with np.load(out / "runs" / f"{slug}_seed{seed}" / "predictions_final.npz") as cached:
+                assert {"pred", "labels", "run_id", "scored_hash"} <= set(cached.files)
+                assert str(cached["scored_hash"]) == cfg["score"]["hash"]
     for seed in (0, 1):  # two seeds are two networks: different weights, the same scored images
         a, b = (np.load(out / "results" / "plus_se" / f"seed{s}" / "predictions.npz") for s in (0, 1))
         assert np.array_equal(a["labels"], b["labels"]) and str(a["run_id"]) != str(b["run_id"])

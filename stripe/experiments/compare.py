@@ -88,6 +88,27 @@ def wilson_interval(correct: int, n: int, level: float = 0.95) -> tuple[float, f
     return 100 * (centre - half), 100 * (centre + half)
 
 
+def scored_hash(info: dict[str, Any]) -> str:
+    """The hash of a run's scored test images (its config's ``score``; a ``stripe-run/1`` run, which has none, by
+    its test data's hash): the one key that says two files of predictions score the same images."""
+    return str((info.get("score") or {}).get("hash") or info.get("data", {}).get("test_hash", ""))
+
+
+def write_predictions(path: str | Path, pred: np.ndarray, labels: np.ndarray, info: dict[str, Any],
+                      **extra: Any) -> Path:
+    """Final predictions of a run, the one format every writer uses: ``pred`` and ``labels`` (uint8 when the
+    classes fit, compressed), the run id and the scored set's hash (:func:`scored_hash`), and ``extra`` (e.g. the
+    epoch and the checkpoint's sha256)."""
+    import io
+
+    small = max(int(np.max(pred, initial=0)), int(np.max(labels, initial=0))) < 256
+    cast = (lambda a: np.asarray(a).astype(np.uint8)) if small else np.asarray
+    buf = io.BytesIO()
+    np.savez_compressed(buf, pred=cast(pred), labels=cast(labels), run_id=str(info.get("run_id", "")),
+                        scored_hash=scored_hash(info), **extra)
+    return fsio.write_bytes(path, buf.getvalue())
+
+
 def _cached_predictions(cache: Path, run: Path, info: dict[str, Any]) -> dict[str, Any] | None:
     """The content of a run's ``predictions_final.npz``; a file made for another run or other scored images is
     refused (a one-line error naming it)."""
@@ -100,7 +121,7 @@ def _cached_predictions(cache: Path, run: Path, info: dict[str, Any]) -> dict[st
         raise UserError(f"{cache}: unreadable ({e})") from None
     run_id = str(got.get("run_id", ""))
     score = str(got.get("scored_hash", ""))
-    want_score = (info.get("score") or {}).get("hash", "")
+    want_score = scored_hash(info)
     if run_id != str(info.get("run_id", "")) or (want_score and score != want_score):
         raise UserError(f"{cache}: made for run {run_id or '(unknown)'} on scored images {score[:12] or '(unknown)'}, "
                         f"not for {run} (run {info.get('run_id')}, scored images {want_score[:12]}); delete it")
@@ -136,12 +157,7 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     check_finite_weights(model, path)
     pred = predict(deployed(model.to(dev)), Loader(data.test, 1000, train=False, device=dev)).numpy()
     labels = data.test.labels.numpy()
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, pred=pred, labels=labels, epoch=epoch, checkpoint_sha256=sha, run_id=str(info.get("run_id", "")),
-             scored_hash=(info.get("score") or {}).get("hash", ""))
-    fsio.write_bytes(cache, buf.getvalue())
+    write_predictions(cache, pred, labels, info, epoch=epoch, checkpoint_sha256=sha)
     return pred, labels
 
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -269,16 +267,13 @@ def _fold_check(run_dir: Path, device: str) -> dict[str, Any]:
 
 
 def _save_predictions(run_dir: Path, dest: Path, device: str) -> dict[str, Any]:
-    """Final deployed predictions on the scored test images, compact (uint8), with the run id and scored-set hash."""
+    """Final deployed predictions on the scored test images, in the one predictions format (with the run id and
+    the scored set's hash)."""
     from ..train import read_run
-    from .compare import final_predictions
+    from .compare import final_predictions, write_predictions
 
     pred, labels = final_predictions(run_dir, device)
-    info = read_run(run_dir)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, pred=pred.astype(np.uint8), labels=labels.astype(np.uint8),
-                        run_id=info.get("run_id", ""), scored_hash=info["data"].get("test_hash", ""))
-    fsio.write_bytes(dest / "predictions.npz", buf.getvalue())
+    write_predictions(dest / "predictions.npz", pred, labels, read_run(run_dir))
     return {"n_test": int(len(labels)), "top1": 100.0 * float((pred == labels).mean()), "correct": int((pred == labels).sum())}
 
 
