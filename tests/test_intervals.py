@@ -403,7 +403,7 @@ def test_statistics_over_seeds_by_hand_and_undefined_cases():
     paired t-test, the sign test and the words a difference gets, against textbook formulas."""
     from scipy import stats
 
-    from stripe.analysis.seeds import paired_difference, paired_t_p, reads, sign_test_p, t_interval
+    from stripe.analysis.intervals import paired_difference, paired_t_p, reads, sign_test_p, t_interval
 
     x = [48.1, 49.3, 47.7]
     half = stats.t.ppf(0.975, 2) * np.std(x, ddof=1) / np.sqrt(3)

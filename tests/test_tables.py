@@ -539,3 +539,24 @@ def test_tables_of_the_earlier_version_in_a_thinned_recording_read_in_todays_ter
     assert (got["taps"]["stripe_after_hi"] == 1.0).all() and (got["taps"]["std_after_lo"] == 0.0).all()
     assert (got["taps"]["cos_after_hi"] == 1.0).all() and (got["stages"]["stripe_after_hi"] == 1.0).all()
     assert list(got["channels"]["epoch"].unique()) == [EPOCHS[-1]]
+
+
+def test_one_layout_check_for_stats_rows():
+    """A tap's stats rows must hold channels 0..C-1 once per fold with one count per fold: the check lives once in
+    the recording format, and both readers (FoldStats and the tables' arrays) use it."""
+    from stripe.errors import UserError
+    from stripe.record.format import check_layout, table_to_stats
+
+    k, c = 2, 3
+    ch, fo = np.tile(np.arange(c), (k, 1)), np.repeat(np.arange(k)[:, None], c, 1)
+    check_layout("t", "after", ch, fo, np.full((k, c), 5))  # a good layout passes
+    with pytest.raises(UserError, match="channels must be exactly 0..2"):
+        check_layout("t", "after", ch[:, ::-1], fo, np.full((k, c), 5))
+    with pytest.raises(UserError, match="counts differ across channels"):
+        check_layout("t", "after", ch, fo, np.array([[5, 5, 4], [5, 5, 5]]))
+    rows = pd.DataFrame({"epoch": 0, "tap": "t", "kind": "after", "fold": fo.ravel(), "channel": ch.ravel(),
+                         "count": 5, "mean": 0.5, "m2": 0.1, "min": 0.0, "max": 1.0, "unit_sum": 0.0})
+    assert set(table_to_stats(rows)[0]) == {("t", "after")}
+    rows.loc[rows.index[-1], "count"] = 4
+    with pytest.raises(UserError, match="counts differ across channels"):
+        table_to_stats(rows)

@@ -56,8 +56,8 @@ Definitions (A is N x C at one tap and checkpoint, N probe images, C channels):
   (more than half the channels), 'dead' (every channel), 'hidden_dead' (every hidden unit); '' for
   none. Flags are never findings.
 
-Intervals (``*_lo``/``*_hi``, 95 %) stay inside their statistic's range: S and rstd in [0, 1],
-std >= 0, cosine in [-1, 1]. Each is a jackknife over the recording's K folds of the probe set (fold k
+Intervals (``*_lo``/``*_hi``, 95 %; their maths in :mod:`stripe.analysis.intervals`) stay inside their
+statistic's range: S and rstd in [0, 1], std >= 0, cosine in [-1, 1]. Each is a jackknife over the recording's K folds of the probe set (fold k
 holds probe images i with i mod K = k; every statistic is recomputed with one fold left out, from the
 same exact moments) computed on a scale where the range is the whole real line, and mapped back:
 logit(S), logit(rstd), log(std), atanh(cos). With θ the statistic on every fold, θ_k without fold k and g the
@@ -121,7 +121,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -129,7 +128,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..fsio import atomic_write
-from ..record.format import ALL_KINDS, HIDDEN, KINDS, Recording
+from ..record.format import ALL_KINDS, HIDDEN, KINDS, Recording, check_layout
+from .intervals import RANGES, jackknife_interval, seed_interval
 from ..record.moments import (MOMENT_KEYS, jackknife, leave_one_out, mean_cosine_from_moments, merge_fold_arrays,
                               stripe_index_from_moments)
 
@@ -180,12 +180,8 @@ def _groups(rec: Recording) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         if n % (e * k):
             raise UserError(f"tap {tap!r} ({kind}): the number of channels differs between checkpoints or folds")
         c = n // (e * k)
-        ch = g["channel"].to_numpy().reshape(e, k, c)
-        if not (ch == np.arange(c)).all() or not (g["fold"].to_numpy().reshape(e, k, c) == np.arange(k)[:, None]).all():
-            raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
         cnt = g["count"].to_numpy().reshape(e, k, c)
-        if not (cnt == cnt[..., :1]).all():
-            raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
+        check_layout(tap, kind, g["channel"].to_numpy().reshape(e, k, c), g["fold"].to_numpy().reshape(e, k, c), cnt)
         arrays = {"epoch": epochs, "count": cnt[..., 0].astype(np.int64)}
         for m in MOMENT_KEYS:
             arrays[m] = g[m].to_numpy(dtype=np.float64).reshape(e, k, c)
@@ -257,93 +253,6 @@ def _cos(c, mu, m2, u) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # intervals that stay inside their statistic's range (see the module docstring)
 # --------------------------------------------------------------------------------------
-
-#: the range of each statistic (its intervals never leave it)
-RANGES: Mapping[str, tuple[float, float]] = MappingProxyType({"stripe": (0.0, 1.0), "std": (0.0, np.inf),
-                                                               "rstd": (0.0, 1.0), "cos": (-1.0, 1.0)})
-_LOGIT = ("stripe", "rstd")  # the statistics in [0, 1], on the logit scale
-_EQUAL_TOL = 1e-12  # replicates this close to the value (times max(1, |value|)) give a point interval
-
-
-def _to_scale(x: np.ndarray, stat: str) -> np.ndarray:
-    """The transform g of ``stat``: logit for S and rstd, log for std, atanh for cos (±inf at the range's ends)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if stat in _LOGIT:
-            return np.log(x) - np.log1p(-x)
-        if stat == "std":
-            return np.log(x)
-        return np.arctanh(x)
-
-
-def _from_scale(z: np.ndarray, stat: str) -> np.ndarray:
-    """g⁻¹, the inverse of :func:`_to_scale`."""
-    from scipy.special import expit
-
-    with np.errstate(over="ignore"):
-        if stat in _LOGIT:
-            return expit(z)
-        if stat == "std":
-            return np.exp(z)
-        return np.tanh(z)
-
-
-def _check_stat(stat: str) -> tuple[float, float]:
-    if stat not in RANGES:
-        raise UserError(f"unknown statistic {stat!r}; known: {', '.join(RANGES)}")
-    return RANGES[stat]
-
-
-def jackknife_interval(value: Any, loo: Any, stat: str, level: float = 0.95) -> dict[str, np.ndarray]:
-    """Jackknife interval of ``stat`` ('stripe', 'std', 'rstd' or 'cos') on its transformed scale, mapped back.
-
-    ``value`` [...]: the statistic on every fold; ``loo`` [..., K]: without fold k. Returns lo and hi
-    [...] inside :data:`RANGES` (the cases are stated in the module docstring: NaN with K < 2 or an
-    end of the range reached by some values only, a point interval when every replicate equals the value).
-    """
-    from scipy import stats
-
-    low, high = _check_stat(stat)
-    value = np.clip(np.asarray(value, dtype=np.float64), low, high)
-    loo = np.clip(np.asarray(loo, dtype=np.float64), low, high)
-    k = loo.shape[-1]
-    nan = np.full(value.shape, np.nan)
-    if k < 2:
-        return {"lo": nan, "hi": nan.copy()}
-    with np.errstate(invalid="ignore"):
-        exact = (np.abs(loo - value[..., None]) <= _EQUAL_TOL * np.maximum(1.0, np.abs(value))[..., None]).all(axis=-1)
-        z, zk = _to_scale(value, stat), _to_scale(loo, stat)
-        finite = np.isfinite(z) & np.isfinite(zk).all(axis=-1)
-        zk = np.where(finite[..., None], zk, 0.0)
-        se = np.sqrt((k - 1) / k * np.square(zk - zk.mean(axis=-1, keepdims=True)).sum(axis=-1))
-    t = float(stats.t.ppf(0.5 + level / 2, k - 1))
-    z = np.where(finite, z, 0.0)
-    lo = np.where(exact, value, np.where(finite, _from_scale(z - t * se, stat), np.nan))
-    hi = np.where(exact, value, np.where(finite, _from_scale(z + t * se, stat), np.nan))
-    return {"lo": lo, "hi": hi}
-
-
-def seed_interval(values: Any, stat: str, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi) over runs of ``stat``: the t-interval of the runs' transformed values, centred on the
-    transformed mean and mapped back (module docstring); NaN values are left out; one run: NaN interval."""
-    from scipy import stats
-
-    low, high = _check_stat(stat)
-    x = np.asarray(values, dtype=np.float64)
-    x = np.clip(x[np.isfinite(x)], low, high)
-    n = len(x)
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    m = float(x.mean())
-    if n < 2:
-        return m, np.nan, np.nan
-    if (np.abs(x - m) <= _EQUAL_TOL * max(1.0, abs(m))).all():
-        return m, m, m
-    z, zm = _to_scale(x, stat), _to_scale(np.float64(m), stat)
-    if not (np.isfinite(z).all() and np.isfinite(zm)):
-        return m, np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * z.std(ddof=1) / np.sqrt(n)
-    return m, float(_from_scale(zm - half, stat)), float(_from_scale(zm + half, stat))
-
 
 def _loo_values(fn, a: dict[str, np.ndarray]) -> np.ndarray:
     """``fn`` on each leave-one-fold-out merge: [E, K] (or [E, K, C] for a per-channel statistic)."""

@@ -3,7 +3,7 @@
 Accuracy intervals: over seeds, a t-interval of the mean (two or more seeds); for a single run, the
 Wilson interval of its accuracy on the scored test images. Against the baseline: the per-seed paired difference
 (same seed, same data order) with a t-interval and the paired t-test over seeds
-(:mod:`stripe.analysis.seeds`) and, for each seed, McNemar's exact test of the two networks' final-epoch
+(:mod:`stripe.analysis.intervals`) and, for each seed, McNemar's exact test of the two networks' final-epoch
 predictions on the same scored images (a test of two trained networks, not of the methods).
 """
 from __future__ import annotations
@@ -193,7 +193,7 @@ def results_table(out: str | Path, attn: str, seeds: list[int], *, device: str |
     from scipy import stats
 
     from ..analysis.ablation import format_p, paired_counts
-    from ..analysis.seeds import paired_difference, reads
+    from ..analysis.intervals import paired_difference, reads
 
     out = Path(out)
     finals: dict[str, dict[int, float]] = {}

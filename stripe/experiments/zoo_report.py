@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .. import fsio
-from ..analysis.seeds import paired_t_p, reads, sign_test_p, t_interval
+from ..analysis.intervals import paired_t_p, reads, sign_test_p, t_interval
 from .zoo import ZooRun, done_seeds, result_dir, zoo_runs
 
 #: the statistics the stripe table carries per stage (column in stages.csv, interval kind of seed_interval)

@@ -159,6 +159,16 @@ def read_stats_parquet(path: str | os.PathLike[str]) -> pa.Table:
     return table
 
 
+def check_layout(tap: Any, kind: Any, channel: np.ndarray, fold: np.ndarray, count: np.ndarray) -> None:
+    """The one check of a tap's stats rows, each array shaped [..., K, C] (checkpoints, folds, channels): channels
+    exactly 0..C-1 once per fold (and checkpoint), the same count in every channel; a one-line error otherwise."""
+    k, c = channel.shape[-2:]
+    if not (channel == np.arange(c)).all() or not (fold == np.arange(k)[:, None]).all():
+        raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
+    if not (count == count[..., :1]).all():
+        raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
+
+
 def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple[str, str], FoldStats]]:
     """Rows in :data:`STATS_SCHEMA` (a Table or DataFrame, any order) as {epoch: {(tap, kind): FoldStats}}."""
     df = table_or_df.to_pandas() if isinstance(table_or_df, pa.Table) else table_or_df
@@ -170,12 +180,10 @@ def table_to_stats(table_or_df: pa.Table | pd.DataFrame) -> dict[int, dict[tuple
     for (epoch, tap, kind), g in df.groupby(["epoch", "tap", "kind"], sort=False, observed=True):
         k = int(g["fold"].max()) + 1
         c = len(g) // k
-        if k * c != len(g) or not (g["channel"].to_numpy().reshape(k, c) == np.arange(c)).all() \
-                or not (g["fold"].to_numpy().reshape(k, c) == np.arange(k)[:, None]).all():
-            raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold")
+        if k * c != len(g):
+            raise UserError(f"tap {tap!r} ({kind}): channels must be exactly 0..{c - 1} once per fold and checkpoint")
         cnt = g["count"].to_numpy().reshape(k, c)
-        if not (cnt == cnt[:, :1]).all():
-            raise UserError(f"tap {tap!r} ({kind}): counts differ across channels")
+        check_layout(tap, kind, g["channel"].to_numpy().reshape(k, c), g["fold"].to_numpy().reshape(k, c), cnt)
         arr = lambda col: g[col].to_numpy(dtype=np.float64).reshape(k, c)
         out.setdefault(int(epoch), {})[(str(tap), str(kind))] = FoldStats(
             cnt[:, 0], arr("mean"), arr("m2"), arr("min"), arr("max"), arr("unit_sum"))
