@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: install demo test fold lab notebooks data-system browser-deps clean-venv
+.PHONY: install demo test fold lab notebooks data-system cpu-libs browser-deps clean-venv
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ data-system:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
 	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) >/dev/null \
 	  || echo "warning: could not install dataset-fashion-mnist; its tests will be skipped"; }
+
+# the allocators CPU training preloads (stripe.experiments.cpuenv: campaign workers, `stripe bench train
+# --paths fast+jemalloc`); optional: without them workers use the C library's malloc (needs root or sudo)
+cpu-libs:
+	@dpkg -s libjemalloc2 libtcmalloc-minimal4 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libjemalloc2 libtcmalloc-minimal4) >/dev/null \
+	  || echo "warning: could not install libjemalloc2/libtcmalloc-minimal4; CPU workers keep the C library's malloc"; }
 
 # Debian's Chromium and its WebDriver for the notebooks' browser test (needs root or sudo; no browser
 # downloads: selenium is pointed at /usr/bin/chromedriver)

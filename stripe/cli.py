@@ -8,8 +8,10 @@ else is a bug and keeps its traceback (exit 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -75,8 +77,10 @@ def cmd_fold(args: argparse.Namespace) -> int:
 
     r = fold_report(args.model, attn=args.attn, all_attns=args.all, both=args.both, checkpoint=args.checkpoint,
                     weights=args.weights, num_classes=args.num_classes, block=args.block, image_size=args.image_size,
-                    input_shape=args.input_shape, atol=args.atol, progress=not args.no_progress)
+                    input_shape=args.input_shape, atol=args.atol, progress=not args.no_progress, save=args.save)
     print(_fold_text(r))
+    if r.get("saved"):
+        print(f"saved the folded plain model to {r['saved']}")
     if not r["ok"]:
         print(f"{r.get('failed', 1)} fold check(s) FAILED", file=sys.stderr)
     return 0 if r["ok"] else 1
@@ -85,46 +89,58 @@ def cmd_fold(args: argparse.Namespace) -> int:
 def _fold_text(r: dict) -> str:
     """The fold report as text (one of three kinds)."""
     if r["kind"] == "checkpoint":
-        lines = [r["summary"]]
-        if not r["folded"]:
-            return "\n".join(lines + [f"{r['note']}; parameters {r['params_before']:,}"])
-        lines.append(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
-                     f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its "
-                     f"fold, float64, the file's own weights and BN statistics: {r['max_abs_diff_fp64']:.1e}")
-        if "official" in r:
-            o = r["official"]
-            lines.append(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight "
-                         f"{o['weight']:.1e}, bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, "
-                         f"running_var {o['running_var']:.1e}")
-        return "\n".join(lines)
+        return _fold_checkpoint_text(r)
     if r["kind"] == "source":
-        lines = [f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in "
-                 f"float64 with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} "
-                 f"(outputs up to {r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): "
-                 f"{'ok' if r['ok'] else 'FAILED'}. Parameters {r['params_before']:,} -> {r['params_after']:,}; gate "
-                 f"modules left: {len(r['gate_modules_left'])}.",
-                 _table([{**row, "why": row["why"][:70]} for row in r["rows"]],
-                        ["gate", "adapter", "channels", "fold", "into", "why"])]
-        lines += [f"note: {n}" for n in dict.fromkeys(row["note"] for row in r["rows"] if row["note"])]
-        return "\n".join(lines)
+        return _fold_source_text(r)
     return (f"{r['model']}, {r['num_classes']} classes: ASR models folded into plain BN. Every parameter perturbed "
             f"(N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {r['atol']:g} (relative to the "
-            f"largest logit); the fp32 column is the same comparison in float32, where a deep network's own rounding "
-            f"shows.\n" + _table(r["rows"]))
+            f"largest logit); the fp32 columns are the same comparison in float32, where a deep network's own rounding "
+            f"shows: max|logit| is the largest logit of the perturbed model, the scale that difference is relative to "
+            f"(fp32 relative: their ratio).\n" + _table(r["rows"]))
+
+
+def _fold_checkpoint_text(r: dict) -> str:
+    """The fold report of a checkpoint file as text."""
+    lines = [r["inferred"]]
+    if not r["folded"]:
+        return "\n".join(lines + [f"{r['note']}; parameters {r['params_before']:,}"])
+    lines.append(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
+                 f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its "
+                 f"fold, float64, the file's own weights and BN statistics: {r['max_abs_diff_fp64']:.1e}")
+    if "official" in r:
+        o = r["official"]
+        lines.append(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight "
+                     f"{o['weight']:.1e}, bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, "
+                     f"running_var {o['running_var']:.1e}")
+    return "\n".join(lines)
+
+
+def _fold_source_text(r: dict) -> str:
+    """The fold report of another model's gates as text."""
+    lines = [r["inferred"],
+             f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in "
+             f"float64 with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} "
+             f"(outputs up to {r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): "
+             f"{'ok' if r['ok'] else 'FAILED'}. Parameters {r['params_before']:,} -> {r['params_after']:,}; gate "
+             f"modules left: {len(r['gate_modules_left'])}.",
+             _table([{**row, "why": row["why"][:70]} for row in r["rows"]],
+                    ["gate", "adapter", "channels", "fold", "into", "why"])]
+    lines += [f"note: {n}" for n in dict.fromkeys(row["note"] for row in r["rows"] if row["note"])]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- train / compare
 @command("train")
 def cmd_train(args: argparse.Namespace) -> int:
     from .record import record_config_from_args, train_with_recording
-    from .train import config_from_args, default_run_dir, list_checkpoints, train
+    from .train import default_run_dir, list_checkpoints, train
     from .device import dist_from_env
 
-    cfg = config_from_args(args)
+    cfg = _train_config(args)
     out = Path(args.out) if args.out else default_run_dir(cfg)
     finished = args.resume and any(e >= cfg.epochs for e, _ in list_checkpoints(out))
     options = dict(resume=args.resume, overwrite=args.overwrite, device=args.device, progress=not args.no_progress,
-                   download=args.download)
+                   download=args.download, callbacks=_train_callbacks(args, out))
     if args.record:
         rows = train_with_recording(cfg, out, record_config_from_args(args, prefix="record-"), **options)
     else:
@@ -141,7 +157,27 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{data.get('test_n', '?')} test images)")
     print(f"run: {out}  {status}: epoch {last['epoch']}/{cfg.epochs}, final test top-1 {last['test_acc']:.2f}% "
           f"(deployed model), best {best}" + (f"; recording: {out / 'recording'}" if args.record else ""))
+    if args.tensorboard:
+        print(f"TensorBoard: tensorboard --logdir {args.tensorboard}")
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    """The training config of ``stripe train``: the options, or ``--config``'s recipe with the given options on top."""
+    from .train import config_from_args, recipe_of
+
+    if args.config:
+        return config_from_args(args, base=recipe_of(args.config), given=args.given)
+    return config_from_args(args)
+
+
+def _train_callbacks(args: argparse.Namespace, out: Path) -> list:
+    """``stripe train``'s extra callbacks: the TensorBoard log (after the recorder, which it reads)."""
+    if not args.tensorboard:
+        return []
+    from .analysis.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(args.tensorboard, recording=out / "recording" if args.record else None)]
 
 
 @command("compare")
@@ -186,33 +222,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def bench_train(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .experiments.bench import compare_train_paths, train_speed
+    from .experiments.bench import train_speed
     from .train import config_from_args
 
+    if args.optimizer:
+        return bench_optimizer(args)
     if args.compare:
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        steps = {m: (args.steps if "164" not in m else max(5, args.steps // 3)) for m in models}
-        table = compare_train_paths(models, attn=getattr(args, "model.attn") or "se", asr=getattr(args, "model.asr"),
-                                    paths=[p.strip() for p in args.paths.split(",") if p.strip()],
-                                    repeats=args.repeats, steps=steps, warmup=args.warmup,
-                                    batch_size=getattr(args, "train.batch_size"), device=args.device,
-                                    threads=args.threads, dataset=getattr(args, "train.dataset"),
-                                    data_root=getattr(args, "train.data_root"))
-        cols = ["model", "path", "images_per_s_min", "images_per_s_median", "speedup_vs_eager", "values"]
-        print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        if args.out:
-            from . import fsio
-
-            fsio.write_text(args.out, table.to_csv(index=False))
-            print(f"wrote {args.out}")
-        return 0
-
+        return bench_train_compare(args)
     cfg = replace(config_from_args(args), epochs=1)
     r = train_speed(cfg, steps=args.steps, warmup=args.warmup, device=args.device)
     print(f"{r['model']} attn={r['attn'] or '-'} asr={r['asr']} both={r['both']} on {r['device']}: "
           f"batch {r['batch']}, {r['precision']}, channels_last={r['channels_last']}, compile={r['compile']}")
     print(f"  training: {r['images_per_s']:.1f} images/s over {r['steps']} steps "
           f"(warm-up {r['warmup_steps']} steps, {r['warmup_seconds']:.1f} s, not counted)")
+    return 0
+
+
+def bench_optimizer(args: argparse.Namespace) -> int:
+    from .experiments.bench import optimizer_speed
+
+    table = optimizer_speed(getattr(args, "model.name"), getattr(args, "model.attn"), asr=getattr(args, "model.asr"),
+                            threads=args.threads, repeats=args.repeats)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    return 0
+
+
+def bench_train_compare(args: argparse.Namespace) -> int:
+    from .experiments.bench import compare_train_paths
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    steps = {m: (args.steps if "164" not in m else max(5, args.steps // 3)) for m in models}
+    table = compare_train_paths(models, attn=getattr(args, "model.attn") or "se", asr=getattr(args, "model.asr"),
+                                paths=[p.strip() for p in args.paths.split(",") if p.strip()],
+                                repeats=args.repeats, steps=steps, warmup=args.warmup,
+                                batch_size=getattr(args, "train.batch_size"), device=args.device,
+                                threads=args.threads, side_by_side=args.side_by_side, reference=args.reference,
+                                dataset=getattr(args, "train.dataset"), data_root=getattr(args, "train.data_root"))
+    cols = ["model", "path", "processes", "threads", "images_per_s_min", "images_per_s_median", "speedup",
+            "speedup_min", "speedup_max", "images_per_cpu_s_median", "cpu_speedup", "disturbed", "values"]
+    print(f"speed-ups: paired ratios to {args.reference} of the same repeat (cpu_speedup: of images per CPU-second)")
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    if args.out:
+        from . import fsio
+
+        fsio.write_text(args.out, table.to_csv(index=False))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -275,7 +329,12 @@ def bench_gates(args: argparse.Namespace) -> int:
 def _preprocess(args: argparse.Namespace) -> dict:
     """The preprocessing options of collect/ablate as a dict (see stripe.nn.preprocess_for)."""
     return {"base": args.preprocess, "resize": args.resize, "crop": args.crop, "mean": args.mean, "std": args.std,
-            "interpolation": args.interpolation}
+            "interpolation": args.interpolation, "input_size": args.input_size, "no_resize": args.no_resize}
+
+
+def _inform(text: str) -> None:
+    """What a command inferred, printed before it works (stripe.train.inferred_text)."""
+    print(text, flush=True)
 
 @command("collect")
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -290,7 +349,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
                 probe=args.probe, probe_split=args.probe_split, probe_seed=args.probe_seed, device=args.device,
                 precision=args.precision,
                 progress=not args.no_progress, model=args.model, weights=args.weights, num_classes=args.num_classes,
-                preprocess=_preprocess(args), overwrite=args.overwrite)
+                preprocess=_preprocess(args), overwrite=args.overwrite, inform=_inform)
     if dist_from_env().rank == 0:
         again = (" (" + "; ".join(f"epoch {e} re-recorded: {why}" for e, why in r.rerecorded) + ")") \
             if r.rerecorded else ""
@@ -328,7 +387,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
                    checkpoint=args.checkpoint, scopes=[s.strip() for s in args.scope.split(",") if s.strip()],
                    save=args.save, data_root=args.data_root, probe_n=args.probe_n, test_subset=args.test_subset,
                    num_classes=args.num_classes, taps=args.taps, preprocess=_preprocess(args), device=args.device,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, inform=_inform)
     out = Path(table.attrs["out"])
     print((out / "ablation.md").read_text().rstrip())
     print(f"wrote {out / 'ablation.csv'} and {out / 'ablation.md'}")
@@ -361,9 +420,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = TINY if args.tiny else DemoConfig()
     over = {k: v for k, v in (("epochs", args.epochs), ("train_subset", args.train_subset)) if v is not None}
-    run_demo(args.out, cfg=replace(cfg, **over), data_root=args.data_root, device=args.device,
-             progress=not args.no_progress)
+    with _tensorboard(args.tensorboard):
+        run_demo(args.out, cfg=replace(cfg, **over), data_root=args.data_root, device=args.device,
+                 progress=not args.no_progress)
     return 0
+
+
+@contextlib.contextmanager
+def _tensorboard(folder: str | None):
+    """The runs a preset or the demo trains log for TensorBoard into ``folder`` (one subfolder per run)."""
+    if folder is None:
+        yield
+        return
+    from .analysis.tensorboard import summary_writer_class
+    from .experiments.context import TENSORBOARD
+
+    summary_writer_class()  # a missing package is one line before anything runs
+    token = TENSORBOARD.set(Path(folder))
+    try:
+        yield
+    finally:
+        TENSORBOARD.reset(token)
 
 
 @command("reproduce")
@@ -377,10 +454,12 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
         campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
                             variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
-    return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget, dry_run=args.dry_run,
-                      jobs=args.jobs, only=args.only.split(",") if args.only is not None else None,
-                      device=args.device, progress=not args.no_progress, campaign=campaign,
-                      archive_mib=args.archive_mib, seeds=args.seeds)
+    with _tensorboard(args.tensorboard):
+        return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget,
+                          dry_run=args.dry_run, jobs=args.jobs,
+                          only=args.only.split(",") if args.only is not None else None, device=args.device,
+                          progress=not args.no_progress, campaign=campaign, archive_mib=args.archive_mib,
+                          seeds=args.seeds)
 
 
 # --------------------------------------------------------------------------- parser
@@ -417,19 +496,59 @@ def _source_args(s: argparse.ArgumentParser, *, preprocess: bool = True) -> None
         return
     g.add_argument("--preprocess", default="auto", choices=["auto", "none"],
                    help="auto: the model's own resize/crop/normalisation (timm pretrained config or torchvision "
-                        "weights transforms) for --model with --weights; none: the data set's own (as trained here)")
+                        "weights transforms) for --model with --weights; none: the data set's own (as trained here); "
+                        "what is used is printed before the work starts")
     g.add_argument("--resize", type=_positive_int("--resize"), default=None, help="resize the shorter side to N")
     g.add_argument("--crop", type=_positive_int("--crop"), default=None, help="center crop N x N")
     g.add_argument("--mean", type=_floats("--mean"), default=None, help="normalisation mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats("--std"), default=None, help="normalisation std, e.g. 0.229,0.224,0.225")
-    g.add_argument("--interpolation", default=None, choices=["bilinear", "bicubic", "nearest"])
+    g.add_argument("--interpolation", default=None, choices=["bilinear", "bicubic", "nearest"],
+                   help="resize interpolation (default: the model's own, else bilinear)")
+    g.add_argument("--input-size", type=_positive_int("--input-size"), default=None, metavar="N",
+                   help="feed N x N images (resize N, centre crop N), keeping the normalisation: for weights trained "
+                        "at another size than the model's own (e.g. 32 for timm weights trained on CIFAR)")
+    g.add_argument("--no-resize", action="store_true",
+                   help="feed the data set's images at their own size (no resize or crop), keeping the normalisation")
+
+
+def _presets_text(presets: dict) -> str:
+    """What each preset runs, on what device, within what default budget (``stripe reproduce --help``)."""
+    lines = ["Runs a named experiment within a time budget (--budget seconds; every stage stops cleanly at it and the "
+             "results so far are written and packed into OUT/results.tar.gz). --dry-run rehearses any preset on the "
+             "CPU with tiny sizes in minutes.", "", "presets:"]
+    for name, p in presets.items():
+        doc = " ".join((p.run.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        doc = re.sub(r"\s*\(:\w+:`[^`]*`\)", "", doc)  # a docstring's cross-references are no help text
+        doc = re.sub(r":\w+:`\.?([^`]*)`|``([^`]*)``", lambda m: m.group(1) or m.group(2), doc)
+        hours = p.budget / 3600
+        budget = f"{hours:.0f} h" if hours >= 1 else f"{p.budget / 60:.0f} min"
+        lines.append(f"  {name}: {doc}.")
+        lines.append(f"    runs on {'a CUDA GPU' if p.needs_cuda else 'the CPU'}; default budget {budget} (the "
+                     "longest it runs; README.md gives measured times)")
+    return "\n".join(lines)
+
+
+#: the end of ``stripe --help``: where a new user starts
+FIRST_STEPS = """first steps:
+  stripe demo --tiny                 the whole chain in about a minute (train, record, stats, ablate, figures)
+  stripe demo                        the same at a size that shows something (minutes on a CPU)
+  stripe train --model cifar_resnet20 --attn se --record --epochs 10 --out RUN
+  stripe stats RUN                   the stripe tables of RUN's recording and a short summary
+  stripe figures RUN                 every figure of what RUN holds
+  stripe train --config RUN/config.json --seed 1 --out RUN_SEED1   the same recipe again, another seed
+  stripe COMMAND --help              each command's options
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     from .train import add_config_args
 
-    p = argparse.ArgumentParser(prog="stripe", description="Measure the Stripe Observation; train with ASR and fold it.")
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="stripe", description="Measure the Stripe Observation; train with ASR and fold it.",
+                                epilog=FIRST_STEPS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"stripe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("models", help="list models and attention modules with parameter counts")
@@ -456,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source model: square input side (default: its own crop size, else 224)")
     s.add_argument("--input-shape", type=lambda t: tuple(int(v) for v in t.split(",")), default=None,
                    help="source model: input C,H,W (e.g. 3,48,192)")
+    s.add_argument("--save", default=None, metavar="FILE",
+                   help="with --checkpoint: write the checked fold (plain BN) as a stripe checkpoint to FILE")
     s.add_argument("--no-progress", action="store_true")
     _source_args(s, preprocess=False)
 
@@ -472,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--download", action="store_true", help="download CIFAR/Fashion-MNIST when not found (online)")
     s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.add_argument("--config", default=None, metavar="FILE",
+                   help="rerun a run's recipe: RUN/config.json (or a JSON training config); the options given on the "
+                        "command line replace its values (e.g. --seed 1 --out RUN2)")
+    s.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="log loss, accuracy and lr per epoch (and with --record the stages' S and per-channel std at "
+                        "each recorded checkpoint) for TensorBoard into DIR")
 
     s = sub.add_parser("compare", help="train baseline, +att, +ASR(att), +ASR(att)+att over seeds; results table")
     add_config_args(s, model_exclude=("asr", "both"))
@@ -497,10 +624,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="eager fp32 against the fast path (and --paths) per model (attention: --attn, default se)")
     g.add_argument("--models", default="cifar_resnet20,cifar_resnet164", help="comma-separated models")
     g.add_argument("--paths", default="eager,fast",
-                   help="comma-separated: eager, channels_last, compile, bf16, fast (the device's fast path)")
+                   help="comma-separated CONFIG[+VARIANT...][@N]: CONFIG eager, channels_last, compile, bf16, fast (the "
+                        "device's fast path); VARIANT jemalloc, tcmalloc (preloaded allocator), close, spread "
+                        "(OpenMP binding); @N: N one-thread processes side by side, images/s summed")
     g.add_argument("--repeats", type=_positive_int("--repeats"), default=3, help="interleaved repeats")
-    g.add_argument("--threads", type=int, default=0, help="torch threads per measurement (0: leave as is)")
+    g.add_argument("--threads", type=int, default=0,
+                   help="torch threads of a one-process measurement (0: leave as is)")
+    g.add_argument("--side-by-side", type=_positive_int("--side-by-side"), default=1, metavar="N",
+                   help="also measure every path as N one-thread processes started at once (PATH@N)")
+    g.add_argument("--reference", default="eager", metavar="PATH",
+                   help="the path every ratio is to, measured first in each repeat (default eager)")
     g.add_argument("--out", default=None, help="also write the table as CSV to this file")
+    b.add_argument("--optimizer", action="store_true",
+                   help="instead: milliseconds per SGD update of --model's parameters by stripe's SGD, torch's "
+                        "foreach and fused SGD and stripe's update compiled (--threads, --repeats)")
     b = bsub.add_parser("collect", help="recording throughput / plain eval throughput; sweep memory")
     b.add_argument("--model", default="cifar_resnet20")
     b.add_argument("--attn", default="se")
@@ -549,23 +686,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", nargs="?", default=None, help="a training run (or use --files, or --model)")
     s.add_argument("--checkpoints", default="all", help="which checkpoints of a run: all (default), last, every:K, or "
                    "epochs N,M")
-    s.add_argument("--files", nargs="+", default=None, help="checkpoint files from elsewhere (with --model-config)")
-    s.add_argument("--model-config", default=None, help="JSON file with the model config, for --files")
+    s.add_argument("--files", nargs="+", default=None,
+                   help="checkpoint files of any format (this package's, a state dict, the official ASR code's): the "
+                        "model is read from them (or --model-config, or --model NAME)")
+    s.add_argument("--model-config", default=None,
+                   help="JSON file with the model config of --files, when the files do not say it")
     s.add_argument("--model", default=None, help="the model of --weights (or --files): torchvision:NAME, timm:NAME, "
                                                  "onnx:PATH, package.module:factory")
     s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None,
                    help="classes of --model (default: its own)")
     _source_args(s)
-    s.add_argument("--dataset", default=None, help="data set of the probe images (default: the run's)")
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--probe", default="run",
+    s.add_argument("--dataset", default=None, help="data set of the probe images: cifar10, cifar100, fashion-mnist, "
+                   "imagefolder (default: the run's; an official file's from its classes)")
+    s.add_argument("--data-root", default=None, help="folder the data set is read from (default: searched)")
+    s.add_argument("--probe", "--probe-n", default="run", dest="probe",
                    help="run (the run's probe set), train or test (a whole split), or a number of images of "
-                        "--probe-split")
-    s.add_argument("--probe-split", default="train", choices=["train", "test"])
-    s.add_argument("--probe-seed", type=int, default=0)
+                        "--probe-split (default: the run's; 1000 for files from elsewhere)")
+    s.add_argument("--probe-split", default="train", choices=["train", "test"],
+                   help="the split a number of probe images is drawn from (default train)")
+    s.add_argument("--probe-seed", type=int, default=0, help="seed of the class-stratified probe sample (default 0)")
     _collect_record_args(s)
-    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="forward precision while recording (statistics are float64 either way)")
+    s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
     s.add_argument("--out", default=None, help="recording directory (default RUN_DIR/recording)")
     s.add_argument("--overwrite", action="store_true",
                    help="record --files/--weights in place of the recording of other files in --out")
@@ -590,15 +733,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--taps", nargs="+", default=["auto"], help="gates of a source model to replace (default auto)")
     s.add_argument("--model", default=None, help="without RUN_DIR: the model of --weights (timm:NAME …)")
     s.add_argument("--num-classes", type=_positive_int("--num-classes"), default=None)
-    s.add_argument("--dataset", default=None, help="without RUN_DIR: the data set (probe from train, scored on test)")
-    s.add_argument("--data-root", default=None)
-    s.add_argument("--probe-n", type=_positive_int("--probe-n"), default=1000, help="probe images (default 1000)")
+    s.add_argument("--dataset", default=None, help="without RUN_DIR: the data set (probe from train, scored on test; "
+                   "an official file's from its classes)")
+    s.add_argument("--data-root", default=None, help="folder the data set is read from (default: searched)")
+    s.add_argument("--probe-n", "--probe", type=_positive_int("--probe-n"), default=1000, dest="probe_n",
+                   help="probe images, whose mean attention replaces it (default 1000)")
     s.add_argument("--test-subset", type=_positive_int("--test-subset"), default=None,
-                   help="scored test images (default: all)")
+                   help="scored test images, a seeded class-stratified subset (default: all of the test split, e.g. "
+                        "10,000 for CIFAR: minutes per scope for a large model on a CPU)")
     _source_args(s)
     s.add_argument("--save", default=None, help="save the fully folded plain model (scope all) to this file")
     s.add_argument("--out", default=None, help="default RUN_DIR/ablation")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda, cuda:1 …")
     s.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("figures", help="execute notebooks/paper_figures headless: every figure and table")
@@ -615,11 +761,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--train-subset", type=_positive_int("--train-subset"), default=None)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="each trained run logs its metrics and stripe statistics for TensorBoard into DIR/RUN")
 
     from .experiments.presets import PRESETS
 
-    s = sub.add_parser("reproduce", help="a named experiment with a time budget: " + ", ".join(PRESETS))
+    s = sub.add_parser("reproduce", help="a named experiment with a time budget: " + ", ".join(PRESETS),
+                       description=_presets_text(PRESETS), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("preset", choices=list(PRESETS))
+    s.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="the runs the preset trains log for TensorBoard into DIR/RUN (presets that train through "
+                        "the shared training step: demo-cpu, cifar10-resnet20-cpu, gpu-quick, paper-cifar10)")
     s.add_argument("--out", default=None, help="default <data dir>/reproduce/PRESET")
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
     s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
@@ -648,12 +800,47 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_int("--epochs"), default=None,
                    help="the science run's epochs (default: as many as the measured speed fits; a campaign fixes "
                         "it so that every run has the same schedule)")
+    _fill_help(p)
     return p
+
+
+def _given_options(argv: Sequence[str] | None, command: str) -> set[str]:
+    """The destinations of the options of ``command`` given on the command line (not left at their defaults)."""
+    p = build_parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for a in sub._actions:
+        a.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv))) - {"command"}
+
+
+#: help for the options that several commands share, where a command's parser gives none
+COMMON_HELP = {
+    "device": "auto (GPU if present), cpu, cuda, cuda:1 …", "no_progress": "no progress bars",
+    "dataset": "data set: cifar10, cifar100, fashion-mnist, imagefolder", "data_root": "folder the data set is read "
+    "from (default: searched)", "precision": "forward precision (statistics are float64 either way)",
+    "num_classes": "classes of the model", "block": "block type (default: basic for 6n+2 depths, bottleneck for 9n+2)",
+    "repeats": "timing repeats, interleaved", "batch_size": "images per batch", "batch": "batch sizes to time",
+    "channels_last": "channels_last memory format", "out": "output folder", "model": "the model (cifar_resnetN)",
+    "attn": "attention module", "asr": "the ASR variant", "images": "real images timed",
+    "epochs": "training epochs (default: the demo's)", "train_subset": "training images (default: the demo's)",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    """Give every option without help the shared text of its destination (:data:`COMMON_HELP`)."""
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                _fill_help(sub)
+        elif a.option_strings and not a.help and a.dest in COMMON_HELP:
+            a.help = COMMON_HELP[a.dest]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stripe`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) is not None and args.command == "train":
+        args.given = _given_options(argv, "train")  # what --config's recipe gives way to
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -4,10 +4,15 @@ package's models and of any other model).
 Benchmarks print and return numbers; tests never time anything."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -15,6 +20,7 @@ from ..errors import UserError
 from ..data import Loader
 from ..train import TrainConfig, TrainStep, build_training, load_run_data
 from ..device import resolve_device
+from .cpuenv import ALLOCATORS, BINDINGS
 
 
 def _sync(device: torch.device) -> None:
@@ -23,9 +29,10 @@ def _sync(device: torch.device) -> None:
 
 
 def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: str | None = "auto",
-                data=None) -> dict[str, Any]:
+                data=None, on_ready: Callable[[], None] | None = None) -> dict[str, Any]:
     """Training images/s of ``cfg``'s model with its real data pipeline (device-side augmentation
-    included); compile/capture time is reported apart from the timed steps."""
+    included); compile/capture time is reported apart from the timed steps. ``on_ready`` is called between the
+    warm-up and the timed steps (side-by-side processes wait there for each other)."""
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -49,17 +56,21 @@ def train_speed(cfg: TrainConfig, *, steps: int = 50, warmup: int = 10, device: 
         step(*next(it))
     _sync(dev)
     warm_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    if on_ready is not None:
+        on_ready()
+    wall0, cpu0, t0 = time.time(), time.process_time(), time.perf_counter()
     for _ in range(steps):
         step(*next(it))
     _sync(dev)
     secs = time.perf_counter() - t0
+    cpu_s, wall1 = time.process_time() - cpu0, time.time()
     loss_sum, _ = step.take_sums()
     m = cfg.model
     return {"model": m.name, "attn": m.attn or "", "asr": m.asr, "both": m.both, "device": str(dev),
             "batch": cfg.batch_size, "precision": cfg.precision, "channels_last": cfg.channels_last,
             "compile": cfg.compile, "steps": steps, "warmup_steps": warmup, "warmup_seconds": warm_s,
-            "seconds": secs, "images_per_s": steps * cfg.batch_size / secs,
+            "seconds": secs, "images_per_s": steps * cfg.batch_size / secs, "cpu_seconds": cpu_s,
+            "start": wall0, "end": wall1, "threads": torch.get_num_threads(),
             "finite": bool(torch.isfinite(torch.tensor(loss_sum)))}
 
 
@@ -71,6 +82,54 @@ TRAIN_PATHS: dict[str, dict[str, Any]] = {
     "bf16": {"precision": "bf16", "channels_last": True},
     "fast": {},  # the device's fast path (stripe.train.fast_path): filled in per device
 }
+#: process-level variants a path may add (``fast+jemalloc+close``): an allocator preloaded (LD_PRELOAD) or an
+#: OpenMP thread binding (OMP_PROC_BIND, OMP_PLACES: every core, or each side-by-side process its own core);
+#: see :mod:`stripe.experiments.cpuenv`
+PROCESS_VARIANTS = (*ALLOCATORS, *BINDINGS)
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One measured configuration, ``CONFIG[+VARIANT…][@N]``: a :data:`TRAIN_PATHS` entry, process variants, and
+    the number of one-thread processes run side by side (``@N``; without it one process)."""
+
+    name: str
+    config: str
+    variants: tuple[str, ...] = ()
+    processes: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> "PathSpec":
+        """Read ``CONFIG[+VARIANT…][@N]``; unknown names and a bad N are one clear error."""
+        body, _, procs = text.strip().partition("@")
+        if procs and not (procs.isdigit() and int(procs) >= 1):
+            raise UserError(f"path {text!r}: '@N' needs a number of processes >= 1, got {procs!r}")
+        config, *variants = [t.strip() for t in body.split("+")]
+        if config not in TRAIN_PATHS:
+            raise UserError(f"unknown training path {config!r} in {text!r}; known: {', '.join(TRAIN_PATHS)}")
+        bad = [v for v in variants if v not in PROCESS_VARIANTS]
+        if bad:
+            raise UserError(f"unknown process variant {bad[0]!r} in {text!r}; known: {', '.join(PROCESS_VARIANTS)}")
+        allocs = [v for v in variants if v in ALLOCATORS]
+        binds = [v for v in variants if v in BINDINGS]
+        if len(allocs) > 1 or len(binds) > 1:
+            raise UserError(f"path {text!r}: at most one allocator and one binding")
+        return cls(text.strip(), config, tuple(variants), int(procs or 1))
+
+    def env(self, base: dict[str, str], threads: int, rank: int) -> dict[str, str]:
+        """The environment of process ``rank`` of this measurement (``threads`` threads; 0: every core)."""
+        from . import cpuenv
+
+        env = dict(base)
+        if threads:
+            env.update(cpuenv.thread_env(threads))
+        for v in self.variants:
+            if v in ALLOCATORS:
+                env = cpuenv.allocator_env(v, env)
+            else:
+                env.update(cpuenv.binding_env(v, threads or os.cpu_count() or 1,
+                                              rank if self.processes > 1 else None))
+        return env
 
 
 def _path_overrides(path: str, device_type: str) -> dict[str, Any]:
@@ -81,57 +140,156 @@ def _path_overrides(path: str, device_type: str) -> dict[str, Any]:
     return fast_path(device_type) if path == "fast" else dict(TRAIN_PATHS[path])
 
 
+def _cpu_jiffies() -> tuple[float, float] | None:
+    """(busy, steal) CPU seconds of the whole machine so far (Linux ``/proc/stat``), or None elsewhere."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0.0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+#: a measurement counts as disturbed when other work used more than this many cores (or the hypervisor took
+#: more than this as steal) while it ran
+DISTURBED_CORES = 0.2
+
+
+def _child_line(proc: subprocess.Popen, what: str, err) -> dict[str, Any]:
+    """The next JSON line a measurement process prints; a clear error (with its stderr's last line) if it ends."""
+    for line in proc.stdout:
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    proc.wait()
+    err.seek(0)
+    tail = [ln for ln in err.read().strip().splitlines() if ln.strip()][-1:]
+    raise UserError(f"bench train {what} failed (exit {proc.returncode}): {tail}")
+
+
+def _measure(spec: PathSpec, job: dict[str, Any], threads: int) -> dict[str, Any]:
+    """One measurement of ``spec``: its processes started together, each warmed up, then timed at once (each
+    waits for a line on stdin after its warm-up); images/s summed over the processes."""
+    procs, errs = [], []
+    per_proc = 1 if spec.processes > 1 else threads
+    what = f"{job['model']} {spec.name}"
+    try:
+        for rank in range(spec.processes):
+            err = tempfile.TemporaryFile("w+")
+            errs.append(err)
+            env = spec.env(dict(os.environ), per_proc, rank)
+            spec_job = json.dumps({**job, "threads": per_proc, "wait": True})
+            cmd = [sys.executable, "-m", "stripe.experiments.bench", spec_job]
+            procs.append(subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env))
+        for p, err in zip(procs, errs):
+            _child_line(p, what, err)  # {"ready": ...}: warmed up
+        j0, t0 = _cpu_jiffies(), time.time()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [_child_line(p, what, err) for p, err in zip(procs, errs)]
+        j1, t1 = _cpu_jiffies(), time.time()
+        for p in procs:
+            p.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for err in errs:
+            err.close()
+    own = sum(r["cpu_seconds"] for r in results)
+    other = steal = None
+    if j0 is not None and j1 is not None and t1 > t0:
+        other = max(0.0, (j1[0] - j0[0] - own) / (t1 - t0))
+        steal = (j1[1] - j0[1]) / (t1 - t0)
+    images = sum(r["steps"] * r["batch"] for r in results)
+    return {"images_per_s": sum(r["images_per_s"] for r in results), "images_per_cpu_s": images / own,
+            "cores_used": own / (t1 - t0),
+            "per_process": [r["images_per_s"] for r in results],
+            "images_per_s_span": images / (max(r["end"] for r in results) - min(r["start"] for r in results)),
+            "threads": results[0]["threads"], "other_cores": other, "steal_cores": steal,
+            "cores": "|".join(",".join(map(str, r["affinity"])) for r in results),
+            "disturbed": bool((other or 0.0) > DISTURBED_CORES or (steal or 0.0) > DISTURBED_CORES),
+            "finite": all(r["finite"] for r in results)}
+
+
 def compare_train_paths(models: Sequence[str] = ("cifar_resnet20", "cifar_resnet164"), *, attn: str | None = "se",
                         asr: bool = False, paths: Sequence[str] = ("eager", "fast"), repeats: int = 3,
                         steps: dict[str, int] | int = 30, warmup: int = 5, batch_size: int = 128,
-                        device: str = "cpu", threads: int = 0, dataset: str = "cifar10",
-                        data_root: str | None = None, log=print) -> "pd.DataFrame":
-    """Training images/s of each path (eager fp32, the fast path, …) for each model, every measurement in a fresh
-    process (so compile caches and allocator state do not carry over), interleaved: repeat r runs every
-    (model, path) once before repeat r + 1 starts. Returns one row per (model, path): min, median and every
-    value, and the speed-up over ``eager`` (median of the per-repeat ratios) when eager is among the paths."""
-    import json
-    import os
+                        device: str = "cpu", threads: int = 0, side_by_side: int = 0, reference: str = "eager",
+                        dataset: str = "cifar10", data_root: str | None = None, log=print) -> "pd.DataFrame":
+    """Training images/s of each path (eager fp32, the fast path, ``fast+jemalloc``, ``fast@2`` …, see
+    :class:`PathSpec`) for each model, every measurement in fresh processes (so compile caches and allocator
+    state do not carry over), interleaved: repeat r runs every (model, path) once before repeat r + 1 starts.
+    ``side_by_side`` N > 1 adds every path as N one-thread processes run at once (``PATH@N``).
+
+    Returns one row per (model, path): images/s (summed over a measurement's processes) min, median and every
+    value, the speed-up over ``reference`` (default eager, one process; measured first in every repeat, added
+    when not among the paths; the median, min and max of the per-repeat ratios), and how
+    many measurements other work disturbed (:data:`DISTURBED_CORES`). Images per CPU-second of the measured
+    processes (and its paired ratios to eager) say how much work each path needs, which other work on the
+    machine changes far less than images/s."""
     import statistics
-    import subprocess
-    import sys
 
     import pandas as pd
 
-    if "eager" not in paths:
-        paths = ("eager", *paths)
+    specs = [PathSpec.parse(p) for p in paths]  # unknown names fail before anything runs
+    ref = PathSpec.parse(reference)
+    specs = [ref] + [s for s in specs if s.name != ref.name]
+    if side_by_side > 1:
+        specs += [PathSpec(f"{s.name}@{side_by_side}", s.config, s.variants, side_by_side)
+                  for s in list(specs) if s.processes == 1]
+    specs = list({s.name: s for s in specs}.values())
     dev_type = resolve_device(device).type  # 'auto' resolves to CUDA when present, else the CPU
-    for p in paths:
-        _path_overrides(p, dev_type)  # unknown names fail before anything runs
-    values: dict[tuple[str, str], list[float]] = {}
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    for s in specs:
+        s.env({}, threads, 0)  # a missing allocator fails before anything runs
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in range(repeats):
         for model in models:
             n = steps[model] if isinstance(steps, dict) else steps
-            for p in paths:
-                job = {"model": model, "attn": attn, "asr": asr, "path": p, "steps": n, "warmup": warmup,
-                       "batch_size": batch_size, "device": device, "dataset": dataset, "data_root": data_root,
-                       "threads": threads}
-                proc = subprocess.run([sys.executable, "-m", "stripe.experiments.bench", json.dumps(job)],
-                                      capture_output=True, text=True, env=env)
-                if proc.returncode != 0:
-                    raise UserError(f"bench train {model} {p} failed: {proc.stderr.strip().splitlines()[-1:]}")
-                res = json.loads(proc.stdout.strip().splitlines()[-1])
-                values.setdefault((model, p), []).append(res["images_per_s"])
-                log(f"repeat {r + 1}/{repeats}  {model} {p}: {res['images_per_s']:.1f} images/s")
+            for s in specs:
+                job = {"model": model, "attn": attn, "asr": asr, "path": s.config, "steps": n, "warmup": warmup,
+                       "batch_size": batch_size, "device": device, "dataset": dataset, "data_root": data_root}
+                res = _measure(s, job, threads)
+                runs.setdefault((model, s.name), []).append(res)
+                each = " + ".join(f"{v:.1f}" for v in res["per_process"]) if s.processes > 1 else ""
+                load = "" if res["other_cores"] is None else (f"; other work {res['other_cores']:.2f} cores, steal "
+                                                               f"{res['steal_cores']:.2f}")
+                log(f"repeat {r + 1}/{repeats}  {model} {s.name}: {res['images_per_s']:.1f} images/s"
+                    f"{f' ({each})' if each else ''}, {res['images_per_cpu_s']:.1f} per CPU-second on "
+                    f"{res['cores_used']:.2f} cores{load}{'  DISTURBED' if res['disturbed'] else ''}")
     rows = []
-    for (model, p), v in values.items():
-        eager = values[(model, "eager")]
-        ratios = [a / b for a, b in zip(v, eager)]
-        rows.append({"model": model, "attn": attn or "", "asr": asr, "path": p,
-                     **_path_overrides(p, dev_type),
+    for (model, name), rs in runs.items():
+        s = next(x for x in specs if x.name == name)
+        v = [x["images_per_s"] for x in rs]
+        ratios = [a / b["images_per_s"] for a, b in zip(v, runs[(model, ref.name)])]
+        per_cpu = [x["images_per_cpu_s"] for x in rs]
+        cpu_ratios = [a / b["images_per_cpu_s"] for a, b in zip(per_cpu, runs[(model, ref.name)])]
+        other = [x["other_cores"] for x in rs if x["other_cores"] is not None]
+        rows.append({"model": model, "attn": attn or "", "asr": asr, "path": name, "config": s.config,
+                     "variants": "+".join(s.variants), "processes": s.processes, "threads": rs[0]["threads"],
+                     "cores": rs[0]["cores"],
+                     **_path_overrides(s.config, dev_type),
                      "images_per_s_min": min(v), "images_per_s_median": statistics.median(v),
-                     "values": " ".join(f"{x:.1f}" for x in v), "speedup_vs_eager": statistics.median(ratios)})
+                     "values": " ".join(f"{x:.1f}" for x in v), "reference": ref.name,
+                     "speedup_vs_eager": statistics.median(ratios) if ref.name == "eager" else float("nan"),
+                     "speedup": statistics.median(ratios),
+                     "speedup_min": min(ratios), "speedup_max": max(ratios),
+                     "ratios": " ".join(f"{x:.3f}" for x in ratios),
+                     "images_per_cpu_s_median": statistics.median(per_cpu),
+                     "cpu_speedup": statistics.median(cpu_ratios),
+                     "cpu_ratios": " ".join(f"{x:.3f}" for x in cpu_ratios),
+                     "disturbed": sum(x["disturbed"] for x in rs), "other_cores_max": max(other) if other else None,
+                     "finite": all(x["finite"] for x in rs)})
     return pd.DataFrame(rows)
 
 
 def _train_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One measurement of :func:`compare_train_paths` (run in its own process)."""
+    """One measurement process of :func:`compare_train_paths`: with ``wait``, it prints a ready line after its
+    warm-up and starts the timed steps when a line arrives on stdin."""
     from ..nn import ModelConfig
 
     if job.get("threads"):
@@ -141,7 +299,81 @@ def _train_one(job: dict[str, Any]) -> dict[str, Any]:
                       batch_size=job["batch_size"], dataset=job.get("dataset", "cifar10"), data_root=job.get("data_root"),
                       train_subset=min(5000, (job["steps"] + job["warmup"]) * job["batch_size"]), test_subset=100,
                       probe_n=10, **_path_overrides(job["path"], dev.type))
-    return train_speed(cfg, steps=job["steps"], warmup=job["warmup"], device=job["device"])
+
+    def wait() -> None:
+        print(json.dumps({"ready": True}), flush=True)
+        if sys.stdin.readline().strip() != "go":  # the parent ended: do not time alone
+            raise SystemExit("bench: no start signal")
+
+    res = train_speed(cfg, steps=job["steps"], warmup=job["warmup"], device=job["device"],
+                      on_ready=wait if job.get("wait") else None)
+    # the cores this process may run on once OpenMP has started (a binding pins the main thread too)
+    res["affinity"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    return res
+
+
+#: SGD implementations :func:`optimizer_speed` times: stripe's own (a handful of foreach ops over every
+#: parameter, the lr a tensor), torch.optim.SGD's foreach and fused forms, and stripe's update compiled
+OPTIMIZERS = ("stripe-foreach", "torch-foreach", "torch-fused", "stripe-compiled")
+
+
+def optimizer_speed(model_name: str = "cifar_resnet20", attn: str | None = "se", *, asr: bool = False,
+                    updates: int = 200, repeats: int = 5, threads: int = 0, lr: float = 0.1, momentum: float = 0.9,
+                    weight_decay: float = 1e-4) -> "pd.DataFrame":
+    """Milliseconds per SGD update of a model's parameters (CPU) by each of :data:`OPTIMIZERS`, timed interleaved
+    (medians over ``repeats`` timings of ``updates`` updates each), and each one's largest difference from
+    stripe's update after one step from the same parameters and gradients (float32 rounding; ``scale``: the
+    largest magnitude an update works with)."""
+    import statistics
+
+    import pandas as pd
+
+    from ..nn import create_model
+    from ..train.optim import SGD
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = create_model(model_name, num_classes=10, attn=attn, asr=asr)
+    named = [(n, p.detach().clone()) for n, p in model.named_parameters()]
+    grads = [torch.randn_like(p) for _, p in named]
+
+    def build(impl: str):
+        params = [torch.nn.Parameter(p.clone()) for _, p in named]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        if impl.startswith("stripe"):
+            opt = SGD(list(zip([n for n, _ in named], params)), lr, momentum, weight_decay)
+            return params, (torch.compile(opt.step) if impl == "stripe-compiled" else opt.step)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                              **({"fused": True} if impl == "torch-fused" else {"foreach": True}))
+        return params, opt.step
+
+    steps = {impl: build(impl) for impl in OPTIMIZERS}
+    for _, step in steps.values():  # warm-up (and compilation) before any timing
+        step()
+    first = {}
+    for impl in OPTIMIZERS:  # one update from the same start: what each computes
+        params, step = build(impl)
+        step()
+        first[impl] = params
+    ms: dict[str, list[float]] = {impl: [] for impl in OPTIMIZERS}
+    for _ in range(repeats):
+        for impl, (_, step) in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(updates):
+                step()
+            ms[impl].append(1e3 * (time.perf_counter() - t0) / updates)
+    base = statistics.median(ms[OPTIMIZERS[0]])
+    # the largest magnitude one update computes with (p, lr·g, lr·wd·p): rounding differences scale with it
+    scale = max(float((p.abs() + lr * (g.abs() + weight_decay * p.abs())).max()) for (_, p), g in zip(named, grads))
+    return pd.DataFrame([{"optimizer": impl, "model": model_name, "attn": attn or "", "asr": asr,
+                          "tensors": len(named), "parameters": sum(p.numel() for _, p in named),
+                          "threads": torch.get_num_threads(), "ms_per_update": statistics.median(v),
+                          "ms_min": min(v), "vs_stripe": statistics.median(v) / base, "scale": scale,
+                          "max_abs_diff": max(float((a - b).detach().abs().max())
+                                              for a, b in zip(first[impl], first[OPTIMIZERS[0]]))}
+                         for impl, v in ms.items()])
 
 
 def _real_images(dataset: str, n: int, data_root: str | None = None):
@@ -371,10 +603,16 @@ def inference_speed(model_name: str = "cifar_resnet164", *, attns: Sequence[str]
         base = statistics.median(times[0])
         for m, t in zip(models, times):
             ips = statistics.median(t)
+            # each repeat times every model once, back to back: the slowdown of each repeat against the first
+            # model's time in the same repeat; their range is the interval drawn (the noise between repeats)
+            paired = [100.0 * (1.0 - a / b) for a, b in zip(t, times[0])]
             rows.append({"model": model_name, "attn": m["attn"], "variant": m["variant"], "gates": m["gates"],
                          "device": str(dev), "batch": batch, "input": "x".join(map(str, shape)),
                          "params": count_params(m["module"]), "images_per_s": ips,
-                         "slowdown_pct": 100.0 * (1.0 - ips / base), "repeats": repeats, "precision": precision})
+                         "slowdown_pct": 100.0 * (1.0 - ips / base), "repeats": repeats, "precision": precision,
+                         "images_per_s_min": min(t), "images_per_s_max": max(t),
+                         "slowdown_min": min(paired), "slowdown_max": max(paired),
+                         "images_per_s_values": ";".join(f"{v:.4g}" for v in t)})
     return pd.DataFrame(rows)
 
 
@@ -411,7 +649,9 @@ def write_speed(speed, out: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":  # one measurement of compare_train_paths, in a fresh process
-    import json
-    import sys
+    if sys.platform == "linux":  # end with the comparing process, however it ends (PR_SET_PDEATHSIG)
+        import ctypes
+        import signal
 
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
     print(json.dumps(_train_one(json.loads(sys.argv[1])), default=str))
