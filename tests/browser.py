@@ -3,11 +3,13 @@
 Small, dependency-light helpers for the browser end-to-end test of the notebooks:
 
 * ``free_port()``                          a free TCP port on 127.0.0.1
-* ``start_lab(notebook_dir, env, token)``  ``python -m jupyter lab NOTEBOOK_DIR`` (as ``make lab`` does) on
-                                           127.0.0.1 with a token; returns ``(proc, base_url)``
+* ``start_lab(notebook_dir, env, token)``  ``python -m jupyter lab NOTEBOOK_DIR`` (as ``make lab`` does, its
+                                           pre-save hook included) on 127.0.0.1 with a token; returns
+                                           ``(proc, base_url)``
 * ``stop_lab(proc)`` / ``lab(...)``        kill the server's whole process group (kernels included)
 * ``chrome()``                             Selenium + Debian's chromium/chromedriver, never selenium-manager
 * ``run_all(driver, base_url, nb, token)`` open ``/lab/tree/NB``, wait for an idle kernel, Run All, wait
+* ``save(driver, nb)``                     File > Save of the open notebook, waiting until it is written
 * ``check_outputs(driver)``                tracebacks, widget errors, sliders, dropdowns, figures
 * ``wait_for_outputs(driver, ...)``        poll ``check_outputs`` until the expected controls are there
 * ``screenshot(driver, path)``             the whole notebook (the panel scrolled through and stitched)
@@ -118,7 +120,9 @@ def start_lab(notebook_dir: str | Path, env: dict | None = None, token: str = ""
            "--LabApp.expose_app_in_browser=True",
            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
            # the checkpoint JupyterLab makes when it opens a file goes here, not into notebooks/.ipynb_checkpoints
-           f"--FileCheckpoints.checkpoint_dir={state_dir / 'checkpoints'}"]
+           f"--FileCheckpoints.checkpoint_dir={state_dir / 'checkpoints'}",
+           # the Makefile's pre-save hook: a saved bundled notebook keeps its tracked bytes
+           "--ContentsManager.pre_save_hook=stripe.viz.notebooks.clean_saved_notebook"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")  # CI containers run as root; the server refuses to start otherwise
     log = open(log_path, "wb")
@@ -352,6 +356,27 @@ def run_all(driver, base_url: str, notebook_rel: str, token: str, timeout: float
             "unexecuted": [i for i, c in enumerate(counts) if c is None],
             "seconds": round(time.monotonic() - t0, 1),
             "run_all_seconds": round((run.get("t1", 0) - run.get("t0", 0)) / 1000, 1)}
+
+
+_JS_SAVE = _JS_PANEL + r"""
+const p = nbPanel(arguments[0]);
+window.__stripeSaved = null;
+// what File > Save (docmanager:save) does with the notebook's context: save, then checkpoint; the command itself
+// acts on the shell's current widget, which a headless window without focus may not have
+p.context.save().then(() => p.context.createCheckpoint()).then(
+  () => { window.__stripeSaved = {done: true, dirty: p.context.model.dirty}; },
+  err => { window.__stripeSaved = {done: true, error: String(err)}; });
+return true;
+"""
+
+
+def save(driver, notebook_rel: str, timeout: float = 60.0) -> dict:
+    """File > Save of the open notebook ``notebook_rel`` (its context saved and checkpointed, as ``docmanager:save``
+    does); waits until the save is done.
+    Returns ``{"done": True, "dirty": bool}`` or ``{"done": True, "error": ...}``."""
+    driver.execute_script(_JS_SAVE, notebook_rel)
+    return _wait(driver, lambda: driver.execute_script("return window.__stripeSaved"), timeout,
+                 f"the save of {notebook_rel}")
 
 
 _JS_CHECK = _JS_PANEL + r"""

@@ -213,3 +213,34 @@ def test_paper_figures(lab, driver, screenshots):
     _assert_clean(state, f"{PAPER} after Run All", proc)
     _assert_ran(run, PAPER)
     assert state["figures"] >= 1, f"{PAPER}: no figure; {_counts(state)}"
+
+
+def test_run_all_and_save_leaves_git_status_clean(data_dir, driver, screenshots, tmp_path):
+    """`make lab`, open a bundled notebook, Run All, File > Save: `git status` stays clean. The pair is copied into a
+    git repository of its own (the checkout's files are never saved over), served as `make lab` serves notebooks/."""
+    import shutil
+
+    repo = tmp_path / "checkout"
+    (repo / NOTEBOOKS).mkdir(parents=True)
+    for f in (REPO / NOTEBOOKS).iterdir():
+        if f.suffix in (".py", ".ipynb"):
+            shutil.copy2(f, repo / NOTEBOOKS / f.name)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout
+    git("init", "-q")
+    git("add", NOTEBOOKS)
+    git("commit", "-q", "-m", "the bundled notebooks")
+    token = secrets.token_hex(16)
+    proc, base_url = B.start_lab(repo / NOTEBOOKS, _env(data_dir), token, cwd=repo)
+    try:
+        run = B.run_all(driver, base_url, EXPLORE, token, timeout=RUN_TIMEOUT)
+        _assert_ran(run, EXPLORE)
+        B.wait_for_outputs(driver, EXPLORE, sliders=1, dropdowns=1, figures=1, widget_figures=1, timeout=180)
+        saved = B.save(driver, EXPLORE)
+        _shot(driver, screenshots, "explore_stripes_saved")
+    finally:
+        B.stop_lab(proc)
+    assert saved.get("done") and "error" not in saved, f"File > Save failed: {saved} (log: {proc.log_path})"
+    assert "Saving" in B.log_tail(proc, 100_000), f"the server saved nothing (log: {proc.log_path})"
+    status = git("status", "--porcelain")
+    assert status == "", f"Run All + Save changed the tracked notebooks:\n{status}\n{git('diff')[:3000]}"

@@ -145,34 +145,48 @@ def test_a_sync_of_unchanged_sources_changes_no_byte(tmp_path):
     assert _changed(nb, files) == [f"{NOTEBOOKS[0]}.ipynb"]
 
 
-def _lab_contents_manager(root: Path, hook: bool):
-    """The contents manager `make lab` runs (jupytext's), with the Makefile's pre-save hook or without."""
+def _lab_contents_manager(root: Path, hook: bool, lab: bool = False):
+    """The contents manager `make lab` runs (jupytext's), with the Makefile's pre-save hook or without; ``lab``:
+    the asynchronous one jupytext's server extension derives from JupyterLab's AsyncLargeFileManager."""
     from jupytext import TextFileContentsManager
     from traitlets.config import Config
 
     c = Config()
     if hook:
         c.ContentsManager.pre_save_hook = "stripe.viz.notebooks.clean_saved_notebook"  # as on the command line
+    if lab:
+        from jupyter_server.services.contents.largefilemanager import AsyncLargeFileManager
+        from jupytext.async_contentsmanager import build_async_jupytext_contents_manager_class
+
+        return build_async_jupytext_contents_manager_class(AsyncLargeFileManager)(root_dir=str(root), config=c)
     return TextFileContentsManager(root_dir=str(root), config=c)
 
 
 def _open_run_and_save(cm, path: str) -> None:
-    """What JupyterLab does: open the notebook, start a kernel (language_info), run cells (outputs), save."""
-    model = cm.get(path)
-    nb = model["content"]
+    """What JupyterLab 4 does: open the notebook, start a kernel (language_info, its own name for the kernel), run
+    cells (outputs, timings, trust), save through the contents manager (which writes both files of a pair)."""
+    import asyncio
+    import inspect
+
+    sync = lambda r: asyncio.run(r) if inspect.isawaitable(r) else r  # noqa: E731
+    nb = sync(cm.get(path))["content"]
     nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.2", "mimetype": "text/x-python"}
     nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    if "kernelspec" in nb["metadata"]:
+        nb["metadata"]["kernelspec"]["display_name"] = "Python 3 (ipykernel)"  # the kernel's own display name
     for i, cell in enumerate(c for c in nb["cells"] if c["cell_type"] == "code"):
         cell["execution_count"] = i + 1
         cell["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text="ran\n")]
         cell["metadata"]["execution"] = {"iopub.status.busy": "2024-01-01T00:00:00Z"}
-    cm.save({"type": "notebook", "content": nb}, path)
+        cell["metadata"]["trusted"] = True
+    sync(cm.save({"type": "notebook", "content": nb}, path))
 
 
-def test_saving_an_opened_notebook_from_lab_leaves_the_tracked_files_as_they_are(tmp_path):
+@pytest.mark.parametrize("lab", [False, True], ids=["sync", "lab-async"])
+def test_saving_an_opened_notebook_from_lab_leaves_the_tracked_files_as_they_are(tmp_path, lab):
     nb = tmp_path / "notebooks"
     files = _copy_notebooks(nb)
-    cm = _lab_contents_manager(nb, hook=True)
+    cm = _lab_contents_manager(nb, hook=True, lab=lab)
     for name in NOTEBOOKS:
         _open_run_and_save(cm, f"{name}.ipynb")
     assert _changed(nb, files) == []
@@ -181,8 +195,23 @@ def test_saving_an_opened_notebook_from_lab_leaves_the_tracked_files_as_they_are
     _open_run_and_save(cm, "scratch.ipynb")
     assert nbformat.read(nb / "scratch.ipynb", as_version=4).cells[0].outputs
     # without the hook the same save rewrites both files of the pair (the test can fail)
-    _open_run_and_save(_lab_contents_manager(nb, hook=False), f"{NOTEBOOKS[0]}.ipynb")
-    assert f"{NOTEBOOKS[0]}.ipynb" in _changed(nb, files)
+    _open_run_and_save(_lab_contents_manager(nb, hook=False, lab=lab), f"{NOTEBOOKS[0]}.ipynb")
+    assert sorted(_changed(nb, files)) == [f"{NOTEBOOKS[0]}.ipynb", f"{NOTEBOOKS[0]}.py"]
+    assert "Python 3 (ipykernel)" in (nb / f"{NOTEBOOKS[0]}.py").read_text()  # the name JupyterLab writes
+
+
+def test_the_save_hook_keeps_an_edit_of_a_bundled_notebook(tmp_path):
+    """A real edit to a bundled notebook is saved (into both files); only what running adds is dropped."""
+    nb_dir = tmp_path / "notebooks"
+    _copy_notebooks(nb_dir)
+    cm = _lab_contents_manager(nb_dir, hook=True)
+    model = cm.get(f"{NOTEBOOKS[0]}.ipynb")
+    model["content"]["cells"][0]["source"] += "\n\nAn added line."
+    model["content"]["metadata"]["kernelspec"]["display_name"] = "Python 3 (ipykernel)"
+    cm.save({"type": "notebook", "content": model["content"]}, f"{NOTEBOOKS[0]}.ipynb")
+    text = (nb_dir / f"{NOTEBOOKS[0]}.py").read_text()
+    assert "# An added line." in text and "display_name: Python 3\n" in text
+    assert "An added line." in (nb_dir / f"{NOTEBOOKS[0]}.ipynb").read_text()
 
 
 def test_recording_choices_are_relative_and_open_on_the_plain_attention_model(tmp_path):

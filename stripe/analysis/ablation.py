@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -154,7 +154,7 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
                  probe_split: str = "train", test_subset: int | None = None, seed: int = 0,
                  scopes: Sequence[str] = ("all", "tap"), taps: str | Sequence[str] = "auto",
                  preprocess: str | dict[str, Any] | None = "auto", device: str | None = "auto", batch_size: int = 100,
-                 progress: bool = True) -> "pd.DataFrame":
+                 progress: bool = True, inform: Callable[[str], None] | None = None) -> "pd.DataFrame":
     """The ablation of a model from elsewhere on ``dataset``: μ from ``probe_n`` images of ``probe_split``,
     accuracy on the (disjoint) scored test images.
 
@@ -163,16 +163,18 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     ``weights`` a checkpoint of one of this package's models in any format :func:`stripe.train.load_model`
     reads (this package's, a plain state dict, the official ASR code's: its model inferred; an official
     CIFAR-100 file is normalised the official way, with CIFAR-10's mean and std, and ``dataset`` defaults to
-    CIFAR-10 or CIFAR-100 by its classes)."""
+    CIFAR-10 or CIFAR-100 by its classes). What was inferred (:func:`stripe.train.inferred_text`) goes to
+    ``inform`` before the work and into the table's ``attrs["inferred"]``."""
     import pandas as pd
 
     from ..data import Loader, eval_sets, load_dataset
     from ..nn import build_source, preprocess_for
     from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
-    from ..train import load_model
+    from ..train import inferred_text, load_model, preprocess_origin
     from ..device import resolve_device
 
     dev = resolve_device(device)
+    dataset_from = "--dataset"
     if model_name is None:
         if weights is None:
             raise UserError("give a checkpoint file (or a model NAME with --weights)")
@@ -180,11 +182,14 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
         official = model.load_info.format == "official-checkpoint"
         if dataset is None and official:
             dataset = {10: "cifar10", 100: "cifar100"}.get(model.config.num_classes)
+            dataset_from = f"from the file's {model.config.num_classes} classes; --dataset to change"
         where = f"{weights} ({model.load_info.summary()})"
+        config, model_from = model.config, model.load_info.summary()
     else:
         model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
         check_finite_weights(model, weights or model_name)
         official, where = False, f"{model_name} ({weights or 'no weights file'})"
+        config, model_from = {"name": model_name, "num_classes": num_classes}, f"--model, weights {weights}"
     if dataset is None:
         raise UserError("give the data set to ablate on (--dataset)")
     model.to(dev).eval()
@@ -196,7 +201,14 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
         pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD} if official else {}
     else:
         pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
+    inferred = inferred_text(
+        config, model_from=model_from, dataset=dataset, dataset_from=dataset_from, images=data.score, preprocess=pp,
+        preprocess_from=preprocess_origin(model_name or model.config.name, preprocess if model_name else "none",
+                                          pretrained=weights is not None, official=official),
+        probe=data.probe_spec.to_dict(), scored=data.score_spec.to_dict(), notes=_scored_note(test_subset))
     out = fsio.claim_dir(out, "ablation")
+    if inform is not None:
+        inform(inferred)
     probe_loader = Loader(data.probe, batch_size, train=False, device=dev, **pp)
     test_loader = Loader(data.score, batch_size, train=False, device=dev, **pp)
     rows = _rows(model, probe_loader, test_loader, data.score.labels, scopes, taps="*" if model_name is None else taps,
@@ -205,8 +217,16 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     table.insert(0, "epoch", getattr(getattr(model, "load_info", None), "epoch", None))
     table["n_test"], table["n_probe"] = len(data.score), len(data.probe)
     _write(table, rows, out, where, table["epoch"].iloc[0], len(data.score), len(data.probe), probe_split)
-    table.attrs["out"] = str(out)
+    table.attrs["out"], table.attrs["inferred"] = str(out), inferred
     return table
+
+
+def _scored_note(test_subset: int | None) -> list[str]:
+    """What scoring every test image costs, said when no ``--test-subset`` was given."""
+    if test_subset is not None:
+        return []
+    return ["every test image is scored once per scope (minutes per scope for a large model on a CPU); "
+            "--test-subset N scores a seeded class-stratified N of them"]
 
 
 def _is_stripe_checkpoint(path: Path) -> bool:
@@ -222,7 +242,8 @@ def _is_stripe_checkpoint(path: Path) -> bool:
 
 def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Sequence[str] = ("all", "stage"),
                  out: str | Path | None = None, save: str | Path | None = None, device: str | None = "auto",
-                 batch_size: int = 500, progress: bool = True, taps: str | Sequence[str] = "auto") -> "pd.DataFrame":
+                 batch_size: int = 500, progress: bool = True, taps: str | Sequence[str] = "auto",
+                 inform: Callable[[str], None] | None = None) -> "pd.DataFrame":
     """Test accuracy of a run's checkpoint with its attention replaced by probe-set means, per scope;
     writes ``ablation.csv``/``ablation.md`` (default ``RUN_DIR/ablation``) and, with ``save``, the
     fully folded model as a checkpoint of the plain backbone (with that model's own accuracy).
@@ -253,6 +274,14 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     model.to(dev).eval()
     _, data = run_eval_sets(info)
     out = fsio.claim_dir(Path(out) if out else run_dir / "ablation", "ablation")
+    from ..train import inferred_text
+
+    inferred = inferred_text(info["model"], model_from=f"the run's config.json, checkpoint of epoch {epoch}",
+                             dataset=info["train"]["dataset"], dataset_from="the run's", images=data.test,
+                             preprocess_from="the data set's own, as the run was trained",
+                             probe=data.eval.probe_spec.to_dict(), scored=data.eval.score_spec.to_dict())
+    if inform is not None:
+        inform(inferred)
     if ModelConfig.from_dict(info["model"]).is_source:
         if save is not None:
             raise UserError("--save: a source model's folded gates change its architecture, so it cannot be saved "
@@ -265,7 +294,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         table["n_test"], table["n_probe"] = len(data.test), len(data.probe)
         _write(table, rows, out, run_dir, epoch, len(data.test),
                len(data.probe), data.eval.probe_spec.split)
-        table.attrs["out"] = str(out)
+        table.attrs["out"], table.attrs["inferred"] = str(out), inferred
         return table
     test_loader = Loader(data.test, batch_size, train=False, device=dev)
     labels = data.test.labels
@@ -290,7 +319,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         saved = paired_row("all", "all", len(taps), base_pred, predict(plain.to(dev), test_loader), labels)
         save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": saved.test_acc,
                                                                  "n_test": len(data.test)})
-    table.attrs["out"] = str(out)
+    table.attrs["out"], table.attrs["inferred"] = str(out), inferred
     return table
 
 
@@ -299,19 +328,21 @@ def ablate(target: str | Path | None = None, *, model: str | None = None, weight
            scopes: Sequence[str] = ("all", "stage"), save: str | Path | None = None, data_root: str | None = None,
            probe_n: int = 1000, test_subset: int | None = None, num_classes: int | None = None,
            taps: str | Sequence[str] = "auto", preprocess: str | dict[str, Any] | None = "auto",
-           device: str | None = "auto", progress: bool = True) -> "pd.DataFrame":
+           device: str | None = "auto", progress: bool = True,
+           inform: Callable[[str], None] | None = None) -> "pd.DataFrame":
     """``stripe ablate`` as one call: ``target`` a stripe run (:func:`run_ablation`), a checkpoint file of any
     format or a run folder of the official ASR code (its ``checkpoint.pth.tar``; :func:`ablate_model`), or None
     with ``model`` (a source name) and ``weights``. The table's ``attrs["out"]`` says where it was written."""
     if target is not None and (Path(target) / "config.json").is_file():
         return run_ablation(target, checkpoint=checkpoint, scopes=scopes, out=out, save=save, device=device,
-                            progress=progress, taps=taps)
+                            progress=progress, taps=taps, inform=inform)
     if target is not None:
         path = Path(target)
         if path.is_dir():
             if not (path / "checkpoint.pth.tar").is_file():
                 raise UserError(f"{path}: neither a stripe run (config.json) nor a run folder of the official ASR "
-                                "code (checkpoint.pth.tar)")
+                                "code (checkpoint.pth.tar); a checkpoint file of any format is ablated as itself: "
+                                "`stripe ablate FILE --out DIR`")
             path = path / "checkpoint.pth.tar"
         elif not path.exists():
             raise NotFoundError(f"{path}: no such run, folder or checkpoint file")
@@ -320,9 +351,9 @@ def ablate(target: str | Path | None = None, *, model: str | None = None, weight
         if save is not None:
             raise UserError("--save applies to a stripe run")
         return ablate_model(None, weights=path, dataset=dataset, out=out, data_root=data_root, probe_n=probe_n,
-                            test_subset=test_subset, scopes=scopes, device=device, progress=progress)
+                            test_subset=test_subset, scopes=scopes, device=device, progress=progress, inform=inform)
     if not (model and dataset and out):
         raise UserError("give a RUN_DIR, a checkpoint file, or --model NAME --weights FILE --dataset D --out DIR")
     return ablate_model(model, weights=weights, dataset=dataset, out=out, num_classes=num_classes,
                         data_root=data_root, probe_n=probe_n, test_subset=test_subset, scopes=scopes, taps=taps,
-                        preprocess=preprocess, device=device, progress=progress)
+                        preprocess=preprocess, device=device, progress=progress, inform=inform)

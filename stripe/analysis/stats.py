@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .. import fsio
-from ..errors import UserError
+from ..errors import NotFoundError, UserError
 from ..nn.variants import config_label
 from ..record.format import Recording
 from .tables import SETTLE_EPS, STRIPE_THRESHOLD, aggregate_seeds, compute_tables, write_tables
@@ -91,6 +91,31 @@ def check_seed_recordings(recs: Sequence[Recording]) -> None:
         raise UserError(f"{twins[0]} and {twins[1]} are runs with the same seed ({s}); seeds must differ")
 
 
+def find_recording(path: str | os.PathLike[str]) -> Path:
+    """The recording ``path`` names: the folder itself, or the ``recording/`` inside a training run."""
+    p = Path(path)
+    if not p.is_dir() or (p / "manifest.json").is_file():
+        return p
+    if (p / "recording" / "manifest.json").is_file():
+        return p / "recording"
+    if (p / "config.json").is_file():
+        if not has_attention(p):
+            raise NotFoundError(f"{p}: a training run of a model without attention: it has no taps to record")
+        raise NotFoundError(f"{p}: a training run without a recording (no {p / 'recording'}); record it with "
+                            f"`stripe collect {p}` (or train with --record)")
+    return p
+
+
+def has_attention(run_dir: str | os.PathLike[str]) -> bool:
+    """Whether the model of a training run has attention to record (a baseline has none; a model from elsewhere
+    may have gates, found when it is recorded)."""
+    try:
+        model = json.loads((Path(run_dir) / "config.json").read_text())["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # unknown: let the recording say
+    return bool(model.get("attn")) or ":" in str(model.get("name", ""))
+
+
 def stats(recordings: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, out: str | os.PathLike[str] | None = None,
           eps: float = SETTLE_EPS, threshold: float = STRIPE_THRESHOLD) -> StatsResult:
     """The stripe tables of a recording, written to ``out`` (default ``REC/tables``); or, for several
@@ -100,7 +125,7 @@ def stats(recordings: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     recs_in = [recordings] if isinstance(recordings, (str, os.PathLike)) else list(recordings)
     if not recs_in:
         raise UserError("give at least one recording")
-    recs = [Recording.open(r) for r in recs_in]
+    recs = [Recording.open(find_recording(r)) for r in recs_in]
     if len(recs) > 1:
         check_seed_recordings(recs)
         per_run = [compute_tables(r, eps=eps, threshold=threshold) for r in recs]

@@ -6,11 +6,26 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .budget import Budget, Deadline
+
+#: where the runs a preset trains log for TensorBoard (``stripe reproduce PRESET --tensorboard DIR``, ``stripe demo
+#: --tensorboard DIR``): each run into ``DIR/<run folder name>``; None (the default): no logs
+TENSORBOARD: ContextVar[Path | None] = ContextVar("stripe_tensorboard", default=None)
+
+
+def tensorboard_callbacks(run: Path) -> list[Any]:
+    """The TensorBoard logger of ``run`` when :data:`TENSORBOARD` names a folder (put after the recorder)."""
+    root = TENSORBOARD.get()
+    if root is None:
+        return []
+    from ..analysis.tensorboard import TensorBoardLogger
+
+    return [TensorBoardLogger(Path(root) / Path(run).name)]
 
 
 @dataclass(frozen=True)
@@ -86,8 +101,8 @@ def base_config(ctx: Context, **over: Any):
 
 
 def train_recorded(ctx: Context, cfg, run: Path, *, reserve: float = 0.0) -> dict[str, Any]:
-    """Train ``cfg`` into ``run`` (resuming a partial run) with online recording (when the model has attention)
-    and the budget's deadline."""
+    """Train ``cfg`` into ``run`` (resuming a partial run) with online recording (when the model has attention),
+    the budget's deadline and, with :data:`TENSORBOARD` set, a TensorBoard log."""
     from ..record import OnlineRecorder
     from ..train import train
 
@@ -95,7 +110,7 @@ def train_recorded(ctx: Context, cfg, run: Path, *, reserve: float = 0.0) -> dic
     deadline = Deadline(ctx.budget, reserve)
     t0 = time.perf_counter()
     rows = train(cfg, run, resume=(run / "config.json").exists(), device=ctx.sizes.device, progress=ctx.progress,
-                 callbacks=[c for c in (rec, deadline) if c is not None])
+                 callbacks=[c for c in (rec, deadline) if c is not None] + tensorboard_callbacks(run))
     trained = [r for r in rows if r["epoch"] >= 1]
     return {"run": str(run), "epochs_done": rows[-1]["epoch"], "epochs": cfg.epochs,
             "stopped_by_budget_at": deadline.stopped_at, "wall_s": time.perf_counter() - t0,

@@ -74,7 +74,16 @@ def source_fold(spec: str, *, num_classes: int | None = None, weights: str | Pat
              "into": done[s.key]["fold_module"] or "-", "why": s.fold_reason if not done[s.key]["done"] else "",
              "note": s.note} for s in sites]
     ok = v["max_abs_diff"] <= atol * max(1.0, v["max_abs_ref"])
-    return {"model": spec, "input": "x".join(map(str, shape)), "rows": rows, "ok": ok, "atol": atol,
+    from ..train import inferred_text
+
+    how = ("--input-shape" if input_shape is not None else "--image-size" if image_size is not None
+           else "the model's own crop size" if (preprocessing(spec) or {}).get("crop") else "224, the default")
+    inferred = inferred_text({"name": spec, "num_classes": num_classes},
+                             model_from=f"--model, weights {weights}" if weights else "--model, its initial weights",
+                             images=f"random images {'x'.join(map(str, shape[1:]))}x{shape[0]} ({how}; "
+                                    "--image-size N or --input-shape C,H,W to change)")
+    return {"model": spec, "input": "x".join(map(str, shape)), "inferred": inferred, "rows": rows, "ok": ok,
+            "atol": atol,
             **{k: v[k] for k in ("max_abs_diff", "max_abs_ref", "n_gates", "n_folded", "params_before",
                                  "params_after", "gate_modules_left")}}
 
@@ -113,7 +122,11 @@ def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_c
                 failed += 1
             bar.update()
             bar.set_postfix_str(f"{name}: check in float32")
-            row["max|Δ| fp32"] = f"{verify_fold(m, atol=float('inf'), dtype=torch.float32, perturb=0.1):.1e}"
+            diff32, scale32 = verify_fold(m, atol=float("inf"), dtype=torch.float32, perturb=0.1, with_scale=True)
+            row["max|Δ| fp32"] = f"{diff32:.1e}"
+            # the perturbed deep network's logits can be large: the difference means something only against them
+            row["max|logit|"] = f"{scale32:.1e}"
+            row["fp32 relative"] = f"{diff32 / max(scale32, 1e-300):.1e}"
             want = attn_params if both else plain
             if count_params(folded) != want:
                 row["check"], failed = f"FAIL: {count_params(folded)} params, expected {want}", failed + 1
@@ -123,22 +136,35 @@ def fold_table(model: str, attns: list[str], *, both_variants: list[bool], num_c
     return rows, failed
 
 
-def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
+def fold_checkpoint(path: str | Path, *, atol: float = 1e-9, save: str | Path | None = None) -> dict[str, Any]:
     """``stripe fold --checkpoint FILE``: load a checkpoint of any format, fold its ASR norms, and check the fold.
 
     The check runs in float64 with the file's own weights and BN statistics (max |Δ logits| between the
     ASR model and its fold on random inputs, ``FoldError`` above ``atol``); an official ASR file is also
     compared with its ``fused_bn`` (:func:`fold_vs_official`). Returns the numbers and the parameter counts.
+    ``save``: the checked fold written there as a stripe checkpoint of the plain model (``stripe.load_model``
+    reads it; a file there that stripe did not write is refused before anything is done).
     """
     import copy
 
+    from ..analysis.ablation import _is_stripe_checkpoint
+    from .. import fsio
     from ..nn import build_model
-    from ..train import fold_vs_official, load_model
+    from ..train import fold_vs_official, inferred_text, load_model, save_checkpoint
 
+    if save is not None:
+        save = fsio.check_replaceable(save, _is_stripe_checkpoint, option="--save")
     model = check_finite_weights(load_model(path), path)  # a diverged model: say so, do not blame the fold
     cfg, info = model.config, model.load_info
-    out: dict[str, Any] = {"summary": info.summary(), "config": cfg, "params_before": count_params(model)}
+    side = cfg.image_size or 32
+    inferred = inferred_text(cfg, model_from=info.summary(),
+                             images=f"8 random float64 images {side}x{side}x{cfg.in_chans or 3} (no data set: the "
+                                    "check is of the fold's algebra)")
+    out: dict[str, Any] = {"summary": info.summary(), "inferred": inferred, "config": cfg,
+                           "params_before": count_params(model)}
     if not cfg.asr:
+        if save is not None:
+            raise UserError(f"--save: {path} holds no ASR norm, so there is no fold to save")
         out.update(params_after=out["params_before"], folded=False, note="no ASR norm: nothing to fold")
         return out
     folded = reparameterize(model).eval()
@@ -157,6 +183,10 @@ def fold_checkpoint(path: str | Path, *, atol: float = 1e-9) -> dict[str, Any]:
         raise FoldError(f"{path}: the fold differs from the ASR model by {diff:.3g} > atol {atol:g}")
     if info.fused:
         out["official"] = fold_vs_official(path)
+    if save is not None:  # only a fold that passed the check is written
+        save_checkpoint(save, epoch=info.epoch if info.epoch is not None else 0, model=folded,
+                        metrics={"folded_from": str(path), "max_abs_diff_fp64": diff})
+        out["saved"] = str(save)
     return out
 
 
@@ -164,12 +194,18 @@ def fold_report(model: str = "cifar_resnet164", *, attn: str | None = None, all_
                 both: bool = False, checkpoint: str | Path | None = None, weights: str | Path | None = None,
                 num_classes: int | None = None, block: str | None = None, image_size: int | None = None,
                 input_shape: Sequence[int] | None = None, atol: float | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, save: str | Path | None = None) -> dict[str, Any]:
     """``stripe fold`` as one call: a checkpoint file (``checkpoint``), another model (``model`` a source name),
     or this package's ``model`` with ASR(``attn``) (``all_attns``: every module, plain ASR and ASR+both).
-    Returns a dict with ``kind`` ("checkpoint", "source" or "asr"), ``ok`` and the numbers of that kind."""
+    Returns a dict with ``kind`` ("checkpoint", "source" or "asr"), ``ok`` and the numbers of that kind;
+    ``save`` (with ``checkpoint``) writes the folded model (:func:`fold_checkpoint`)."""
     if checkpoint is not None:
-        return {"kind": "checkpoint", "ok": True, **fold_checkpoint(checkpoint, atol=1e-9 if atol is None else atol)}
+        return {"kind": "checkpoint", "ok": True,
+                **fold_checkpoint(checkpoint, atol=1e-9 if atol is None else atol, save=save)}
+    if save is not None:
+        raise UserError("--save writes the fold of a trained model: give its file with --checkpoint FILE (a model "
+                        "built here has random weights; `stripe ablate RUN --save FILE` folds a trained attention "
+                        "network's constant attention)")
     if is_source(model):
         if attn or all_attns or both:
             raise UserError(f"{model}: --attn, --all and --both apply to this package's models; another model's "

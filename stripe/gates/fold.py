@@ -217,7 +217,8 @@ def check_close(reference: nn.Module, folded: nn.Module, x: Tensor, *, atol: flo
 
 
 def verify_fold(model: nn.Module, *, atol: float = 1e-5, dtype: torch.dtype | None = None, perturb: float = 0.0,
-                batch: int = 4, image_size: int | None = None, seed: int = 0) -> float:
+                batch: int = 4, image_size: int | None = None, seed: int = 0,
+                with_scale: bool = False) -> float | tuple[float, float]:
     """Max |logits(model) − logits(fold(model))| in eval mode, on a copy with random BN statistics
     and affine parameters (:func:`randomize_norms`, calibrated on random images) and a random input;
     raises :class:`FoldError` above ``atol`` times max(1, the largest logit magnitude) (the check is
@@ -227,7 +228,8 @@ def verify_fold(model: nn.Module, *, atol: float = 1e-5, dtype: torch.dtype | No
     checks the fold's algebra at any depth; in float32 a deep network's own rounding noise
     (ResNet-164: ~1e-4 on logits of ~5 against a float64 forward) can exceed 1e-5 whatever the fold.
     ``perturb`` > 0 first adds N(0, perturb²) noise to every parameter (ψ and the gates included),
-    so a check right after initialisation is not trivial.
+    so a check right after initialisation is not trivial. ``with_scale``: (max |Δ|, the largest logit
+    magnitude), the scale the difference is relative to.
     """
     g = torch.Generator().manual_seed(seed)
     cfg = getattr(model, "config", None)
@@ -246,7 +248,8 @@ def verify_fold(model: nn.Module, *, atol: float = 1e-5, dtype: torch.dtype | No
     folded = reparameterize(m).eval()
     if any(isinstance(x, ASRNorm) for x in folded.modules()):
         raise FoldError("the folded model still contains an ASR norm")
-    return check_close(m, folded, x, atol=atol, relative=True, what="fold differs from the ASR model")[0]
+    diff, scale = check_close(m, folded, x, atol=atol, relative=True, what="fold differs from the ASR model")
+    return (diff, scale) if with_scale else diff
 
 
 @torch.no_grad()

@@ -276,17 +276,32 @@ def preprocess_for(name: str, preprocess: str | dict[str, Any] | None = "auto", 
     ``preprocess``: ``auto`` is the source's own (:func:`preprocessing`) when its weights come from
     elsewhere (``pretrained``) and none otherwise (a model trained here saw the data set's own
     normalisation); ``none``/None is none; a dict gives options (resize, crop, mean, std,
-    interpolation, channels) over ``dict["base"]`` (``auto`` or ``none``, default ``auto``). Gray
-    images for a 3-channel normalisation are repeated to RGB.
+    interpolation, channels) over ``dict["base"]`` (``auto`` or ``none``, default ``auto``);
+    ``input_size`` N feeds N x N images (resize N, centre crop N) and ``no_resize`` True the data set's images
+    at their own size, both keeping the normalisation (for weights trained at another size than the
+    source's own, e.g. timm weights trained on 32 x 32 CIFAR images). Gray images for a 3-channel
+    normalisation are repeated to RGB.
     """
     opts = dict(preprocess) if isinstance(preprocess, dict) else {"base": preprocess or "none"}
     base = opts.pop("base", "auto")
     channels = opts.pop("channels", None)
+    size, native = opts.pop("input_size", None), bool(opts.pop("no_resize", False))
     unknown = set(opts) - {"resize", "crop", "mean", "std", "interpolation"}
     if unknown:
         raise UserError(f"unknown preprocessing options {sorted(unknown)}")
+    if size is not None and native:
+        raise UserError("--input-size and --no-resize: give one (N x N images, or the images at their own size)")
+    if (size is not None or native) and (opts.get("resize") is not None or opts.get("crop") is not None):
+        raise UserError(f"{'--input-size' if size is not None else '--no-resize'} replaces --resize/--crop: give one "
+                        "or the other")
+    if size is not None and (isinstance(size, bool) or int(size) != size or size < 1):
+        raise UserError(f"--input-size must be a positive number of pixels, got {size!r}")
     own = preprocessing(name) if base == "auto" and pretrained and is_source(name) else None
     pp = resolve_preprocess(own, mode=base, **opts)
+    if size is not None:
+        pp = {**(pp or {}), "resize": int(size), "crop": int(size)}
+    elif native and pp:
+        pp = {k: v for k, v in pp.items() if k not in ("resize", "crop", "interpolation")} or None
     if pp is not None and (channels or (in_chans == 1 and len(pp.get("mean", ())) == 3)):
         pp["channels"] = channels or 3
     return pp

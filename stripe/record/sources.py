@@ -27,6 +27,8 @@ class SweepSource:
     run_dir: Path | None = None
     run_info: dict[str, Any] | None = None
     official: bool = False  # files written by the official ASR code (their inputs normalised its way)
+    model_from: str = ""  # where the model config came from, in words (what collect says it inferred)
+    dataset_from: str = ""  # why this data set, in words
 
     @property
     def run_id(self) -> str | None:
@@ -95,7 +97,8 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
             _check_file(f, "--weights" if weights is not None else "--files")
         if weights is not None:  # trained weights: epoch 1 unless the file name says epoch N
             named = epoch_from_name(weights)
-            return SweepSource([(named if named is not None else 1, Path(weights))], model_config, dataset, data_root)
+            return SweepSource([(named if named is not None else 1, Path(weights))], model_config, dataset, data_root,
+                               model_from=f"--model, weights {weights}", dataset_from="--dataset")
         checkpoints = files
     elif weights is not None or num_classes is not None:
         raise UserError("--weights and --num-classes go with --model NAME")
@@ -108,6 +111,8 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
         run = official_run(run_dir, read_log=False)
         checkpoints = [c.path for c in run.checkpoints.values()]
         run_dir = None
+    if run_dir is not None and Path(run_dir).is_dir() and not (Path(run_dir) / "config.json").is_file():
+        raise NotFoundError(not_a_run(Path(run_dir)))
     if run_dir is not None:
         info = read_run(run_dir)
         paths = dict(list_checkpoints(run_dir))
@@ -116,22 +121,28 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
         spec = checkpoints if isinstance(checkpoints, str) or checkpoints is None else ",".join(map(str, checkpoints))
         epochs = parse_checkpoint_spec(spec, sorted(paths))
         return SweepSource([(e, paths[e]) for e in epochs], info["model"], dataset or info["train"]["dataset"],
-                           data_root or info["train"].get("data_root"), Path(run_dir), info)
+                           data_root or info["train"].get("data_root"), Path(run_dir), info,
+                           model_from=f"the run's config.json, {len(epochs)} checkpoint(s)",
+                           dataset_from="--dataset" if dataset else "the run's")
     if not checkpoints or isinstance(checkpoints, str):
         raise UserError("without a run directory, give checkpoint files (--files) and the data set (--dataset)")
     files = [_check_file(p, "--files") for p in checkpoints]
     infos = [load_model(p, model_config).load_info for p in files]  # every file read, its model checked
+    model_from = infos[0].summary() + (f"; and {len(infos) - 1} more file(s) of the same model" if len(infos) > 1
+                                       else "")
     cfg = infos[0].config
     for p, i in zip(files[1:], infos[1:]):
         if i.config != cfg:
             raise UserError(f"--files: {p} holds another model ({_describe(i.config)}) than {files[0]} "
                             f"({_describe(cfg)}); record each model into its own --out folder")
     official = any(i.format == "official-checkpoint" for i in infos)
+    dataset_from = "--dataset"
     if dataset is None:
         guess = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes) if official else None
         if guess is None:
             raise UserError("give the data set of the probe images (--dataset)")
         dataset = guess  # the official code trains on CIFAR-10 or CIFAR-100, told apart by the classes
+        dataset_from = f"from the file's {cfg.num_classes} classes; --dataset to change"
     jobs = []
     for i, (p, li) in enumerate(zip(files, infos)):
         named = epoch_from_name(p, any_number=True)
@@ -148,7 +159,28 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
             seen.add(key)
             unique.append((e, p))
         jobs = unique
-    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, official=official)
+    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, official=official, model_from=model_from,
+                       dataset_from=dataset_from)
+
+
+#: what weights files are called, to recognise a folder of them
+WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".bin", ".safetensors")
+
+
+def not_a_run(folder: Path) -> str:
+    """Why ``folder`` (no ``config.json``) cannot be recorded as a run, and the way forward (``--files``)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if files:
+        shown = " ".join(str(p) for p in files[:2]) + (" …" if len(files) > 2 else "")
+        return (f"{folder}: a folder of {len(files)} weights file(s), not a stripe run (no config.json); record them "
+                f"with `stripe collect --files {shown} --out REC` (the model is read from the files; --dataset names "
+                "the probe's data set)")
+    if (folder / "log.txt").is_file():
+        return (f"{folder}: a run folder of the official ASR code with only its log.txt (no *.pth.tar checkpoint): "
+                "nothing to record; `stripe figures` draws its learning curves, and checkpoint files from elsewhere "
+                "record with `stripe collect --files FILE … --out REC`")
+    return (f"{folder}: not a run directory (no config.json); checkpoint files from elsewhere record with "
+            "`stripe collect --files FILE … --out REC`")
 
 
 def _check_file(path: str | Path, option: str) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from ..data import ImageSet, Loader, select_probe
 from ..errors import RefusedError, UserError
 from ..gates import Gate
 from ..nn import ModelConfig, build_model, preprocess_for
-from ..train import CheckpointError, file_sha256, run_eval_sets
+from ..train import CheckpointError, file_sha256, inferred_text, preprocess_origin, run_eval_sets
 from ..device import autocast, dist_from_env, init_distributed, resolve_device
 from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
 from .config import RecordConfig
@@ -40,6 +40,7 @@ class SweepResult:
     rerecorded: list[tuple[int, str]] = field(default_factory=list)  # (epoch, why it was recorded again)
     seconds: float = 0.0
     images: int = 0
+    inferred: str = ""  # what was inferred about the model, data set, preprocessing and probe (printed first)
 
 
 def record_checkpoint(model: nn.Module, probe: ImageSet | Loader, record: RecordConfig = RecordConfig(), *,
@@ -97,7 +98,7 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
             probe_seed: int = 0, probe_split: str = "train", device: str | None = "auto", precision: str = "fp32",
             progress: bool = True, model: str | None = None, weights: str | Path | None = None,
             num_classes: int | None = None, preprocess: str | dict[str, Any] | None = "auto", overwrite: bool = False,
-            **record_options: Any) -> SweepResult:
+            inform: Callable[[str], None] | None = None, **record_options: Any) -> SweepResult:
     """Record every tap over the probe set at each checkpoint; writes a recording directory.
 
     Either ``run_dir`` (a training run: its checkpoints, data and probe set), or a list of
@@ -111,7 +112,9 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
     Resumable and atomic; under torchrun the checkpoints are shared out between ranks. A checkpoint
     recorded before is recorded again when its files are damaged or missing (the result says why); a
     recording of *other* files at the same epochs (``--files``/``--weights``) is refused unless
-    ``overwrite``. Everything is checked before the recording folder is created.
+    ``overwrite``. Everything is checked before the recording folder is created. What was inferred (model,
+    data set, preprocessing, probe: :func:`stripe.train.inferred_text`) is passed to ``inform`` before the
+    first checkpoint is recorded, and kept in the result.
     """
     from tqdm.auto import tqdm
 
@@ -139,11 +142,18 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
     pp = preprocess_for(source.model["name"], preprocess, pretrained=model is not None, in_chans=probe_ds.in_chans)
     if source.official:  # the official code normalises CIFAR-100 with CIFAR-10's values (given --mean/--std win)
         pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD, **(pp or {})}
+    inferred = inferred_text(source.model, model_from=source.model_from, dataset=source.dataset,
+                             dataset_from=source.dataset_from, images=probe_ds, preprocess=pp,
+                             preprocess_from=preprocess_origin(source.model["name"], preprocess,
+                                                               pretrained=model is not None, official=source.official),
+                             probe=probe_spec)
     writer = RecordingWriter(out, recording_header(source, probe_spec, record, precision=precision, preprocess=pp,
                                                    order=probe_loader(probe_ds, record.batch_size, "cpu").order()))
     if source.run_dir is None and not source.model["name"].startswith("onnx:"):
         build_model(ModelConfig.from_dict(source.model))  # a model that cannot be built fails before anything is made
     done_box: list[Any] = [None]
+    if info.main and inform is not None:
+        inform(inferred)
     if info.main:
         writer.open()
         try:
@@ -158,8 +168,10 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
 
             dist.broadcast_object_list(done_box, src=0)
             writer.done = done_box[0]
-        return _sweep(source, writer, probe_ds, info, dev, t_start, record, precision=precision, progress=progress,
-                      tqdm=tqdm, preprocess=pp)
+        result = _sweep(source, writer, probe_ds, info, dev, t_start, record, precision=precision,
+                        progress=progress, tqdm=tqdm, preprocess=pp)
+        result.inferred = inferred
+        return result
     finally:
         if info.main:
             writer.close()

@@ -8,6 +8,7 @@ from .checkpoint import (CheckpointError, checkpoint_path, epoch_from_name, file
                          load_checkpoint, load_weights, save_checkpoint)
 from .config import (COMPILE_MODES, MODEL_FROM_DATA, MODEL_OPTIONS, PRECISIONS, TrainConfig, add_config_args,
                      config_from_args, epoch_matches, fast_path, parse_epoch_spec)
+from .inferred import inferred_text, model_text, preprocess_origin
 from .loading import (OFFICIAL_CHECKPOINTS, OFFICIAL_LOG_COLUMNS, LoadInfo, OfficialCheckpoint, OfficialRun,
                       fold_vs_official, load_model, official_run, read_official_log)
 from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_state, from_official, infer_config,
@@ -16,7 +17,7 @@ from .official import (OFFICIAL_MEAN, OFFICIAL_STD, check_official, deployed_sta
 from .loop import NonFiniteLossError, TrainState, build_training, deployed, evaluate, predict, train
 from .optim import SGD
 from .rundir import (METRIC_COLUMNS, RUN_FORMAT, RunData, RunExistsError, default_run_dir, load_run_data,
-                     read_metrics, read_metrics_rows, read_run, run_config, run_eval_sets)
+                     read_metrics, read_metrics_rows, read_run, recipe_of, run_config, run_eval_sets)
 from .step import TrainStep, loss_fn
 
 __all__ = [
@@ -31,5 +32,5 @@ __all__ = [
     "load_checkpoint", "load_run_data", "load_weights", "loss_fn", "parse_epoch_spec", "predict", "read_metrics",
     "read_metrics_rows", "read_run", "run_config", "run_eval_sets", "save_checkpoint", "train",
     "LoadInfo", "OFFICIAL_CHECKPOINTS", "OFFICIAL_LOG_COLUMNS", "OfficialCheckpoint", "OfficialRun", "fold_vs_official",
-    "load_model", "official_run", "read_official_log",
+    "load_model", "official_run", "read_official_log", "recipe_of", "inferred_text", "model_text", "preprocess_origin",
 ]

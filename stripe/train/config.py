@@ -298,15 +298,24 @@ def add_config_args(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...]
         group(meta.get("group", "recipe")).add_argument(_flag(f), **kw)
 
 
-def config_from_args(args: argparse.Namespace, **over: Any) -> TrainConfig:
-    """The :class:`TrainConfig` of parsed options (``over``: fields to set, ``model`` a dict of model fields)."""
+def config_from_args(args: argparse.Namespace, *, base: TrainConfig | None = None, given: set[str] | None = None,
+                     **over: Any) -> TrainConfig:
+    """The :class:`TrainConfig` of parsed options (``over``: fields to set, ``model`` a dict of model fields).
+
+    With ``base`` (a run's recipe, ``stripe train --config``) only the options named in ``given`` (their
+    destinations, e.g. ``train.seed``: those on the command line) replace the base's values."""
     ns = vars(args)
+    if base is not None:
+        ns = {k: v for k, v in ns.items() if k in (given or set())}
     model = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("model.")}
     model.update(over.pop("model", {}))
     train = {k.split(".", 1)[1]: v for k, v in ns.items() if k.startswith("train.")}
     if ns.get("fast_path"):
         from ..device import resolve_device
 
-        train.update(fast_path(resolve_device(ns.get("device", "auto")).type))
+        train.update(fast_path(resolve_device(vars(args).get("device", "auto")).type))
     train.update(over)
-    return TrainConfig(model=replace(ModelConfig(), **model), **train)
+    if base is None:
+        return TrainConfig(model=replace(ModelConfig(), **model), **train)
+    kept = {f.name: getattr(base, f.name) for f in fields(base) if f.name != "model"}
+    return TrainConfig(model=replace(base.model, **model), **{**kept, **train})

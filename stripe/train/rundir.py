@@ -110,6 +110,25 @@ def run_config(info: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(info["train"])
 
 
+def recipe_of(path: str | Path) -> TrainConfig:
+    """The training recipe in ``path``: a run's ``config.json`` (or the run folder itself), or a JSON training config
+    (``TrainConfig.to_dict()``); what ``stripe train --config`` reruns. Errors are one line naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise NotFoundError(f"--config {path}: no such file")
+    obj = fsio.read_json(path, "--config")
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("stripe-run/"):
+        obj = obj.get("train")
+    if not isinstance(obj, dict):
+        raise UserError(f"--config {path}: expected a run's config.json or a JSON training config")
+    try:
+        return TrainConfig.from_dict(obj)
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"--config {path}: not a training config ({e})") from None
+
+
 def run_info(cfg: TrainConfig, sets: "RunData", *, run_id: str, model_config: dict[str, Any],
              params: dict[str, int], world_size: int, device: str, version: str) -> dict[str, Any]:
     """The content of ``config.json`` for a new run: what was asked for and what was actually used."""

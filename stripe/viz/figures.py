@@ -212,6 +212,9 @@ def _epoch_axis(ax: Axes, epochs: Sequence[float]) -> None:
     if len(uniq) == 1:  # a single checkpoint: one tick, a symmetric range
         ax.set_xlim(uniq[0] - 1, uniq[0] + 1)
         ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(uniq))
+    elif len(uniq) <= 6:  # a few checkpoints: a tick at each, and room around the first and the last
+        ax.set_xlim(uniq[0] - 0.4, uniq[-1] + 0.4)
+        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(uniq))
     else:
         ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
     if 0.0 in uniq:
@@ -501,8 +504,10 @@ def _draw_series(ax: Axes, e: np.ndarray, y: np.ndarray, color: Any, *, lw: floa
     trained = ok & (e != 0)
     if trained.sum() == 1:
         ax.plot(e[trained], y[trained], ls="none", marker="o", ms=4, color=color, alpha=alpha, zorder=zorder)
-    elif trained.any():
-        ax.plot(e[trained], y[trained], ls=ls, lw=lw, color=color, alpha=alpha, zorder=zorder)
+    elif trained.any():  # a few epochs: each one marked, so a short line still reads as measurements
+        few = trained.sum() <= 4
+        ax.plot(e[trained], y[trained], ls=ls, lw=lw, color=color, alpha=alpha, zorder=zorder,
+                marker="o" if few else None, ms=min(3.0 + lw / 2, 5.0) if few else None)
     if init.any():
         ax.plot(e[init], y[init], ls="none", marker="o", ms=5, mfc="white", mec=color, mew=1.0, alpha=alpha,
                 zorder=zorder + 0.5)  # fmt: skip
@@ -699,8 +704,40 @@ def _speed_label(attn: str, variant: str) -> str:
     return f"ASR({attn}) folded" if variant == "asr-folded" else f"+{attn}"
 
 
+def _in_noise(r: Any) -> bool | None:
+    """Whether a speed row's slowdown is inside its timing noise: its paired range over repeats holds 0 (None when
+    the table has no range, or one repeat)."""
+    lo, hi = r.get("slowdown_min", np.nan), r.get("slowdown_max", np.nan)
+    if pd.isna(lo) or pd.isna(hi) or int(r.get("repeats", 1) or 1) < 2:
+        return None
+    return bool(float(lo) <= 0.0 <= float(hi))
+
+
+def _speed_noise_note(df: pd.DataFrame) -> str:
+    """What the figure can claim about its differences: the repeats behind it, and the folded ASR rows whose
+    difference from the baseline is inside the noise."""
+    reps = sorted({int(v) for v in df["repeats"].dropna()}) if "repeats" in df.columns else []
+    if not reps or "slowdown_min" not in df.columns or max(reps) < 2:
+        return ("timed once: no interval, so no difference here can be told from timing noise (more repeats: "
+                "stripe bench speed --repeats N)")
+    folded = df[df["variant"] == "asr-folded"]
+    inside = [r["attn"] for _, r in folded.iterrows() if _in_noise(r)]
+    out = [r["attn"] for _, r in folded.iterrows() if _in_noise(r) is False]
+    text = (f"bars: median of {'/'.join(map(str, reps))} interleaved repeats, whiskers: their min–max; a slowdown "
+            "marked 'in noise' has a range of paired repeats that holds 0")
+    if inside:
+        text += f"; folded ASR vs baseline inside the noise: {', '.join(dict.fromkeys(inside))}"
+    if out:
+        text += (f"; folded ASR outside the repeats' range ({', '.join(dict.fromkeys(out))}): the same architecture as "
+                 "the baseline, so this is the machine's drift, not the model")
+    return text
+
+
 def speed_table(speed: pd.DataFrame) -> Figure:
-    """Table 1 as bars: images/s per module (baseline, attention, folded ASR), slowdown % annotated."""
+    """Table 1 as bars: images/s per module (baseline, attention, folded ASR), slowdown % annotated; with
+    per-repeat columns (``images_per_s_min/max``, ``slowdown_min/max``, as :func:`stripe.experiments.bench.
+    inference_speed` writes them) whiskers over repeats, and a slowdown whose paired range holds 0 marked as
+    inside the noise, on the bar and in the title."""
     df = _speed_frame(speed)
     panels = list(dict.fromkeys(df["_panel"]))
     ncols = 1 if len(panels) <= 1 else 2
@@ -720,6 +757,9 @@ def speed_table(speed: pd.DataFrame) -> Figure:
             ticks, ticklabels = [], []
             top = np.nanmax(g["images_per_s"].to_numpy(dtype=float)) if len(g) else 1.0
             top = top if np.isfinite(top) and top > 0 else 1.0
+            reach = top  # the whiskers' top stays inside the panel
+            if "images_per_s_max" in g.columns and np.isfinite(g["images_per_s_max"].to_numpy(dtype=float)).any():
+                reach = max(top, float(np.nanmax(g["images_per_s_max"].to_numpy(dtype=float))))
             for i, attn in enumerate(groups):
                 gg = g[g["attn"] == attn]
                 n = len(gg)
@@ -728,13 +768,21 @@ def speed_table(speed: pd.DataFrame) -> Figure:
                     x = i + (j - (n - 1) / 2) * w
                     y = float(r["images_per_s"]) if pd.notna(r["images_per_s"]) else 0.0
                     ax.bar(x, y, width=w * 0.92, color=colors.get(r["variant"], "0.3"), edgecolor="white", lw=0.5)
+                    lo, hi = r.get("images_per_s_min", np.nan), r.get("images_per_s_max", np.nan)
+                    if pd.notna(lo) and pd.notna(hi) and y > 0:
+                        ax.errorbar(x, y, yerr=[[max(y - float(lo), 0.0)], [max(float(hi) - y, 0.0)]], fmt="none",
+                                    ecolor="0.15", elinewidth=0.8, capsize=2)
                     sd = r["slowdown_pct"]
                     if r["variant"] != "baseline" and pd.notna(sd):
-                        inside = y > 0.3 * top  # inside the bar's top, clear of the baseline line
-                        ax.annotate(f"{float(sd):+.1f}%", xy=(x, y), xytext=(0, -4 if inside else 3),
-                                    textcoords="offset points", ha="center", va="top" if inside else "bottom",
-                                    rotation=90, fontsize="x-small", color="white" if inside else "0.15",
-                                    fontweight="bold" if inside else "normal")  # fmt: skip
+                        noise = _in_noise(r)
+                        label = f"{float(sd):+.1f}%" + (" in noise" if noise else "" if noise is None else
+                                                         f" [{float(r['slowdown_min']):+.0f}, "
+                                                         f"{float(r['slowdown_max']):+.0f}]")
+                        # from the bar's base up, on a light box: inside the panel whatever the bar's height and
+                        # readable over a whisker
+                        ax.annotate(label, xy=(x, 0), xytext=(0, 4), textcoords="offset points", ha="center",
+                                    va="bottom", rotation=90, fontsize="x-small", color="0.1", zorder=5,
+                                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
                 ticks.append(i)
                 ticklabels.append(attn or "baseline")
             base = g.loc[g["variant"] == "baseline", "images_per_s"].to_numpy(dtype=float)
@@ -742,7 +790,7 @@ def speed_table(speed: pd.DataFrame) -> Figure:
                 ax.axhline(base[0], color="0.4", lw=0.9, ls="--", zorder=0)
             ax.set_xticks(ticks, ticklabels, rotation=0 if len(groups) <= 8 else 45)
             ax.set_xlim(-0.6, len(groups) - 0.4)
-            ax.set_ylim(0, top * 1.12)
+            ax.set_ylim(0, reach * 1.12)
             ax.set_ylabel("throughput (images/s)")
             ax.set_xlabel("attention module")
             ax.grid(axis="x", visible=False)
@@ -755,7 +803,7 @@ def speed_table(speed: pd.DataFrame) -> Figure:
             fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
         fig.suptitle("Inference throughput per attention module (Table 1); bar labels: slowdown vs baseline "
                      "(%, + = slower)\nfolded ASR models have exactly the baseline's architecture: their spread "
-                     "around the baseline is this run's timing noise")  # fmt: skip
+                     "around the baseline is this run's timing noise" + _notes([_speed_noise_note(df)], 105))
     return fig
 
 
@@ -767,8 +815,10 @@ def md_number(x: Any, fmt: str) -> str:
 def speed_markdown(speed: pd.DataFrame) -> str:
     """Table 1 as a Markdown table: model, device, batch, module, params (M), images/s, slowdown (%)."""
     df = _speed_frame(speed)
+    ranged = "slowdown_min" in df.columns
     head = ["model", "device", "batch", "module", "params (M)", "images/s", "slowdown (%)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + [":---"] + ["---:"] * 3) + "|"]
+    head += ["paired repeats: min … max (%)"] if ranged else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + [":---"] + ["---:"] * (len(head) - 4)) + "|"]
     for _, r in df.iterrows():
         cells = [
             str(r["model"]),
@@ -779,6 +829,11 @@ def speed_markdown(speed: pd.DataFrame) -> str:
             md_number(r["images_per_s"], ",.0f"),
             "—" if r["variant"] == "baseline" else md_number(r["slowdown_pct"], "+.1f"),
         ]
+        if ranged:
+            noise = _in_noise(r)
+            cells.append("—" if r["variant"] == "baseline" or noise is None else
+                         f"{md_number(r['slowdown_min'], '+.1f')} … {md_number(r['slowdown_max'], '+.1f')}"
+                         + (" (in noise)" if noise else ""))
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", "Folded ASR models have exactly the baseline's architecture: their spread around the baseline "
               "is the timing noise of this run (median of interleaved repeats)."]
@@ -841,7 +896,9 @@ def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
             ax_w.set_xlim(-0.6, len(wide) - 0.1)
             ax_w.set_xlabel("scope replaced by constants")
             ax_w.set_ylabel("test top-1 (%)")
-            ax_w.set_title("none, each stage, all\n(labels: Δ top-1 in points)")
+            drawn = [name for scope, name in (("none", "none"), ("stage", "each stage"), ("all", "all taps"))
+                     if (wide["scope"] == scope).any()]  # only the scopes this table holds
+            ax_w.set_title(f"{', '.join(drawn)}\n(labels: Δ top-1 in points)")
             ax_w.grid(axis="x", visible=False)
         if not len(df):
             _empty(ax_t, "empty ablation table")

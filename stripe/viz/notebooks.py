@@ -10,7 +10,8 @@ The tracked pairs stay byte-stable: each ``.py`` header pins what jupytext write
 ``notebook_metadata_filter`` leaves out the jupytext version; the format version is written), the
 ``.ipynb`` files keep their cell ids (``make notebooks`` runs ``jupytext --update``), and ``make lab``
 saves the bundled notebooks through :func:`clean_saved_notebook`, which drops what opening or running
-them adds (outputs, execution counts, the kernel's ``language_info``, widget state, cell timings).
+them adds (outputs, execution counts, the kernel's ``language_info``, widget state, cell timings and trust,
+JupyterLab's display name for the kernel), in the ``.ipynb`` and in the ``.py`` jupytext saves beside it.
 """
 from __future__ import annotations
 
@@ -59,7 +60,15 @@ def discover(source: str | Path) -> Sources:
     if not root.exists():
         raise NotFoundError(f"{root}: no such folder")
     s = Sources(root=root)
+    from ..fsio import owner_kind
+
+    # figures stripe drew (a demo's own figures/, a `stripe figures --out` folder) copy the tables they were drawn
+    # from: outputs, not a second comparison
+    drawn = [d for d in root.rglob("*") if d.is_dir() and (owner_kind(d) == "figures" or (
+        d.name == "figures" and str(owner_kind(d)).startswith("part of ")))]
     for p in sorted(root.rglob("*")):
+        if any(d in p.parents for d in drawn):
+            continue
         if p.name == "results.csv":
             s.comparisons.append(p.parent)
         elif p.name == "config.json" and (p.parent / "metrics.csv").exists():
@@ -82,10 +91,12 @@ def discover(source: str | Path) -> Sources:
             s.speed.append(p)
         elif p.name == "ablation.csv":
             s.ablations.append(p)
+    from ..analysis.stats import has_attention
+
     recorded = {r.resolve() for r in s.recordings}
     for run in s.runs:
         rec = run / "recording"
-        if (run / "config.json").is_file() and rec.resolve() not in recorded and not any(
+        if (run / "config.json").is_file() and has_attention(run) and rec.resolve() not in recorded and not any(
                 rec.resolve() in r.parents for r in recorded):
             s.notes.append(f"run {run} has no recording inside it: record it with `stripe collect {run}`, or give "
                            "the folder that holds its recording")
@@ -288,24 +299,61 @@ def notebook_path(name: str) -> Path:
                             "reinstall the package")
 
 
-def clean_saved_notebook(model: dict[str, Any], path: str, contents_manager: Any = None, **_: Any) -> None:
-    """A Jupyter ``pre_save_hook`` (``make lab``): before a bundled notebook is saved, drop what opening or running
-    it adds -- outputs, execution counts, the kernel's ``language_info``, widget state, cell timings -- so saving
-    unchanged sources leaves the tracked files as they are. Other notebooks are saved untouched."""
-    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
-        return
-    target = Path(getattr(contents_manager, "root_dir", "") or ".") / path.lstrip("/")
-    if target.suffix != ".ipynb" or target.stem not in NOTEBOOKS or not target.with_suffix(".py").is_file():
-        return  # not one of the bundled pairs
-    nb = model["content"]
+def _tracked_kernelspec(target: Path) -> dict[str, Any] | None:
+    """The kernelspec the tracked ``.ipynb`` of a bundled pair holds (None when it cannot be read)."""
+    try:
+        meta = json.loads(target.with_suffix(".ipynb").read_text(encoding="utf-8")).get("metadata", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    spec = meta.get("kernelspec") if isinstance(meta, dict) else None
+    return dict(spec) if isinstance(spec, dict) else None
+
+
+def _clean_notebook(nb: Any, kernelspec: dict[str, Any] | None) -> None:
+    """Drop from a notebook (a dict or a NotebookNode, in place) what opening or running it adds."""
     meta = nb.get("metadata", {})
     for key in ("language_info", "widgets"):
         meta.pop(key, None)
+    if kernelspec is not None and isinstance(meta.get("kernelspec"), dict) \
+            and meta["kernelspec"].get("name") == kernelspec.get("name"):
+        meta["kernelspec"] = dict(kernelspec)  # JupyterLab renames "Python 3" to "Python 3 (ipykernel)"
     for cell in nb.get("cells", []):
         if cell.get("cell_type") == "code":
             cell["outputs"] = []
             cell["execution_count"] = None
-        cell.get("metadata", {}).pop("execution", None)
+        for key in ("execution", "trusted", "scrolled", "collapsed"):
+            cell.get("metadata", {}).pop(key, None)
+
+
+def clean_saved_notebook(model: dict[str, Any], path: str, contents_manager: Any = None, **_: Any) -> None:
+    """A Jupyter ``pre_save_hook`` (``make lab``): before a bundled notebook is saved, drop what opening or running
+    it adds -- outputs, execution counts, the kernel's ``language_info``, widget state, cell timings, JupyterLab's
+    name for the kernel (the tracked kernelspec is kept) -- so saving unchanged sources leaves the tracked files as
+    they are. jupytext saves the pair's ``.py`` as a text file of its own, rendered before this hook runs: that text
+    is rendered again from the cleaned notebook. Other notebooks and files are saved untouched."""
+    target = Path(getattr(contents_manager, "root_dir", "") or ".") / path.lstrip("/")
+    if target.stem not in NOTEBOOKS or target.suffix not in (".ipynb", ".py"):
+        return
+    if not (target.with_suffix(".py").is_file() and target.with_suffix(".ipynb").is_file()):
+        return  # not one of the bundled pairs
+    kernelspec = _tracked_kernelspec(target)
+    if target.suffix == ".ipynb":
+        if model.get("type") == "notebook" and isinstance(model.get("content"), dict):
+            _clean_notebook(model["content"], kernelspec)
+        return
+    if model.get("type") != "file" or model.get("format") != "text" or not isinstance(model.get("content"), str):
+        return
+    import jupytext
+
+    text = model["content"]
+    try:
+        nb = jupytext.reads(text, fmt="py:percent")
+    except Exception:  # noqa: BLE001 - text jupytext cannot read is saved as the user wrote it
+        return
+    if nb.metadata.get("jupytext", {}).get("text_representation", {}).get("format_name") != "percent":
+        return  # not the pair's percent format: leave it alone
+    _clean_notebook(nb, kernelspec)
+    model["content"] = jupytext.writes(nb, fmt="py:percent")
 
 
 def _error_names() -> frozenset[str]:
