@@ -64,7 +64,10 @@ def test_every_run_and_seed_has_its_own_results(campaign):
         names = tar.getnames()
     assert "results/plus_se/seed1/DONE.json" in names and "measurements.jsonl" in names
     assert not [n for n in names if n.startswith("runs/")]
-    env = json.loads((out / "measurements.jsonl").read_text().splitlines()[0])
+    records = [json.loads(line) for line in (out / "measurements.jsonl").read_text().splitlines()]
+    starts = [r for r in records if r["stage"] == "zoo-start"]  # each worker: one thread, what cpuenv set
+    assert len(starts) == 6 and all(r["env"].startswith("1 thread(s), allocator") for r in starts)
+    env = records[0]
     assert env["seeds"] == [0, 1] and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.__dict__))
 
 
