@@ -24,6 +24,14 @@ def real_dataset_name() -> str:
     pytest.skip("no real data set found (CIFAR-10 JPEG zips or Debian's dataset-fashion-mnist)")
 
 
+def need_cifar10() -> None:
+    """Skip, saying why, when CIFAR-10 is not found (what a CIFAR-10-only preset such as the zoo needs)."""
+    try:
+        load_dataset("cifar10", "test")
+    except DataNotFoundError as e:
+        pytest.skip(f"CIFAR-10 not found (the zoo trains on CIFAR-10 only): {e}")
+
+
 def tiny_cfg(**kw) -> TrainConfig:
     """A tiny training config on the real data set: cifar_resnet8 +ASR(SE), 256 training images, 3 epochs."""
     model = {k: kw.pop(k) for k in ("attn", "asr", "both", "block") if k in kw}

@@ -101,10 +101,11 @@ def test_input_size_and_no_resize_override_a_source_preprocessing(capsys):
         preprocess_for("timm:seresnet18", {"input_size": 32, "no_resize": True}, pretrained=True)
     with pytest.raises(UserError, match="replaces --resize/--crop"):
         preprocess_for("timm:seresnet18", {"input_size": 32, "resize": 40}, pretrained=True)
-    from stripe.cli import _preprocess, build_parser
+    from stripe.cli import build_parser
+    from stripe.cli.common import preprocess_of
 
     args = build_parser().parse_args(["collect", "--model", "timm:seresnet18", "--input-size", "32"])
-    assert _preprocess(args)["input_size"] == 32
+    assert preprocess_of(args)["input_size"] == 32
     with pytest.raises(SystemExit):  # argparse: a positive number of pixels
         main(["ablate", "--model", "timm:seresnet18", "--input-size", "0"])
 
@@ -279,13 +280,13 @@ def test_train_config_reruns_a_recipe_with_the_given_options_on_top(recorded_run
 def test_an_option_given_with_its_default_value_still_wins_over_the_recipe():
     from dataclasses import replace
 
-    from stripe.cli import _given_options, build_parser
+    from stripe.cli import build_parser, given_options
     from stripe.train import config_from_args
 
     base = replace(tiny_cfg(), lr=0.05, epochs=7)
     argv = ["train", "--config", "x.json", "--lr", "0.1"]  # 0.1 is the default: given, so it wins
     args = build_parser().parse_args(argv)
-    cfg = config_from_args(args, base=base, given=_given_options(argv, "train"))
+    cfg = config_from_args(args, base=base, given=given_options(argv, "train"))
     assert cfg.lr == 0.1 and cfg.epochs == 7 and cfg.model == base.model
 
 
@@ -303,7 +304,8 @@ def test_tensorboard_logs_loss_accuracy_lr_and_the_stripe_statistics(recorded_ru
         got = {e.step: e.value for e in ea.Scalars(tag)}
         want = {int(r.epoch): float(getattr(r, col)) for r in metrics.itertuples() if np.isfinite(getattr(r, col))}
         assert got.keys() == want.keys(), tag
-        assert np.allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-6), tag
+        # metrics.csv keeps 6 significant digits (relative rounding <= 5e-6), TensorBoard float32 (6e-8)
+        assert np.allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=5.1e-6, atol=0), tag
     from stripe.analysis import compute_tables
 
     stages = compute_tables(run / "recording")["stages"]

@@ -63,7 +63,7 @@ def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
 
     from stripe.data import Loader
     from stripe.record import Recorder, Recording
-    from stripe.train import load_weights, run_eval_sets, train
+    from stripe.train import load_model, run_eval_sets, train
 
     from helpers import run_data, tiny_cfg
 
@@ -79,11 +79,13 @@ def test_recording_keeps_the_probe_order_that_rebuilds_its_folds(tmp_path):
     info = json.loads((run / "config.json").read_text())
     _, data = run_eval_sets(info)
     assert sorted(order) == list(range(len(data.probe))) and order != sorted(order)
-    model, _ = load_weights(run / "checkpoints" / "epoch_0001.pt")
+    model = load_model(run / "checkpoints" / "epoch_0001.pt")
     x = torch.cat([xb for xb, _ in Loader(data.probe, 1000, train=False)])[torch.tensor(order)]
-    with Recorder(model, "layer1.0.attn", raw_n=len(x), raw_dtype=torch.float32) as r, torch.no_grad():
+    with Recorder(model, "*", raw_n=len(x), raw_dtype=torch.float32) as r, torch.no_grad():
         model(x)
-    key = r.taps[0].key
+    # the tap whose attention varies most across images (after one epoch on some data sets a gate is nearly
+    # constant, and then any order of the images gives the same fold means)
+    key = max((t.key for t in r.taps), key=lambda k: float(r.raw()[(k, "after")].astype(np.float64).std(0).mean()))
     vecs = r.raw()[(key, "after")].astype(np.float64)  # [N, C], the probe images in the recorded order
     folds = rec.fold_stats(1)[(key, "after")]
     for k in range(4):

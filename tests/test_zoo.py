@@ -29,6 +29,9 @@ RUNS = ("baseline", "plus_se", "plus_asr_se")
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory):
     """A dry campaign of three runs at seeds 0 and 1 (six worker processes, two at a time)."""
+    from helpers import need_cifar10
+
+    need_cifar10()
     out = tmp_path_factory.mktemp("zoo") / "out"
     assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", ",".join(RUNS), "--seeds", "2",
                  "--jobs", "2", "--out", str(out), "--no-progress"]) == 0
@@ -68,7 +71,7 @@ def test_every_run_and_seed_has_its_own_results(campaign):
     starts = [r for r in records if r["stage"] == "zoo-start"]  # each worker: one thread, what cpuenv set
     assert len(starts) == 6 and all(r["env"].startswith("1 thread(s), allocator") for r in starts)
     env = records[0]
-    assert env["seeds"] == [0, 1] and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.__dict__))
+    assert env["seeds"] == [0, 1] and env["sizes"] == json.loads(json.dumps(zoo.ZOO_DRY.to_dict()))
 
 
 @pytest.mark.real_data
@@ -133,9 +136,9 @@ def test_one_seed_is_called_one_seed(campaign, tmp_path):
     assert "one seed" in md
     for word in ("detectabl", "behind", "ahead"):
         assert word not in md.lower()
-    from stripe.viz import figures
+    from stripe.viz import zoo_figures
 
-    fig = figures.zoo_accuracy(r["accuracy"], subtitle=r["description"])
+    fig = zoo_figures.zoo_accuracy(r["accuracy"], subtitle=r["description"])
     assert "one seed" in fig.get_suptitle() and "epochs" in fig.get_suptitle()
 
 
@@ -199,6 +202,9 @@ def _alive(pid: int) -> bool:
 def test_workers_end_with_their_campaign(tmp_path, how):
     """A campaign killed (SIGKILL: no chance to clean up) or terminated takes its worker with it; a rerun then
     finishes the run from its checkpoints."""
+    from helpers import need_cifar10
+
+    need_cifar10()
     out = tmp_path / "zoo"
     cmd = [sys.executable, "-m", "stripe", "reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--jobs",
            "1", "--out", str(out), "--no-progress"]
@@ -227,14 +233,14 @@ def test_accuracy_figure_draws_seeds_means_and_one_group_per_module_and_recipe()
     t-interval over seeds; a run with one seed gets its point alone, and the title says so."""
     from scipy import stats
 
-    from stripe.viz import figures
+    from stripe.viz import zoo_figures
 
     rows = [("baseline", "", False, "", 0, 80.7), ("baseline", "", False, "", 1, 80.2), ("+SE", "se", False, "", 0, 81.2),
             ("+SE", "se", False, "", 1, 81.0), ("+SE", "se", False, "", 2, 80.5), ("+ASR(SE)", "se", True, "", 0, 80.4),
             ("+SE r=4", "se", False, "r=4", 0, 81.0), ("+CBAM bias", "cbam", False, "bias", 0, 79.9)]
     acc = pd.DataFrame([{"run": r, "attn": a, "asr": s, "both": False, "recipe": rec, "seed": seed, "top1": t,
                          "top1_lo": t - 0.8, "top1_hi": t + 0.8} for r, a, s, rec, seed, t in rows])
-    fig = figures.zoo_accuracy(acc, subtitle="ResNet-20, CIFAR-10, 10 epochs")
+    fig = zoo_figures.zoo_accuracy(acc, subtitle="ResNet-20, CIFAR-10, 10 epochs")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["SE", "SE r=4", "CBAM bias"]
     (bar,) = ax.containers  # the one run with several seeds: +SE
