@@ -44,6 +44,7 @@ from stripe.analysis import compute_tables
 from stripe.record import Recording
 from stripe.viz import figures
 from stripe.viz import notebooks
+from stripe.viz.save import save_figure
 
 root = notebooks.notebook_source(source)
 # (label, folder): the folder relative to the data folder and the variant, plain attention (+att) first
@@ -107,7 +108,7 @@ def draw(*_):
         for name, fig in figs.items():
             display(fig)
             if out:
-                figures.save_figure(fig, out, name)
+                save_figure(fig, out, name)
 
 
 run_dd.observe(on_run, "value")

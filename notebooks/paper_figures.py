@@ -34,6 +34,7 @@ from IPython.display import Markdown, display
 
 from stripe.analysis import write_tables
 from stripe.viz import figures, notebooks
+from stripe.viz.save import save_figure
 
 source = notebooks.notebook_source(source, prefer="demo")
 src = notebooks.discover(source)
@@ -54,13 +55,13 @@ tables = notebooks.recording_tables(src)
 for label, rec_dir in notebooks.recordings_by_label(src).items():
     name = notebooks.slug(label)
     fig = figures.stripe_heatmap(rec_dir)
-    written += figures.save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
+    written += save_figure(fig, out, formats=formats, name=f"heatmap_{name}")
     display(fig)
     if tables[label]["taps"]["asr"].all():
         print(f"{label}: no channel-std figure (ASR taps only: every std is 0 by construction)")
         continue
     fig = figures.channel_std(tables[label], label=label)
-    written += figures.save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
+    written += save_figure(fig, out, formats=formats, name=f"channel_std_{name}")
     display(fig)
 
 # %% [markdown]
@@ -75,7 +76,7 @@ for label, rec_dir in notebooks.recordings_by_label(src).items():
 dynamic = {label: t for label, t in tables.items() if not t["taps"]["asr"].all()}
 if dynamic:
     fig = figures.stripe_dynamics(runs=dynamic)
-    written += figures.save_figure(fig, out, formats=formats, name="stripe_dynamics")
+    written += save_figure(fig, out, formats=formats, name="stripe_dynamics")
     display(fig)
 for label, t in tables.items():
     name = notebooks.slug(label)
@@ -91,7 +92,7 @@ for label, t in tables.items():
 runs = [r for r in src.runs if any(c in r.parents for c in src.comparisons)] or src.runs
 if runs:
     fig = figures.learning_curves(notebooks.metrics_long(runs))
-    written += figures.save_figure(fig, out, formats=formats, name="learning_curves")
+    written += save_figure(fig, out, formats=formats, name="learning_curves")
     display(fig)
 for comp in src.comparisons:
     md = (comp / "results.md").read_text()
@@ -107,7 +108,7 @@ for comp in src.comparisons:
 for path in src.speed:
     speed = notebooks.read_table(path, ("attn",))
     fig = figures.speed_table(speed)
-    written += figures.save_figure(fig, out, formats=formats, name="speed_table")
+    written += save_figure(fig, out, formats=formats, name="speed_table")
     (out / "speed_table.md").write_text(figures.speed_markdown(speed))
     written.append(out / "speed_table.md")
     display(fig)
@@ -122,7 +123,7 @@ for path in src.ablations:
     label = notebooks.run_label(path.parent.parent)
     name = "ablation" if len(src.ablations) == 1 else f"ablation_{notebooks.slug(label or path.parent.name)}"
     fig = figures.ablation(notebooks.read_table(path, ("target",)), label=label)
-    written += figures.save_figure(fig, out, formats=formats, name=name)
+    written += save_figure(fig, out, formats=formats, name=name)
     display(fig)
 
 # %%

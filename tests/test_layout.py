@@ -9,12 +9,13 @@ from collections import defaultdict
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "stripe"
-#: the data flow; a subpackage may import from those listed before it (and the base modules)
-ORDER = ["nn", "gates", "data", "train", "record", "analysis", "viz", "experiments"]
-#: top-level modules that are not base modules: the command line, the package and ``python -m stripe``
-FRONT = {"cli", "__init__", "__main__"}
+#: the data flow; a subpackage may import from those listed before it (and the base modules); the command line
+#: (``cli``) is the top floor: it may import every layer and none imports it
+ORDER = ["nn", "gates", "data", "train", "record", "analysis", "viz", "experiments", "cli"]
+#: top-level modules that are not base modules: the package and ``python -m stripe``
+FRONT = {"__init__", "__main__"}
 #: names the package defines in more than one file on purpose: each package's export list, and the entry
-#: point of a module that also runs as ``python -m`` (cli and experiments/zoo)
+#: point of a module that also runs as ``python -m`` (the cli package and experiments/zoo)
 SHARED_NAMES = {"__all__", "main"}
 #: names found defined twice and reported for renaming (each pair means different things or duplicates code);
 #: delete an entry once its name has one home
@@ -81,8 +82,7 @@ def test_each_subpackage_imports_only_from_those_before_it():
 
 def test_top_level_modules():
     """Base modules (fsio, errors, …) import no subpackage and not the CLI; errors imports nothing of the package;
-    the package's __init__ imports nothing when imported (its API loads on first use); __main__ runs the CLI;
-    cli may import anything."""
+    the package's __init__ imports nothing when imported (its API loads on first use); __main__ runs the CLI."""
     base = _base_modules()
     assert {"fsio", "errors"} <= base
     bad = []
@@ -90,10 +90,9 @@ def test_top_level_modules():
         if len(Path(path).parts) > 1:
             continue
         name, imported = Path(path).stem, _imports(path, tree)
-        rules = {"cli": None, "__main__": {"cli"}, "__init__": set(), "errors": set()}
+        rules = {"__main__": {"cli"}, "__init__": set(), "errors": set()}
         allowed = rules.get(name, base | {"__version__"})
-        if allowed is not None:
-            bad += [f"stripe/{path} imports stripe.{m}" for m in sorted(imported - allowed - {name})]
+        bad += [f"stripe/{path} imports stripe.{m}" for m in sorted(imported - allowed - {name})]
     assert not bad, "\n".join(bad)
 
 
@@ -106,7 +105,8 @@ def test_imports_are_resolved_like_python_does():
     assert found("record/sweep.py", "def f():\n    import stripe.data.sets\n    from stripe.train import z") == \
         {"data", "train"}
     assert found("fsio.py", "from .errors import E\nfrom . import __version__\nimport os") == {"errors", "__version__"}
-    assert found("cli.py", "from stripe import analysis") == {"analysis"}
+    assert found("cli/train.py", "from stripe import analysis\nfrom ..train import x\nfrom .common import y") == \
+        {"analysis", "train", "cli"}
 
 
 def _defined_names(body: list[ast.stmt]) -> list[str]:
@@ -241,8 +241,24 @@ def test_attention_classes_are_named_only_in_the_layers_and_gates_packages():
 
 
 def _cli_modules() -> dict[str, ast.Module]:
-    """The command line's modules: ``cli.py``, or every module of a ``cli`` package."""
-    return {p: t for p, t in _modules().items() if Path(p).parts[0] in ("cli.py", "cli")}
+    """The command line's modules: every module of the ``cli`` package."""
+    return {p: t for p, t in _modules().items() if Path(p).parts[0] == "cli"}
+
+
+#: libraries that compute (tensors, arrays, tables): the command line hands its options to the library, which
+#: computes; it imports none of them
+COMPUTING = ("torch", "numpy", "pandas", "scipy", "matplotlib")
+
+
+def _third_party_imports(tree: ast.Module) -> set[str]:
+    """The top-level names of the modules outside the package that a file imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names - {"stripe"}
 
 
 def _handlers(tree: ast.Module) -> list[ast.FunctionDef]:
@@ -272,6 +288,33 @@ def test_the_cli_holds_no_business_logic():
     assert dispatched and dispatched <= set(handlers), f"handlers not seen by the scan: {dispatched - set(handlers)}"
     long = [name for name, n in handlers.items() if n.end_lineno - n.lineno > 30]
     assert not long, f"handlers longer than 30 lines: {long}"
+    computing = {p: sorted(_third_party_imports(t) & set(COMPUTING)) for p, t in trees.items()}
+    computing = {p: m for p, m in computing.items() if m}
+    assert not computing, f"the CLI computes (imports {computing})"
+
+
+def test_each_commands_parser_lives_beside_its_handler():
+    """Every command is declared (its subparser and options) by a function of the module that holds its handler,
+    and the parser offers exactly the commands that are dispatched."""
+    import argparse
+
+    import stripe.cli as cli
+    from stripe.cli.common import PARSERS
+
+    assert set(PARSERS) == set(cli.COMMANDS)
+    apart = {name: (PARSERS[name].__module__, cli.COMMANDS[name].__module__) for name in cli.COMMANDS
+             if PARSERS[name].__module__ != cli.COMMANDS[name].__module__}
+    assert not apart, f"parser and handler in different modules: {apart}"
+    homes = {f.__module__ for f in cli.COMMANDS.values()}  # a module per command or small group, not one for all
+    assert len(homes) > 1 and not homes & {"stripe.cli", "stripe.cli.common"}, homes
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(cli.COMMANDS), "the parser's commands are the dispatched ones, in their order"
+
+
+def test_the_computing_import_scan_sees_every_form():
+    tree = ast.parse("import torch.nn as nn\nfrom numpy import x\nfrom . import y\nfrom stripe.nn import z\n"
+                     "def f():\n    import pandas\n")
+    assert _third_party_imports(tree) == {"torch", "numpy", "pandas"}
 
 
 def test_the_handler_scan_tells_handlers_from_option_declarations():
@@ -405,8 +448,8 @@ def test_the_import_scan_resolves_like_python_and_finds_circles():
         {"gates/find.py", "nn/__init__.py", "fsio.py"}
     assert targets("gates/__init__.py", "from .gate import G\nfrom ..nn.cbam import C") == {"gates/gate.py",
                                                                                           "nn/cbam.py"}
-    assert targets("cli.py", "import stripe.record.sweep\nfrom stripe.nn import taps\nfrom stripe import errors") == \
-        {"record/sweep.py", "nn/taps.py", "errors.py"}
+    assert targets("cli/collect.py", "import stripe.record.sweep\nfrom stripe.nn import taps\nfrom .. import errors"
+                   "\nfrom .common import x") == {"record/sweep.py", "nn/taps.py", "errors.py", "cli/common.py"}
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
     assert _circles(graph) == [{"a", "b", "c"}]
     tree = ast.parse("import a\nif x:\n    import b\ntry:\n    import c\nexcept E:\n    import d\n"

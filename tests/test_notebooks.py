@@ -10,7 +10,7 @@ nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (ru
 from PIL import Image
 
 from stripe import fsio
-from stripe.viz import figures as plots
+from stripe.viz import style
 from stripe.analysis import run_ablation
 from stripe.experiments.bench import inference_speed
 from stripe.cli import main
@@ -57,8 +57,8 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def _expected(name: str, blocks: int = 1) -> tuple[int, int]:
-    w, h = plots.FIGSIZE[name]
-    return round(w * plots.DPI), round(h * blocks * plots.DPI)
+    w, h = style.FIGSIZE[name]
+    return round(w * style.DPI), round(h * blocks * style.DPI)
 
 
 @pytest.mark.real_data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import typing
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from PIL import Image
 from stripe.analysis import compute_tables
 from stripe.record import FoldStats, Recording, RecordingWriter, batch_moments
 from stripe.viz import figures as plots
+from stripe.viz import save, style, zoo_figures
 
 EPOCHS = [0, 2, 4, 6]
 N = 96  # probe images per checkpoint (statistics)
@@ -174,8 +176,8 @@ def ablation_frame(n_taps: int = 6) -> pd.DataFrame:
 def check_figure(fig: Figure, out: Path, name: str) -> None:
     """Saved PNG/PDF exist with the right size; titles and axis labels are non-empty."""
     assert isinstance(fig, Figure)
-    assert fig.get_dpi() == plots.DPI
-    paths = plots.save_figure(fig, out, name)
+    assert fig.get_dpi() == style.DPI
+    paths = save.save_figure(fig, out, name)
     png, pdf = out / f"{name}.png", out / f"{name}.pdf"
     assert paths == [png, pdf]
     assert png.read_bytes()[:8] == PNG_MAGIC
@@ -184,7 +186,7 @@ def check_figure(fig: Figure, out: Path, name: str) -> None:
     with Image.open(png) as im:
         im.verify()
     with Image.open(png) as im:
-        assert im.size == (round(w * plots.DPI), round(h * plots.DPI))
+        assert im.size == (round(w * style.DPI), round(h * style.DPI))
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp files left behind"
     assert fig.get_suptitle().strip()
     fig.draw_without_rendering()
@@ -208,9 +210,16 @@ def images(fig: Figure) -> dict[str, np.ndarray]:
 
 
 def test_module_constants() -> None:
-    assert plots.DPI == 150
-    assert set(plots.FIGURES) == set(plots.FIGSIZE)
+    assert style.DPI == 150
+    assert set(plots.FIGURES) == set(style.FIGSIZE)
     assert all(callable(f) for f in plots.FIGURES.values())
+    # the registry lists every figure function (one that returns a Figure), those of the figures module and the zoo's,
+    # each under its own name
+    public = [getattr(m, name) for m in (plots, zoo_figures) for name in m.__all__]
+    drawn = {f.__name__: f for f in public if callable(f) and typing.get_type_hints(f).get("return") is Figure}
+    assert {"stripe_heatmap", "zoo_spread"} <= set(drawn)
+    assert {k: f.__name__ for k, f in plots.FIGURES.items()} == {k: k for k in drawn}
+    assert all(plots.FIGURES[k] is f for k, f in drawn.items())
     with pytest.raises(TypeError):
         plots.FIGURES["x"] = plots.ablation  # type: ignore[index]
 
@@ -237,7 +246,7 @@ def test_heatmap_defaults(rec_se, tmp_path) -> None:
     rec = Recording.open(root)
     fig = plots.stripe_heatmap(rec, n_images=20, n_channels=40)
     check_figure(fig, tmp_path, "heatmap")
-    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_heatmap"]
+    assert tuple(fig.get_size_inches()) == style.FIGSIZE["stripe_heatmap"]
     # default: the last tap of the last stage at the final checkpoint; images on y, channels on x
     title = fig.get_suptitle()
     assert "layer3.1.attn.tap" in title and "epoch 6" in title and "cifar_resnet20 +SE" in title
@@ -322,7 +331,7 @@ def test_stripe_dynamics(rec_se, rec_both, rec_small, tmp_path) -> None:
     t_se, t_both = compute_tables(rec_se[0]), compute_tables(rec_both)
     fig = plots.stripe_dynamics(t_se)
     check_figure(fig, tmp_path, "dynamics")
-    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
+    assert tuple(fig.get_size_inches()) == style.FIGSIZE["stripe_dynamics"]
     assert "+SE" in fig.get_suptitle()
     legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
     assert "init" in legend
@@ -333,13 +342,13 @@ def test_stripe_dynamics(rec_se, rec_both, rec_small, tmp_path) -> None:
     assert all(0 not in ln.get_xdata() for ln in lines)
     fig = plots.stripe_dynamics(None, runs={"+SE": t_se, "+ASR(SE)+SE": t_both})
     check_figure(fig, tmp_path, "dynamics_runs")
-    w, h = plots.FIGSIZE["stripe_dynamics"]
+    w, h = style.FIGSIZE["stripe_dynamics"]
     assert tuple(fig.get_size_inches()) == (w, 2 * h)
     legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
     assert "ASR tap (constant by construction: its input ψ is a learned constant)" in legend
     assert "≈ 0.5" not in all_text(fig)
     fig = plots.stripe_dynamics(t_se, runs={"+SE": t_se})  # not drawn twice
-    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["stripe_dynamics"]
+    assert tuple(fig.get_size_inches()) == style.FIGSIZE["stripe_dynamics"]
     check_figure(plots.stripe_dynamics(compute_tables(rec_small)), tmp_path, "dynamics_small")
 
 
@@ -404,7 +413,7 @@ def test_save_figure_rejects_paths(tmp_path) -> None:
     fig = plots.ablation(ablation_frame(2))
     for bad in ("", "a/b", ".."):
         with pytest.raises(ValueError):
-            plots.save_figure(fig, tmp_path, bad)
+            save.save_figure(fig, tmp_path, bad)
 
 
 def test_zoo_stripes_names_every_asr_only_run_inside_the_canvas(tmp_path) -> None:
@@ -415,7 +424,7 @@ def test_zoo_stripes_names_every_asr_only_run_inside_the_canvas(tmp_path) -> Non
 
     asr_runs = ["+ASR(SE)", "+ASR(SE) r=4", "+ASR(CBAM)", "+ASR(SRM)", "+ASR(ECA)", "+ASR(IE)", "+ASR(SPA)", "+ASR(DIA)"]
     runs = {"+SE": stages(False), "+SE r=4": stages(False)} | {k: stages(True) for k in asr_runs}
-    fig = plots.zoo_stripes(runs)
+    fig = zoo_figures.zoo_stripes(runs)
     check_figure(fig, tmp_path, "zoo_stripes")
     title = " ".join(fig.get_suptitle().split())
     assert all(k in title for k in asr_runs)
@@ -426,7 +435,7 @@ def test_zoo_stripes_labels_epoch_on_the_lowest_panel_of_each_column() -> None:
     """Seven panels on a 4-wide grid: the bottom row's three and the top row's last carry the epoch label."""
     frame = pd.DataFrame([{"stage": st, "epoch": e, "stripe_after": 0.6, "stripe_before": 0.3}
                           for st in (1, 2, 3) for e in range(3)])
-    fig = plots.zoo_stripes({f"+M{i}": frame for i in range(7)})
+    fig = zoo_figures.zoo_stripes({f"+M{i}": frame for i in range(7)})
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in shown] == [f"+M{i}" for i in range(7)]
     assert [ax.get_xlabel() for ax in shown] == ["", "", "", "epoch", "epoch", "epoch", "epoch"]
@@ -435,18 +444,18 @@ def test_zoo_stripes_labels_epoch_on_the_lowest_panel_of_each_column() -> None:
 def test_save_figure_writes_a_palette_png_that_draws_the_same_picture(tmp_path) -> None:
     """The PNG is a 256-colour palette image (small to commit) within a few levels of matplotlib's own
     full-colour render, pixel by pixel; the worst case is a continuous colour map."""
-    fig = Figure(figsize=(4, 3), dpi=plots.DPI)
+    fig = Figure(figsize=(4, 3), dpi=style.DPI)
     ax = fig.add_subplot()
     ax.imshow(np.random.default_rng(0).random((40, 60)), cmap="viridis")
     ax.plot([0, 59], [0, 39], "r-")
-    (png,) = plots.save_figure(fig, tmp_path, "noise", formats=["png"])
+    (png,) = save.save_figure(fig, tmp_path, "noise", formats=["png"])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=plots.DPI)
+    fig.savefig(buf, format="png", dpi=style.DPI)
     with Image.open(buf) as im:
         full = np.asarray(im.convert("RGB"), dtype=np.int16)
     with Image.open(png) as im:
         assert im.mode == "P" and im.size == (600, 450)
-        assert np.allclose(im.info["dpi"], plots.DPI, atol=0.05)
+        assert np.allclose(im.info["dpi"], style.DPI, atol=0.05)
         pal = np.asarray(im.convert("RGB"), dtype=np.int16)
     diff = np.abs(pal - full)
     assert diff.mean() < 1.0  # of 255 levels
@@ -484,7 +493,7 @@ def test_spread_dynamics_draws_std_and_rstd_per_stage_with_bands(rec_se, rec_bot
     tables = compute_tables(rec_se[0])
     fig = plots.spread_dynamics(tables)
     check_figure(fig, tmp_path, "spread_dynamics")
-    assert tuple(fig.get_size_inches()) == plots.FIGSIZE["spread_dynamics"]
+    assert tuple(fig.get_size_inches()) == style.FIGSIZE["spread_dynamics"]
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 2 * len(STAGE_CHANNELS)  # std, then rstd, per stage
     stages = tables["stages"]
@@ -518,7 +527,7 @@ def test_zoo_spread_one_panel_per_run_and_a_block_for_rstd(rec_se, tmp_path) -> 
     asr_runs = ["+ASR(SE)", "+ASR(CBAM)"]
     runs = {"+SE": old, "+CBAM": old, "+SRM": old, "+ECA": old, "+IE": old} | \
         {k: old.assign(asr=True) for k in asr_runs}
-    fig = plots.zoo_spread(runs)  # the committed zoo tables' case: no rstd
+    fig = zoo_figures.zoo_spread(runs)  # the committed zoo tables' case: no rstd
     check_figure(fig, tmp_path, "zoo_spread")
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in shown] == ["+SE", "+CBAM", "+SRM", "+ECA", "+IE"]
@@ -530,10 +539,10 @@ def test_zoo_spread_one_panel_per_run_and_a_block_for_rstd(rec_se, tmp_path) -> 
             tuple(g.sort_values("epoch").loc[g["epoch"] > 0, "std_after"]) for _, g in old.groupby("stage"))
     title = " ".join(fig.get_suptitle().split())
     assert all(k in title for k in asr_runs) and "no rstd" in title and "Fig. 1b" in title
-    w, h = plots.FIGSIZE["zoo_spread"]
+    w, h = style.FIGSIZE["zoo_spread"]
     assert tuple(fig.get_size_inches()) == (w, 2 * h)
     # with rstd: a second block of panels, after (solid) and before (dashed) per stage
-    fig = plots.zoo_spread({"+SE": stages, "+CBAM": stages})
+    fig = zoo_figures.zoo_spread({"+SE": stages, "+CBAM": stages})
     check_figure(fig, tmp_path, "zoo_spread_rstd")
     shown = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in shown] == ["+SE · std", "+CBAM · std", "+SE · rstd", "+CBAM · rstd"]
@@ -541,4 +550,4 @@ def test_zoo_spread_one_panel_per_run_and_a_block_for_rstd(rec_se, tmp_path) -> 
     assert sorted(ln.get_linestyle() for ln in _trained_lines(shown[2])) == ["-"] * 3 + ["--"] * 3
     assert "no rstd" not in fig.get_suptitle()
     with pytest.raises(ValueError, match="ASR taps only"):
-        plots.zoo_spread({k: old.assign(asr=True) for k in asr_runs})
+        zoo_figures.zoo_spread({k: old.assign(asr=True) for k in asr_runs})

@@ -57,6 +57,8 @@ def test_figures_from_a_wheel_install(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "stripe/notebooks/paper_figures.py" in names and "stripe/notebooks/explore_stripes.ipynb" in names
     assert not [n for n in names if n.startswith(("tests/", "data/", "figures/"))]
+    packages = {str(p.relative_to(src)) for p in (src / "stripe").rglob("__init__.py")}  # every one, the CLI's too
+    assert "stripe/cli/__init__.py" in packages and not packages - set(names), sorted(packages - set(names))
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)

@@ -640,7 +640,8 @@ def write_speed(speed, out: str | Path) -> list[Path]:
     """Write a speed table as ``speed.csv`` and ``speed.md`` under ``out``, and ``speed_table.png`` for this
     package's models."""
     from .. import fsio
-    from ..viz.figures import save_figure, speed_table
+    from ..viz.figures import speed_table
+    from ..viz.save import save_figure
 
     out = fsio.claim_dir(out, "speed")
     written = [fsio.write_text(out / "speed.csv", speed.to_csv(index=False)),

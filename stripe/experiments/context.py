@@ -3,9 +3,11 @@ data, the log) and the steps the stages share: a training config from the sizes,
 recording under the budget's deadline, the stripe tables of a run, the ablation of a run."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,23 @@ def tensorboard_callbacks(run: Path) -> list[Any]:
     from ..analysis.tensorboard import TensorBoardLogger
 
     return [TensorBoardLogger(Path(root) / Path(run).name)]
+
+
+@contextlib.contextmanager
+def tensorboard_into(folder: str | os.PathLike[str] | None) -> Iterator[None]:
+    """The runs a preset or the demo trains inside the block log for TensorBoard into ``folder`` (one subfolder per
+    run; None: no logs). A missing ``tensorboard`` package is one line before anything runs."""
+    if folder is None:
+        yield
+        return
+    from ..analysis.tensorboard import summary_writer_class
+
+    summary_writer_class()
+    token = TENSORBOARD.set(Path(folder))
+    try:
+        yield
+    finally:
+        TENSORBOARD.reset(token)
 
 
 @dataclass(frozen=True)

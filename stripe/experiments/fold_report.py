@@ -182,7 +182,7 @@ def fold_checkpoint(path: str | Path, *, atol: float = 1e-9, save: str | Path | 
     if not diff <= atol:
         raise FoldError(f"{path}: the fold differs from the ASR model by {diff:.3g} > atol {atol:g}")
     if info.fused:
-        out["official"] = fold_vs_official(path)
+        out["official"] = fold_vs_official(model)  # the model read above: the file is not read again
     if save is not None:  # only a fold that passed the check is written
         save_checkpoint(save, epoch=info.epoch if info.epoch is not None else 0, model=folded,
                         metrics={"folded_from": str(path), "max_abs_diff_fp64": diff})
@@ -223,3 +223,60 @@ def fold_report(model: str = "cifar_resnet164", *, attn: str | None = None, all_
                               else [both], num_classes=num_classes or 100, block=block, atol=atol, progress=progress)
     return {"kind": "asr", "ok": not failed, "model": model, "num_classes": num_classes or 100, "atol": atol,
             "rows": rows, "failed": failed}
+
+
+def text_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A plain aligned text table of ``rows`` (the first column left-aligned, the others right-aligned)."""
+    if not rows:
+        return "(empty)"
+    columns = columns or list(rows[0])
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(values, widths)))
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def fold_text(r: dict[str, Any]) -> str:
+    """The report of :func:`fold_report` as text, for each of its three kinds."""
+    if r["kind"] == "checkpoint":
+        return _checkpoint_fold_text(r)
+    if r["kind"] == "source":
+        return _source_fold_text(r)
+    return (f"{r['model']}, {r['num_classes']} classes: ASR models folded into plain BN. Every parameter perturbed "
+            f"(N(0, 0.1)) and BN statistics randomised; verified in float64 at atol {r['atol']:g} (relative to the "
+            f"largest logit); the fp32 columns are the same comparison in float32, where a deep network's own rounding "
+            f"shows: max|logit| is the largest logit of the perturbed model, the scale that difference is relative to "
+            f"(fp32 relative: their ratio).\n" + text_table(r["rows"]))
+
+
+def _checkpoint_fold_text(r: dict[str, Any]) -> str:
+    """The fold report of a checkpoint file as text."""
+    lines = [r["inferred"]]
+    if not r["folded"]:
+        return "\n".join(lines + [f"{r['note']}; parameters {r['params_before']:,}"])
+    lines.append(f"folded into plain BN: parameters {r['params_before']:,} -> {r['params_after']:,} (expected, the "
+                 f"folded architecture built anew: {r['params_expected']:,}); max |Δ logits| ASR model vs its "
+                 f"fold, float64, the file's own weights and BN statistics: {r['max_abs_diff_fp64']:.1e}")
+    if "official" in r:
+        o = r["official"]
+        lines.append(f"vs the file's fused_bn (the official fold, {o['norms']} norms): max |Δ| weight "
+                     f"{o['weight']:.1e}, bias {o['bias']:.1e}, running_mean {o['running_mean']:.1e}, "
+                     f"running_var {o['running_var']:.1e}")
+    return "\n".join(lines)
+
+
+def _source_fold_text(r: dict[str, Any]) -> str:
+    """The fold report of another model's gates as text."""
+    lines = [r["inferred"],
+             f"{r['model']}, input {r['input']}: {r['n_gates']} gates found, {r['n_folded']} folded. Checked in "
+             f"float64 with perturbed BN statistics: folded vs constant gates max |Δ| {r['max_abs_diff']:.1e} "
+             f"(outputs up to {r['max_abs_ref']:.3g}; atol {r['atol']:g} relative): "
+             f"{'ok' if r['ok'] else 'FAILED'}. Parameters {r['params_before']:,} -> {r['params_after']:,}; gate "
+             f"modules left: {len(r['gate_modules_left'])}.",
+             text_table([{**row, "why": row["why"][:70]} for row in r["rows"]],
+                        ["gate", "adapter", "channels", "fold", "into", "why"])]
+    lines += [f"note: {n}" for n in dict.fromkeys(row["note"] for row in r["rows"] if row["note"])]
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ with tiny sizes on the CPU.
 from __future__ import annotations
 
 import platform
+import re
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -158,6 +159,23 @@ PRESETS: dict[str, Preset] = {
     "paper-cifar10": Preset(paper_cifar10, 7 * 24 * 3600, replace(GPU, epochs=164), replace(GPU_DRY, epochs=2),
                             needs_cuda=True),
 }
+
+
+def presets_text(presets: dict[str, Preset]) -> str:
+    """What each preset runs, on what device, within what default budget (``stripe reproduce --help``)."""
+    lines = ["Runs a named experiment within a time budget (--budget seconds; every stage stops cleanly at it and the "
+             "results so far are written and packed into OUT/results.tar.gz). --dry-run rehearses any preset on the "
+             "CPU with tiny sizes in minutes.", "", "presets:"]
+    for name, p in presets.items():
+        doc = " ".join((p.run.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        doc = re.sub(r"\s*\(:\w+:`[^`]*`\)", "", doc)  # a docstring's cross-references are no help text
+        doc = re.sub(r":\w+:`\.?([^`]*)`|``([^`]*)``", lambda m: m.group(1) or m.group(2), doc)
+        hours = p.budget / 3600
+        budget = f"{hours:.0f} h" if hours >= 1 else f"{p.budget / 60:.0f} min"
+        lines.append(f"  {name}: {doc}.")
+        lines.append(f"    runs on {'a CUDA GPU' if p.needs_cuda else 'the CPU'}; default budget {budget} (the "
+                     "longest it runs; README.md gives measured times)")
+    return "\n".join(lines)
 
 
 def _check_options(name: str, campaign: Campaign | None, jobs: int | None, only: list[str] | None,

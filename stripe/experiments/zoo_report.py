@@ -347,7 +347,8 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     figures, in ``dest``. Returns what it wrote and the tables."""
     import pandas as pd
 
-    from ..viz import figures
+    from ..viz.save import save_figure
+    from ..viz.zoo_figures import zoo_accuracy, zoo_spread, zoo_stripes
 
     dest = fsio.claim_dir(dest, "figures")
     results = load_results(out)
@@ -360,12 +361,10 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     written.append(fsio.write_text(dest / "zoo_report.md", report_markdown(tables, what)))
     means = stage_means([r for r in results if not r.run.epochs])  # the campaign's schedule; longer ones apart
     if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
-        written += figures.save_figure(figures.zoo_stripes(means, subtitle=what), dest, "zoo_stripes",
-                                       formats=("png",))
-        written += figures.save_figure(figures.zoo_spread(means, subtitle=what), dest, "zoo_spread", formats=("png",))
+        written += save_figure(zoo_stripes(means, subtitle=what), dest, "zoo_stripes", formats=("png",))
+        written += save_figure(zoo_spread(means, subtitle=what), dest, "zoo_spread", formats=("png",))
     if len(tables["accuracy"]):
-        written += figures.save_figure(figures.zoo_accuracy(tables["accuracy"], subtitle=what), dest,
-                                       "zoo_accuracy", formats=("png",))
+        written += save_figure(zoo_accuracy(tables["accuracy"], subtitle=what), dest, "zoo_accuracy", formats=("png",))
     return {"written": written, **tables, "stage_means": means, "description": what}
 
 
@@ -398,7 +397,7 @@ def report_markdown(tables: dict[str, "pd.DataFrame"], what: str = "") -> str:
     """The report's tables as Markdown (what ``zoo_report.md`` holds)."""
     import pandas as pd
 
-    from ..viz.figures import md_number
+    from ..viz.save import md_number
 
     acc, var, comp, pooled = (tables[k] for k in ("accuracy", "variants", "comparisons", "pooled"))
     stripes, spread, settle, abl = (tables[k] for k in ("stripes", "spread", "settling", "ablation"))

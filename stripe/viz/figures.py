@@ -1,13 +1,8 @@
 """Figures of the Stripe Observation, one function per figure.
 
-Every function takes the toolkit's tables or recordings and returns a
-:class:`matplotlib.figure.Figure` (never a pyplot figure: nothing is registered with pyplot, so
-nothing leaks and the Agg backend is enough). Sizes are fixed (:data:`FIGSIZE`, inches; the
-figures made of row blocks grow by a fixed height per block) and the resolution is :data:`DPI`.
-One seaborn theme (:data:`THEME`) is applied inside each function with ``matplotlib.rc_context``;
-nothing global is touched. :func:`save_figure` writes ``<name>.png`` and ``<name>.pdf``
-atomically at exactly ``figsize x DPI`` pixels (no tight bounding box: constrained layout keeps
-titles and labels inside the canvas); the PNG is a 256-colour palette image (small enough to commit).
+Every function takes the toolkit's tables or recordings and returns a :class:`matplotlib.figure.Figure` drawn in
+the one style of :mod:`.style` (sizes, resolution, theme); :func:`stripe.viz.save.save_figure` writes it. The zoo's
+figures live beside the zoo's report, in :mod:`.zoo_figures`; :data:`FIGURES` lists every figure function of both.
 
 Epoch 0 is the initialisation: an untrained gate's channel means come from the random biases of
 its last layer (an SE gate's spread over roughly 0.2–0.75 with PyTorch's default init) and vary
@@ -20,15 +15,9 @@ and say so.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 import os
-import re
-import textwrap
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -42,105 +31,38 @@ from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from PIL import Image
 
-from ..analysis.tables import require_columns, trend_window
+from ..analysis.tables import require_columns
 from ..errors import MissingEntryError, UserError
-from ..fsio import atomic_write
 from ..nn.variants import Variant, config_label, variant_rank
 from ..record import ChannelStats, Recording
+from .save import md_number
+from .style import (KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, empty_panel, epoch_axis, new_figure,
+                    notes_text, stage_key, theme, warnings_off, window_span)
+from .zoo_figures import zoo_accuracy, zoo_spread, zoo_stripes
 
 __all__ = [
-    "DPI",
-    "FIGSIZE",
     "FIGURES",
-    "THEME",
     "ablation",
     "channel_std",
     "learning_curves",
-    "save_figure",
     "speed_markdown",
     "speed_table",
     "stripe_dynamics",
     "spread_dynamics",
     "stripe_heatmap",
     "tap_curve",
-    "zoo_accuracy",
-    "zoo_spread",
-    "zoo_stripes",
 ]
 
-#: resolution of every figure (dots per inch), on screen and on disk
-DPI: int = 150
-
-#: size (width, height) in inches of each figure; stripe_dynamics and speed_table stack one
-#: block of this height per run / per row of panels
-FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
-    {
-        "stripe_heatmap": (12.0, 5.0),
-        "channel_std": (12.0, 5.0),
-        "stripe_dynamics": (12.0, 8.0),  # height per run (4 rows of panels)
-        "learning_curves": (12.0, 4.8),
-        "speed_table": (12.0, 4.8),  # height per row of panels (2 panels a row)
-        "ablation": (12.0, 5.6),
-        "tap_curve": (12.0, 3.6),
-        "zoo_stripes": (12.0, 2.6),  # height per row of module panels (4 panels a row)
-        "zoo_accuracy": (12.0, 4.4),
-        "spread_dynamics": (12.0, 7.2),
-        "zoo_spread": (12.0, 2.6),  # height per row of module panels (4 panels a row)
-    }
-)
-
-#: the seaborn theme of every figure: (style, context, font_scale)
-THEME: tuple[str, str, float] = ("whitegrid", "paper", 1.25)
-
-_KIND_COLORS: Mapping[str, str] = MappingProxyType({"before": "#4c72b0", "after": "#dd8452"})
 _ASR_COLOR = "0.45"
 _MEAN_COLOR = "0.82"
-_INIT_NOTE = "init"
 _FLOOR_NOTE = "= 0 (within round-off), drawn at the axis floor"
 _CONST_RTOL = 1e-6
 
 
 # --------------------------------------------------------------------------------------
-# helpers
+# labels
 # --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _theme() -> Iterator[None]:
-    """Apply the module's seaborn theme (style, context, DPI) for the duration of the block."""
-    style, context, scale = THEME
-    rc: dict[str, Any] = {}
-    rc.update(sns.axes_style(style))
-    rc.update(sns.plotting_context(context, font_scale=scale))
-    rc.update(
-        {
-            "figure.dpi": DPI,
-            "savefig.dpi": DPI,
-            "figure.titlesize": rc.get("axes.titlesize", 12) * 1.1,
-            "figure.titleweight": "bold",
-            "image.interpolation": "nearest",
-            "legend.frameon": True,
-            "legend.framealpha": 0.9,
-        }
-    )
-    with mpl.rc_context(rc):
-        yield
-
-
-@contextlib.contextmanager
-def _warnings_off() -> Iterator[None]:
-    """Silence numpy's empty-slice RuntimeWarnings (all-NaN columns are expected)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
-
-
-def _figure(name: str, blocks: int = 1) -> Figure:
-    """A new (non-pyplot) figure of this module's size for ``name``, ``blocks`` blocks high."""
-    w, h = FIGSIZE[name]
-    return Figure(figsize=(w, h * max(1, blocks)), dpi=DPI, layout="constrained")
 
 
 def _attn_name(attn: Any) -> str:
@@ -166,11 +88,6 @@ def _tables_label(taps: pd.DataFrame) -> str:
     names = sorted({str(a) for a in taps["attn"].dropna().unique()} - {""})
     asr = taps["asr"].astype(bool) if "asr" in taps.columns else pd.Series(False, index=taps.index)
     return Variant("/".join(names) or "attention", bool(asr.any()), bool(asr.any() and not asr.all())).label
-
-
-def _stage_key(stage: Any) -> int:
-    """Stage as an int for sorting and labelling (-1 when missing)."""
-    return -1 if stage is None or pd.isna(stage) else int(stage)
 
 
 def _stage_name(stage: int) -> str:
@@ -201,40 +118,6 @@ def _shown_s(a: np.ndarray) -> str:
     return f"S of the shown values = {_fmt_s(_stripe_index(a))}"
 
 
-def _epoch_tick(x: float, _pos: Any = None) -> str:
-    """Epoch tick label: 'init' for epoch 0."""
-    return _INIT_NOTE if x == 0 else f"{x:g}"
-
-
-def _epoch_axis(ax: Axes, epochs: Sequence[float]) -> None:
-    """Integer epoch ticks; with an epoch-0 checkpoint, a dotted line there and its tick reads 'init'."""
-    uniq = sorted({float(e) for e in epochs if np.isfinite(e)})
-    if len(uniq) == 1:  # a single checkpoint: one tick, a symmetric range
-        ax.set_xlim(uniq[0] - 1, uniq[0] + 1)
-        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(uniq))
-    elif len(uniq) <= 6:  # a few checkpoints: a tick at each, and room around the first and the last
-        ax.set_xlim(uniq[0] - 0.4, uniq[-1] + 0.4)
-        ax.xaxis.set_major_locator(mpl.ticker.FixedLocator(uniq))
-    else:
-        ax.xaxis.set_major_locator(mpl.ticker.MaxNLocator(integer=True))
-    if 0.0 in uniq:
-        ax.axvline(0, color="0.35", lw=0.9, ls=":", zorder=0)
-        ax.xaxis.set_major_formatter(mpl.ticker.FuncFormatter(_epoch_tick))
-
-
-def _empty(ax: Axes, text: str) -> None:
-    """Mark a panel as having no data."""
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize="small", color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _notes(notes: Sequence[str], width: int = 120) -> str:
-    """Notes for a suptitle: '; '-joined and wrapped to lines of at most ``width`` characters ('' for none)."""
-    text = "; ".join(n for n in notes if n)
-    return "\n" + textwrap.fill(text, width) if text else ""
-
-
 def _epoch_str(epoch: int) -> str:
     """'epoch 12', or 'epoch 0 (init)'."""
     return f"epoch {epoch} (init)" if epoch == 0 else f"epoch {epoch}"
@@ -257,7 +140,7 @@ def _has_raw(rec: Recording, epoch: int, tap: str, kind: str) -> bool:
 def _default_tap(rec: Recording, epoch: int) -> str:
     """The deepest non-ASR tap (last of the last stage) with raw vectors; ASR taps only if none."""
     taps = rec.taps.assign(_order=np.arange(len(rec.taps)))
-    taps["_stage"] = [_stage_key(s) for s in taps["stage"]]
+    taps["_stage"] = [stage_key(s) for s in taps["stage"]]
     taps["_depth"] = pd.to_numeric(taps["depth"]).fillna(-1).to_numpy(dtype=float)
     taps = taps.sort_values(["_stage", "_depth", "_order"], kind="stable")
     for pool in (taps[~taps["asr"]], taps[taps["asr"]]):
@@ -322,7 +205,7 @@ def stripe_heatmap(
     after = after_full[:n_img, :n_ch]
     before = before_full[:n_img, :n_ch] if before_full is not None else None
 
-    where = [f"stage {_stage_key(row['stage'])}" if _stage_key(row["stage"]) >= 0 else None,
+    where = [f"stage {stage_key(row['stage'])}" if stage_key(row["stage"]) >= 0 else None,
              f"depth {int(row['depth'])}" if pd.notna(row["depth"]) else None]  # fmt: skip
     where_s = ", ".join(w for w in where if w)
     title = f"{_model_label(rec.manifest)} — tap {tap}" + (f" ({where_s})" if where_s else "")
@@ -337,8 +220,8 @@ def stripe_heatmap(
     if epoch == 0:
         notes.append("init: untrained, its channel pattern comes from random biases (not a finding)")
 
-    with _theme():
-        fig = _figure("stripe_heatmap")
+    with theme():
+        fig = new_figure("stripe_heatmap")
         if is_asr:  # the input ψ is a constant: a panel of it could show nothing else
             _heat_panel(fig, fig.subplots(1, 1), after, "after", "attention value",
                         "attention of the constant input ψ")
@@ -347,10 +230,10 @@ def stripe_heatmap(
             if before is not None:
                 _heat_panel(fig, ax_b, before, "before", "pooled input value", "before attention: pooled input")
             else:
-                _empty(ax_b, "no 'before' vectors recorded for this tap")
+                empty_panel(ax_b, "no 'before' vectors recorded for this tap")
                 ax_b.set_title("before attention: pooled input (not recorded)")
             _heat_panel(fig, ax_a, after, "after", "attention value", "after attention: attention values")
-        fig.suptitle(title + _notes(notes))
+        fig.suptitle(title + notes_text(notes))
     return fig
 
 
@@ -390,13 +273,13 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
     elif d["asr"].any():
         d = d[~d["asr"]]
         note = "ASR taps (constant by construction) left out"
-    d["_stage"] = [_stage_key(s) for s in d["stage"]]
+    d["_stage"] = [stage_key(s) for s in d["stage"]]
     stages = sorted(d["_stage"].unique().tolist())
     kinds = [k for k in (("after",) if only_asr else ("before", "after")) if (d["kind"] == k).any()]
     rng = np.random.default_rng(0)
 
-    with _theme():
-        fig = _figure("channel_std")
+    with theme():
+        fig = new_figure("channel_std")
         ax, ax_s = (fig.subplots(1, 1), None) if only_asr else fig.subplots(1, 2, width_ratios=[2.2, 1])
         # a std at float round-off level (float32 moments) is a constant channel: count it as 0
         mean_abs = np.abs(d["mean"].to_numpy(dtype=float)) if "mean" in d.columns else np.ones(len(d))
@@ -416,7 +299,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
                 n_zero += int((v <= 0).sum())
                 v = np.maximum(v, floor)
                 x = i + (j - (len(kinds) - 1) / 2) * width
-                color = _KIND_COLORS[kind]
+                color = KIND_COLORS[kind]
                 ax.boxplot(v, positions=[x], widths=width * 0.8, showfliers=False, patch_artist=True,
                            boxprops={"facecolor": mpl.colors.to_rgba(color, 0.25), "edgecolor": color},
                            medianprops={"color": color, "lw": 1.8}, whiskerprops={"color": color},
@@ -430,7 +313,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
             ax.set_ylabel("per-channel std across images (log)")
             ax.set_xlabel("stage")
             ax.grid(axis="x", visible=False)
-            handles = [Patch(facecolor=mpl.colors.to_rgba(_KIND_COLORS[k], 0.25), edgecolor=_KIND_COLORS[k],
+            handles = [Patch(facecolor=mpl.colors.to_rgba(KIND_COLORS[k], 0.25), edgecolor=KIND_COLORS[k],
                              label="before (pooled input)" if k == "before" else "after (attention)")
                        for k in kinds]  # fmt: skip
             ax.legend(handles=handles, loc="best", fontsize="small")
@@ -439,7 +322,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
                 ax.annotate(f"{n_zero} channel(s) with std {_FLOOR_NOTE}", xy=(0.01, 0.01), xycoords="axes fraction",
                             fontsize="x-small", color="0.35", va="bottom")  # fmt: skip
         else:
-            _empty(ax, "no channels at this epoch")
+            empty_panel(ax, "no channels at this epoch")
         ax.set_title("per-channel std across images of the attention, per stage\n(0 for every channel: its input ψ "
                      "is constant)" if only_asr else
                      "per-channel std across images, per stage\n(before and after are on different scales)")
@@ -450,7 +333,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
         elif taps is not None and len(taps) and {"stripe_after", "stripe_before"} <= set(taps.columns):
             t = taps[taps["epoch"] == epoch].copy()
             t = t[~t["asr"].astype(bool)]
-            t["_stage"] = [_stage_key(s) for s in t["stage"]]
+            t["_stage"] = [stage_key(s) for s in t["stage"]]
             for j, kind in enumerate(("before", "after")):
                 col = f"stripe_{kind}"
                 for i, stage in enumerate(stages):
@@ -459,7 +342,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
                     if not v.size:
                         continue
                     x = i + (j - 0.5) * 0.35 + rng.uniform(-0.06, 0.06, size=v.size)
-                    ax_s.scatter(x, v, s=18, color=_KIND_COLORS[kind], alpha=0.8, lw=0)
+                    ax_s.scatter(x, v, s=18, color=KIND_COLORS[kind], alpha=0.8, lw=0)
             ax_s.set_ylim(-0.03, 1.03)
             ax_s.set_xticks(range(len(stages)), [_stage_name(s) for s in stages])
             ax_s.set_xlim(-0.6, len(stages) - 0.4)
@@ -467,14 +350,14 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
             ax_s.set_ylabel("stripe index S (1 = perfect stripes)")
             ax_s.grid(axis="x", visible=False)
         else:
-            _empty(ax_s, "no taps table")
+            empty_panel(ax_s, "no taps table")
         if ax_s is not None:
             ax_s.set_title("stripe index S per tap (scale-free),\ncolours as on the left")
         what = "of the attention" if only_asr else "and stripe index"
         title = f"Per-channel std across images {what}, {label}, {_epoch_str(epoch)}"
         notes = [n for n in (note, "init: untrained (channel pattern from random biases), not a finding"
                              if epoch == 0 else "") if n]
-        fig.suptitle(title + _notes(notes))
+        fig.suptitle(title + notes_text(notes))
     return fig
 
 
@@ -494,23 +377,6 @@ _DYN_BEFORE_ASR = "S before (pooled\ninput; ASR: ψ)"  # the row label when ASR 
 def _depth_cmap() -> ListedColormap:
     """Sequential colour map for tap depth (viridis without its palest yellow)."""
     return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.88, 256)), name="depth")
-
-
-def _draw_series(ax: Axes, e: np.ndarray, y: np.ndarray, color: Any, *, lw: float, ls: str = "-",
-                 alpha: float = 0.9, zorder: float = 2) -> None:  # fmt: skip
-    """A line over the trained epochs (>= 1) and a hollow 'init' marker at epoch 0."""
-    ok = np.isfinite(y)
-    init = ok & (e == 0)
-    trained = ok & (e != 0)
-    if trained.sum() == 1:
-        ax.plot(e[trained], y[trained], ls="none", marker="o", ms=4, color=color, alpha=alpha, zorder=zorder)
-    elif trained.any():  # a few epochs: each one marked, so a short line still reads as measurements
-        few = trained.sum() <= 4
-        ax.plot(e[trained], y[trained], ls=ls, lw=lw, color=color, alpha=alpha, zorder=zorder,
-                marker="o" if few else None, ms=min(3.0 + lw / 2, 5.0) if few else None)
-    if init.any():
-        ax.plot(e[init], y[init], ls="none", marker="o", ms=5, mfc="white", mec=color, mew=1.0, alpha=alpha,
-                zorder=zorder + 0.5)  # fmt: skip
 
 
 def stripe_dynamics(
@@ -536,7 +402,7 @@ def stripe_dynamics(
             if col not in df.columns:
                 df[col] = np.nan
         df["asr"] = df["asr"].astype(bool)
-        df["_stage"] = [_stage_key(s) for s in df["stage"]]
+        df["_stage"] = [stage_key(s) for s in df["stage"]]
         df["_depth"] = pd.to_numeric(df["depth"]).to_numpy(dtype=float, na_value=np.nan)
         frames[name] = df
     stages = sorted(set().union(*(set(f["_stage"]) for f in frames.values()))) or [-1]
@@ -551,8 +417,8 @@ def stripe_dynamics(
     any_init = any((f["epoch"] == 0).any() for f in frames.values())
 
     drew_mean = False
-    with _theme():
-        fig = _figure("stripe_dynamics", blocks=len(frames))
+    with theme():
+        fig = new_figure("stripe_dynamics", blocks=len(frames))
         axes = fig.subplots(nrow * len(frames), len(stages), sharex=True, squeeze=False)
         for b, (name, df) in enumerate(frames.items()):
             for r, (col, ylab) in enumerate(_DYN_ROWS):
@@ -572,19 +438,19 @@ def stripe_dynamics(
                     if attn["tap"].nunique() > 1:  # behind the taps, so it hides none of them
                         drew_mean = True
                         m = attn.groupby("epoch")[col].mean()
-                        _draw_series(ax, m.index.to_numpy(dtype=float), m.to_numpy(dtype=float), _MEAN_COLOR,
-                                     lw=4.0, alpha=1.0, zorder=1)  # fmt: skip
+                        draw_series(ax, m.index.to_numpy(dtype=float), m.to_numpy(dtype=float), _MEAN_COLOR,
+                                    lw=4.0, alpha=1.0, zorder=1)  # fmt: skip
                     for _tap, gt in g.groupby("tap", sort=False, observed=True):
                         gt = gt.sort_values("epoch")
                         e = gt["epoch"].to_numpy(dtype=float)
                         y = gt[col].to_numpy(dtype=float)
                         if gt["asr"].iloc[0]:
-                            _draw_series(ax, e, y, _ASR_COLOR, lw=1.0, ls="--", alpha=0.8, zorder=1.5)
+                            draw_series(ax, e, y, _ASR_COLOR, lw=1.0, ls="--", alpha=0.8, zorder=1.5)
                         else:
                             d = gt["_depth"].iloc[0]
                             color = cmap(norm(d)) if np.isfinite(d) else "0.2"
-                            _draw_series(ax, e, y, color, lw=1.2, alpha=0.9)
-                    _epoch_axis(ax, df["epoch"].tolist())
+                            draw_series(ax, e, y, color, lw=1.2, alpha=0.9)
+                    epoch_axis(ax, df["epoch"].tolist())
                     if b == len(frames) - 1 and r == nrow - 1:
                         ax.set_xlabel("epoch")
                 if col.startswith("stripe"):
@@ -614,9 +480,10 @@ def stripe_dynamics(
                            for t, fl in zip(f["tap"], f["flag"].fillna("").astype(str)) if "constant_" in fl})
         fig.suptitle(f"Stripe dynamics of {', '.join(frames)}\nstripe index S and mean per-channel std across "
                      f"images vs epoch, one line per tap, one column per stage"
-                     + _notes([f"S undefined (a constant input or output: 0/0), not drawn there, at {len(constant)} "
-                               f"tap(s): {', '.join(constant[:6])}{' …' if len(constant) > 6 else ''}"]
-                              if constant else [], 110))  # fmt: skip
+                     + notes_text([f"S undefined (a constant input or output: 0/0), not drawn there, at "
+                                   f"{len(constant)} tap(s): {', '.join(constant[:6])}"
+                                   f"{' …' if len(constant) > 6 else ''}"]
+                                  if constant else [], 110))  # fmt: skip
     return fig
 
 
@@ -640,8 +507,8 @@ def learning_curves(metrics: pd.DataFrame, *, label: str | None = None) -> Figur
     palette = sns.color_palette("colorblind", max(4, len(variants)))
     panels = (("test_acc", "test top-1 (%)", "test top-1 of the deployed model"),
               ("train_loss", "train loss", "train loss"))  # fmt: skip
-    with _theme():
-        fig = _figure("learning_curves")
+    with theme():
+        fig = new_figure("learning_curves")
         axes = fig.subplots(1, 2, sharex=True)
         handles = []
         for i, v in enumerate(variants):
@@ -653,9 +520,9 @@ def learning_curves(metrics: pd.DataFrame, *, label: str | None = None) -> Figur
                 p = p.sort_index()
                 e = p.index.to_numpy(dtype=float)
                 vals = p.to_numpy(dtype=float)
-                with _warnings_off():
+                with warnings_off():
                     mean, lo, hi = np.nanmean(vals, 1), np.nanmin(vals, 1), np.nanmax(vals, 1)
-                _draw_series(ax, e, mean, color, lw=1.8, alpha=1.0)
+                draw_series(ax, e, mean, color, lw=1.8, alpha=1.0)
                 band = np.isfinite(lo) & np.isfinite(hi) & (hi > lo) & (e != 0)
                 if n_seeds > 1 and band.any():
                     ax.fill_between(e, lo, hi, where=band, color=color, alpha=0.2, lw=0, interpolate=False)
@@ -665,9 +532,9 @@ def learning_curves(metrics: pd.DataFrame, *, label: str | None = None) -> Figur
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylab)
             ax.set_title(what)
-            _epoch_axis(ax, df.loc[df[col].notna(), "epoch"].tolist())
+            epoch_axis(ax, df.loc[df[col].notna(), "epoch"].tolist())
             if not np.isfinite(df[col].to_numpy(dtype=float)).any():
-                _empty(ax, f"no {col} values")
+                empty_panel(ax, f"no {col} values")
         if any(h for h in handles):
             axes[0].legend(handles=handles, loc="best", fontsize="small")
         multi = df.groupby("variant")["seed"].nunique().max() > 1
@@ -743,14 +610,14 @@ def speed_table(speed: pd.DataFrame) -> Figure:
     ncols = 1 if len(panels) <= 1 else 2
     nrows = max(1, math.ceil(len(panels) / ncols))
     colors = {"baseline": "0.55", "attention": "#4c72b0", "asr-folded": "#55a868"}
-    with _theme():
-        fig = _figure("speed_table", blocks=nrows)
+    with theme():
+        fig = new_figure("speed_table", blocks=nrows)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax in axes[len(panels):]:
             ax.set_visible(False)
         if not panels:
             axes[0].set_visible(True)
-            _empty(axes[0], "empty speed table")
+            empty_panel(axes[0], "empty speed table")
         for ax, key in zip(axes, panels, strict=False):
             g = df[df["_panel"].map(lambda k, key=key: k == key)]
             groups = list(dict.fromkeys(g["attn"]))
@@ -803,13 +670,8 @@ def speed_table(speed: pd.DataFrame) -> Figure:
             fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
         fig.suptitle("Inference throughput per attention module (Table 1); bar labels: slowdown vs baseline "
                      "(%, + = slower)\nfolded ASR models have exactly the baseline's architecture: their spread "
-                     "around the baseline is this run's timing noise" + _notes([_speed_noise_note(df)], 105))
+                     "around the baseline is this run's timing noise" + notes_text([_speed_noise_note(df)], 105))
     return fig
-
-
-def md_number(x: Any, fmt: str) -> str:
-    """A number for a Markdown cell, '—' when missing."""
-    return "—" if x is None or pd.isna(x) else format(float(x), fmt)
 
 
 def speed_markdown(speed: pd.DataFrame) -> str:
@@ -863,8 +725,8 @@ def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
     wide = df[df["scope"].isin(["none", "stage", "all"])]
     order = {"none": 0, "stage": 1, "all": 2}
     wide = wide.assign(_o=wide["scope"].map(order)).sort_values("_o", kind="stable")
-    with _theme():
-        fig = _figure("ablation")
+    with theme():
+        fig = new_figure("ablation")
         if len(taps) and len(wide):
             ax_t, ax_w = fig.subplots(1, 2, width_ratios=[max(2.0, min(len(taps) / 6, 4.0)), 1.2])
         else:
@@ -901,7 +763,7 @@ def ablation(abl: pd.DataFrame, *, label: str | None = None) -> Figure:
             ax_w.set_title(f"{', '.join(drawn)}\n(labels: Δ top-1 in points)")
             ax_w.grid(axis="x", visible=False)
         if not len(df):
-            _empty(ax_t, "empty ablation table")
+            empty_panel(ax_t, "empty ablation table")
         handles: dict[str, Any] = {}
         for ax in {id(a): a for a in (ax_t, ax_w)}.values():
             if np.isfinite(ref):
@@ -924,17 +786,17 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
     selected checkpoint marked (the interactive notebook's third panel)."""
     require_columns(taps, ["epoch", "tap", "stripe_after", "stripe_before", "std_after", "std_before"], "taps table")
     df = taps[taps["tap"].astype(str) == tap].sort_values("epoch")
-    with _theme(), _warnings_off():
-        fig = _figure("tap_curve")
+    with theme(), warnings_off():
+        fig = new_figure("tap_curve")
         ax_s, ax_d = fig.subplots(1, 2)
         if df.empty:
-            _empty(ax_s, f"no tap {tap!r}")
-            _empty(ax_d, f"no tap {tap!r}")
+            empty_panel(ax_s, f"no tap {tap!r}")
+            empty_panel(ax_d, f"no tap {tap!r}")
         asr = bool(df["asr"].astype(bool).any()) if "asr" in df and len(df) else False
         names = {"after": "after attention", "before": "input ψ (constant)" if asr else "before attention"}
         for kind in ("after", "before"):
-            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind], label=names[kind])
-            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=_KIND_COLORS[kind], label=names[kind])
+            ax_s.plot(df["epoch"], df[f"stripe_{kind}"], marker="o", ms=3, color=KIND_COLORS[kind], label=names[kind])
+            ax_d.plot(df["epoch"], df[f"std_{kind}"], marker="o", ms=3, color=KIND_COLORS[kind], label=names[kind])
         ax_s.set_ylim(-0.05, 1.05)
         ax_s.set_ylabel("stripe index S")
         ax_s.set_title("stripe index S (1 = perfect stripes)")
@@ -943,13 +805,13 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
         for ax in (ax_s, ax_d):
             ax.set_xlabel("epoch")
             if len(df):
-                _epoch_axis(ax, df["epoch"].tolist())
+                epoch_axis(ax, df["epoch"].tolist())
             if epoch is not None:
                 ax.axvline(epoch, color="0.2", lw=1.0, ls=":", label=f"shown: {_epoch_str(int(epoch))}")
             ax.legend(fontsize="x-small", loc="best")
         fig.suptitle(f"{label + ': ' if label else ''}{tap} over training"
-                     + _notes(["ASR: its input ψ is a learned constant, so S = 1 and std = 0 by construction; not a "
-                               "finding"] if asr else []))
+                     + notes_text(["ASR: its input ψ is a learned constant, so S = 1 and std = 0 by construction; "
+                                   "not a finding"] if asr else []))
     return fig
 
 
@@ -959,30 +821,6 @@ def tap_curve(taps: pd.DataFrame, tap: str, *, epoch: int | None = None, label: 
 
 _STD_LABEL = "mean per-channel std\nacross images"
 _RSTD_LABEL = "rstd = std / RMS\n(scale-free)"
-_WINDOW_COLOR = "0.95"
-_WINDOW_NOTE = "shaded: the trend window (second half of training)"
-
-
-def _band(ax: Axes, e: np.ndarray, lo: Any, hi: Any, color: Any, alpha: float = 0.2) -> None:
-    """An interval band over the trained epochs (>= 1) and a bar at epoch 0, never joining the two."""
-    e = np.asarray(e, dtype=float)
-    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    trained, init = ok & (e != 0), ok & (e == 0)
-    if trained.sum() >= 2:
-        ax.fill_between(e[trained], lo[trained], hi[trained], color=color, alpha=alpha, lw=0, zorder=1)
-    elif trained.any():
-        ax.vlines(e[trained], lo[trained], hi[trained], color=color, alpha=0.6, lw=2, zorder=1)
-    if init.any():
-        ax.vlines(e[init], lo[init], hi[init], color=color, alpha=0.6, lw=1.2, zorder=1)
-
-
-def _window_span(ax: Axes, epochs: Any) -> None:
-    """Shade the epochs the trend table's slopes use (:func:`~stripe.analysis.tables.trend_window`)."""
-    e = np.asarray(sorted({float(x) for x in epochs if np.isfinite(x)}), dtype=float)
-    w = trend_window(e)
-    if w.any():
-        ax.axvspan(e[w].min(), e[w].max(), color=_WINDOW_COLOR, lw=0, zorder=0)
 
 
 def _slope_text(trend: pd.DataFrame | None, stage: int, kind: str, stat: str) -> str:
@@ -990,7 +828,7 @@ def _slope_text(trend: pd.DataFrame | None, stage: int, kind: str, stat: str) ->
     need = {"scope", "stage", "asr", "kind", "stat", "slope", "epoch_from", "epoch_to"}
     if trend is None or not len(trend) or not need <= set(trend.columns):
         return ""
-    keys = np.array([_stage_key(x) for x in trend["stage"]])
+    keys = np.array([stage_key(x) for x in trend["stage"]])
     r = trend[(trend["scope"] == "stage").to_numpy() & (keys == stage) & ~trend["asr"].astype(bool).to_numpy()
               & (trend["kind"] == kind).to_numpy() & (trend["stat"] == stat).to_numpy()]
     if not len(r) or pd.isna(r["slope"].iloc[0]):
@@ -1018,13 +856,13 @@ def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = N
     has_rstd = {"rstd_after", "rstd_before"} <= set(d.columns)
     if not has_rstd:
         notes.append("this stage table holds no rstd (written before it existed): the std alone")
-    d["_stage"] = [_stage_key(x) for x in d["stage"]]
+    d["_stage"] = [stage_key(x) for x in d["stage"]]
     stages = sorted(set(d["_stage"]))
     trend = tables.get("trend")
     rows = (("std", _STD_LABEL, (("after", "std"),)),) + (
         (("rstd", _RSTD_LABEL, (("before", "rstd"), ("after", "rstd"))),) if has_rstd else ())
-    with _theme(), _warnings_off():
-        fig = _figure("spread_dynamics")
+    with theme(), warnings_off():
+        fig = new_figure("spread_dynamics")
         axes = fig.subplots(len(rows), len(stages), squeeze=False, sharex=True)
         for j, stage in enumerate(stages):
             g = d[d["_stage"] == stage].sort_values("epoch")
@@ -1032,16 +870,16 @@ def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = N
             n_taps = int(g["n_taps"].iloc[0]) if "n_taps" in g.columns else None
             for i, (stat, ylab, series) in enumerate(rows):
                 ax = axes[i, j]
-                _window_span(ax, e)
+                window_span(ax, e)
                 for kind, _ in series:
                     col = f"{stat}_{kind}"
                     if col not in g.columns:
                         continue
                     if f"{col}_lo" in g.columns:
-                        _band(ax, e, g[f"{col}_lo"], g[f"{col}_hi"], _KIND_COLORS[kind])
-                    _draw_series(ax, e, g[col].to_numpy(dtype=float), _KIND_COLORS[kind], lw=1.8, alpha=1.0)
+                        band(ax, e, g[f"{col}_lo"], g[f"{col}_hi"], KIND_COLORS[kind])
+                    draw_series(ax, e, g[col].to_numpy(dtype=float), KIND_COLORS[kind], lw=1.8, alpha=1.0)
                 ax.set_ylim(bottom=0)
-                _epoch_axis(ax, e)
+                epoch_axis(ax, e)
                 slope = _slope_text(trend, stage, "after", stat)
                 head = (f"{_stage_name(stage)}" + (f" ({n_taps} tap{'s' if n_taps != 1 else ''})" if n_taps else "")
                         if i == 0 else "")
@@ -1049,11 +887,11 @@ def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = N
                 if j == 0:
                     ax.set_ylabel(ylab)
             axes[-1, j].set_xlabel("epoch")
-        handles = [Line2D([], [], color=_KIND_COLORS["after"], lw=1.8, label="after (attention)")]
+        handles = [Line2D([], [], color=KIND_COLORS["after"], lw=1.8, label="after (attention)")]
         if has_rstd:
-            handles.append(Line2D([], [], color=_KIND_COLORS["before"], lw=1.8, label="before (pooled input)"))
+            handles.append(Line2D([], [], color=KIND_COLORS["before"], lw=1.8, label="before (pooled input)"))
         handles += [Patch(color=mpl.colors.to_rgba("0.3", 0.2), label="95% jackknife interval over probe folds"),
-                    Patch(color=_WINDOW_COLOR, label=_WINDOW_NOTE)]
+                    Patch(color=WINDOW_COLOR, label=WINDOW_NOTE)]
         if (d["epoch"] == 0).any():
             handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2",
                                   label="init = epoch 0, untrained: not a finding"))
@@ -1065,256 +903,18 @@ def spread_dynamics(tables: Mapping[str, pd.DataFrame], *, label: str | None = N
                          if pd.notna(a) and pd.notna(b)}) if trend is not None and "epoch_from" in trend else []
         span = f" (epochs {window[0][0]}-{window[0][1]})" if len(window) == 1 else ""
         fig.suptitle(f"Spread of the attention across images, {label}, per stage against epoch"
-                     + _notes([what, f"titles: the attention's least-squares slope per epoch over the shaded window"
-                                     f"{span}, with its 95% jackknife interval", *notes], 110))
-    return fig
-
-
-def zoo_spread(stage_tables: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
-    """One panel per run (a module, +att or +ASR(att)): the stage mean of the per-channel std of the attention
-    across images (the paper's Fig. 1b statistic) against epoch with its jackknife band, one colour per stage,
-    epoch 0 marked init, the trend window shaded; when every table holds rstd, a second block of panels: rstd
-    after (solid) vs before (dashed). ASR-only runs (constant by construction) get no panel, only a mention.
-    ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
-    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stage_tables.items()}
-    asr_only = [k for k, v in kept.items() if v.empty]
-    runs = {k: v for k, v in kept.items() if not v.empty}
-    if not runs:
-        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
-    for k, v in runs.items():
-        require_columns(v, ["epoch", "stage", "std_after"], f"stage table of {k}")
-    has_rstd = all({"rstd_after", "rstd_before"} <= set(v.columns) for v in runs.values())
-    blocks = [("std", "std after")]
-    if has_rstd:
-        blocks.append(("rstd", "rstd"))
-    labels = list(runs)
-    cols = 4
-    rows = -(-len(labels) // cols)
-    palette = sns.color_palette("viridis", 3)
-    with _theme(), _warnings_off():
-        fig = _figure("zoo_spread", blocks=rows * len(blocks))
-        axes = fig.subplots(rows * len(blocks), cols, squeeze=False)
-        for b, (stat, ylab) in enumerate(blocks):
-            block = axes[b * rows:(b + 1) * rows].ravel()
-            for ax, label in zip(block, labels):
-                df = runs[label]
-                _window_span(ax, df["epoch"].to_numpy(dtype=float))
-                for stage, g in df.groupby("stage", sort=True):
-                    g = g.sort_values("epoch")
-                    e = g["epoch"].to_numpy(dtype=float)
-                    color = palette[(_stage_key(stage) - 1) % 3]
-                    if stat == "std":
-                        if {"std_after_lo", "std_after_hi"} <= set(g.columns):
-                            _band(ax, e, g["std_after_lo"], g["std_after_hi"], color, alpha=0.18)
-                        _draw_series(ax, e, g["std_after"].to_numpy(dtype=float), color, lw=1.6, alpha=1.0)
-                    else:
-                        _draw_series(ax, e, g["rstd_after"].to_numpy(dtype=float), color, lw=1.6, alpha=1.0)
-                        _draw_series(ax, e, g["rstd_before"].to_numpy(dtype=float), color, lw=1.2, ls="--", alpha=1.0)
-                ax.set_title(label if len(blocks) == 1 else f"{label} · {stat}", fontsize="small")
-                ax.set_ylim(bottom=0)
-                _epoch_axis(ax, df["epoch"].tolist())
-            for ax in block[len(labels):]:
-                ax.set_visible(False)
-            for ax in block[max(0, len(labels) - cols):len(labels)]:  # the lowest panel of each column
-                ax.set_xlabel("epoch")
-            for r in range(rows):
-                axes[b * rows + r, 0].set_ylabel(ylab)
-        handles = [Line2D([], [], color=palette[i], lw=1.6, label=f"stage {i + 1}") for i in range(3)]
-        handles += [Patch(color=mpl.colors.to_rgba("0.3", 0.18), label="95% jackknife interval"),
-                    Patch(color=_WINDOW_COLOR, label=_WINDOW_NOTE),
-                    Line2D([], [], ls="none", marker="o", mfc="white", mec="0.2", label="init (epoch 0)")]
-        if has_rstd:
-            handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
-                        Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles) if len(handles) <= 6 else 4,
-                   fontsize="small")
-        seeds = sorted({int(n) for v in runs.values() if "n_seeds" in v for n in v["n_seeds"]})
-        notes = [subtitle + (f"; mean over {'/'.join(map(str, seeds))} seeds" if seeds and seeds != [1] else "")] \
-            if subtitle else []
-        if not has_rstd:
-            notes.append("these stage tables hold no rstd (written before it existed): the absolute std alone")
-        if asr_only:
-            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
-        title = ("Mean per-channel std across images of the attention (std after: the paper's Fig. 1b statistic), "
-                 "stage means against epoch, by module; each panel on its own scale from 0"
-                 + ("; lower block: rstd = std / RMS, scale-free, attention (solid) vs pooled input (dashed)"
-                    if has_rstd else ""))
-        fig.suptitle(textwrap.fill(title, 100) + _notes(notes, 100))
+                     + notes_text([what, f"titles: the attention's least-squares slope per epoch over the shaded window"
+                                         f"{span}, with its 95% jackknife interval", *notes], 110))
     return fig
 
 
 # --------------------------------------------------------------------------------------
-# saving and the registry
+# the registry
 # --------------------------------------------------------------------------------------
 
 
-#: file formats every figure is written in (``stripe figures --formats png`` for PNG alone)
-FORMATS: tuple[str, ...] = ("png", "pdf")
-
-
-def save_figure(fig: Figure, out_dir: str | os.PathLike[str], name: str,
-                formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write ``<name>.png`` (256-colour palette) and ``<name>.pdf`` (or ``formats``) into out_dir atomically
-    (figsize x DPI pixels)."""
-    if not name or Path(name).name != name or name in (".", ".."):
-        raise UserError(f"figure name must be a plain file stem, got {name!r}")
-    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
-    if bad or not formats:
-        raise UserError(f"figure formats must be among png, pdf, svg; got {list(formats)}")
-    out = Path(out_dir)
-    written = []
-    for fmt in formats:
-        if fmt == "png":
-            written.append(atomic_write(out / f"{name}.png", lambda f: _write_palette_png(fig, f)))
-            continue
-        meta = {"CreationDate": None} if fmt == "pdf" else {}
-        written.append(
-            atomic_write(out / f"{name}.{fmt}",
-                         lambda f, fmt=fmt, meta=meta: fig.savefig(f, format=fmt, dpi=DPI, metadata=meta))  # fmt: skip
-        )
-    return written
-
-
-def _write_palette_png(fig: Figure, f: Any) -> None:
-    """Render ``fig`` at :data:`DPI` and write it as a 256-colour palette PNG: a third of the full-colour
-    file's size for these flat-coloured plots and the same drawing to the eye (antialiased edges and colour
-    maps take their nearest palette colour: within a few of 255 levels, tested)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        im.load()
-        rgba = im.convert("RGBA")
-    opaque = rgba.getextrema()[3][0] == 255
-    if opaque:
-        pal = rgba.convert("RGB").quantize(256)
-    else:  # only the fast octree quantiser keeps an alpha channel
-        pal = rgba.quantize(256, method=Image.Quantize.FASTOCTREE)
-    pal.save(f, format="PNG", optimize=True, dpi=(DPI, DPI))
-
-
-def zoo_stripes(stages: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
-    """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
-    (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init. ASR taps are left out
-    (constant by construction): an ASR-only model (+ASR(att)) gets no panel, only a mention in the title.
-    ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
-    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stages.items()}
-    asr_only = [k for k, v in kept.items() if v.empty]
-    stages = {k: v for k, v in kept.items() if not v.empty}
-    if not stages:
-        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
-    labels = list(stages)
-    cols = 4
-    rows = -(-len(labels) // cols)
-    palette = sns.color_palette("viridis", 3)
-    with _theme():
-        fig = _figure("zoo_stripes", blocks=rows)
-        axes = np.atleast_1d(fig.subplots(rows, cols, sharey=True, squeeze=False)).ravel()
-        for ax, label in zip(axes, labels):
-            df = stages[label]
-            for i, (stage, g) in enumerate(df.groupby("stage")):
-                g = g.sort_values("epoch")
-                ax.plot(g["epoch"], g["stripe_after"], color=palette[i % 3], lw=1.6, label=f"stage {stage}")
-                ax.plot(g["epoch"], g["stripe_before"], color=palette[i % 3], lw=1.2, ls="--")
-            ax.set_title(label, fontsize="small")
-            ax.set_ylim(0, 1.02)
-            _epoch_axis(ax, df["epoch"].tolist())
-        for ax in axes[len(labels):]:
-            ax.set_visible(False)
-        for ax in axes[max(0, len(labels) - cols):len(labels)]:  # the lowest panel of each column
-            ax.set_xlabel("epoch")
-        axes[0].set_ylabel("stripe index S")
-        handles = [Line2D([], [], color=palette[i], lw=1.6, label=f"stage {i + 1}") for i in range(3)]
-        handles += [Line2D([], [], color="0.3", lw=1.6, label="after (attention)"),
-                    Line2D([], [], color="0.3", lw=1.2, ls="--", label="before (pooled input)")]
-        fig.legend(handles=handles, loc="outside lower center", ncols=5, fontsize="small")
-        seeds = sorted({int(n) for v in stages.values() if "n_seeds" in v for n in v["n_seeds"]})
-        mean = f"; mean over {'/'.join(map(str, seeds))} seeds" if seeds and seeds != [1] else ""
-        fig.suptitle("Stripe index per stage against epoch, by module: attention (solid) vs its pooled input (dashed)"
-                     + _notes([t for t in (subtitle + mean,) if t], 100)
-                     + (_notes([f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}"], 100)
-                        if asr_only else ""))
-    return fig
-
-
-#: where each kind of run sits in its module's group on the accuracy figure, and its colour
-_KINDS = (("baseline", -0.3, "0.35"), ("+att", -0.1, "#dd8452"), ("+ASR(att)", 0.1, "#4c72b0"),
-          ("+ASR(att)+att", 0.3, "#55a868"))
-
-
-def _acc_kind(attn: str, asr: bool, both: bool) -> str:
-    return "baseline" if not attn else "+att" if not asr else "+ASR(att)+att" if both else "+ASR(att)"
-
-
-def zoo_accuracy(acc: pd.DataFrame, *, subtitle: str = "") -> Figure:
-    """Final test top-1 per run over seeds: every seed a small point, each run's mean with its 95% t-interval over
-    seeds (one seed: the point alone, marked as one seed); the baseline of the campaign's schedule as a band (its
-    seeds' t-interval, or its range of one seed's Wilson interval when it has one seed). One group per module
-    and recipe (reduction, MLP biases, a longer schedule); a recipe's own baseline sits in its group.
-    ``subtitle`` says what was run (model, data, epochs, seeds)."""
-    require_columns(acc, ["run", "attn", "asr", "top1"], "zoo accuracy table")
-    d = acc.copy()
-    d["seed"] = d["seed"] if "seed" in d else 0
-    d["both"] = d["both"].astype(bool) if "both" in d else False
-    d["recipe"] = d["recipe"].fillna("") if "recipe" in d else [
-        f"r={int(r)}" if r == r and r else "" for r in d.get("reduction", pd.Series(np.nan, index=d.index))]
-    d["attn"] = d["attn"].fillna("")
-    d["kind"] = [_acc_kind(a, bool(s), bool(b)) for a, s, b in zip(d["attn"], d["asr"], d["both"])]
-    base = d[(d["kind"] == "baseline") & (d["recipe"] == "")]
-    groups = list(dict.fromkeys((a, r) for a, r in zip(d["attn"], d["recipe"]) if a))
-    groups += [("", r) for r in dict.fromkeys(d.loc[(d["kind"] == "baseline") & (d["recipe"] != ""), "recipe"])
-               if not any(g[1] == r for g in groups)]
-    from scipy import stats as st
-
-    offsets = {k: (x, c) for k, x, c in _KINDS}
-    one_seed = False
-    with _theme():
-        fig = _figure("zoo_accuracy")
-        ax = fig.subplots()
-        if len(base):
-            v = base["top1"].to_numpy(dtype=float)
-            if len(v) > 1:
-                half = float(st.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v))
-                lo, hi, what = v.mean() - half, v.mean() + half, f"{len(v)} seeds, 95% t"
-            else:
-                lo, hi = (float(base["top1_lo"].iloc[0]), float(base["top1_hi"].iloc[0])) if "top1_lo" in base \
-                    else (v[0], v[0])
-                what = "one seed, 95% Wilson"
-            ax.axhspan(lo, hi, color="0.88", zorder=0, label=f"baseline {v.mean():.2f}% ({what})")
-            ax.axhline(v.mean(), color="0.6", lw=0.8, zorder=0)
-        labelled: set[str] = set()
-        for i, (m, recipe) in enumerate(groups):
-            g = d[(d["recipe"] == recipe) & ((d["attn"] == m) | ((d["kind"] == "baseline") & (recipe != "")))]
-            for kind, rows in g.groupby("kind", sort=False):
-                x0, color = offsets[kind]
-                x = i + x0
-                v = rows["top1"].to_numpy(dtype=float)
-                ax.scatter(np.full(len(v), x) + np.linspace(-0.03, 0.03, len(v)) * (len(v) > 1), v, s=9,
-                           color=color, alpha=0.55, zorder=2, linewidths=0)
-                if len(v) > 1:
-                    half = float(st.t.ppf(0.975, len(v) - 1)) * v.std(ddof=1) / np.sqrt(len(v))
-                    ax.errorbar([x], [v.mean()], yerr=[[half], [half]], fmt="o", color=color, capsize=3, ms=5,
-                                zorder=3, label=None if kind in labelled else kind)
-                else:
-                    one_seed = True
-                    ax.plot([x], v, marker="D", ls="none", color=color, ms=4, zorder=3,
-                            label=None if kind in labelled else kind)
-                labelled.add(kind)
-        ax.set_xticks(range(len(groups)), [(m.upper() if m else "baseline") + (f" {r}" if r else "")
-                                           for m, r in groups])
-        ax.set_xlim(-0.6, len(groups) - 0.4)
-        ax.set_ylabel("final test top-1 (%)")
-        ax.legend(loc="best", fontsize="small")
-        notes = [subtitle] if subtitle else []
-        several = bool(d.groupby("run")["seed"].nunique().gt(1).any())
-        notes.append("; ".join(t for t in (
-            "small dots: seeds; circle and bar: mean and 95% t-interval over seeds" if several else "",
-            "diamond: a run with one seed (no interval: the seed-to-seed spread is unknown)" if one_seed else "") if t))
-        fig.suptitle("Final test top-1 per module: +att, +ASR(att) and the baseline (band)" + _notes(notes, 110))
-    return fig
-
-
-#: every figure function by name, in the paper's order (for a notebook to loop over)
+#: every figure function by name, in the paper's order (for a notebook to loop over): those of this module and the
+#: zoo's (:mod:`.zoo_figures`)
 FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
     {
         "stripe_heatmap": stripe_heatmap,
