@@ -85,42 +85,41 @@ def jackknife_interval(value: Any, loo: Any, stat: str, level: float = 0.95) -> 
     return {"lo": lo, "hi": hi}
 
 
+def _t_half(x: np.ndarray, level: float) -> float:
+    """Half the width of the t-interval of the mean of ``x`` (two or more values)."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * float(np.std(x, ddof=1)) / np.sqrt(len(x))
+
+
+def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the t-interval of the mean of ``values``; one value: NaN interval; no spread: [m, m]."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) == 0:
+        return np.nan, np.nan, np.nan
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, np.nan, np.nan
+    half = _t_half(x, level)
+    return m, m - half, m + half
+
+
 def seed_interval(values: Any, stat: str, level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lo, hi) over runs of ``stat``: the t-interval of the runs' transformed values, centred on the
     transformed mean and mapped back (module docstring); NaN values are left out; one run: NaN interval."""
-    from scipy import stats
-
     low, high = _check_stat(stat)
     x = np.asarray(values, dtype=np.float64)
     x = np.clip(x[np.isfinite(x)], low, high)
-    n = len(x)
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    m = float(x.mean())
-    if n < 2:
+    m, lo, _ = t_interval(x, level)
+    if not np.isfinite(lo):  # no run, or one
         return m, np.nan, np.nan
     if (np.abs(x - m) <= _EQUAL_TOL * max(1.0, abs(m))).all():
         return m, m, m
     z, zm = _to_scale(x, stat), _to_scale(np.float64(m), stat)
     if not (np.isfinite(z).all() and np.isfinite(zm)):
         return m, np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * z.std(ddof=1) / np.sqrt(n)
+    half = _t_half(z, level)
     return m, float(_from_scale(zm - half, stat)), float(_from_scale(zm + half, stat))
-
-
-def t_interval(values: Any, level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi): the t-interval of the mean of ``values``; one value: NaN interval; no spread: [m, m]."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=np.float64)
-    n = len(x)
-    if n == 0:
-        return np.nan, np.nan, np.nan
-    m = float(x.mean())
-    if n < 2:
-        return m, np.nan, np.nan
-    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / np.sqrt(n)
-    return m, m - half, m + half
 
 
 def paired_t_p(diffs: Any) -> float:
