@@ -20,9 +20,9 @@ SHARED_NAMES = {"__all__", "main"}
 #: names found defined twice and reported for renaming (each pair means different things or duplicates code);
 #: delete an entry once its name has one home
 RENAME_PENDING: dict[str, set[str]] = {}
-#: import circles that pass through an import inside a function, left to the work that removes them (the loading
-#: path: checkpoint -> loading -> rundir -> checkpoint); delete an entry once its circle is gone
-CIRCLES_PENDING: list[set[str]] = [{"train/checkpoint.py", "train/loading.py", "train/rundir.py"}]
+#: import circles that pass through an import inside a function, left to the work that removes them; delete an
+#: entry once its circle is gone
+CIRCLES_PENDING: list[set[str]] = []
 #: the layers a new attention joins by its registration alone (ARCHITECTURE.md, "Extending": the model, recording,
 #: the ablation, the folds, the figures): none of them may tell attentions apart by name
 ANY_ATTENTION = ("nn", "gates", "record", "analysis", "viz")

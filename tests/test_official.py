@@ -12,7 +12,7 @@ import torch
 from stripe import load_model
 from stripe.nn import ModelConfig, build_model, list_attn
 from stripe.nn import strip_prefix
-from stripe.train import from_official, infer_config, official_input, split_fused, to_official
+from stripe.train import from_official, infer_config, normalize_names, official_input, split_fused, to_official
 from stripe.gates import randomize_norms, reparameterize
 from stripe.train import (CheckpointError, fold_vs_official, official_run, read_official_log, save_checkpoint)
 
@@ -240,13 +240,16 @@ def test_resnet164_cifar100_round_trip(variant, tmp_path):
     weights, fused = split_fused(official)
     back = from_official(weights)
     assert list(back) == list(state) and all(torch.equal(back[k], state[k]) for k in state)
-    assert infer_config(official) == infer_config(state)
+    assert infer_config(normalize_names(official)[0]) == infer_config(state)
     _official_file(tmp_path / "checkpoint.pth.tar", official)
     loaded = load_model(tmp_path / "checkpoint.pth.tar")
     got = loaded.config
     assert (got.name, got.block, got.num_classes, got.attn, got.asr, got.both) == \
            ("cifar_resnet164", "bottleneck", 100, attn, asr, both)
     assert loaded.load_info.epoch == 164 and loaded.load_info.extra == {"acc": 70.0, "best_acc": 71.0}
+    # what the file implies beyond its weights, carried by the model: the official code's data set and normalisation
+    assert (loaded.load_info.dataset, loaded.load_info.preprocess) == \
+        ("cifar100", {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2023, 0.1994, 0.2010)})
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.equal(_logits(loaded, x), _logits(model, x))
     if asr:
@@ -266,8 +269,13 @@ def test_infer_config_on_this_packages_state_dicts():
                                   both=both).resolved()
                 with torch.device("meta"):
                     state = build_model(cfg).state_dict()
-                got = infer_config({f"module.{k}": v for k, v in state.items()})
+                got = infer_config(state)
                 assert got.resolved() == cfg, (cfg, got)
+    # a wrapper prefix is stripped by the reader of files; a state dict in memory that carries one is told how
+    wrapped = {f"module.{k}": v for k, v in state.items()}
+    with pytest.raises(ValueError, match="wrapper prefix 'module.'.*strip_prefix"):
+        infer_config(wrapped)
+    assert infer_config(strip_prefix(wrapped)[0]).resolved() == cfg
     cfg = ModelConfig(name="cifar_resnet20", num_classes=10, attn="se", reduction=8).resolved()
     with torch.device("meta"):
         assert infer_config(build_model(cfg).state_dict()).resolved() == cfg
@@ -281,6 +289,7 @@ def test_plain_state_dict_and_own_checkpoint_load(tmp_path):
     plain = load_model(tmp_path / "plain.pt")
     assert (plain.load_info.format, plain.load_info.config_from, plain.load_info.naming) == \
            ("state-dict", "inferred", "stripe")
+    assert plain.load_info.dataset is None and plain.load_info.preprocess == {}  # a plain file implies neither
     assert torch.equal(_logits(plain, x), _logits(model, x))
     torch.save({"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 4},
                tmp_path / "wrapped.pt")
@@ -432,3 +441,47 @@ def test_cli_collects_stats_ablates_and_folds_official_run_folders(folder, tmp_p
         diff = float(re.search(r"float64, the file's own weights and BN statistics: ([0-9.e+-]+)", out).group(1))
         weight = float(re.search(r"max \|Δ\| weight ([0-9.e+-]+)", out).group(1))
         assert diff < 1e-12 and weight < 1e-6, out
+
+
+@needs_shared
+@pytest.mark.real_data
+def test_each_weights_file_is_read_once_per_command(tmp_path, capsys, monkeypatch):
+    """collect --files A B, collect of an official run folder, ablate and fold each read a weights file once: the
+    model a command checks is the model it works with (every torch.load counted by the file it opens)."""
+    import shutil
+    from collections import Counter
+
+    from stripe.cli import main
+    from stripe.record import Recording
+
+    folder = tmp_path / "official-run"  # a run folder with two checkpoints: the last (epoch 2) and one of epoch 1
+    folder.mkdir()
+    files = [folder / "checkpoint.pth.tar", folder / "model_best.pth.tar"]
+    shutil.copy(SHARED / "cifar10-resnet20-senet-asr-both" / "checkpoint.pth.tar", files[0])
+    torch.save({**torch.load(files[0], weights_only=True), "epoch": 1}, files[1])
+    reads: Counter = Counter()
+    real_load = torch.load
+
+    def counting_load(f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)):
+            reads[Path(f).resolve()] += 1
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+
+    def reads_of(*args: str) -> dict[str, int]:
+        reads.clear()
+        common = [] if args[0] == "fold" else ["--device", "cpu", "--no-progress"]
+        code = main([*map(str, args), *common])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        return {p.name: reads[p.resolve()] for p in files}
+
+    assert reads_of("collect", "--files", *files, "--out", tmp_path / "rec", "--probe", "50") == \
+        {"checkpoint.pth.tar": 1, "model_best.pth.tar": 1}
+    assert list(Recording.open(tmp_path / "rec").epochs) == [1, 2]  # both recorded, from the models read once
+    assert reads_of("collect", folder, "--out", tmp_path / "rec-folder", "--probe", "50") == \
+        {"checkpoint.pth.tar": 1, "model_best.pth.tar": 1}
+    assert reads_of("ablate", folder, "--out", tmp_path / "abl", "--probe-n", "50", "--test-subset", "100") == \
+        {"checkpoint.pth.tar": 1, "model_best.pth.tar": 0}
+    assert reads_of("fold", "--checkpoint", files[0]) == {"checkpoint.pth.tar": 1, "model_best.pth.tar": 0}

@@ -13,7 +13,7 @@ import torch
 
 from stripe.analysis import run_ablation
 from stripe.nn import list_attn
-from stripe.train import list_checkpoints, load_weights
+from stripe.train import list_checkpoints, load_model
 from stripe.cli import main
 from stripe.nn import create_model
 from stripe.gates import find_gates, select_gates
@@ -139,6 +139,19 @@ def test_tap_selection():
     with pytest.raises(ValueError, match="no tap matches"):
         with Recorder(create_model("cifar_resnet20", num_classes=10), "*"):
             pass
+
+
+def test_a_record_config_fits_a_probe_set_one_way_for_collect_and_train():
+    """RecordConfig.fit_probe, what collect and train --record both call: raw vectors capped at the probe's images,
+    more folds than images refused in one line named by the option the user typed."""
+    from stripe.record import RecordConfig
+
+    cfg = RecordConfig(raw_n=256, folds=10)
+    assert cfg.fit_probe(100) == RecordConfig(raw_n=100, folds=10) and cfg.fit_probe(1000) == cfg
+    with pytest.raises(ValueError, match=r"^--folds 10 exceeds the 9 probe images$"):
+        cfg.fit_probe(9)
+    with pytest.raises(ValueError, match=r"^--record-folds 10 exceeds the 9 probe images$"):
+        cfg.fit_probe(9, prefix="record-")
 
 
 def test_recorder_construction_stores_and_entering_resolves():
@@ -268,7 +281,7 @@ def test_sweep_of_checkpoint_files_from_elsewhere(runs, tmp_path):
     run = tiny_run(runs)
     files = []
     for epoch, path in list_checkpoints(run)[-2:]:
-        model, _ = load_weights(path)
+        model = load_model(path)
         files.append(tmp_path / f"weights_{epoch}.pt")
         torch.save(model.state_dict(), files[-1])
     cfg = json.loads((run / "config.json").read_text())["model"]
@@ -342,7 +355,7 @@ def test_ablation_folds_into_a_plain_backbone(runs, tmp_path, attn):
     run = tiny_run(runs, attn, epochs=2)
     table = run_ablation(run, scopes=("all", "stage"), device="cpu", progress=False, save=tmp_path / "plain.pt")
     assert table["scope"].tolist() == ["none", "all", "stage", "stage", "stage"]
-    model, _ = load_weights(tmp_path / "plain.pt")
+    model = load_model(tmp_path / "plain.pt")
     assert model.config.attn is None and not find_gates(model)
     from stripe.data import Loader
     from stripe.train import evaluate

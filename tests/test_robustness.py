@@ -23,7 +23,7 @@ import torch
 
 from stripe.cli import main
 from stripe.record import Recording
-from stripe.train import list_checkpoints, load_checkpoint, load_weights
+from stripe.train import list_checkpoints, load_checkpoint, load_model
 
 from helpers import cli_args, real_dataset_name, tiny_cfg
 
@@ -109,7 +109,7 @@ def test_overwrite_validates_before_touching_anything(capsys, tmp_path, bad):
     assert code == 2, err
     one_line(err)
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing deleted
-    load_weights(run / "checkpoints" / "epoch_0001.pt")
+    load_model(run / "checkpoints" / "epoch_0001.pt")
 
 
 # 3 --------------------------------------------------------------------------------------------
@@ -202,10 +202,10 @@ def test_ablate_save_stores_the_saved_models_own_accuracy(capsys, tmp_path):
     code, err = run_cli(capsys, "ablate", run, "--scope", "stage", "--save", tmp_path / "plain.pt", "--device", "cpu",
                         "--no-progress")
     assert code == 0, err
-    model, ckpt = load_weights(tmp_path / "plain.pt")
+    model = load_model(tmp_path / "plain.pt")
     _, data = run_eval_sets(read_run(run))
     acc = evaluate(model, Loader(data.test, 100, train=False))[1]
-    assert ckpt["metrics"]["test_acc"] == pytest.approx(acc)
+    assert model.load_info.extra["metrics"]["test_acc"] == pytest.approx(acc)
 
 
 # 7 and 8: one-line messages instead of tracebacks ---------------------------------------------

@@ -501,7 +501,7 @@ def test_weights_files(tmp_path):
 
 @needs_timm
 def test_model_config_of_a_source_checkpoints_like_the_packages_own(tmp_path):
-    from stripe.train import load_weights, save_checkpoint
+    from stripe.train import load_model, save_checkpoint
 
     cfg = ModelConfig(name="timm:seresnet18", num_classes=10)
     assert cfg.resolved() == cfg and cfg.arch == "timm:seresnet18"
@@ -516,10 +516,10 @@ def test_model_config_of_a_source_checkpoints_like_the_packages_own(tmp_path):
     model = build_model(cfg).eval()
     assert model.config == cfg and model.fc.out_features == 10
     save_checkpoint(tmp_path / "e.pt", epoch=3, model=model)
-    loaded, ckpt = load_weights(tmp_path / "e.pt")
+    loaded = load_model(tmp_path / "e.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert ckpt["epoch"] == 3 and torch.equal(loaded.eval()(x), model(x))
+        assert loaded.load_info.epoch == 3 and torch.equal(loaded.eval()(x), model(x))
 
 
 # ----------------------------------------------------------------------------- the model's own preprocessing
@@ -608,7 +608,7 @@ class _StopAfterEpoch1:
 @needs_timm
 @pytest.mark.real_data
 def test_timm_model_config_trains_checkpoints_and_resumes_bit_identical(tmp_path):
-    from stripe.train import load_checkpoint, load_weights, train
+    from stripe.train import load_checkpoint, load_model, train
 
     cfg = tiny_cfg(model="timm:resnet18", attn=None, asr=False, epochs=2, train_subset=128, test_subset=100,
                    probe_n=50)
@@ -622,7 +622,7 @@ def test_timm_model_config_trains_checkpoints_and_resumes_bit_identical(tmp_path
     assert a["model_config"]["name"] == "timm:resnet18" and a["model_config"]["num_classes"] == 10
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
-    model, _ = load_weights(run / "checkpoints" / "epoch_0002.pt")
+    model = load_model(run / "checkpoints" / "epoch_0002.pt")
     assert type(model).__module__.startswith("timm.") and model.config.name == "timm:resnet18"
 
 

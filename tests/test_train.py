@@ -15,7 +15,7 @@ import torch
 
 import stripe.train as T
 from stripe.data import Loader
-from stripe.train import CheckpointError, list_checkpoints, load_checkpoint, load_weights
+from stripe.train import CheckpointError, list_checkpoints, load_checkpoint, load_model
 from stripe.cli import main
 from stripe.nn import create_model
 from stripe.train import NonFiniteLossError, RunExistsError, SGD, TrainConfig, train
@@ -92,7 +92,7 @@ def test_run_directory_contents(tmp_path):
     ckpt = load_checkpoint(run / "checkpoints" / "epoch_0002.pt")
     assert ckpt["train_config"] == tiny_cfg().to_dict() and ckpt["model_config"]["asr"] is True
     # test accuracy is that of the folded model
-    model, _ = load_weights(run / "checkpoints" / "epoch_0003.pt")
+    model = load_model(run / "checkpoints" / "epoch_0003.pt")
     loader = Loader(tiny_data().test, 100, train=False)
     assert T.evaluate(T.deployed(model), loader)[1] == pytest.approx(rows[-1]["test_acc"])
     assert not list(run.rglob("*.tmp"))
@@ -157,7 +157,7 @@ def test_nan_loss_stops_cleanly_keeping_checkpoints(tmp_path, monkeypatch):
         train(tiny_cfg(), tmp_path, device="cpu", progress=False, data=tiny_data())
     assert [e for e, _ in list_checkpoints(tmp_path)] == [0, 1]
     for _, p in list_checkpoints(tmp_path):
-        load_weights(p)
+        load_model(p)
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [0, 1]
 
 
@@ -168,7 +168,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path):
     last = tmp_path / "checkpoints" / "epoch_0002.pt"
     other = data_model("cifar_resnet8", attn="eca").config
     with pytest.raises(CheckpointError, match=f"{last}: the weights do not fit cifar_resnet8 \\(basic\\) \\+ECA"):
-        load_weights(last, other)
+        load_model(last, other)
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=f"{last}: corrupt or truncated checkpoint"):
@@ -192,7 +192,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     info = json.loads((run / "config.json").read_text())
     assert info["distributed"] == {"world_size": 2, "global_batch": 64, "per_rank_batch": 32}
     # the reported test accuracy covers the whole test subset once: recompute it in one process
-    model, _ = load_weights(run / "checkpoints" / "epoch_0002.pt")
+    model = load_model(run / "checkpoints" / "epoch_0002.pt")
     acc = T.evaluate(model, Loader(tiny_data().test, 100, train=False))[1]
     assert pd.read_csv(run / "metrics.csv")["test_acc"].iloc[-1] == pytest.approx(acc)
 

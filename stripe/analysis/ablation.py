@@ -161,15 +161,15 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     ``model_name`` a source (``timm:NAME``, ``torchvision:NAME`` …) with its ``weights`` file and its own
     preprocessing (``preprocess``, see :func:`stripe.nn.preprocess_for`); or ``model_name`` None and
     ``weights`` a checkpoint of one of this package's models in any format :func:`stripe.train.load_model`
-    reads (this package's, a plain state dict, the official ASR code's: its model inferred; an official
-    CIFAR-100 file is normalised the official way, with CIFAR-10's mean and std, and ``dataset`` defaults to
-    CIFAR-10 or CIFAR-100 by its classes). What was inferred (:func:`stripe.train.inferred_text`) goes to
-    ``inform`` before the work and into the table's ``attrs["inferred"]``."""
+    reads (this package's, a plain state dict, the official ASR code's: its model inferred), its inputs
+    preprocessed as the file implies with the given options on top, and ``dataset`` by default the one it implies
+    (:class:`~stripe.train.LoadInfo`: an official CIFAR-100 file is normalised the official way, with CIFAR-10's
+    mean and std, and is CIFAR-10 or CIFAR-100 by its classes). What was inferred
+    (:func:`stripe.train.inferred_text`) goes to ``inform`` before the work and into the table's ``attrs["inferred"]``."""
     import pandas as pd
 
     from ..data import Loader, eval_sets, load_dataset
     from ..nn import build_source, preprocess_for
-    from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
     from ..train import inferred_text, load_model, preprocess_origin
     from ..device import resolve_device
 
@@ -179,17 +179,17 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
         if weights is None:
             raise UserError("give a checkpoint file (or a model NAME with --weights)")
         model = check_finite_weights(load_model(weights), weights)
-        official = model.load_info.format == "official-checkpoint"
-        if dataset is None and official:
-            dataset = {10: "cifar10", 100: "cifar100"}.get(model.config.num_classes)
-            dataset_from = f"from the file's {model.config.num_classes} classes; --dataset to change"
-        where = f"{weights} ({model.load_info.summary()})"
-        config, model_from = model.config, model.load_info.summary()
+        info = model.load_info  # what the file implies: the official code's data set and normalisation
+        if dataset is None and info.dataset is not None:
+            dataset, dataset_from = info.dataset, f"{info.dataset_from}; --dataset to change"
+        where = f"{weights} ({info.summary()})"
+        name, config, model_from = model.config.name, model.config, info.summary()
     else:
         model, _ = build_source(model_name, num_classes=num_classes, weights=weights)
         check_finite_weights(model, weights or model_name)
-        official, where = False, f"{model_name} ({weights or 'no weights file'})"
-        config, model_from = {"name": model_name, "num_classes": num_classes}, f"--model, weights {weights}"
+        info, where = None, f"{model_name} ({weights or 'no weights file'})"
+        name, config, model_from = model_name, {"name": model_name, "num_classes": num_classes}, \
+            f"--model, weights {weights}"
     if dataset is None:
         raise UserError("give the data set to ablate on (--dataset)")
     model.to(dev).eval()
@@ -197,14 +197,12 @@ def ablate_model(model_name: str | None, *, weights: str | Path | None, dataset:
     train_full = load_dataset(dataset, "train", root=data_root) if probe_split == "train" else None
     data = eval_sets(test_full, train_full=train_full, probe_split=probe_split, probe_n=probe_n,
                      test_subset=test_subset, seed=seed)
-    if model_name is None:
-        pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD} if official else {}
-    else:
-        pp = preprocess_for(model_name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {}
+    # the file's own preprocessing (LoadInfo), the given options on top
+    pp = {**(info.preprocess if info is not None else {}),
+          **(preprocess_for(name, preprocess, pretrained=weights is not None, in_chans=test_full.in_chans) or {})}
     inferred = inferred_text(
         config, model_from=model_from, dataset=dataset, dataset_from=dataset_from, images=data.score, preprocess=pp,
-        preprocess_from=preprocess_origin(model_name or model.config.name, preprocess if model_name else "none",
-                                          pretrained=weights is not None, official=official),
+        preprocess_from=preprocess_origin(name, preprocess, pretrained=weights is not None, load_info=info),
         probe=data.probe_spec.to_dict(), scored=data.score_spec.to_dict(), notes=_scored_note(test_subset))
     out = fsio.claim_dir(out, "ablation")
     if inform is not None:
@@ -256,7 +254,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     from ..data import Loader
     from ..nn import build_model, ModelConfig
     from ..record import Recorder, parse_checkpoint_spec
-    from ..train import deployed, list_checkpoints, load_weights, predict, read_run, run_eval_sets
+    from ..train import deployed, list_checkpoints, load_model, predict, read_run, run_eval_sets
     from ..device import resolve_device
     from ..train import save_checkpoint
 
@@ -269,7 +267,7 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
     if save is not None:
         save = fsio.check_replaceable(save, _is_stripe_checkpoint, option="--save")
     dev = resolve_device(device)
-    model, _ = load_weights(paths[epoch], info["model"])
+    model = load_model(paths[epoch], info["model"])
     check_finite_weights(model, paths[epoch])
     model.to(dev).eval()
     _, data = run_eval_sets(info)
@@ -351,7 +349,8 @@ def ablate(target: str | Path | None = None, *, model: str | None = None, weight
         if save is not None:
             raise UserError("--save applies to a stripe run")
         return ablate_model(None, weights=path, dataset=dataset, out=out, data_root=data_root, probe_n=probe_n,
-                            test_subset=test_subset, scopes=scopes, device=device, progress=progress, inform=inform)
+                            test_subset=test_subset, scopes=scopes, preprocess=preprocess, device=device,
+                            progress=progress, inform=inform)
     if not (model and dataset and out):
         raise UserError("give a RUN_DIR, a checkpoint file, or --model NAME --weights FILE --dataset D --out DIR")
     return ablate_model(model, weights=weights, dataset=dataset, out=out, num_classes=num_classes,

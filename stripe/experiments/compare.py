@@ -134,7 +134,7 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
     checked on read). A run whose checkpoints were left behind (an unpacked archive) is served from the cache
     when it was made at the run's last epoch."""
     from ..data import Loader
-    from ..train import deployed, file_sha256, list_checkpoints, load_weights, predict, run_eval_sets
+    from ..train import deployed, file_sha256, list_checkpoints, load_model, predict, run_eval_sets
     from ..device import resolve_device
 
     run = Path(run)
@@ -153,7 +153,7 @@ def final_predictions(run: Path, device: str | None = "cpu") -> tuple[np.ndarray
         return got["pred"], got["labels"]
     _, data = run_eval_sets(info)
     dev = resolve_device(device)
-    model, _ = load_weights(path, info["model"])
+    model = load_model(path, info["model"])
     check_finite_weights(model, path)
     pred = predict(deployed(model.to(dev)), Loader(data.test, 1000, train=False, device=dev)).numpy()
     labels = data.test.labels.numpy()

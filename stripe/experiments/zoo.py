@@ -246,12 +246,11 @@ def _fold_check(run_dir: Path, device: str) -> dict[str, Any]:
 
     from ..data import Loader
     from ..nn import ModelConfig, build_model, count_params
-    from ..train import deployed, list_checkpoints, load_weights, read_run, run_eval_sets
+    from ..train import deployed, list_checkpoints, load_model, read_run, run_eval_sets
 
     info = read_run(run_dir)
     epoch, path = list_checkpoints(run_dir)[-1]
-    model, _ = load_weights(path, info["model"])
-    model.eval()
+    model = load_model(path, info["model"])  # in eval mode
     folded = deployed(model).eval()
     _, data = run_eval_sets(info)
     diff, changed, n = 0.0, 0, 0

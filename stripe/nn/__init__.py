@@ -1,4 +1,5 @@
-"""Layers and models: attention modules and their registry, CIFAR ResNets, the ASR norm, variant names, model
+"""Layers and models: attention modules and their registry, CIFAR ResNets, the ASR norm, variant names, the one
+reader of weights files (:mod:`.weights`), a CIFAR ResNet's config inferred from its tensors (:mod:`.infer`), model
 sources (:mod:`.sources`: ``torchvision:NAME``, ``timm:NAME``, ``onnx:PATH``, ``package.module:factory``).
 
 Gates and folds (reading, replacing and folding the gates of any model, the ASR fold) live in :mod:`stripe.gates`.
@@ -9,6 +10,7 @@ from .cbam import CBAM
 from .dia import DIACell
 from .eca import ECA, eca_kernel_size
 from .ie import IEBatchNorm, IEGate
+from .infer import infer_config, state_mismatch, state_shapes
 from .registry import AttnSpec, create_attn, gate_classes, get_spec, list_attn, register_attn, registered_attn
 from .resnet import (BLOCKS, BasicBlock, Bottleneck, CifarResNet, ModelConfig, Stage, build_model, create_model,
                      list_models, param_table, pick_block)
@@ -25,6 +27,7 @@ from .variants import Variant, config_label, parse_label, slug, variant_label, v
 
 __all__ = [
     "CHECKPOINT_FORMAT", "CheckpointError", "WeightsFile", "read_weights", "strip_prefix",
+    "infer_config", "state_mismatch", "state_shapes",
     "MissingDependency", "build_source", "is_source", "load_weights_file", "parse_source", "preprocess_for",
     "preprocessing", "resolve_preprocess",
     "ASRNorm", "AttnSpec", "BLOCKS", "BasicBlock", "Bottleneck", "CBAM", "ChannelAttention", "CifarResNet", "DIACell",

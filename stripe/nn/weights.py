@@ -2,8 +2,10 @@
 under a key, and the official ASR code's files, always with ``torch.load(weights_only=True)`` (no code in a
 data file ever runs). Every problem is one line naming the file (:class:`CheckpointError`).
 
-Building a model from what was read is :func:`stripe.train.load_model`'s job (it maps the official names
-and infers the config); loading into a model built elsewhere is :func:`stripe.nn.load_weights_file`'s.
+The wrapper prefixes (DataParallel/DDP's ``module.``, ``torch.compile``'s ``_orig_mod.``) are stripped here and
+nowhere else. Building a model from what was read is :func:`stripe.train.load_model`'s job (it maps the official
+names, and :func:`stripe.nn.infer_config` infers the config); loading into a model built elsewhere is
+:func:`stripe.nn.load_weights_file`'s.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ..errors import UserError
@@ -41,6 +41,14 @@ class RecordConfig:
             raise UserError(f"--folds must be >= 1, got {self.folds}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+
+    def fit_probe(self, n_probe: int, *, prefix: str = "") -> "RecordConfig":
+        """This config for a probe set of ``n_probe`` images: no more raw vectors kept than there are images, and
+        more folds than images refused (named by the option the user typed: ``--{prefix}folds``), the same for
+        ``stripe collect`` and ``train --record``."""
+        if self.folds > n_probe:
+            raise UserError(f"--{prefix}folds {self.folds} exceeds the {n_probe} probe images")
+        return replace(self, raw_n=min(self.raw_n, n_probe))
 
     @property
     def selectors(self) -> str | list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,8 +42,7 @@ class OnlineRecorder:
         taps that match nothing, a model without attention (nothing to record)."""
         from ..gates import find_gates, gates_of, select_gates
 
-        if self.record.folds > len(data.probe):
-            raise UserError(f"--record-folds {self.record.folds} exceeds the {len(data.probe)} probe images")
+        self.record.fit_probe(len(data.probe), prefix="record-")
         if not find_gates(model) and "auto" not in self.record.taps:
             raise UserError(f"--record: {cfg.model.resolved().arch} without attention (a baseline) has no attention "
                             "taps to record; leave out --record")
@@ -60,9 +58,7 @@ class OnlineRecorder:
         source = SweepSource([], info["model"], cfg.dataset, cfg.data_root, state.run_dir, info)
         out = Path(self.out) if self.out else state.run_dir / "recording"
         probe = state.data.probe
-        if self.record.folds > len(probe):
-            raise UserError(f"--record-folds {self.record.folds} exceeds the {len(probe)} probe images")
-        self.record = replace(self.record, raw_n=min(self.record.raw_n, len(probe)))
+        self.record = self.record.fit_probe(len(probe), prefix="record-")
         header = recording_header(source, state.data.eval.probe_spec.to_dict(), self.record, precision=cfg.precision,
                                   order=probe_loader(probe, 1, "cpu").order())
         self.writer = RecordingWriter(out, header).open()

@@ -1,8 +1,12 @@
 """Where a recording's weights come from: a training run's checkpoints, checkpoint files of any format, or another
-model with its weights file (``stripe collect``'s sources), checked before anything is created."""
+model with its weights file (``stripe collect``'s sources), checked before anything is created.
+
+Checkpoint files from elsewhere are read once: :func:`resolve_weights` loads each (its model, epoch and what its
+file implies, :class:`~stripe.train.LoadInfo`) and keeps the models for the sweep, which takes them
+(:meth:`SweepSource.take`) instead of reading the files again."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,8 +15,8 @@ from torch import nn
 from .. import fsio
 from ..errors import NotFoundError, UserError
 from ..nn import ModelConfig, build_model, is_source, load_weights_file
-from ..train import CheckpointError, epoch_from_name, file_sha256, list_checkpoints, load_model, read_run
-from ..train.loading import _describe, official_run
+from ..train import (CheckpointError, LoadInfo, epoch_from_name, file_sha256, list_checkpoints, load_model,
+                     model_text, official_files, read_run)
 from ..train.config import parse_epoch_spec, epoch_matches
 
 
@@ -26,9 +30,24 @@ class SweepSource:
     data_root: str | None
     run_dir: Path | None = None
     run_info: dict[str, Any] | None = None
-    official: bool = False  # files written by the official ASR code (their inputs normalised its way)
     model_from: str = ""  # where the model config came from, in words (what collect says it inferred)
     dataset_from: str = ""  # why this data set, in words
+    load_info: LoadInfo | None = None  # what the files from elsewhere imply: data set, preprocessing of the inputs
+    loaded: dict[Path, nn.Module] = field(default_factory=dict, repr=False)  # models already read, by file
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """The preprocessing the files imply (:attr:`LoadInfo.preprocess`; the official code's normalisation), or
+        none."""
+        return dict(self.load_info.preprocess) if self.load_info is not None else {}
+
+    def take(self, path: Path) -> tuple[nn.Module, dict[str, Any]]:
+        """The model of ``path`` and what its file says (run id, epoch): the one read while resolving (handed over
+        once, then forgotten), else read now (:func:`load_checkpoint_model`)."""
+        model = self.loaded.pop(path, None)
+        if model is None:
+            return load_checkpoint_model(path, self.model)
+        return model, {"epoch": model.load_info.epoch, "run_id": model.load_info.extra.get("run_id")}
 
     @property
     def run_id(self) -> str | None:
@@ -107,9 +126,8 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
         if checkpoints not in (None, "all"):
             raise UserError(f"{run_dir} is a run folder of the official ASR code: it records all its checkpoint "
                             "files; --checkpoints does not apply")
-        # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best); the log is not needed to record
-        run = official_run(run_dir, read_log=False)
-        checkpoints = [c.path for c in run.checkpoints.values()]
+        # checkpoint.pth.tar (the last epoch) and model_best.pth.tar (the best), read below like any --files
+        checkpoints = official_files(run_dir)
         run_dir = None
     if run_dir is not None and Path(run_dir).is_dir() and not (Path(run_dir) / "config.json").is_file():
         raise NotFoundError(not_a_run(Path(run_dir)))
@@ -127,22 +145,26 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
     if not checkpoints or isinstance(checkpoints, str):
         raise UserError("without a run directory, give checkpoint files (--files) and the data set (--dataset)")
     files = [_check_file(p, "--files") for p in checkpoints]
-    infos = [load_model(p, model_config).load_info for p in files]  # every file read, its model checked
+    models: dict[Path, nn.Module] = {}
+    for p in files:  # every file read once, its model checked here and kept for the sweep
+        if p not in models:
+            models[p] = load_model(p, model_config)
+            models[p].load_info.raw = None  # the sweep needs the weights, not the rest of the file (optimizer state)
+    infos = [models[p].load_info for p in files]
     model_from = infos[0].summary() + (f"; and {len(infos) - 1} more file(s) of the same model" if len(infos) > 1
                                        else "")
     cfg = infos[0].config
     for p, i in zip(files[1:], infos[1:]):
         if i.config != cfg:
-            raise UserError(f"--files: {p} holds another model ({_describe(i.config)}) than {files[0]} "
-                            f"({_describe(cfg)}); record each model into its own --out folder")
-    official = any(i.format == "official-checkpoint" for i in infos)
+            raise UserError(f"--files: {p} holds another model ({model_text(i.config)}) than {files[0]} "
+                            f"({model_text(cfg)}); record each model into its own --out folder")
+    # what the files imply (the official code's data set and normalisation): the first file that says anything
+    hints = next((i for i in infos if i.dataset or i.preprocess), infos[0])
     dataset_from = "--dataset"
     if dataset is None:
-        guess = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes) if official else None
-        if guess is None:
+        if hints.dataset is None:
             raise UserError("give the data set of the probe images (--dataset)")
-        dataset = guess  # the official code trains on CIFAR-10 or CIFAR-100, told apart by the classes
-        dataset_from = f"from the file's {cfg.num_classes} classes; --dataset to change"
+        dataset, dataset_from = hints.dataset, f"{hints.dataset_from}; --dataset to change"
     jobs = []
     for i, (p, li) in enumerate(zip(files, infos)):
         named = epoch_from_name(p, any_number=True)
@@ -159,8 +181,10 @@ def resolve_weights(run_dir: str | Path | None, *, checkpoints: str | Sequence[s
             seen.add(key)
             unique.append((e, p))
         jobs = unique
-    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, official=official, model_from=model_from,
-                       dataset_from=dataset_from)
+    kept = {p for _, p in jobs}  # a file left out (the same weights twice) is not recorded: its model goes now
+    return SweepSource(sorted(jobs), cfg.to_dict(), dataset, data_root, model_from=model_from,
+                       dataset_from=dataset_from, load_info=hints,
+                       loaded={p: m for p, m in models.items() if p in kept})
 
 
 #: what weights files are called, to recognise a folder of them

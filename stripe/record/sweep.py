@@ -8,7 +8,7 @@ second writer, and under torchrun shares the checkpoints out between ranks.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -22,11 +22,10 @@ from ..gates import Gate
 from ..nn import ModelConfig, build_model, preprocess_for
 from ..train import CheckpointError, file_sha256, inferred_text, preprocess_origin, run_eval_sets
 from ..device import autocast, dist_from_env, init_distributed, resolve_device
-from ..train.official import OFFICIAL_MEAN, OFFICIAL_STD
 from .config import RecordConfig
 from .format import FoldStats, RecordingWriter
 from .recorder import Recorder
-from .sources import SweepSource, load_checkpoint_model, resolve_weights
+from .sources import SweepSource, resolve_weights
 
 
 @dataclass
@@ -136,16 +135,15 @@ def collect(run_dir: str | Path | None = None, record: RecordConfig | None = Non
         raise UserError("give --out for a recording of checkpoint files")
     out = Path(out) if out else source.run_dir / "recording"
     probe_ds, probe_spec = _probe(source, probe, probe_seed=probe_seed, probe_split=probe_split)
-    if record.folds > len(probe_ds):
-        raise UserError(f"--folds {record.folds} exceeds the {len(probe_ds)} probe images")
-    record = replace(record, raw_n=min(record.raw_n, len(probe_ds)))
+    record = record.fit_probe(len(probe_ds))
     pp = preprocess_for(source.model["name"], preprocess, pretrained=model is not None, in_chans=probe_ds.in_chans)
-    if source.official:  # the official code normalises CIFAR-100 with CIFAR-10's values (given --mean/--std win)
-        pp = {"mean": OFFICIAL_MEAN, "std": OFFICIAL_STD, **(pp or {})}
+    if source.preprocess:  # what the files imply (the official normalisation); given --mean/--std win
+        pp = {**source.preprocess, **(pp or {})}
     inferred = inferred_text(source.model, model_from=source.model_from, dataset=source.dataset,
                              dataset_from=source.dataset_from, images=probe_ds, preprocess=pp,
                              preprocess_from=preprocess_origin(source.model["name"], preprocess,
-                                                               pretrained=model is not None, official=source.official),
+                                                               pretrained=model is not None,
+                                                               load_info=source.load_info),
                              probe=probe_spec)
     writer = RecordingWriter(out, recording_header(source, probe_spec, record, precision=precision, preprocess=pp,
                                                    order=probe_loader(probe_ds, record.batch_size, "cpu").order()))
@@ -212,6 +210,8 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
            preprocess: dict[str, Any] | None = None) -> SweepResult:
     result = SweepResult(out=writer.out)
     mine = [(e, p) for i, (e, p) in enumerate(source.jobs) if i % info.world_size == info.rank]
+    for _, p in set(source.jobs) - set(mine):  # another rank records these: their models, read while resolving, go
+        source.loaded.pop(p, None)
     loader = probe_loader(probe_ds, record.batch_size, dev, **(preprocess or {}))
     bar = tqdm(mine, desc="collect", unit="ckpt", disable=not progress or not info.main)
     new_entries: dict[int, dict[str, Any]] = {}
@@ -222,8 +222,9 @@ def _sweep(source: SweepSource, writer: RecordingWriter, probe_ds: ImageSet, inf
             why = writer.check(epoch, sha) if sha is not None else "not recorded"
             if why is None:
                 result.skipped.append(epoch)
+                source.loaded.pop(path, None)
                 continue
-            model, ckpt = load_checkpoint_model(path, source.model)
+            model, ckpt = source.take(path)
             if source.run_id and ckpt.get("run_id") and ckpt["run_id"] != source.run_id:
                 raise CheckpointError(f"{path}: belongs to run {ckpt['run_id']}, not to {source.run_id} "
                                       "(config.json)")

@@ -11,7 +11,6 @@ from torch import nn
 from .. import fsio
 from ..errors import UserError
 from ..data.imageset import sha256_file
-from ..nn import ModelConfig
 from ..nn.weights import CHECKPOINT_FORMAT, CheckpointError, read_weights
 
 FORMAT = CHECKPOINT_FORMAT
@@ -72,21 +71,6 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
     if wf.format != "stripe-checkpoint":
         raise CheckpointError(f"{path}: not a stripe checkpoint (no format {FORMAT!r})")
     return wf.raw
-
-
-def load_weights(path: str | Path, model_config: ModelConfig | dict[str, Any] | None = None, *,
-                 map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """A model built from a checkpoint of any format and its weights, with what the file says: (model, a dict with
-    ``format``, ``epoch``, ``run_id`` and, for this package's checkpoints, every field they hold). The model's config
-    is ``model_config`` when given (checked against the file), else the file's own, else inferred
-    (:func:`stripe.train.load_model`, which this is a thin view of)."""
-    from .loading import load_model
-
-    model = load_model(path, model_config, map_location=map_location)
-    info = model.load_info
-    ckpt = dict(info.raw) if info.format == "stripe-checkpoint" else \
-        {"format": None, "epoch": info.epoch, "run_id": None, "model": model.state_dict()}
-    return model, ckpt
 
 
 def file_sha256(path: str | Path) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ..data import ImageSet
 from ..nn import ModelConfig, is_source, parse_source, preprocessing, variant_label
+from .loading import LoadInfo
 
 #: the options that change the preprocessing of a model from elsewhere (said next to it)
 PREPROCESS_OPTIONS = "--input-size N, --no-resize, --resize/--crop/--mean/--std/--interpolation, --preprocess none"
@@ -65,9 +66,10 @@ def preprocess_text(images: ImageSet | str | None, preprocess: Mapping[str, Any]
 
 
 def preprocess_origin(name: str, preprocess: str | Mapping[str, Any] | None = "auto", *, pretrained: bool,
-                      official: bool = False) -> str:
-    """Where the preprocessing of model ``name`` comes from (the arguments of :func:`stripe.nn.preprocess_for`), and
-    for a model from elsewhere the options that change it."""
+                      load_info: LoadInfo | None = None) -> str:
+    """Where the preprocessing of model ``name`` comes from (the arguments of :func:`stripe.nn.preprocess_for`, and
+    the :class:`~stripe.train.LoadInfo` of its file when it says, e.g. the official code's normalisation), and for
+    a model from elsewhere the options that change it."""
     opts = dict(preprocess) if isinstance(preprocess, Mapping) else {"base": preprocess or "none"}
     given = [f"--{k} {v}" for k, v in opts.items() if k in ("resize", "crop", "interpolation") and v is not None]
     given += [f"--{k} {_numbers(v)}" for k, v in opts.items() if k in ("mean", "std") and v is not None]
@@ -76,8 +78,8 @@ def preprocess_origin(name: str, preprocess: str | Mapping[str, Any] | None = "a
     if opts.get("no_resize"):
         given.insert(0, "--no-resize")
     source = is_source(name)
-    if official:
-        origin = "the official ASR code's normalisation: CIFAR-10's mean and std, for CIFAR-100 too"
+    if load_info is not None and load_info.preprocess_from:
+        origin = load_info.preprocess_from
     elif opts.get("base", "auto") == "auto" and pretrained and source and preprocessing(name) is not None:
         kind = parse_source(name)[0]
         whose = {"timm": "timm's pretrained config", "torchvision": "its torchvision weights' transforms"}.get(kind, kind)

@@ -1,12 +1,13 @@
-"""State dicts of the ASR paper's official code (zhongshsh/ASR, on bearpaw/pytorch-classification) and this package's.
+"""The ASR paper's official code (zhongshsh/ASR, on bearpaw/pytorch-classification): its names, what its files
+imply about the data and the inputs, and its run folders.
 
-Pure functions on state dicts (no file I/O). Once names are mapped the two codes build the same
+The name mapping is pure functions on state dicts. Once names are mapped the two codes build the same
 CIFAR ResNets, so an official state dict loads into :func:`~stripe.nn.build_model` exactly.
 
 Key mapping (official -> this package), for a block ``B`` (``layerS.I``) and its last norm ``P``
-(``B.bn3``; ``B.bn2`` in a basic block):
+(``B.bn3``; ``B.bn2`` in a basic block), on keys whose DataParallel ``module.`` prefix is already stripped
+(by :func:`stripe.nn.read_weights`, the one reader of weights files):
 
-- ``module.`` + key -> key (DataParallel / DDP prefix stripped; ``_orig_mod.`` too)
 - ``B.attention_module.fc1/fc2.*`` -> ``B.attn.fc1/fc2.*`` (SE after the last BN)
 - ``P.vector`` [1, C, 1, 1] -> ``P.psi`` (ASR's ψ)
 - ``P.bn.*`` -> ``P.norm.*`` (the BN inside ASR)
@@ -17,28 +18,39 @@ Key mapping (official -> this package), for a block ``B`` (``layerS.I``) and its
 - every other key keeps its name (stem, convs, BNs, shortcut, fc)
 
 The official code has SE only and builds bottleneck networks only (its ``--block-name`` default;
-its BasicBlock takes no attention); bearpaw's plain basic networks have this package's names.
+its BasicBlock takes no attention); bearpaw's plain basic networks have this package's names. It trains on
+CIFAR-10 or CIFAR-100 and normalises both with CIFAR-10's mean and std (:data:`OFFICIAL_DATASETS`,
+:data:`OFFICIAL_MEAN`, :data:`OFFICIAL_STD`: what :func:`~stripe.train.load_model` puts in the
+:class:`~stripe.train.LoadInfo` of an official file). A run folder holds ``checkpoint.pth.tar``, ``model_best.pth.tar`` and
+``log.txt`` (:func:`official_run`, :func:`read_official_log`).
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from ..errors import UserError
+from ..errors import NotFoundError, UserError
 from ..gates import reparameterize
-from ..nn import ModelConfig, build_model, get_spec, list_attn
-from ..nn.weights import strip_prefix
+from ..nn import CheckpointError, ModelConfig, build_model, read_weights
+from .rundir import METRIC_COLUMNS
 
 #: the official training script's test transform (ToTensor, then Normalize), for CIFAR-10 and CIFAR-100 alike
 OFFICIAL_MEAN = (0.4914, 0.4822, 0.4465)
 OFFICIAL_STD = (0.2023, 0.1994, 0.2010)
-#: wrapper prefixes stripped from every key: DataParallel / DDP, torch.compile
-#: reductions tried when a gate's keys match an attention but its hidden width is not the default one
-_REDUCTIONS = (16, 8, 4, 2, 1, 32, 64)
+#: where an official file's input normalisation comes from, in words (what collect and ablate say they inferred)
+OFFICIAL_PREPROCESS_FROM = "the official ASR code's normalisation: CIFAR-10's mean and std, for CIFAR-100 too"
+#: the data sets the official code trains, told apart by the classes of the model
+OFFICIAL_DATASETS = {10: "cifar10", 100: "cifar100"}
+#: the official log's columns, in the order its Logger writes them, and their metrics.csv names
+OFFICIAL_LOG_COLUMNS = {"Learning Rate": "lr", "Train Loss": "train_loss", "Valid Loss": "test_loss",
+                        "Train Acc.": "train_acc", "Valid Acc.": "test_acc"}
+#: the files of an official run folder
+OFFICIAL_CHECKPOINTS = ("checkpoint.pth.tar", "model_best.pth.tar")
 _NORM_PARTS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-_STAGE_KEY = re.compile(r"^layer(\d+)\.(\d+)\.")
 
 State = dict[str, torch.Tensor]
 
@@ -76,13 +88,13 @@ def split_fused(state: Mapping[str, torch.Tensor]) -> tuple[State, State]:
 
 
 def from_official(state: Mapping[str, torch.Tensor]) -> State:
-    """The official code's state dict (``module.`` stripped or not) in this package's names.
+    """The official code's state dict in this package's names (its ``module.`` prefix stripped, as
+    :func:`stripe.nn.read_weights` gives it, or :func:`stripe.nn.strip_prefix` for one in memory).
 
     ``fused_bn`` tensors of live ASR norms are not model weights: split them off first with
     :func:`split_fused` (``ValueError`` otherwise). A norm that holds only ``fused_bn`` (the
     official ``switch_to_deploy(delete=True)``) becomes the plain BN of the folded model.
     """
-    state, _ = strip_prefix(state)
     live = _asr_prefixes_official(state)
     stale = [k for k in state if k.partition(".fused_bn.")[0] in live and ".fused_bn." in k]
     if stale:
@@ -242,137 +254,19 @@ def stale_fused(weights: Mapping[str, torch.Tensor], fused: Mapping[str, torch.T
     return bad
 
 
-def state_shapes(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of a state dict."""
-    return {k: tuple(v.shape) for k, v in state.items()}
-
-
-def state_mismatch(want: Mapping[str, tuple[int, ...]], have: Mapping[str, tuple[int, ...]]) -> str | None:
-    """None when ``have`` (the file) has exactly ``want``'s (the model's) keys and shapes, else one line:
-    the counts and first ``few`` of the missing keys, of the unexpected keys and of the shape mismatches
-    (both key lists always, each cut only at its own end)."""
-    few = 3
-    missing = [k for k in want if k not in have]
-    unexpected = [k for k in have if k not in want]
-    shapes = [k for k in want if k in have and tuple(want[k]) != tuple(have[k])]
-    if not (missing or unexpected or shapes):
-        return None
-
-    def listed(keys: list[str]) -> str:
-        return f" ({', '.join(keys[:few])}{', …' if len(keys) > few else ''})" if keys else ""
-
-    parts = [f"{len(missing)} missing{listed(missing)}", f"{len(unexpected)} unexpected{listed(unexpected)}"]
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatch(es) ("
-                     + ", ".join(f"{k}: file {tuple(have[k])} vs model {tuple(want[k])}" for k in shapes[:few])
-                     + (", …" if len(shapes) > few else "") + ")")
-    return "; ".join(parts)
-
-
-def _meta_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of the model ``cfg`` builds (on the meta device: no memory, no initialisation cost)."""
-    with torch.device("meta"):
-        return state_shapes(build_model(cfg).state_dict())
-
-
 def normalize_names(state: Mapping[str, torch.Tensor]) -> tuple[State, State, dict[str, Any]]:
-    """(weights, fused, info): any supported state dict in this package's names, prefix stripped and the official
-    ``fused_bn`` set aside; ``info`` says what was done (``stripped_prefix``, ``naming``, ``renamed``, ``fused``)."""
-    state, removed = strip_prefix(state)
-    info: dict[str, Any] = {"stripped_prefix": "".join(removed) or None, "naming": "stripe", "renamed": 0,
-                            "fused": 0}
+    """(weights, fused, info): a state dict as :func:`stripe.nn.read_weights` gives it (prefixes stripped) in this
+    package's names, the official ``fused_bn`` set aside; ``info`` says what was done (``naming``, ``renamed``,
+    ``fused``)."""
+    info: dict[str, Any] = {"naming": "stripe", "renamed": 0, "fused": 0}
     fused: State = {}
     if is_official(state):
         weights, fused = split_fused(state)
         mapped = from_official(weights)
         info.update(naming="official", renamed=sum(a != b for a, b in zip(weights, mapped)),
                     fused=len({k.split(".fused_bn.")[0] for k in fused}))
-        state = mapped
-    return state, fused, info
-
-
-def infer_config(state: Mapping[str, torch.Tensor]) -> ModelConfig:
-    """The :class:`ModelConfig` of a CIFAR ResNet state dict (official or this package's names, any prefix),
-    from the tensors alone: depth, block, attention (any registered one), ASR, both, psi_size, num_classes,
-    in_chans; the attention's reduction when it is not the module's default. ``ValueError`` names what is
-    not recognised. (``psi_init``, ``image_size`` and other options that leave no trace keep their defaults.)"""
-    state, _, _ = normalize_names(state)
-    for key in ("conv1.weight", "fc.weight"):
-        if key not in state:
-            raise UserError(f"not a CIFAR ResNet state dict: no {key!r} (keys: {', '.join(list(state)[:5])}, …)")
-    conv1, fc = state["conv1.weight"], state["fc.weight"]
-    if conv1.dim() != 4 or conv1.shape[0] != 16 or fc.dim() != 2:
-        raise UserError(f"not a CIFAR ResNet state dict: the stem is {tuple(conv1.shape)} (expected [16, C, 3, 3])")
-    in_chans, num_classes = int(conv1.shape[1]), int(fc.shape[0])
-    counts = []
-    for s in (1, 2, 3):
-        idx = {int(m.group(2)) for k in state if (m := _STAGE_KEY.match(k)) and int(m.group(1)) == s}
-        if not idx or idx != set(range(len(idx))):
-            raise UserError(f"not a CIFAR ResNet state dict: stage layer{s} has blocks {sorted(idx)} "
-                             "(expected 0 … n-1)")
-        counts.append(len(idx))
-    if len(set(counts)) != 1 or any(_STAGE_KEY.match(k) and int(_STAGE_KEY.match(k).group(1)) > 3 for k in state):
-        raise UserError(f"not a CIFAR ResNet state dict: blocks per stage {counts} (expected three equal stages)")
-    n = counts[0]
-    block = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    depth = (9 if block == "bottleneck" else 6) * n + 2
-    last = "bn3" if block == "bottleneck" else "bn2"
-    psi = state.get(f"layer1.0.{last}.psi")
-    psi_size = int(psi.shape[-1]) if psi is not None else None
-    # the first block of each stage and the stage-shared cells identify the attention: compare them with a
-    # one-block-per-stage network of every candidate layout
-    first = {k: tuple(v.shape) for k, v in state.items() if not re.match(r"^layer\d+\.[1-9]\d*\.", k)}
-    small = (9 if block == "bottleneck" else 6) + 2
-    base = ModelConfig(name=f"cifar_resnet{small}", block=block, num_classes=num_classes, in_chans=in_chans)
-    candidates = [base] if psi is None else []
-    for a in list_attn():
-        spec = get_spec(a)
-        biases = (False, True) if "bias" in spec.options() else (False,)
-        if psi is None:
-            candidates += [ModelConfig(**{**base.to_dict(), "attn": a, "mlp_bias": b}) for b in biases]
-        elif psi_size >= spec.min_psi_size:
-            for both in (False, True):
-                candidates += [ModelConfig(**{**base.to_dict(), "attn": a, "asr": True, "both": both,
-                                              "psi_size": psi_size, "mlp_bias": b}) for b in biases]
-    found, near = [], []  # near: candidates whose keys fit but some shapes do not (named if nothing fits)
-    for cand in candidates:
-        want = _meta_shapes(cand)
-        if set(want) != set(first):
-            continue
-        near.append((cand, [k for k in want if want[k] != first[k]], want))
-        if want == first:
-            found.append(cand)
-            continue
-        if cand.attn is not None and "reduction" in get_spec(cand.attn).options():
-            for r in _REDUCTIONS:
-                try:
-                    alt = ModelConfig(**{**cand.to_dict(), "reduction": r})
-                    if _meta_shapes(alt) == first:
-                        found.append(alt)
-                        break
-                except ValueError:
-                    continue
-    if not found and near:
-        cand, keys, want = min(near, key=lambda c: len(c[1]))
-        shown = ", ".join(f"{k}: file {first[k]} vs model {want[k]}" for k in keys[:3]) + (", …" if len(keys) > 3 else "")
-        raise UserError(f"layout not recognised: its keys fit a {block} CIFAR ResNet-{depth} attn={cand.attn} "
-                        f"asr={cand.asr} both={cand.both}, but {len(keys)} tensor(s) have another shape ({shown})")
-    if not found:
-        gate = sorted({k.split(".", 2)[2] if k.count(".") >= 2 else k for k in first
-                       if re.match(r"^layer1\.(0|attn|asr_attn)\.", k)
-                       and not re.match(r"^layer1\.0\.(conv\d|bn[12]\.|downsample\.)", k)})
-        raise UserError(f"layout not recognised: a {block} CIFAR ResNet-{depth} whose first block holds "
-                         f"{', '.join(gate[:6]) or 'nothing beyond convs and BNs'}{', …' if len(gate) > 6 else ''}; "
-                         f"it is none of baseline, X, ASR(X), ASR(X)+X for X in {', '.join(list_attn())}")
-    if len(found) > 1:
-        raise UserError("layout ambiguous: the tensors fit " + ", ".join(
-            f"attn={c.attn} asr={c.asr} both={c.both}" for c in found))
-    cfg = ModelConfig(**{**found[0].to_dict(), "name": f"cifar_resnet{depth}"})
-    problem = state_mismatch(_meta_shapes(cfg), state_shapes(state))
-    if problem:
-        raise UserError(f"layout not recognised: the first blocks fit {cfg.arch} attn={cfg.attn} asr={cfg.asr} "
-                         f"both={cfg.both}, but the whole state dict does not: {problem}")
-    return cfg
+        return mapped, fused, info
+    return dict(state), fused, info
 
 
 def official_input(images: Any) -> torch.Tensor:
@@ -386,3 +280,116 @@ def official_input(images: Any) -> torch.Tensor:
     std = torch.tensor(OFFICIAL_STD, dtype=torch.float32)[:, None, None]
     return (x - mean) / std
 
+
+def read_official_log(path: str | Path):
+    """The official code's tab-separated ``log.txt`` as a DataFrame with metrics.csv columns: epoch (1, 2, …),
+    lr, train_loss, train_acc, test_loss, test_acc (accuracies in %). A malformed file raises ``ValueError``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"{path}: log file not found")
+    lines = path.read_text(errors="replace").splitlines()
+    if not lines:
+        raise UserError(f"{path}: empty; expected the official log's header ({', '.join(OFFICIAL_LOG_COLUMNS)})")
+    header = [c.strip() for c in lines[0].split("\t")]
+    header = header[:-1] if header and header[-1] == "" else header  # the Logger ends each line with a tab
+    if sorted(header) != sorted(OFFICIAL_LOG_COLUMNS):
+        shown = repr(lines[0][:60]) + ("…" if len(lines[0]) > 60 else "")  # a binary file's bytes stay off the screen
+        raise UserError(f"{path}: not an official log.txt: its first line is {shown} (expected the tab-separated "
+                         f"columns {', '.join(OFFICIAL_LOG_COLUMNS)})")
+    rows = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split("\t")]
+        cells = cells[:-1] if cells and cells[-1] == "" else cells
+        if len(cells) != len(header):
+            raise UserError(f"{path}: line {i} has {len(cells)} fields, expected {len(header)}")
+        try:
+            values = [float(c) for c in cells]
+        except ValueError:
+            bad = next(c for c in cells if not _is_float(c))
+            raise UserError(f"{path}: line {i}: {bad!r} is not a number") from None
+        rows.append({OFFICIAL_LOG_COLUMNS[h]: v for h, v in zip(header, values)})
+    columns = [c for c in METRIC_COLUMNS if c == "epoch" or c in OFFICIAL_LOG_COLUMNS.values()]
+    df = pd.DataFrame(rows, columns=[c for c in columns if c != "epoch"])
+    df.insert(0, "epoch", range(1, len(df) + 1))
+    return df[columns]
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+@dataclass
+class OfficialCheckpoint:
+    """One checkpoint file of an official run: its name, path, the epoch and accuracies it records."""
+
+    name: str
+    path: Path
+    epoch: int | None
+    acc: float | None
+    best_acc: float | None
+
+
+@dataclass
+class OfficialRun:
+    """An official run folder: its checkpoint files (by name) and its log (None when absent)."""
+
+    folder: Path
+    checkpoints: dict[str, OfficialCheckpoint]
+    log: Any  # pandas.DataFrame | None
+    notes: list[str] = field(default_factory=list)
+
+    def checkpoint(self, name: str = "checkpoint.pth.tar") -> OfficialCheckpoint:
+        """The checkpoint file ``name`` (``KeyError`` naming those present)."""
+        if name not in self.checkpoints:
+            raise KeyError(f"{self.folder}: no {name} (present: {', '.join(self.checkpoints) or 'none'})")
+        return self.checkpoints[name]
+
+
+def official_files(folder: str | Path) -> list[Path]:
+    """The checkpoint files of an official run folder, none of them read: ``checkpoint.pth.tar`` (the last epoch),
+    ``model_best.pth.tar`` (the best), then any other ``*.pth.tar`` by name."""
+    folder = Path(folder)
+    names = [n for n in OFFICIAL_CHECKPOINTS if (folder / n).is_file()]
+    names += sorted(p.name for p in folder.glob("*.pth.tar") if p.name not in names)
+    return [folder / n for n in names]
+
+
+def official_run(folder: str | Path, *, read_log: bool = True) -> OfficialRun:
+    """An official run folder (``checkpoint.pth.tar``, ``model_best.pth.tar``, ``log.txt``): each checkpoint with
+    the epoch, acc and best_acc it records (read with weights_only), and the log (``read_log`` False: left unread,
+    for work that needs only the checkpoints); ``notes`` flag disagreements."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise NotFoundError(f"{folder}: no such run folder")
+    files = official_files(folder)
+    log_path = folder / "log.txt"
+    if not files and not log_path.is_file():
+        raise NotFoundError(f"{folder}: holds neither *.pth.tar checkpoints nor log.txt (not an official run "
+                                "folder)")
+    checkpoints = {}
+    for p in files:
+        name = p.name
+        obj = read_weights(p).raw
+        if not (isinstance(obj, dict) and "state_dict" in obj and "epoch" in obj):
+            raise CheckpointError(f"{p}: not an official checkpoint (no 'epoch' and 'state_dict')")
+        num = lambda k: float(obj[k]) if isinstance(obj.get(k), (int, float)) else None  # noqa: E731
+        checkpoints[name] = OfficialCheckpoint(name, p, obj["epoch"] if isinstance(obj["epoch"], int) else None,
+                                               num("acc"), num("best_acc"))
+    log = read_official_log(log_path) if read_log and log_path.is_file() else None
+    run = OfficialRun(folder, checkpoints, log)
+    last = checkpoints.get("checkpoint.pth.tar")
+    if log is not None and last is not None and last.epoch is not None and last.epoch != len(log):
+        run.notes.append(f"checkpoint.pth.tar records epoch {last.epoch} but log.txt has {len(log)} rows")
+    if log is not None and last is not None and last.acc is not None and len(log) and last.epoch == len(log) \
+            and abs(float(log["test_acc"].iloc[-1]) - last.acc) > 5e-6:
+        run.notes.append(f"checkpoint.pth.tar records acc {last.acc} but log.txt's last Valid Acc. is "
+                         f"{float(log['test_acc'].iloc[-1])}")
+    return run
