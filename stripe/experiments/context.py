@@ -1,6 +1,11 @@
 """What every stage of a preset gets (:class:`Context`: the output folder, the budget, the :class:`Sizes`, the
 data, the log) and the steps the stages share: a training config from the sizes, training with online
-recording under the budget's deadline, the stripe tables of a run, the ablation of a run."""
+recording under the budget's deadline, the stripe tables of a run, the ablation of a run.
+
+:class:`RunSizes` is the one base of every size of a trained and recorded run: the presets' :class:`Sizes`, the
+demo's :class:`~stripe.experiments.demo.DemoConfig` and the zoo's :class:`~stripe.experiments.zoo.ZooSizes` hold
+the model, the schedule, the data sizes and the :class:`~stripe.record.RecordConfig` of the online recording in it
+(the recording's defaults live in ``RecordConfig`` alone)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +14,16 @@ import os
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..record.config import RecordConfig
 from .budget import Budget, Deadline
+
+if TYPE_CHECKING:
+    from ..record import OnlineRecorder
+    from ..train import TrainConfig
 
 #: where the runs a preset trains log for TensorBoard (``stripe reproduce PRESET --tensorboard DIR``, ``stripe demo
 #: --tensorboard DIR``): each run into ``DIR/<run folder name>``; None (the default): no logs
@@ -48,11 +58,52 @@ def tensorboard_into(folder: str | os.PathLike[str] | None) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
-class Sizes:
-    """How big each stage is."""
+class RunSizes:
+    """How big a trained and recorded run is: the model, the schedule, the data sizes and what the online recording
+    keeps (its :class:`~stripe.record.RecordConfig`)."""
+
+    model: str = "cifar_resnet20"
+    epochs: int = 10
+    batch_size: int = 128
+    train_subset: int | None = None
+    test_subset: int | None = None
+    probe_n: int = 1000
+    record: RecordConfig = RecordConfig()
+
+    def train_config(self, **over: Any) -> TrainConfig:
+        """The training config of these sizes (the model by name, epochs, batch, data sizes), ``over`` replacing
+        fields."""
+        from ..nn import ModelConfig
+        from ..train import TrainConfig
+
+        kw: dict[str, Any] = dict(model=ModelConfig(self.model), epochs=self.epochs, batch_size=self.batch_size,
+                                  train_subset=self.train_subset, test_subset=self.test_subset, probe_n=self.probe_n)
+        kw.update(over)
+        return TrainConfig(**kw)
+
+    def recorder(self) -> OnlineRecorder:
+        """A training callback that records each checkpoint of a run as :attr:`record` says."""
+        from ..record import OnlineRecorder
+
+        return OnlineRecorder(self.record)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (the recording's as :meth:`RecordConfig.to_dict` gives it)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["record"] = self.record.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+#: what a dry run's recording keeps: few raw vectors (the statistics are complete either way)
+DRY_RECORD = RecordConfig(raw_n=16)
+
+
+@dataclass(frozen=True)
+class Sizes(RunSizes):
+    """How big each stage of a preset is."""
 
     model: str = "cifar_resnet164"
-    batch: int = 128
+    epochs: int = 15
     bench_steps: int = 100
     bench_warmup: int = 20
     learns_epochs: int = 2
@@ -63,11 +114,6 @@ class Sizes:
     science_epochs_max: int = 164
     science_reserve_s: float = 60.0
     min_stage_s: float = 20.0  # a stage starts only with more than this left
-    train_subset: int | None = None
-    test_subset: int | None = None
-    probe_n: int = 1000
-    epochs: int = 15
-    raw_n: int = 256
     device: str = "cuda"
     precision: str = "bf16"
     channels_last: bool = True
@@ -108,24 +154,18 @@ class Context:
 
 def base_config(ctx: Context, **over: Any):
     """The training config of the context's sizes and data, with ``over`` replacing fields."""
-    from ..nn import ModelConfig
-    from ..train import TrainConfig
-
     sz = ctx.sizes
-    kw = dict(model=ModelConfig(sz.model), dataset=ctx.dataset, data_root=ctx.data_root, train_subset=sz.train_subset,
-              test_subset=sz.test_subset, probe_n=sz.probe_n, epochs=sz.epochs, batch_size=sz.batch,
-              precision=sz.precision, channels_last=sz.channels_last, compile=sz.compile)
-    kw.update(over)
-    return TrainConfig(**kw)
+    kw: dict[str, Any] = dict(dataset=ctx.dataset, data_root=ctx.data_root, precision=sz.precision,
+                              channels_last=sz.channels_last, compile=sz.compile)
+    return sz.train_config(**{**kw, **over})
 
 
 def train_recorded(ctx: Context, cfg, run: Path, *, reserve: float = 0.0) -> dict[str, Any]:
     """Train ``cfg`` into ``run`` (resuming a partial run) with online recording (when the model has attention),
     the budget's deadline and, with :data:`TENSORBOARD` set, a TensorBoard log."""
-    from ..record import OnlineRecorder
     from ..train import train
 
-    rec = OnlineRecorder(raw_n=ctx.sizes.raw_n) if cfg.model.attn else None
+    rec = ctx.sizes.recorder() if cfg.model.attn else None
     deadline = Deadline(ctx.budget, reserve)
     t0 = time.perf_counter()
     rows = train(cfg, run, resume=(run / "config.json").exists(), device=ctx.sizes.device, progress=ctx.progress,

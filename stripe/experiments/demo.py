@@ -8,20 +8,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data import DataNotFoundError, default_data_dir, load_dataset
+from .context import RunSizes
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """What the demo trains and measures (small enough for a small CPU in minutes)."""
+class DemoConfig(RunSizes):
+    """What the demo trains and measures (small enough for a small CPU in minutes): the sizes of its runs and their
+    recording (:class:`~stripe.experiments.context.RunSizes`), then the attention, the speed table's and the
+    ablation's."""
 
     model: str = "cifar_resnet14"
+    epochs: int = 8
+    train_subset: int | None = 6000
+    test_subset: int | None = 2000
     block: str = "basic"
     attn: str = "se"
-    epochs: int = 8
-    train_subset: int = 6000
-    test_subset: int = 2000
-    batch_size: int = 128
-    probe_n: int = 1000
     speed_model: str = "cifar_resnet164"
     speed_batches: tuple[int, ...] = (1, 32)
     speed_repeats: int = 3
@@ -63,8 +64,6 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     from .. import fsio
     from ..analysis import compute_tables, run_ablation, summary_text, write_tables
     from ..nn import ModelConfig
-    from ..record import OnlineRecorder
-    from ..train import TrainConfig
     from ..viz import figures
     from ..viz.notebooks import execute_notebook
     from .bench import inference_speed
@@ -89,10 +88,8 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
     done("data")
 
     stage("train + record: baseline, +att, +ASR(att), +ASR(att)+att")
-    base = TrainConfig(model=ModelConfig(cfg.model, block=cfg.block), dataset=dataset,
-                       data_root=data_root if dataset == "cifar10" else None, train_subset=cfg.train_subset,
-                       test_subset=cfg.test_subset, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                       probe_n=cfg.probe_n)
+    base = cfg.train_config(model=ModelConfig(cfg.model, block=cfg.block), dataset=dataset,
+                            data_root=data_root if dataset == "cifar10" else None)
     labels = [label for label in variants(cfg.attn) if label != "baseline"]
     recorders = {}
 
@@ -100,7 +97,7 @@ def run_demo(out: str | Path | None = None, *, cfg: DemoConfig = DemoConfig(), d
         logs = tensorboard_callbacks(run_dir_of(out / "compare", label, seed))  # after the recorder: it reads it
         if label == "baseline":
             return tuple(logs)
-        recorders[label] = OnlineRecorder()
+        recorders[label] = cfg.recorder()
         return (recorders[label], *logs)
 
     seeds = list(seeds or [0])

@@ -22,7 +22,8 @@ import traceback
 from dataclasses import dataclass, replace
 
 from ..errors import UserError
-from .context import Context, Sizes, base_config, record_tables, train_recorded
+from ..record.config import RecordConfig
+from .context import DRY_RECORD, Context, Sizes, base_config, record_tables, train_recorded
 
 GPU_STAGES = ("train-speed", "learns", "collect-speed", "speed", "science")
 
@@ -55,11 +56,12 @@ class Campaign:
             raise UserError(f"--epochs must be >= 1, got {self.epochs}")
 
 
-GPU = Sizes(raw_n=64)  # ResNet-164 has 8,064 SE channels: 64 raw images per tap and epoch is 2 MB
-GPU_DRY = Sizes(model="cifar_resnet20", batch=32, bench_steps=3, bench_warmup=2, learns_epochs=1,
+#: ResNet-164 has 8,064 SE channels: 64 raw images per tap and epoch is 2 MB
+GPU = Sizes(record=RecordConfig(raw_n=64))
+GPU_DRY = Sizes(model="cifar_resnet20", batch_size=32, bench_steps=3, bench_warmup=2, learns_epochs=1,
                 learns_train_subset=256, collect_images=200, speed_batches=(2,), speed_repeats=1,
                 science_epochs_max=2, science_reserve_s=0.0, min_stage_s=0.0, train_subset=256, test_subset=200,
-                probe_n=100, raw_n=16, device="cpu", precision="fp32", channels_last=False, compile="none")
+                probe_n=100, record=DRY_RECORD, device="cpu", precision="fp32", channels_last=False, compile="none")
 
 
 def _stage_train_speed(ctx: Context) -> None:

@@ -43,12 +43,12 @@ from .. import __version__, fsio
 from ..errors import EnvironmentProblem, UserError
 from .archive import pack
 from .budget import Budget
-from .context import Context, Sizes, ablate_run, base_config, record_tables, train_recorded
+from .context import DRY_RECORD, Context, RunSizes, Sizes, ablate_run, base_config, record_tables, train_recorded
 from .gpu import GPU, GPU_DRY, Campaign, gpu_quick, paper_cifar10
 
 CPU20 = Sizes(model="cifar_resnet20", epochs=15, device="cpu", precision="fp32", channels_last=False, compile="none")
-CPU20_DRY = replace(CPU20, epochs=2, train_subset=256, test_subset=200, probe_n=100, raw_n=16, speed_batches=(2,),
-                    speed_repeats=1)
+CPU20_DRY = replace(CPU20, epochs=2, train_subset=256, test_subset=200, probe_n=100, record=DRY_RECORD,
+                    speed_batches=(2,), speed_repeats=1)
 
 
 def cifar10_resnet20_cpu(ctx: Context) -> None:
@@ -120,13 +120,15 @@ def demo_cpu(ctx: Context) -> None:
              progress=ctx.progress, seeds=ctx.seeds)
 
 
-def _demo_sizes(dry_run: bool) -> Any:
+def _demo_sizes(dry_run: bool) -> RunSizes:
+    """The demo's sizes (the tiny ones for a dry run)."""
     from .demo import TINY, DemoConfig
 
     return TINY if dry_run else DemoConfig()
 
 
-def _zoo_sizes(dry_run: bool) -> Any:
+def _zoo_sizes(dry_run: bool) -> RunSizes:
+    """The zoo's sizes (the dry ones for a dry run)."""
     from . import zoo
 
     return zoo.ZOO_DRY if dry_run else zoo.ZOO
@@ -142,7 +144,7 @@ class Preset:
     dry: Sizes
     needs_cuda: bool = False
     #: the sizes that govern the preset when they are not ``sizes`` (its own config; argument: dry run)
-    own_sizes: Callable[[bool], Any] | None = None
+    own_sizes: Callable[[bool], RunSizes] | None = None
     #: the entries of the output folder that ``results.tar.gz`` holds (None: all but checkpoints)
     travels: tuple[str, ...] | None = None
     #: the options of its own it takes: "campaign" (--stages/--variant/--seed/--epochs), "runs" (--jobs/--only)
@@ -236,7 +238,7 @@ def run_preset(name: str, *, out: str | Path | None = None, data_root: str | Non
         ctx.log({"stage": "env", "preset": name, "stripe": __version__, "torch": torch.__version__,
                  "python": platform.python_version(), "dry_run": dry_run, "budget_s": ctx_budget.seconds,
                  "device": torch.cuda.get_device_name(0) if sizes.device == "cuda" else platform.processor() or "cpu",
-                 "data": sentence, "sizes": (preset.own_sizes(dry_run) if preset.own_sizes else sizes).__dict__,
+                 "data": sentence, "sizes": (preset.own_sizes(dry_run) if preset.own_sizes else sizes).to_dict(),
                  "seeds": seed_list,
                  **({"campaign": ctx.campaign.__dict__} if "campaign" in preset.options else {})})
         failed = False

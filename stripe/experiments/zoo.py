@@ -46,6 +46,7 @@ import numpy as np
 from ..errors import UserError
 from .. import fsio
 from ..nn.variants import Variant, slug
+from .context import DRY_RECORD, RunSizes
 from .cpuenv import describe_env, worker_env
 
 
@@ -168,21 +169,17 @@ def parse_seeds(text: str | int | Iterable[int]) -> list[int]:
 
 
 @dataclass(frozen=True)
-class ZooSizes:
-    """How big each run is (``max_epochs`` caps a run's own epochs: a dry run's long schedule)."""
+class ZooSizes(RunSizes):
+    """How big each run is: ResNet-20, 10 epochs, the full data (:class:`~stripe.experiments.context.RunSizes`'
+    defaults), on the CPU fast path; ``max_epochs`` caps a run's own epochs (a dry run's long schedule)."""
 
-    model: str = "cifar_resnet20"
-    epochs: int = 10
-    train_subset: int | None = None
-    test_subset: int | None = None
-    probe_n: int = 1000
-    raw_n: int = 256
     fast: bool = True  # the CPU fast path: channels_last + torch.compile
     max_epochs: int | None = None
 
 
 ZOO = ZooSizes()
-ZOO_DRY = ZooSizes(epochs=2, train_subset=512, test_subset=300, probe_n=100, raw_n=16, fast=False, max_epochs=3)
+ZOO_DRY = ZooSizes(epochs=2, train_subset=512, test_subset=300, probe_n=100, record=DRY_RECORD, fast=False,
+                   max_epochs=3)
 
 #: what a finished run keeps in ``results/SLUG/seedN`` (paths relative to the run directory)
 RESULT_FILES = ("config.json", "metrics.csv", "recording/manifest.json", "recording/tables/taps.csv",
@@ -199,14 +196,13 @@ def epochs_of(run: ZooRun, sizes: ZooSizes) -> int:
 def train_config(run: ZooRun, sizes: ZooSizes, data_root: str | None, seed: int = 0):
     """The :class:`~stripe.train.TrainConfig` of one campaign run at one seed."""
     from ..nn import ModelConfig
-    from ..train import TrainConfig, fast_path
+    from ..train import fast_path
 
     fast = fast_path("cpu") if sizes.fast else {}
     model = replace(ModelConfig(sizes.model), **run.variant.overrides(), reduction=run.reduction,
                     mlp_bias=run.mlp_bias)
-    return TrainConfig(model=model, dataset="cifar10", data_root=data_root, train_subset=sizes.train_subset,
-                       test_subset=sizes.test_subset, probe_n=sizes.probe_n, epochs=epochs_of(run, sizes), seed=seed,
-                       **fast)
+    return sizes.train_config(model=model, dataset="cifar10", data_root=data_root, epochs=epochs_of(run, sizes),
+                              seed=seed, **fast)
 
 
 def run_folder(out: str | Path, run: ZooRun, seed: int) -> Path:
@@ -282,7 +278,6 @@ def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZO
     """Train, record, tabulate, ablate and fold-check one campaign run at one seed; its small outputs go to
     ``out/results/SLUG/seedN`` (with ``DONE.json`` last). Resumes a partial run."""
     from ..analysis import compute_tables, run_ablation, write_tables
-    from ..record import OnlineRecorder
     from ..train import train
 
     out = Path(out)
@@ -290,7 +285,7 @@ def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZO
     dest = result_dir(out, run, seed)
     cfg = train_config(run, sizes, data_root, seed)
     t0 = time.perf_counter()
-    rec = OnlineRecorder(raw_n=sizes.raw_n) if cfg.model.attn else None
+    rec = sizes.recorder() if cfg.model.attn else None
     rows = train(cfg, run_dir, resume=(run_dir / "config.json").exists(), device=device, progress=progress,
                  callbacks=([rec] if rec else []) + [_EpochLine(f"{run.label} seed {seed}", cfg.epochs)])
     done: dict[str, Any] = {"label": run.label, "slug": run.slug, "seed": seed, "epochs": rows[-1]["epoch"],

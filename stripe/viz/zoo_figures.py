@@ -23,16 +23,22 @@ from .style import (WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, ne
 __all__ = ["zoo_accuracy", "zoo_spread", "zoo_stripes"]
 
 
+def _input_dependent(tables: Mapping[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """Each run's stage table without its ASR rows (constant by construction), and the runs left with none (ASR
+    only: a mention, no panel); refused when no run is left to draw."""
+    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in tables.items()}
+    runs = {k: v for k, v in kept.items() if not v.empty}
+    if not runs:
+        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
+    return runs, [k for k, v in kept.items() if v.empty]
+
+
 def zoo_stripes(stages: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
     """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
     (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init. ASR taps are left out
     (constant by construction): an ASR-only model (+ASR(att)) gets no panel, only a mention in the title.
     ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
-    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stages.items()}
-    asr_only = [k for k, v in kept.items() if v.empty]
-    stages = {k: v for k, v in kept.items() if not v.empty}
-    if not stages:
-        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
+    stages, asr_only = _input_dependent(stages)
     labels = list(stages)
     cols = 4
     rows = -(-len(labels) // cols)
@@ -73,11 +79,7 @@ def zoo_spread(stage_tables: Mapping[str, pd.DataFrame], *, subtitle: str = "") 
     epoch 0 marked init, the trend window shaded; when every table holds rstd, a second block of panels: rstd
     after (solid) vs before (dashed). ASR-only runs (constant by construction) get no panel, only a mention.
     ``subtitle`` says what was run (model, data, epochs, seeds); tables averaged over seeds draw their mean."""
-    kept = {k: v[~v["asr"].astype(bool)] if "asr" in v.columns else v for k, v in stage_tables.items()}
-    asr_only = [k for k, v in kept.items() if v.empty]
-    runs = {k: v for k, v in kept.items() if not v.empty}
-    if not runs:
-        raise UserError("no run with an input-dependent attention to draw (ASR taps only: constant by construction)")
+    runs, asr_only = _input_dependent(stage_tables)
     for k, v in runs.items():
         require_columns(v, ["epoch", "stage", "std_after"], f"stage table of {k}")
     has_rstd = all({"rstd_after", "rstd_before"} <= set(v.columns) for v in runs.values())
