@@ -63,9 +63,10 @@ lab: install
 notebooks: install
 	$(BIN)/jupytext --update --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
-# one pytest-xdist worker per core, each test file in one worker (module fixtures are built once)
+# one pytest-xdist worker per core, each test file in one worker (module fixtures are built once); temporary
+# files in the checkout's own .pytest_tmp, so that another pytest session on the machine never rotates them away
 test: install data-system browser-deps
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --basetemp=.pytest_tmp
 
 clean-venv:
 	rm -rf $(VENV)
