@@ -89,3 +89,22 @@ def synthetic_set(n: int, *, classes: int = 10, channels: int = 3, size: int = 3
     digest = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()
     return ImageSet("synthetic", "test", images, labels, tuple(f"class{i}" for i in range(classes)),
                     (0.5,) * channels, (0.25,) * channels, f"random uint8, seed {seed}", digest)
+
+
+def forced_logits(model: torch.nn.Module, taps, means: dict, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` with every tap of ``taps`` forced to its constant in ``means`` (keyed by tap key, e.g.
+    ``layer1.0.attn.tap`` or ``layer1.attn.tap[2]`` for a shared cell's call): what a constant replacement of
+    those gates must compute, found without the replacement code."""
+    def force(tap, inputs, output):
+        path = next(n for n, m in model.named_modules() if m is tap).rsplit(".", 1)[0]
+        return means[f"{path}.tap" if tap.index is None else f"{path}.tap[{tap.index}]"].to(output).expand_as(output)
+
+    paths = dict.fromkeys(t.path for t in taps)  # a shared cell's calls are one module
+    handles = [model.get_submodule(path).tap.register_forward_hook(force) for path in paths]
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        for h in handles:
+            h.remove()
+

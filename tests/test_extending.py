@@ -14,7 +14,7 @@ from stripe.gates import find_gates, replace_with_constants
 from stripe.nn import AttnSpec, ChannelAttention, GatedNorm, SharedAttention, create_model, fold_norm, list_attn
 from stripe.nn.registry import get_spec, registered_attn
 
-from helpers import run_data, tiny_cfg
+from helpers import forced_logits, run_data, tiny_cfg
 
 
 class ToyAttention(ChannelAttention):
@@ -141,15 +141,7 @@ def test_the_model_folds_a_toy_in_every_placement(placement):
         means = {t.key: torch.rand(t.channels, dtype=torch.float64, generator=g) for t in rec.taps}
         folded = replace_with_constants(model, rec.taps, means).eval()
 
-        def force(tap, inputs, output):
-            path = next(n for n, m in model.named_modules() if m is tap).rsplit(".", 1)[0]
-            return means[f"{path}.tap" if tap.index is None else f"{path}.tap[{tap.index}]"].to(output).expand_as(output)
-
-        handles = [model.get_submodule(t.path).tap.register_forward_hook(force) for t in rec.taps]
-        with torch.no_grad():
-            forced = model(x)
-        for h in handles:
-            h.remove()
+        forced = forced_logits(model, rec.taps, means, x)
         with torch.no_grad():
             eps32 = torch.finfo(torch.float32).eps
             torch.testing.assert_close(folded(x), forced, rtol=0, atol=eps32 * max(1.0, float(forced.abs().max())))

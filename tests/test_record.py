@@ -21,7 +21,7 @@ from stripe.record import Recorder, Recording, collect
 from stripe.analysis import compute_tables
 from stripe.train import TrainConfig, train
 
-from helpers import real_dataset_name, run_data, tiny_cfg, tiny_data
+from helpers import forced_logits, real_dataset_name, run_data, tiny_cfg, tiny_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -388,16 +388,7 @@ def test_constant_replacement_equals_forcing_the_taps(attn, variant):
     means = {t.key: torch.rand(t.channels, dtype=torch.float64) for t in taps}
     folded = replace_with_constants(model, taps, means).eval()
 
-    def force(module, inputs, output):
-        name = next(n for n, m in model.named_modules() if m is module).rsplit(".", 1)[0]
-        key = f"{name}.tap" if module.index is None else f"{name}.tap[{module.index}]"
-        return means[key].to(output).expand_as(output)
-
-    handles = [m.tap.register_forward_hook(force) for n, m in model.named_modules() if n in {t.path for t in taps}]
-    with torch.no_grad():
-        forced = model(x)
-    for h in handles:
-        h.remove()
+    forced = forced_logits(model, taps, means, x)
     with torch.no_grad():
         eps32 = torch.finfo(torch.float32).eps
         torch.testing.assert_close(folded(x), forced, rtol=0, atol=eps32 * max(1.0, float(forced.abs().max())))
