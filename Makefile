@@ -64,9 +64,11 @@ notebooks: install
 	$(BIN)/jupytext --update --to ipynb notebooks/explore_stripes.py notebooks/paper_figures.py
 
 # one pytest-xdist worker per core, each test file in one worker (module fixtures are built once); temporary
-# files in the checkout's own .pytest_tmp, so that another pytest session on the machine never rotates them away
+# files in a fresh folder of this run's own outside the checkout (another pytest session on the machine never
+# rotates them away, and no test that walks the checkout meets them), removed afterwards
 test: install data-system browser-deps
-	$(BIN)/python -m pytest -q -n auto --dist loadfile --basetemp=.pytest_tmp
+	tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/stripe-test.XXXXXX") && \
+	  { $(BIN)/python -m pytest -q -n auto --dist loadfile --basetemp="$$tmp"; rc=$$?; rm -rf "$$tmp"; exit $$rc; }
 
 clean-venv:
 	rm -rf $(VENV)
