@@ -12,8 +12,9 @@ claimed (marked), a folder of stripe's own is accepted, and any other non-empty 
 (:class:`~stripe.errors.RefusedError`), with ``--overwrite`` or without. Folders written before the
 marker existed are recognised by their own formats (a run's ``config.json``, a recording's
 ``manifest.json``, a preset's ``measurements.jsonl``), and a folder right inside one of stripe's own is
-stripe's own when it bears a name stripe gives its parts (``checkpoints``, ``recording``, ``ablation`` …):
-any other folder there (a user's ``RUN/mywork``) is judged by what it holds, like any folder.
+stripe's own when it bears a name stripe gives its parts (``checkpoints``, ``recording``, ``ablation`` …) and
+holds only files of the kinds stripe writes there: any other folder there (a user's ``RUN/mywork``, or a
+user's ``RUN/logs`` holding ``thesis.tex``) is judged by what it holds, like any folder.
 """
 from __future__ import annotations
 
@@ -244,16 +245,47 @@ def owner_kind(path: str | os.PathLike[str]) -> str | None:
     """
     path = Path(path).absolute()
     own = _own_kind(path)
-    if own is not None or path.parent == path or path.name not in PARTS:
+    if own is not None or path.parent == path or path.name not in PARTS or not _holds_only_part_files(path):
         return own
     parent = _own_kind(path.parent)
     return None if parent is None else f"part of {parent}"
 
 
 #: the names of the folders stripe writes inside its own output folders (a run's ``checkpoints``, a recording's
-#: ``stats`` …): a folder of such a name right inside a stripe folder is part of it, even from before the marker
+#: ``stats`` …): a folder of such a name right inside a stripe folder is part of it, even from before the marker,
+#: as long as each file right in it is one that stripe writes into a part of that name (its patterns here;
+#: a part of the names without patterns holds folders only). Anything else there (a user's ``RUN/logs`` holding
+#: ``thesis.tex`` or a ``metrics.csv``, a hidden file or folder) makes it a folder like any other.
 PARTS = frozenset({"checkpoints", "recording", "ablation", "stats", "raw", "tables", "tables_seeds", "runs",
                    "results", "logs", "figures", "speed", "compare", "report", "learns"})
+_TABLES = ("*.csv", "*.parquet", "*.md", "*.json")
+_PART_FILES: dict[str, tuple[str, ...]] = {
+    "checkpoints": ("epoch_*.pt",), "recording": ("manifest.json",), "ablation": ("ablation.*", "*.npz"),
+    "stats": _TABLES, "tables": _TABLES, "tables_seeds": _TABLES, "raw": ("*.npy", "*.npz", "*.json"),
+    "logs": ("*.log",), "figures": ("*.png", "*.pdf", "*.svg", "*.csv", "*.md"), "speed": ("*.csv", "*.md", "*.png"),
+    "report": ("*.csv", "*.md", "*.png"), "compare": ("*.csv", "*.md", "*.png"), "learns": ("*.csv", "*.md", "*.png"),
+}
+
+
+def _holds_only_part_files(path: Path) -> bool:
+    """Whether every entry right in folder ``path`` is one stripe writes into a part of its name (see :data:`PARTS`):
+    its files match the part's patterns, its folders are not hidden; stripe's lock, marker and temporary files
+    pass."""
+    patterns = _PART_FILES.get(path.name, ())
+    try:
+        entries = list(path.iterdir())
+    except OSError:
+        return False
+    for e in entries:
+        if e.name in _IGNORABLE or (e.name.startswith(".") and e.name.endswith(".tmp")):
+            continue
+        if e.name.startswith(".") or e.is_symlink():
+            return False
+        if e.is_dir():
+            continue
+        if not any(e.match(p) for p in patterns):
+            return False
+    return True
 
 
 _LEGACY = (("config.json", "run", lambda d: str(d.get("format", "")).startswith("stripe-run/")),

@@ -87,6 +87,32 @@ def test_h1_a_users_folder_inside_a_stripe_folder_is_not_stripes(capsys, tmp_pat
     assert owner_kind(mine) is None
 
 
+def test_h1_a_users_folder_with_the_name_of_a_stripe_part_is_not_stripes(capsys, tmp_path, run):
+    """A user's folder inside a run named as stripe names its parts (logs, figures, stats, checkpoints) is the
+    user's when it holds files stripe does not write there; a part holding only stripe's files stays stripe's."""
+    from stripe.fsio import owner_kind
+
+    r = _copy(run, tmp_path / "run")
+    for name in ("logs", "figures", "stats", "checkpoints"):
+        mine = _mywork(r, name)
+        before = snapshot(mine)
+        assert owner_kind(mine) is None, name
+        for argv in (["train", *cli_args(tiny_cfg(epochs=1)), "--out", mine],
+                     ["train", *cli_args(tiny_cfg(epochs=1)), "--out", mine, "--overwrite"],
+                     ["collect", r, "--out", mine, "--device", "cpu", "--no-progress"]):
+            code, _, err = run_cli(capsys, *argv)
+            assert code == 2 and "files stripe did not write" in one_line(err), (argv, err)
+            assert snapshot(mine) == before, argv  # every byte of the user's folder survived
+    # one foreign file is enough, a hidden one too; stripe's own files (from before the marker) keep a part stripe's
+    part = r / "raw"
+    part.mkdir()
+    (part / "tap_000.npy").write_bytes(b"")
+    assert owner_kind(part) == "part of run"
+    (part / ".notes").write_text("mine\n")
+    assert owner_kind(part) is None
+    assert owner_kind(r / "checkpoints") is None  # the user's checkpoints folder made above
+
+
 # H2 ------------------------------------------------------------------------------------------------
 def test_h2_a_lock_that_is_a_symbolic_link_is_refused_and_its_target_kept(capsys, tmp_path, run):
     r = _copy(run, tmp_path / "run")
