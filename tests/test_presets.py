@@ -159,6 +159,20 @@ def test_campaign_options_belong_to_gpu_quick(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_tensorboard_is_refused_for_the_zoo_whose_workers_do_not_log(tmp_path, capsys, monkeypatch):
+    """The zoo trains in worker processes that do not log for TensorBoard: --tensorboard would be silently empty."""
+    import stripe.experiments.presets as presets
+
+    monkeypatch.setattr(presets, "run_preset", lambda *a, **k: 0)  # nothing trains either way
+    tb = tmp_path / "tb"
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--tensorboard", str(tb), "--out",
+                 str(tmp_path / "z")]) == 2
+    err = capsys.readouterr().err
+    assert "--tensorboard" in err and "zoo-cifar10-cpu" in err and len(err.strip().splitlines()) == 1, err
+    assert not tb.exists() and not (tmp_path / "z").exists()
+    assert main(["reproduce", "demo-cpu", "--dry-run", "--tensorboard", str(tb), "--out", str(tmp_path / "d")]) == 0
+
+
 # what a GPU image may lack: the notebook and browser stack and the test/third-party extras
 NOT_ON_GPU_IMAGE = ("jupytext", "nbformat", "nbclient", "ipykernel", "ipywidgets", "jupyterlab", "selenium",
                     "onnx2torch", "build")

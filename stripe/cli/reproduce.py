@@ -86,6 +86,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
         campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
                             variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
+    if args.tensorboard is not None and args.preset == "zoo-cifar10-cpu":  # its runs train in worker processes
+        raise UserError("--tensorboard: zoo-cifar10-cpu trains its runs in worker processes, which do not log for "
+                        "TensorBoard (each run's metrics.csv and recording hold its numbers); leave --tensorboard out")
     with tensorboard_into(args.tensorboard):
         return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget,
                           dry_run=args.dry_run, jobs=args.jobs,
