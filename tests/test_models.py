@@ -168,3 +168,19 @@ def test_reduction_option_sets_hidden_widths():
         create_model("cifar_resnet20", num_classes=10, attn="eca", reduction=4)
     with pytest.raises(ValueError, match="must be a positive integer"):
         create_model("cifar_resnet20", num_classes=10, attn="se", reduction=0)
+
+
+def test_create_model_takes_mlp_bias():
+    """``mlp_bias=True`` (README: beside ``reduction=``, the same option as ``--mlp-bias``): CBAM's and SPA's MLPs get
+    biases, plain and under ASR, recorded in the config; a module without a bias-free MLP refuses it."""
+    from stripe.errors import UserError
+
+    for attn in ("cbam", "spa"):
+        for asr in (False, True):
+            plain = create_model("cifar_resnet8", num_classes=10, attn=attn, asr=asr)
+            biased = create_model("cifar_resnet8", num_classes=10, attn=attn, asr=asr, mlp_bias=True)
+            assert biased.config.mlp_bias and not plain.config.mlp_bias
+            extra = {n for n, _ in biased.named_parameters()} - {n for n, _ in plain.named_parameters()}
+            assert extra and all(n.endswith(".bias") and ".attn." in n for n in extra), extra
+    with pytest.raises(UserError, match="--mlp-bias: se has no bias-free MLP"):
+        create_model("cifar_resnet8", num_classes=10, attn="se", mlp_bias=True)

@@ -478,12 +478,13 @@ def param_table(models: list[str], *, num_classes: int = 100, block: str | None 
 def create_model(name: str, *, num_classes: int, attn: str | None = None, asr: bool = False, both: bool = False,
                  block: str | None = None, in_chans: int = 3, image_size: int = 32, psi_size: int | None = None,
                  psi_init: float = 0.1, attn_kw: dict[str, Any] | None = None,
-                 reduction: int | None = None) -> "CifarResNet":
+                 reduction: int | None = None, mlp_bias: bool = False) -> "CifarResNet":
     """Build ``cifar_resnet{depth}``: the plain backbone, ``attn``, ASR(``attn``), or both; ``reduction`` sets the
-    bottleneck ratio of SE, CBAM, SPA and DIA (default: each module's own, 16, or 4 for DIA)."""
+    bottleneck ratio of SE, CBAM, SPA and DIA (default: each module's own, 16, or 4 for DIA); ``mlp_bias`` gives
+    CBAM's and SPA's MLPs biases (``--mlp-bias``; default none, as timm's)."""
     return build_model(ModelConfig(name=name, num_classes=num_classes, attn=attn, asr=asr, both=both, block=block,
                                    in_chans=in_chans, image_size=image_size, psi_size=psi_size, psi_init=psi_init,
-                                   attn_kw=dict(attn_kw or {}), reduction=reduction))
+                                   attn_kw=dict(attn_kw or {}), reduction=reduction, mlp_bias=mlp_bias))
 
 
 def build_model(config: ModelConfig | dict[str, Any]) -> nn.Module:
