@@ -60,6 +60,13 @@ def test_every_run_and_seed_has_its_own_results(campaign):
         assert np.array_equal(a["labels"], b["labels"]) and str(a["run_id"]) != str(b["run_id"])
     assert (out / "results" / "plus_se" / "seed1" / "ablation" / "ablation.csv").is_file()
     assert (out / "results" / "plus_se" / "seed1" / "recording" / "tables" / "taps.csv").is_file()
+    # the channels table at init, epoch 1 and the last epoch (the Fig. 1b form), the same rows as the recording's
+    kept = pd.read_csv(out / "results" / "plus_se" / "seed1" / "recording" / "tables" / "channel_std.csv")
+    full = pd.read_parquet(out / "runs" / "plus_se_seed1" / "recording" / "tables" / "channels.parquet")
+    assert list(kept.columns) == list(zoo.CHANNEL_STD_COLUMNS) and sorted(set(kept["epoch"])) == [0, 1, 2]
+    want = full[full["epoch"].isin([0, 1, 2])]
+    assert len(kept) == len(want) and np.allclose(kept["std"], want["std"], rtol=1e-5, atol=0)  # %.6g in the CSV
+    assert not list((out / "results").rglob("*.parquet"))
     fold = json.loads((out / "results" / "plus_asr_se" / "seed1" / "DONE.json").read_text())["fold"]
     assert fold["changed_predictions"] == 0 and fold["params_deployed"] == fold["params_baseline"] < fold["params_trained"]
     assert "+SE seed 1: epoch 2/2, loss" in (out / "logs" / "plus_se_seed1.log").read_text()
@@ -112,7 +119,7 @@ def test_the_report_over_seeds(campaign, tmp_path):
     assert "2 seeds per run" in md and "| +ASR(SE) | +SE | 2 |" in md
     for word in ("detectabl", "behind", "ahead"):
         assert word not in md.lower()
-    for name in ("zoo_accuracy.png", "zoo_stripes.png"):
+    for name in ("zoo_accuracy.png", "zoo_stripes.png", "zoo_channel_std.png"):
         assert (tmp_path / "fig" / name).stat().st_size > 10_000
 
 

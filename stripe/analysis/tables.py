@@ -141,7 +141,8 @@ __all__ = [
 
 #: tap metadata merged from the manifest into every table (after the ``tap`` column)
 TAP_META: tuple[str, ...] = ("module", "stage", "block", "depth", "call", "attn", "asr")
-_CSV_TABLES = ("taps", "convergence", "stages", "trend", "seeds")
+#: the tables that are written as CSV beside their Parquet
+CSV_TABLES = ("taps", "convergence", "stages", "trend", "seeds")
 
 
 # --------------------------------------------------------------------------------------
@@ -926,7 +927,7 @@ def write_tables(tables: Mapping[str, pd.DataFrame], out_dir: str | os.PathLike[
         if not name or Path(name).name != name:
             raise UserError(f"table name must be a plain file stem, got {name!r}")
         written.append(atomic_write(out_dir / f"{name}.parquet", lambda f, df=df: df.to_parquet(f, index=False)))
-        if name in _CSV_TABLES:
+        if name in CSV_TABLES:
             text = df.to_csv(index=False, float_format="%.6g")
             written.append(atomic_write(out_dir / f"{name}.csv", lambda f, t=text: f.write(t.encode("utf-8"))))
     return written

@@ -184,7 +184,37 @@ ZOO_DRY = ZooSizes(epochs=2, train_subset=512, test_subset=300, probe_n=100, rec
 #: what a finished run keeps in ``results/SLUG/seedN`` (paths relative to the run directory)
 RESULT_FILES = ("config.json", "metrics.csv", "recording/manifest.json", "recording/tables/taps.csv",
                 "recording/tables/stages.csv", "recording/tables/convergence.csv", "recording/tables/trend.csv",
-                "ablation/ablation.csv", "ablation/ablation.md")
+                "recording/tables/channel_std.csv", "ablation/ablation.csv", "ablation/ablation.md")
+
+#: the columns of a run's ``channel_std.csv``: the channels table at a few epochs, enough to draw the paper's
+#: Fig. 1b form (per-channel std across images, attention and its input, per stage) without the whole table
+CHANNEL_STD_COLUMNS = ("epoch", "tap", "kind", "channel", "stage", "asr", "mean", "std")
+
+
+def channel_std_rows(channels: "pd.DataFrame") -> "pd.DataFrame":
+    """The rows of a recording's channels table kept with a run's results: epochs 0 (initialisation), 1 and the
+    last one recorded, the columns of :data:`CHANNEL_STD_COLUMNS`."""
+    epochs = sorted(int(e) for e in channels["epoch"].unique())
+    keep = sorted({e for e in epochs if e in (0, 1)} | set(epochs[-1:]))
+    return channels.loc[channels["epoch"].isin(keep), list(CHANNEL_STD_COLUMNS)].reset_index(drop=True)
+
+
+def write_result_tables(tables: dict[str, "pd.DataFrame"], dest: Path) -> list[Path]:
+    """A run's stripe tables as its results keep them, in ``dest`` (a ``recording/tables`` folder): the tables a
+    recording keeps as CSV (``taps``, ``stages``, ``convergence``, ``trend``) and ``channel_std.csv``, a few
+    epochs of the channels table; no Parquet."""
+    from ..analysis.tables import CSV_TABLES
+
+    return [fsio.write_text(dest / f"{k}.csv", v.to_csv(index=False, float_format="%.6g"))
+            for k, v in tables.items() if k in CSV_TABLES] + write_channel_std(tables, dest)
+
+
+def write_channel_std(tables: dict[str, "pd.DataFrame"], dest: Path) -> list[Path]:
+    """``dest/channel_std.csv`` (:func:`channel_std_rows`) when ``tables`` hold a channels table."""
+    ch = tables.get("channels")
+    if ch is None or not len(ch):
+        return []
+    return [fsio.write_text(dest / "channel_std.csv", channel_std_rows(ch).to_csv(index=False, float_format="%.6g"))]
 
 
 def epochs_of(run: ZooRun, sizes: ZooSizes) -> int:
@@ -294,7 +324,9 @@ def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZO
     trained = [r for r in rows if r["epoch"] >= 1]
     done["median_images_per_s"] = float(np.median([r["images_per_s"] for r in trained])) if trained else None
     if cfg.model.attn:
-        write_tables(compute_tables(run_dir / "recording"), run_dir / "recording" / "tables")
+        tables = compute_tables(run_dir / "recording")
+        write_tables(tables, run_dir / "recording" / "tables")
+        write_channel_std(tables, run_dir / "recording" / "tables")
     if cfg.model.attn and (not cfg.model.asr or cfg.model.both):
         t1 = time.perf_counter()
         run_ablation(run_dir, scopes=("all", "stage"), device=device, progress=progress)
@@ -469,6 +501,6 @@ def refresh_recording(out: str | Path, run: ZooRun, seed: int = 0, *, device: st
     tables = compute_tables(rec)
     write_tables(tables, rec / "tables")
     dest = result_dir(out, run, seed) / "recording"
-    write_tables({k: v for k, v in tables.items() if k != "channels"}, dest / "tables")
+    write_result_tables(tables, dest / "tables")
     fsio.write_bytes(dest / "manifest.json", (rec / "manifest.json").read_bytes())
     return rec

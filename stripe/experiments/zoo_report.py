@@ -187,6 +187,19 @@ def stage_means(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
     return out
 
 
+def channel_std_tables(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
+    """Per run (label), the ``channel_std.csv`` of each of its seeds that kept one, with a ``seed`` column."""
+    import pandas as pd
+
+    out: dict[str, pd.DataFrame] = {}
+    for run in dict.fromkeys(r.run for r in results):
+        tabs = [pd.read_csv(path).assign(seed=r.seed) for r in results if r.run == run
+                and (path := r.path / "recording" / "tables" / "channel_std.csv").is_file()]
+        if tabs:
+            out[run.label] = pd.concat(tabs, ignore_index=True)
+    return out
+
+
 def stripe_rows(results: list[_Result]) -> "pd.DataFrame":
     """Per run, epoch (first, middle, last recorded after 0) and stage of its input-dependent taps: S and the
     per-channel std after and before, the mean over seeds with its t-interval over seeds (``interval`` says
@@ -348,7 +361,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     import pandas as pd
 
     from ..viz.save import save_figure
-    from ..viz.zoo_figures import zoo_accuracy, zoo_spread, zoo_stripes
+    from ..viz.zoo_figures import zoo_accuracy, zoo_channel_std, zoo_spread, zoo_stripes
 
     dest = fsio.claim_dir(dest, "figures")
     results = load_results(out)
@@ -363,6 +376,9 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
         written += save_figure(zoo_stripes(means, subtitle=what), dest, "zoo_stripes", formats=("png",))
         written += save_figure(zoo_spread(means, subtitle=what), dest, "zoo_spread", formats=("png",))
+    channels = channel_std_tables([r for r in results if not r.run.epochs])
+    if any(not t["asr"].astype(bool).all() for t in channels.values()):
+        written += save_figure(zoo_channel_std(channels, subtitle=what), dest, "zoo_channel_std", formats=("png",))
     if len(tables["accuracy"]):
         written += save_figure(zoo_accuracy(tables["accuracy"], subtitle=what), dest, "zoo_accuracy", formats=("png",))
     return {"written": written, **tables, "stage_means": means, "description": what}

@@ -7,11 +7,11 @@ from .figures import (FIGURES, ablation, channel_std, learning_curves, speed_mar
 from .notebooks import NOTEBOOKS, data_root, discover, execute_notebook, notebook_path, notebook_source
 from .save import FORMATS, md_number, save_figure
 from .style import DPI, FIGSIZE, THEME
-from .zoo_figures import zoo_accuracy, zoo_spread, zoo_stripes
+from .zoo_figures import zoo_accuracy, zoo_channel_std, zoo_spread, zoo_stripes
 
 __all__ = [
     "DPI", "FIGSIZE", "FIGURES", "FORMATS", "NOTEBOOKS", "THEME", "ablation", "channel_std", "data_root", "discover",
     "execute_notebook", "figures", "learning_curves", "md_number", "notebook_path", "notebook_source", "notebooks",
     "save", "save_figure", "speed_markdown", "speed_table", "spread_dynamics", "stripe_dynamics", "stripe_heatmap",
-    "style", "tap_curve", "zoo_accuracy", "zoo_figures", "zoo_spread", "zoo_stripes",
+    "style", "tap_curve", "zoo_accuracy", "zoo_channel_std", "zoo_figures", "zoo_spread", "zoo_stripes",
 ]

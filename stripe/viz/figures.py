@@ -37,9 +37,9 @@ from ..errors import MissingEntryError, UserError
 from ..nn.variants import Variant, config_label, variant_rank
 from ..record import ChannelStats, Recording
 from .save import md_number
-from .style import (KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, empty_panel, epoch_axis, new_figure,
-                    notes_text, stage_key, theme, warnings_off, window_span)
-from .zoo_figures import zoo_accuracy, zoo_spread, zoo_stripes
+from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, empty_panel, epoch_axis,
+                    new_figure, notes_text, stage_key, theme, warnings_off, window_span)
+from .zoo_figures import zoo_accuracy, zoo_channel_std, zoo_spread, zoo_stripes
 
 __all__ = [
     "FIGURES",
@@ -57,7 +57,6 @@ __all__ = [
 _ASR_COLOR = "0.45"
 _MEAN_COLOR = "0.82"
 _FLOOR_NOTE = "= 0 (within round-off), drawn at the axis floor"
-_CONST_RTOL = 1e-6
 
 
 # --------------------------------------------------------------------------------------
@@ -283,7 +282,7 @@ def channel_std(tables: Mapping[str, pd.DataFrame], *, epoch: int | None = None,
         ax, ax_s = (fig.subplots(1, 1), None) if only_asr else fig.subplots(1, 2, width_ratios=[2.2, 1])
         # a std at float round-off level (float32 moments) is a constant channel: count it as 0
         mean_abs = np.abs(d["mean"].to_numpy(dtype=float)) if "mean" in d.columns else np.ones(len(d))
-        tol = _CONST_RTOL * np.maximum(np.nan_to_num(mean_abs, nan=1.0), 1.0)
+        tol = CONST_RTOL * np.maximum(np.nan_to_num(mean_abs, nan=1.0), 1.0)
         d["std"] = np.where(d["std"].to_numpy(dtype=float) <= tol, 0.0, d["std"].to_numpy(dtype=float))
         vals = d["std"].to_numpy(dtype=float)
         pos = vals[np.isfinite(vals) & (vals > 0)]
@@ -928,5 +927,6 @@ FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
         "zoo_accuracy": zoo_accuracy,
         "spread_dynamics": spread_dynamics,
         "zoo_spread": zoo_spread,
+        "zoo_channel_std": zoo_channel_std,
     }
 )

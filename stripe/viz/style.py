@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from ..analysis.tables import trend_window
 
 __all__ = [
-    "DPI", "FIGSIZE", "INIT_NOTE", "KIND_COLORS", "THEME", "WINDOW_COLOR", "WINDOW_NOTE", "band", "draw_series",
+    "CONST_RTOL", "DPI", "FIGSIZE", "INIT_NOTE", "KIND_COLORS", "THEME", "WINDOW_COLOR", "WINDOW_NOTE", "band", "draw_series",
     "empty_panel", "epoch_axis", "new_figure", "notes_text", "stage_key", "theme", "warnings_off", "window_span",
 ]
 
@@ -50,6 +50,7 @@ FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
         "zoo_accuracy": (12.0, 4.4),
         "spread_dynamics": (12.0, 7.2),
         "zoo_spread": (12.0, 2.6),  # height per row of module panels (4 panels a row)
+        "zoo_channel_std": (12.0, 4.4),  # height per row of run panels (4 panels a row)
     }
 )
 
@@ -58,6 +59,10 @@ THEME: tuple[str, str, float] = ("whitegrid", "paper", 1.25)
 
 #: the colour of each kind of recorded vector: the attention's input (before) and its output (after)
 KIND_COLORS: Mapping[str, str] = MappingProxyType({"before": "#4c72b0", "after": "#dd8452"})
+
+#: a per-channel std at or below this times max(|channel mean|, 1) is the float32 round-off of a constant channel:
+#: figures draw it as 0
+CONST_RTOL = 1e-6
 #: the label of epoch 0 (the untrained model) on every epoch axis
 INIT_NOTE = "init"
 #: the shade of the trend window (the epochs a trend's slope is fitted over) and its legend entry

@@ -1,5 +1,6 @@
 """The attention zoo's figures (:mod:`stripe.experiments.zoo_report` draws them): the stripe index per stage of
-every module (:func:`zoo_stripes`), the spread of its attention over training (:func:`zoo_spread`) and the final
+every module (:func:`zoo_stripes`), the spread of its attention over training (:func:`zoo_spread`) and, for the runs
+that kept their channels, in the paper's Fig. 1b form (:func:`zoo_channel_std`), and the final
 accuracy over seeds (:func:`zoo_accuracy`). ASR taps are constant by construction: an ASR-only run gets no panel,
 only a mention in the title."""
 from __future__ import annotations
@@ -17,10 +18,10 @@ from matplotlib.patches import Patch
 
 from ..analysis.tables import require_columns
 from ..errors import UserError
-from .style import (WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, new_figure, notes_text, stage_key, theme,
-                    warnings_off, window_span)
+from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, new_figure, notes_text,
+                    stage_key, theme, warnings_off, window_span)
 
-__all__ = ["zoo_accuracy", "zoo_spread", "zoo_stripes"]
+__all__ = ["zoo_accuracy", "zoo_channel_std", "zoo_spread", "zoo_stripes"]
 
 
 def _input_dependent(tables: Mapping[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -216,4 +217,79 @@ def zoo_accuracy(acc: pd.DataFrame, *, subtitle: str = "") -> Figure:
             "small dots: seeds; circle and bar: mean and 95% t-interval over seeds" if several else "",
             "diamond: a run with one seed (no interval: the seed-to-seed spread is unknown)" if one_seed else "") if t))
         fig.suptitle("Final test top-1 per module: +att, +ASR(att) and the baseline (band)" + notes_text(notes, 110))
+    return fig
+
+
+def zoo_channel_std(channel_tables: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
+    """The paper's Fig. 1b form for every run that kept its channels (``channel_std.csv``): one panel per run, per
+    stage the per-channel std across images of the attention (after) and of its pooled input (before), at epoch 1
+    and at the last epoch, each box pooling the channels of every tap of the stage and of every seed; log scale
+    (a channel whose std is 0 sits on the floor, counted in the title). ASR taps (constant by construction) are
+    left out; ASR-only runs get no panel, only a mention. ``subtitle`` says what was run."""
+    for k, v in channel_tables.items():
+        require_columns(v, ["epoch", "tap", "kind", "channel", "stage", "asr", "std"], f"channel_std table of {k}")
+    runs, asr_only = _input_dependent(channel_tables)
+    labels = list(runs)
+    cols = min(4, len(labels))
+    rows = -(-len(labels) // cols)
+    n_zero = 0
+    with theme(), warnings_off():
+        fig = new_figure("zoo_channel_std", blocks=rows)
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        for ax, label in zip(axes, labels):
+            d = runs[label].copy()
+            mean_abs = np.abs(d["mean"].to_numpy(dtype=float)) if "mean" in d.columns else np.ones(len(d))
+            std = d["std"].to_numpy(dtype=float)  # round-off of a constant channel counts as 0
+            d["std"] = np.where(std <= CONST_RTOL * np.maximum(np.nan_to_num(mean_abs, nan=1.0), 1.0), 0.0, std)
+            pos = d["std"].to_numpy(dtype=float)
+            pos = pos[np.isfinite(pos) & (pos > 0)]
+            floor = 10.0 ** (np.floor(np.log10(pos.min())) - 1) if pos.size else 1e-8  # a decade below the least
+            trained = sorted({int(e) for e in d["epoch"] if int(e) >= 1})
+            epochs = list(dict.fromkeys(trained[:1] + trained[-1:]))
+            stages = sorted({stage_key(s) for s in d["stage"]})
+            boxes = [(kind, e) for kind in ("before", "after") for e in epochs]
+            width = 0.8 / len(boxes)
+            for i, stage in enumerate(stages):
+                for j, (kind, e) in enumerate(boxes):
+                    sel = (d["epoch"] == e) & (d["kind"].astype(str) == kind) & (d["stage"].map(stage_key) == stage)
+                    v = d.loc[sel, "std"].to_numpy(dtype=float)
+                    v = v[np.isfinite(v)]
+                    if not v.size:
+                        continue
+                    n_zero += int((v <= 0).sum())
+                    color = KIND_COLORS[kind]
+                    alpha = 0.45 if e == epochs[-1] else 0.12
+                    ax.boxplot(np.maximum(v, floor), positions=[i + (j - (len(boxes) - 1) / 2) * width],
+                               widths=width * 0.85, showfliers=False, patch_artist=True,
+                               boxprops={"facecolor": mpl.colors.to_rgba(color, alpha), "edgecolor": color,
+                                         "linestyle": "-" if e == epochs[-1] else "--"},
+                               medianprops={"color": color, "lw": 1.6}, whiskerprops={"color": color},
+                               capprops={"color": color}, manage_ticks=False)  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_xticks(range(len(stages)), [f"stage {s}" for s in stages])
+            ax.set_xlim(-0.6, len(stages) - 0.4)
+            ax.grid(axis="x", visible=False)
+            seeds = d["seed"].nunique() if "seed" in d else 1
+            ax.set_title(f"{label} ({seeds} seed{'s' if seeds != 1 else ''}; epochs {' and '.join(map(str, epochs))})",
+                         fontsize="small")
+        for ax in axes[len(labels):]:
+            ax.set_visible(False)
+        for r in range(rows):
+            axes[r * cols].set_ylabel("per-channel std across images")
+        handles = [Patch(facecolor=mpl.colors.to_rgba(KIND_COLORS[k], a), edgecolor=KIND_COLORS[k], ls=ls, label=text)
+                   for k, a, ls, text in (("before", 0.12, "--", "before (pooled input), epoch 1"),
+                                          ("before", 0.45, "-", "before, last epoch"),
+                                          ("after", 0.12, "--", "after (attention), epoch 1"),
+                                          ("after", 0.45, "-", "after, last epoch"))]
+        fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize="small")
+        notes = [subtitle] if subtitle else []
+        if n_zero:
+            notes.append(f"{n_zero} channel value(s) with std 0 within round-off (a constant gate) drawn on the panel's floor, a decade "
+                         "below its least nonzero std")
+        if asr_only:
+            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
+        title = ("The paper's Fig. 1b form: per-channel std across images of the attention (after) and of its pooled "
+                 "input (before), per stage, at epoch 1 and the last epoch; each box pools the channels of every "
+                 "input-dependent tap of the stage and of every seed; log scale, before and after on different scales")
+        fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
     return fig
