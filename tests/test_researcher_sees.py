@@ -353,3 +353,16 @@ def test_figures_of_a_short_run_mark_every_epoch_and_name_only_the_scopes_drawn(
                         {"scope": "all", "target": "all", "n_taps": 3, "test_acc": 29.0, "delta": -1.0}])
     titles = [ax.get_title() for ax in figures.ablation(abl).axes]
     assert any(t.startswith("none, all taps") for t in titles) and not any("each stage" in t for t in titles)
+
+
+@pytest.mark.real_data
+def test_train_names_the_training_and_the_test_images(capsys, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", *cli_args(tiny_cfg(epochs=1)), "--out", str(out)]) == 0
+    data = json.loads((out / "config.json").read_text())["data"]
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("data: "))
+    assert "train" in data["source"] and "test" in data["test_source"] and data["source"] != data["test_source"]
+    assert data["source"] in line and data["test_source"] in line, line
+    assert f"{data['train_n']} training images" in line and f"{data['test_n']} test images" in line

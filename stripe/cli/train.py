@@ -68,8 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     status = "already finished; nothing to train" if finished else "done"
     data = json.loads((out / "config.json").read_text()).get("data", {})
     if data.get("source"):
-        print(f"data: {data.get('dataset')} from {data['source']} ({data.get('train_n', '?')} training images, "
-              f"{data.get('test_n', '?')} test images)")
+        test = f" from {data['test_source']}" if data.get("test_source") else ""
+        print(f"data: {data.get('dataset')}, {data.get('train_n', '?')} training images from {data['source']}, "
+              f"{data.get('test_n', '?')} test images{test}")
     print(f"run: {out}  {status}: epoch {last['epoch']}/{cfg.epochs}, final test top-1 {last['test_acc']:.2f}% "
           f"(deployed model), best {best}" + (f"; recording: {out / 'recording'}" if args.record else ""))
     if args.tensorboard:
