@@ -134,6 +134,100 @@ def test_a_campaign_continues_in_another_call_and_compares(dry, tmp_path, capsys
     assert rows[1].split(" | ")[7] not in ("—", "")  # McNemar p of +SE against the baseline, from the predictions
 
 
+def _top1_of_predictions(run):
+    """Top-1 % of a run's final deployed model, from its own ``predictions_final.npz``."""
+    with np.load(run / "predictions_final.npz") as z:
+        return 100 * float((z["pred"] == z["labels"]).mean())
+
+
+def _t95(x):
+    """(mean, lo, hi) of the 95% t-interval, computed here with scipy (not with stripe's helpers)."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return x.mean(), x.mean() - half, x.mean() + half
+
+
+def test_resnet20_cpu_over_seeds_pairs_the_variants_and_keeps_finished_ablations(tmp_path):
+    """Two seeds: results_seeds.csv/.md hold each variant's mean top-1 with its t-interval and +ASR(SE) − +SE per
+    seed with its mean, t-interval and paired t-test, all recomputed here from each run's own predictions. Called
+    again, the preset keeps a complete ablation (files untouched, logged as skipped) and redoes an incomplete one;
+    called with one seed it gives the value and says "one seed"."""
+    import os
+    import warnings
+
+    import pandas as pd
+    from scipy import stats
+
+    from stripe.analysis import finished_ablation
+
+    out = tmp_path / "out"
+    argv = ["reproduce", "cifar10-resnet20-cpu", "--dry-run", "--no-progress", "--out", str(out)]
+    assert main([*argv, "--seeds", "2"]) == 0
+    records = _records(out)
+    assert not [r for r in records if "error" in r], [r for r in records if "error" in r]
+    slugs = {"+SE": "plus_se", "+ASR(SE)": "plus_asr_se"}
+    top1 = {label: [_top1_of_predictions(out / "runs" / f"{s}_seed{seed}") for seed in (0, 1)]
+            for label, s in slugs.items()}
+    table = pd.read_csv(out / "results_seeds.csv", keep_default_na=False, na_values=[""])
+    rows = {r["row"]: r for r in table.to_dict("records")}
+    assert list(rows) == ["+SE", "+ASR(SE)", "+ASR(SE) − +SE"]
+    for label, acc in top1.items():
+        r = rows[label]
+        assert r["n_seeds"] == 2 and r["seeds"] == "0 1" and r["per_seed"] == " ".join(f"{a:.2f}" for a in acc)
+        np.testing.assert_allclose([r["mean"], r["lo"], r["hi"]], _t95(acc), rtol=1e-9, atol=1e-9)
+    diffs = [a - s for a, s in zip(top1["+ASR(SE)"], top1["+SE"])]
+    d = rows["+ASR(SE) − +SE"]
+    assert d["kind"] == "paired difference" and d["n_seeds"] == 2
+    assert d["per_seed"] == " ".join(f"{x:+.2f}" for x in diffs)
+    np.testing.assert_allclose([d["mean"], d["lo"], d["hi"]], _t95(diffs), rtol=1e-9, atol=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no spread: scipy warns and gives NaN, as the table must
+        p = stats.ttest_rel(top1["+ASR(SE)"], top1["+SE"]).pvalue
+    np.testing.assert_allclose(d["p_paired_t"], p, rtol=1e-9, equal_nan=True)
+    assert d["reads"].startswith("2 seeds") and len(str(d["mcnemar_p_per_seed"]).split()) == 2
+    md = (out / "results_seeds.md").read_text()
+    assert f"| +ASR(SE) − +SE | 0 1 | {d['per_seed']} | {np.mean(diffs):+.2f} |" in md
+    logged = [r for r in records if r["stage"] == "compare-seeds"]
+    assert len(logged) == 1 and [r["row"] for r in logged[0]["rows"]] == list(rows)
+
+    # a second call: seed 0's ablation is complete and kept; seed 1's lost its md (an interrupted one) and is redone
+    abl = {seed: out / "runs" / f"plus_se_seed{seed}" / "ablation" for seed in (0, 1)}
+    before = {p: p.stat().st_mtime_ns for a in abl.values() for p in a.iterdir()}
+    (abl[1] / "ablation.md").unlink()
+    n_before = len(records)
+    assert main([*argv, "--seeds", "2"]) == 0
+    again = _records(out)[n_before:]
+    assert not [r for r in again if "error" in r]
+    ablate = {r["variant"]: r for r in again if r["stage"] == "ablate"}
+    assert ablate["+SE seed 0"]["skipped"] == "already complete" and ablate["+SE seed 0"]["table"]
+    assert "skipped" not in ablate["+SE seed 1"] and (abl[1] / "ablation.md").is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items() if p.parent == abl[0])
+    assert (abl[1] / "ablation.csv").stat().st_mtime_ns > before[abl[1] / "ablation.csv"]
+    pd.testing.assert_frame_equal(pd.read_csv(out / "results_seeds.csv", keep_default_na=False, na_values=[""]),
+                                  table)
+
+    # an ablation that lacks a scope asked for, or is older than the run's last checkpoint, is not complete
+    run0 = abl[0].parent
+    assert finished_ablation(run0, ("all", "stage", "tap")) is not None
+    assert finished_ablation(run0, ("all", "stage", "tap", "nope")) is None
+    last = sorted((run0 / "checkpoints").glob("epoch_*.pt"))[-1]
+    later = (abl[0] / "ablation.md").stat().st_mtime_ns + 10**9
+    os.utime(last, ns=(later, later))
+    assert finished_ablation(run0, ("all", "stage", "tap")) is None
+
+    # one seed: the value only, and it says so
+    assert main([*argv, "--seeds", "1"]) == 0
+    one = {r["row"]: r for r in pd.read_csv(out / "results_seeds.csv", keep_default_na=False,
+                                             na_values=[""]).to_dict("records")}
+    d1 = one["+ASR(SE) − +SE"]
+    assert d1["n_seeds"] == 1 and d1["reads"] == "one seed" and np.isclose(d1["mean"], diffs[0])
+    assert all(np.isnan(d1[k]) for k in ("lo", "hi", "p_paired_t"))
+    md1 = (out / "results_seeds.md").read_text()
+    assert "one seed" in md1 and not [w for w in ("detectable", "behind", "ahead") if w in md1.lower()]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--stages", "science,warp"], "--stages: unknown stage(s) warp"),
     (["--variant", "+ECA"], "the campaign is of SE"),

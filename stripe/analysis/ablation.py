@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import fsio
-from ..errors import NotFoundError, UserError
+from ..errors import NotFoundError, StripeError, UserError
 from ..gates import Gate, replace_with_constants
 from ..nn import check_finite_weights
 
@@ -318,6 +318,40 @@ def run_ablation(run_dir: str | Path, *, checkpoint: str = "last", scopes: Seque
         save_checkpoint(save, epoch=epoch, model=plain, metrics={"test_acc": saved.test_acc,
                                                                  "n_test": len(data.test)})
     table.attrs["out"], table.attrs["inferred"] = str(out), inferred
+    return table
+
+
+def finished_ablation(run_dir: str | Path, scopes: Sequence[str]) -> "pd.DataFrame | None":
+    """The table of ``run_dir``'s ablation (``RUN/ablation``, as :func:`run_ablation` writes it for the last
+    checkpoint) when it is complete for the run as it is now; None otherwise, so that it is redone. Complete:
+    ``ablation.csv`` and ``ablation.md`` both there (the csv is written first, each atomically), the md no older
+    than the csv and both no older than the last checkpoint file, the csv readable, of the last checkpoint's epoch,
+    of the run's number of scored images, and holding every scope of ``scopes``."""
+    import pandas as pd
+
+    from ..train import list_checkpoints, read_run
+
+    run_dir = Path(run_dir)
+    csv, md = run_dir / "ablation" / "ablation.csv", run_dir / "ablation" / "ablation.md"
+    ckpts = list_checkpoints(run_dir)
+    if not (csv.is_file() and md.is_file() and ckpts):
+        return None
+    epoch, last = ckpts[-1]
+    try:
+        t_csv, t_md, t_ckpt = csv.stat().st_mtime_ns, md.stat().st_mtime_ns, last.stat().st_mtime_ns
+        table = pd.read_csv(csv)
+        test_n = (read_run(run_dir).get("data") or {}).get("test_n")
+    except (OSError, ValueError, StripeError):
+        return None
+    if t_md < t_csv or t_csv < t_ckpt or not {"epoch", "scope", "n_test"} <= set(table.columns) or table.empty:
+        return None
+    if set(table["epoch"]) != {epoch} or not set(scopes) <= set(table["scope"].astype(str)):
+        return None
+    if test_n is not None and set(table["n_test"]) != {int(test_n)}:
+        return None
+    if "target" in table.columns:  # the whole-model rows have none (written as an empty field)
+        table["target"] = table["target"].fillna("").astype(str)
+    table.attrs["out"] = str(csv.parent)
     return table
 
 

@@ -345,3 +345,54 @@ def results_markdown(table: pd.DataFrame, base: TrainConfig) -> str:
                      f"{r.diff_vs_baseline_per_seed or '—'} | {diff} | {p} | {r.reads or '—'} | "
                      f"{r.mcnemar_p_vs_baseline or '—'} | {r.train_images_per_s:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def paired_over_seeds(top1: dict[str, dict[int, float]], variant: str, reference: str, *,
+                      mcnemar: dict[int, float] | None = None) -> pd.DataFrame:
+    """Two variants trained at the same seeds (same initialisation stream and data order), over seeds: one row per
+    variant (``reference`` first; its top-1 at each seed, their mean with the 95 % t-interval) and one row of
+    ``variant`` − ``reference`` over the seeds both have (each seed's difference, their mean with the 95 %
+    t-interval, the paired t-test's p, what it reads and, per seed, McNemar's p of the two networks). ``top1``:
+    ``{label: {seed: top-1 %}}``. One seed: the value, no interval, and it reads "one seed"."""
+    from ..analysis.ablation import format_p
+    from ..analysis.intervals import paired_difference, reads, t_interval
+
+    rows: list[dict[str, Any]] = []
+    for label in (reference, variant):
+        got = top1.get(label, {})
+        seeds = sorted(got)
+        m, lo, hi = t_interval([got[s] for s in seeds])
+        rows.append({"row": label, "kind": "variant", "n_seeds": len(seeds), "seeds": " ".join(map(str, seeds)),
+                     "per_seed": " ".join(f"{got[s]:.2f}" for s in seeds), "mean": m, "lo": lo, "hi": hi,
+                     "p_paired_t": np.nan, "reads": "one seed" if len(seeds) == 1 else f"{len(seeds)} seeds",
+                     "mcnemar_p_per_seed": ""})
+    d = paired_difference(top1.get(variant, {}), top1.get(reference, {}))
+    mc = mcnemar or {}
+    rows.append({"row": f"{variant} − {reference}", "kind": "paired difference", "n_seeds": len(d["seeds"]),
+                 "seeds": " ".join(map(str, d["seeds"])), "per_seed": " ".join(f"{x:+.2f}" for x in d["diffs"]),
+                 "mean": d["mean"], "lo": d["lo"], "hi": d["hi"], "p_paired_t": d["p"],
+                 "reads": reads(len(d["seeds"]), d["mean"], d["lo"], d["hi"]),
+                 "mcnemar_p_per_seed": " ".join(format_p(mc[s]) for s in d["seeds"] if s in mc)})
+    return pd.DataFrame(rows)
+
+
+def paired_over_seeds_markdown(table: pd.DataFrame, what: str) -> str:
+    """:func:`paired_over_seeds`' table as Markdown under ``what`` (the model, data and recipe in a sentence)."""
+    def num(x: Any, signed: bool) -> str:
+        return "—" if pd.isna(x) else (f"{x:+.2f}" if signed else f"{x:.2f}")
+
+    lines = [what, "",
+             "Top-1: each run's final-epoch deployed model on the scored test images. Over seeds (the same seed gives "
+             "both variants the same initialisation stream and data order): the mean with its 95% t-interval; the "
+             "paired difference at each seed, its mean with a 95% t-interval and the paired t-test. One seed gives "
+             "the value only. McNemar's exact test compares the two trained networks of one seed, not the methods.",
+             "", "| | seeds | top-1 % per seed | mean | 95% t-interval | p (paired t) | reads | McNemar p per seed |",
+             "|---|---|---|---:|---:|---:|---|---|"]
+    for r in table.itertuples():
+        signed = r.kind == "paired difference"
+        ci = (f"[{num(r.lo, signed)}, {num(r.hi, signed)}]" if pd.notna(r.lo)
+              else "— (one seed)" if r.n_seeds == 1 else "—")
+        p = "—" if pd.isna(r.p_paired_t) else f"{r.p_paired_t:.3g}"
+        lines.append(f"| {r.row} | {r.seeds or '—'} | {r.per_seed or '—'} | {num(r.mean, signed)} | {ci} | {p} | "
+                     f"{r.reads} | {r.mcnemar_p_per_seed or '—'} |")
+    return "\n".join(lines) + "\n"

@@ -189,9 +189,16 @@ def record_tables(ctx: Context, run: Path, label: str) -> None:
 
 
 def ablate_run(ctx: Context, run: Path, label: str, scopes: tuple[str, ...]) -> None:
-    """The constant-replacement ablation of ``run`` over ``scopes``; the table logged."""
-    from ..analysis import run_ablation
+    """The constant-replacement ablation of ``run`` over ``scopes``; the table logged. An ablation already complete
+    for the run as it is (:func:`~stripe.analysis.finished_ablation`: every scope, the last checkpoint's epoch, no
+    older than that checkpoint) is not redone: its table is logged as skipped."""
+    from ..analysis import finished_ablation, run_ablation
 
+    done = finished_ablation(run, scopes)
+    if done is not None:
+        ctx.log({"stage": "ablate", "variant": label, "skipped": "already complete", "ablation": done.attrs["out"],
+                 "epoch": int(done["epoch"].iloc[0]), "table": done.to_dict("records")})
+        return
     t0 = time.perf_counter()
     table = run_ablation(run, scopes=scopes, device=ctx.sizes.device, progress=ctx.progress)
     ctx.log({"stage": "ablate", "variant": label, "wall_s": time.perf_counter() - t0,

@@ -5,7 +5,9 @@
   training set, 15 epochs of the paper's schedule shape (lr 0.1, x0.1 at 50 % and 75 %), recorded
   online every epoch on 1,000 un-augmented training images (the probe, disjoint from the scored
   test set), then the stripe tables with intervals and the constant-replacement ablation on the full
-  test set. About 40 minutes on two CPU cores.
+  test set, at each seed; over the seeds, ``results_seeds.csv``/``.md``: each variant's mean top-1 with its
+  t-interval and the paired difference +ASR(SE) − +SE (:func:`stripe.experiments.compare.paired_over_seeds`).
+  Called again, finished runs and complete ablations are kept. About 40 minutes per seed on two CPU cores.
 * ``zoo-cifar10-cpu``: the attention zoo (:mod:`stripe.experiments.zoo`): the baseline and every attention
   module as +att and +ASR(att) on CIFAR ResNet-20, full CIFAR-10, 10 epochs, recorded online every epoch;
   per run the stripe tables, the ablation of input-dependent attention, the final predictions and, for ASR
@@ -61,6 +63,10 @@ def cifar10_resnet20_cpu(ctx: Context) -> None:
     labels = {"+SE": Variant("se"), "+ASR(SE)": Variant("se", True)}
     jobs = [(seed, label, v) for seed in ctx.seeds for label, v in labels.items()]
     runs, complete = {}, {}
+    top1: dict[str, dict[int, float]] = {}  # over the seeds whose two runs finished
+    mcnemar: dict[int, float] = {}
+    left_out: list[int] = []
+    n_test = 0
     for i, (seed, label, v) in enumerate(jobs):
         if ctx.budget.left() <= 0:
             ctx.log({"stage": "train", "variant": label, "seed": seed, "skipped": "out of budget"})
@@ -85,6 +91,7 @@ def cifar10_resnet20_cpu(ctx: Context) -> None:
         if any((label, seed) not in runs for label in labels) or ctx.budget.left() <= 0:
             ctx.log({"stage": "compare", "seed": seed, "skipped": "out of budget",
                      "complete": {label: complete.get((label, seed), False) for label in labels}})
+            left_out.append(seed)
             continue
         preds = {label: final_predictions(runs[(label, seed)], ctx.sizes.device) for label in labels}
         row: dict[str, Any] = {"seed": seed}
@@ -96,6 +103,39 @@ def cifar10_resnet20_cpu(ctx: Context) -> None:
         (pa, ya), (pb, _) = preds["+SE"], preds["+ASR(SE)"]
         row["mcnemar_p_se_vs_asr"] = paired_counts(pa, pb, ya)[2]  # two trained networks, not the two methods
         ctx.log({"stage": "compare", **row})
+        if all(row[label]["complete"] for label in labels):  # a run the budget stopped early is no replicate
+            for label in labels:
+                top1.setdefault(label, {})[seed] = row[label]["top1"]
+            mcnemar[seed] = row["mcnemar_p_se_vs_asr"]
+            n_test = len(ya)
+        else:
+            left_out.append(seed)
+    if top1:
+        _write_over_seeds(ctx, top1, mcnemar, left_out, n_test)
+
+
+def _write_over_seeds(ctx: Context, top1: dict[str, dict[int, float]], mcnemar: dict[int, float],
+                      left_out: list[int], n_test: int) -> None:
+    """+ASR(SE) against +SE over the seeds whose two runs finished: ``results_seeds.csv`` and ``results_seeds.md``
+    (:func:`stripe.experiments.compare.paired_over_seeds`), and one log line."""
+    import math
+
+    from .compare import paired_over_seeds, paired_over_seeds_markdown
+
+    table = paired_over_seeds(top1, "+ASR(SE)", "+SE", mcnemar=mcnemar)
+    cfg = base_config(ctx)
+    what = (f"{cfg.model.name} +SE and +ASR(SE) on {cfg.dataset}"
+            + (f", train subset {cfg.train_subset}" if cfg.train_subset else "")
+            + f", {n_test} scored test images, {cfg.epochs} epochs (`stripe reproduce cifar10-resnet20-cpu"
+            + (" --dry-run" if ctx.dry_run else "") + "`)."
+            + (f" Left out: seed(s) {', '.join(map(str, left_out))}, whose runs the budget stopped before their last "
+               "epoch or did not start." if left_out else ""))
+    fsio.write_text(ctx.out / "results_seeds.csv", table.to_csv(index=False))
+    fsio.write_text(ctx.out / "results_seeds.md", paired_over_seeds_markdown(table, what))
+    rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in table.to_dict("records")]
+    ctx.log({"stage": "compare-seeds", "rows": rows, "left_out_seeds": left_out,
+             "written": [str(ctx.out / "results_seeds.csv"), str(ctx.out / "results_seeds.md")]})
 
 
 def zoo_cifar10_cpu(ctx: Context) -> None:
