@@ -259,11 +259,13 @@ def owner_kind(path: str | os.PathLike[str]) -> str | None:
 PARTS = frozenset({"checkpoints", "recording", "ablation", "stats", "raw", "tables", "tables_seeds", "runs",
                    "results", "logs", "figures", "speed", "compare", "report", "learns"})
 _TABLES = ("*.csv", "*.parquet", "*.md", "*.json")
+_FIGURES = ("*.png", "*.pdf", "*.svg", "*.csv", "*.md", "*.json")
 _PART_FILES: dict[str, tuple[str, ...]] = {
     "checkpoints": ("epoch_*.pt",), "recording": ("manifest.json",), "ablation": ("ablation.*", "*.npz"),
-    "stats": _TABLES, "tables": _TABLES, "tables_seeds": _TABLES, "raw": ("*.npy", "*.npz", "*.json"),
-    "logs": ("*.log",), "figures": ("*.png", "*.pdf", "*.svg", "*.csv", "*.md"), "speed": ("*.csv", "*.md", "*.png"),
-    "report": ("*.csv", "*.md", "*.png"), "compare": ("*.csv", "*.md", "*.png"), "learns": ("*.csv", "*.md", "*.png"),
+    "stats": _TABLES, "tables": _TABLES, "tables_seeds": _TABLES,
+    "raw": ("*.safetensors", "*.npy", "*.npz", "*.json"),
+    "logs": ("*.log",), "figures": _FIGURES + ("*.ipynb", "*.parquet"), "speed": _FIGURES + ("*.jsonl",),
+    "report": _FIGURES, "compare": _FIGURES, "learns": _FIGURES,
 }
 
 

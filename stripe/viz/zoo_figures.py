@@ -18,8 +18,8 @@ from matplotlib.patches import Patch
 
 from ..analysis.tables import require_columns
 from ..errors import UserError
-from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, new_figure, notes_text,
-                    stage_key, theme, warnings_off, window_span)
+from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, new_figure,
+                    notes_text, stage_key, theme, warnings_off, window_span)
 
 __all__ = ["zoo_accuracy", "zoo_channel_std", "zoo_spread", "zoo_stripes"]
 
@@ -284,8 +284,8 @@ def zoo_channel_std(channel_tables: Mapping[str, pd.DataFrame], *, subtitle: str
         fig.legend(handles=handles, loc="outside lower center", ncols=4, fontsize="small")
         notes = [subtitle] if subtitle else []
         if n_zero:
-            notes.append(f"{n_zero} channel value(s) with std 0 within round-off (a constant gate) drawn on the panel's floor, a decade "
-                         "below its least nonzero std")
+            notes.append(f"{n_zero} channel value(s) with std 0 within round-off (a constant gate) drawn on the panel's "
+                         "floor, a decade below its least nonzero std")
         if asr_only:
             notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
         title = ("The paper's Fig. 1b form: per-channel std across images of the attention (after) and of its pooled "
