@@ -90,9 +90,13 @@ def test_h1_a_users_folder_inside_a_stripe_folder_is_not_stripes(capsys, tmp_pat
 def test_h1_a_users_folder_with_the_name_of_a_stripe_part_is_not_stripes(capsys, tmp_path, run):
     """A user's folder inside a run named as stripe names its parts (logs, figures, stats, checkpoints) is the
     user's when it holds files stripe does not write there; a part holding only stripe's files stays stripe's."""
-    from stripe.fsio import owner_kind
+    from stripe.fsio import PARTS, owner_kind
 
     r = _copy(run, tmp_path / "run")
+    # what stripe wrote stays its own: every part of a trained and recorded run, marked or not
+    parts = [p for p in r.rglob("*") if p.is_dir() and p.name in PARTS]
+    assert {"checkpoints", "recording", "raw", "stats"} <= {p.name for p in parts}
+    assert all(owner_kind(p) is not None for p in parts), [str(p) for p in parts if owner_kind(p) is None]
     for name in ("logs", "figures", "stats", "checkpoints"):
         mine = _mywork(r, name)
         before = snapshot(mine)
