@@ -286,3 +286,48 @@ def test_the_committed_campaign_reads():
     found = load_results(root)
     assert {r.run.label for r in found} >= {"baseline", "+SE", "+ASR(SE)", "+ASR(DIA)"}
     assert all((r.path / "DONE.json").is_file() and r.path.name == f"seed{r.seed}" for r in found)
+
+
+@pytest.mark.real_data
+def test_a_longer_schedule_is_drawn_beside_the_campaigns(campaign, tmp_path):
+    """A run of a longer schedule lands beside the campaign's: the report keeps both apart in its stage tables and
+    draws them together against the fraction of training (zoo_schedules.png), each seed's rows with its epochs."""
+    from stripe.experiments.zoo_report import load_results, schedule_tables
+
+    out = tmp_path / "out"
+    shutil.copytree(campaign / "results", out / "results")
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se_40_epochs", "--seeds", "0,",
+                 "--out", str(out), "--no-progress"]) == 0
+    tabs = schedule_tables(load_results(out))
+    assert list(tabs) == ["+SE", "+SE 40 epochs"]  # the campaign's schedule first; the baseline has no taps
+    assert sorted(set(tabs["+SE"]["seed"])) == [0, 1] and set(tabs["+SE"]["epochs"]) == {zoo.ZOO_DRY.epochs}
+    long_epochs = zoo.epochs_of(zoo.run_by_slug("plus_se_40_epochs"), zoo.ZOO_DRY)
+    assert set(tabs["+SE 40 epochs"]["epochs"]) == {long_epochs} and set(tabs["+SE 40 epochs"]["seed"]) == {0}
+    assert sorted(set(tabs["+SE 40 epochs"]["epoch"])) == list(range(long_epochs + 1))
+    assert not tabs["+SE"]["asr"].astype(bool).any()
+    r = report(out, tmp_path / "fig")
+    assert (tmp_path / "fig" / "zoo_schedules.png").stat().st_size > 10_000
+    assert "+SE 40 epochs" not in r["stage_means"]  # the campaign's figures keep to the campaign's schedule
+
+
+def test_the_schedules_figure_lines_up_schedules_by_fraction_of_training():
+    """Each seed's line ends at 1 whatever its epochs; several seeds add their mean; the lr drops are drawn at the
+    given fractions; one seed is called one seed."""
+    from stripe.viz import zoo_figures
+
+    def table(epochs, seeds):
+        return pd.DataFrame([{"epoch": e, "stage": s, "asr": False, "seed": seed, "epochs": epochs,
+                              "std_after": 0.01 * e + seed, "stripe_after": 0.9, "stripe_before": 0.4}
+                             for seed in seeds for s in (1, 2) for e in range(epochs + 1)])
+
+    fig = zoo_figures.zoo_schedules({"+SE": table(4, [0, 1]), "+SE 16 epochs": table(16, [0])},
+                                    milestones=[0.5, 0.75], subtitle="a test")
+    ax = fig.axes[0]  # stage 1, std after
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]
+    assert len(lines) == 2 + 1 + 1  # two seeds, their mean, the longer run's one seed
+    assert all(ln.get_xdata()[-1] == pytest.approx(1.0) and ln.get_xdata()[0] == 0 for ln in lines)
+    assert [ln.get_ydata()[-1] for ln in lines] == pytest.approx([0.04, 1.04, 0.54, 0.16])
+    drops = sorted(ln.get_xdata()[0] for ln in ax.get_lines() if len(ln.get_xdata()) == 2)
+    assert drops == pytest.approx([0.5, 0.75])
+    assert len(fig.axes) == 4 and "one seed" in fig.get_suptitle() + " ".join(
+        t.get_text() for t in fig.legends[0].get_texts())

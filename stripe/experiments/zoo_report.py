@@ -16,7 +16,7 @@ the probe folds); the spread's trend over the second half of training when the t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,30 @@ def channel_std_tables(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
     return out
 
 
+def schedule_tables(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
+    """For each run of a longer schedule whose attention reads its input, that run and the same run on the
+    campaign's schedule (label order: the campaign's, then the longer): the stage rows of each seed's
+    input-dependent taps, with ``seed`` and ``epochs`` (the run's number of epochs) columns. Runs whose longer
+    schedule has no such rows (the baseline, ASR only) are left out."""
+    import pandas as pd
+
+    def rows(run: ZooRun) -> "pd.DataFrame | None":
+        tabs = [t[~t["asr"].astype(bool)].assign(seed=r.seed, epochs=int(r.config["train"]["epochs"]))
+                for r in results if r.run == run and (t := _stages_csv(r)) is not None]
+        tabs = [t for t in tabs if not t.empty]
+        return pd.concat(tabs, ignore_index=True) if tabs else None
+
+    out: dict[str, pd.DataFrame] = {}
+    for run in dict.fromkeys(r.run for r in results if r.run.epochs):
+        longer = rows(run)
+        if longer is None:
+            continue
+        if (short := rows(replace(run, epochs=None))) is not None:
+            out[replace(run, epochs=None).label] = short
+        out[run.label] = longer
+    return out
+
+
 def stripe_rows(results: list[_Result]) -> "pd.DataFrame":
     """Per run, epoch (first, middle, last recorded after 0) and stage of its input-dependent taps: S and the
     per-channel std after and before, the mean over seeds with its t-interval over seeds (``interval`` says
@@ -340,16 +364,30 @@ def describe(results: list[_Result], epochs: int | None = None) -> str:
     """What the campaign is, for a figure's title: model, data, epochs and seeds."""
     if not results:
         return ""
-    cfg = results[0].config["train"]
     n = sorted({r.info.get("epochs") for r in results if not r.run.epochs})
     seeds = sorted({len(done) for done in ({r.seed for r in results if r.run == run}
                                            for run in dict.fromkeys(r.run for r in results))})
-    name = cfg["model"]["name"].replace("cifar_resnet", "ResNet-")
-    n_train = cfg.get("train_subset") or "all"
     ep = "/".join(map(str, n)) if n else str(epochs or "?")
     seed_text = ("one seed" if seeds == [1] else f"{seeds[0]}-{seeds[-1]} seeds per run" if len(seeds) > 1
                  else f"{seeds[0]} seeds per run")
-    return f"{name}, CIFAR-10 ({n_train} training images), {ep} epochs, {seed_text}"
+    return f"{_model_and_data(results)}, {ep} epochs, {seed_text}"
+
+
+def _model_and_data(results: list[_Result]) -> str:
+    """'ResNet-20, CIFAR-10 (all training images)', from the first result's config."""
+    cfg = results[0].config["train"]
+    name = cfg["model"]["name"].replace("cifar_resnet", "ResNet-")
+    return f"{name}, CIFAR-10 ({cfg.get('train_subset') or 'all'} training images)"
+
+
+def describe_schedules(results: list[_Result], schedules: dict[str, "pd.DataFrame"]) -> str:
+    """What :func:`schedule_tables` holds, for the figure's title: the model and data once, then each run's
+    epochs and seeds."""
+    runs = "; ".join(f"{label}: {'/'.join(str(int(e)) for e in sorted(t['epochs'].unique()))} epochs, "
+                     + (f"seed {int(t['seed'].iloc[0])} (one seed)" if t["seed"].nunique() == 1
+                        else f"seeds {', '.join(str(int(s)) for s in sorted(t['seed'].unique()))}")
+                     for label, t in schedules.items())
+    return f"{_model_and_data(results)}; {runs}"
 
 
 def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = None,
@@ -361,7 +399,7 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     import pandas as pd
 
     from ..viz.save import save_figure
-    from ..viz.zoo_figures import zoo_accuracy, zoo_channel_std, zoo_spread, zoo_stripes
+    from ..viz.zoo_figures import zoo_accuracy, zoo_channel_std, zoo_schedules, zoo_spread, zoo_stripes
 
     dest = fsio.claim_dir(dest, "figures")
     results = load_results(out)
@@ -379,6 +417,10 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     channels = channel_std_tables([r for r in results if not r.run.epochs])
     if any(not t["asr"].astype(bool).all() for t in channels.values()):
         written += save_figure(zoo_channel_std(channels, subtitle=what), dest, "zoo_channel_std", formats=("png",))
+    if schedules := schedule_tables(results):
+        fractions = sorted({float(m) for r in results for m in r.config["train"].get("milestones") or ()})
+        written += save_figure(zoo_schedules(schedules, milestones=fractions, subtitle=describe_schedules(results, schedules)),
+                               dest, "zoo_schedules", formats=("png",))
     if len(tables["accuracy"]):
         written += save_figure(zoo_accuracy(tables["accuracy"], subtitle=what), dest, "zoo_accuracy", formats=("png",))
     return {"written": written, **tables, "stage_means": means, "description": what}

@@ -39,7 +39,7 @@ from ..record import ChannelStats, Recording
 from .save import md_number
 from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, empty_panel, epoch_axis,
                     new_figure, notes_text, stage_key, theme, warnings_off, window_span)
-from .zoo_figures import zoo_accuracy, zoo_channel_std, zoo_spread, zoo_stripes
+from .zoo_figures import zoo_accuracy, zoo_channel_std, zoo_schedules, zoo_spread, zoo_stripes
 
 __all__ = [
     "FIGURES",
@@ -928,5 +928,6 @@ FIGURES: Mapping[str, Callable[..., Figure]] = MappingProxyType(
         "spread_dynamics": spread_dynamics,
         "zoo_spread": zoo_spread,
         "zoo_channel_std": zoo_channel_std,
+        "zoo_schedules": zoo_schedules,
     }
 )

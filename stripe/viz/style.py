@@ -51,6 +51,7 @@ FIGSIZE: Mapping[str, tuple[float, float]] = MappingProxyType(
         "spread_dynamics": (12.0, 7.2),
         "zoo_spread": (12.0, 2.6),  # height per row of module panels (4 panels a row)
         "zoo_channel_std": (12.0, 4.4),  # height per row of run panels (4 panels a row)
+        "zoo_schedules": (12.0, 6.4),
     }
 )
 

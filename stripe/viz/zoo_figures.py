@@ -1,12 +1,12 @@
 """The attention zoo's figures (:mod:`stripe.experiments.zoo_report` draws them): the stripe index per stage of
 every module (:func:`zoo_stripes`), the spread of its attention over training (:func:`zoo_spread`) and, for the runs
-that kept their channels, in the paper's Fig. 1b form (:func:`zoo_channel_std`), and the final
-accuracy over seeds (:func:`zoo_accuracy`). ASR taps are constant by construction: an ASR-only run gets no panel,
-only a mention in the title."""
+that kept their channels, in the paper's Fig. 1b form (:func:`zoo_channel_std`), a longer schedule beside the
+campaign's (:func:`zoo_schedules`), and the final accuracy over seeds (:func:`zoo_accuracy`). ASR taps are
+constant by construction: an ASR-only run gets no panel, only a mention in the title."""
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -21,7 +21,7 @@ from ..errors import UserError
 from .style import (CONST_RTOL, KIND_COLORS, WINDOW_COLOR, WINDOW_NOTE, band, draw_series, epoch_axis, new_figure,
                     notes_text, stage_key, theme, warnings_off, window_span)
 
-__all__ = ["zoo_accuracy", "zoo_channel_std", "zoo_spread", "zoo_stripes"]
+__all__ = ["zoo_accuracy", "zoo_channel_std", "zoo_schedules", "zoo_spread", "zoo_stripes"]
 
 
 def _input_dependent(tables: Mapping[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], list[str]]:
@@ -291,5 +291,74 @@ def zoo_channel_std(channel_tables: Mapping[str, pd.DataFrame], *, subtitle: str
         title = ("The paper's Fig. 1b form: per-channel std across images of the attention (after) and of its pooled "
                  "input (before), per stage, at epoch 1 and the last epoch; each box pools the channels of every "
                  "input-dependent tap of the stage and of every seed; log scale, before and after on different scales")
+        fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
+    return fig
+
+
+def zoo_schedules(schedules: Mapping[str, pd.DataFrame], *, milestones: Sequence[float] = (),
+                  subtitle: str = "") -> Figure:
+    """A run of a longer schedule beside the same run on the campaign's schedule: per stage (a column each), the
+    stage mean of the per-channel std of the attention across images (the paper's Fig. 1b statistic, top row) and
+    S after (solid) and before (dashed, bottom row) against the fraction of training (epoch / the run's epochs),
+    so that schedules of one shape line up; every seed a thin line, a run with several seeds also its mean (thick).
+    Each table is a run's stage rows of its input-dependent taps over its seeds, with ``seed`` and ``epochs``
+    (the run's number of epochs) columns; ``milestones`` are the fractions of training where the lr drops (dotted
+    lines). ``subtitle`` says what was run."""
+    for k, v in schedules.items():
+        require_columns(v, ["epoch", "stage", "seed", "epochs", "std_after", "stripe_after", "stripe_before"],
+                        f"stage table of {k}")
+    runs, asr_only = _input_dependent(schedules)
+    labels = list(runs)
+    stages = sorted({stage_key(s) for v in runs.values() for s in v["stage"]})
+    palette = dict(zip(labels, sns.color_palette("dark", len(labels))))
+    rows = (("std_after", "std after (attention)"), ("stripe", "stripe index S"))
+    with theme(), warnings_off():
+        fig = new_figure("zoo_schedules")
+        axes = fig.subplots(len(rows), len(stages), squeeze=False, sharex=True)
+        for r, (stat, ylab) in enumerate(rows):
+            for c, stage in enumerate(stages):
+                ax = axes[r, c]
+                for m in milestones:
+                    ax.axvline(m, color="0.45", lw=0.9, ls=":", zorder=1)
+                for label in labels:
+                    d = runs[label][runs[label]["stage"].map(stage_key) == stage]
+                    d = d.assign(x=d["epoch"].to_numpy(dtype=float) / d["epochs"].to_numpy(dtype=float))
+                    cols = ("std_after",) if stat == "std_after" else ("stripe_after", "stripe_before")
+                    n_seeds = d["seed"].nunique()
+                    for col in cols:
+                        ls = "--" if col == "stripe_before" else "-"
+                        for _, g in d.groupby("seed"):
+                            g = g.sort_values("x")
+                            ax.plot(g["x"], g[col], color=palette[label], ls=ls, lw=0.8 if n_seeds > 1 else 1.6,
+                                    alpha=0.45 if n_seeds > 1 else 1.0)
+                        if n_seeds > 1:
+                            mean = d.groupby("x")[col].mean()
+                            ax.plot(mean.index, mean.to_numpy(), color=palette[label], ls=ls, lw=1.8)
+                ax.set_ylim(bottom=0, top=1.02 if stat == "stripe" else None)
+                ax.set_xlim(0, 1)
+                if r == 0:
+                    ax.set_title(f"stage {stage}", fontsize="small")
+                else:
+                    ax.set_xlabel("epoch / epochs (0: init)")
+            axes[r, 0].set_ylabel(ylab)
+        handles = []
+        for label in labels:
+            d = runs[label]
+            seeds = sorted(int(s) for s in d["seed"].unique())
+            ep = "/".join(str(int(e)) for e in sorted(d["epochs"].unique()))
+            seed_text = (f"seed {seeds[0]}, one seed" if len(seeds) == 1
+                         else f"seeds {', '.join(map(str, seeds))}: thin each, thick their mean")
+            handles.append(Line2D([], [], color=palette[label], lw=1.8, label=f"{label} ({ep} epochs; {seed_text})"))
+        handles += [Line2D([], [], color="0.3", lw=1.6, label="S after (attention)"),
+                    Line2D([], [], color="0.3", lw=1.2, ls="--", label="S before (pooled input)")]
+        if milestones:
+            handles.append(Line2D([], [], color="0.45", lw=0.9, ls=":", label="lr x0.1"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
+        notes = [subtitle] if subtitle else []
+        if asr_only:
+            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
+        title = ("A longer schedule beside the campaign's: the per-channel std of the attention across images "
+                 "(the paper's Fig. 1b statistic, stage means) and S after and before, against the fraction of "
+                 "training, the lr drops at the same fractions")
         fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
     return fig
