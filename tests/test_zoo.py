@@ -308,6 +308,7 @@ def test_a_longer_schedule_is_drawn_beside_the_campaigns(campaign, tmp_path):
     r = report(out, tmp_path / "fig")
     assert (tmp_path / "fig" / "zoo_schedules.png").stat().st_size > 10_000
     assert "+SE 40 epochs" not in r["stage_means"]  # the campaign's figures keep to the campaign's schedule
+    assert f"{zoo.ZOO_DRY.epochs} epochs ({long_epochs} where a run or group says so)" in r["description"]
 
 
 def test_the_schedules_figure_lines_up_schedules_by_fraction_of_training():

@@ -370,7 +370,9 @@ def describe(results: list[_Result], epochs: int | None = None) -> str:
     ep = "/".join(map(str, n)) if n else str(epochs or "?")
     seed_text = ("one seed" if seeds == [1] else f"{seeds[0]}-{seeds[-1]} seeds per run" if len(seeds) > 1
                  else f"{seeds[0]} seeds per run")
-    return f"{_model_and_data(results)}, {ep} epochs, {seed_text}"
+    longer = sorted({r.info.get("epochs") for r in results if r.run.epochs})  # their labels say so
+    ep += " epochs" + (f" ({'/'.join(map(str, longer))} where a run or group says so)" if longer else "")
+    return f"{_model_and_data(results)}, {ep}, {seed_text}"
 
 
 def _model_and_data(results: list[_Result]) -> str:
@@ -410,13 +412,17 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
     written = [fsio.write_text(dest / f"zoo_{name}.csv", df.to_csv(index=False, float_format="%.6g"))
                for name, df in tables.items()]
     written.append(fsio.write_text(dest / "zoo_report.md", report_markdown(tables, what)))
-    means = stage_means([r for r in results if not r.run.epochs])  # the campaign's schedule; longer ones apart
+    campaign = [r for r in results if not r.run.epochs]  # the campaign's schedule; longer ones apart
+    means = stage_means(campaign)
     if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
-        written += save_figure(zoo_stripes(means, subtitle=what), dest, "zoo_stripes", formats=("png",))
-        written += save_figure(zoo_spread(means, subtitle=what), dest, "zoo_spread", formats=("png",))
-    channels = channel_std_tables([r for r in results if not r.run.epochs])
+        written += save_figure(zoo_stripes(means, subtitle=describe(campaign, epochs)), dest, "zoo_stripes",
+                               formats=("png",))
+        written += save_figure(zoo_spread(means, subtitle=describe(campaign, epochs)), dest, "zoo_spread",
+                               formats=("png",))
+    channels = channel_std_tables(campaign)
     if any(not t["asr"].astype(bool).all() for t in channels.values()):
-        written += save_figure(zoo_channel_std(channels, subtitle=what), dest, "zoo_channel_std", formats=("png",))
+        written += save_figure(zoo_channel_std(channels, subtitle=describe(campaign, epochs)), dest,
+                               "zoo_channel_std", formats=("png",))
     if schedules := schedule_tables(results):
         fractions = sorted({float(m) for r in results for m in r.config["train"].get("milestones") or ()})
         written += save_figure(zoo_schedules(schedules, milestones=fractions, subtitle=describe_schedules(results, schedules)),
