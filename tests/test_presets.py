@@ -3,6 +3,7 @@ import json
 import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from stripe.cli import main
@@ -253,18 +254,27 @@ def test_campaign_options_belong_to_gpu_quick(tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_tensorboard_is_refused_for_the_zoo_whose_workers_do_not_log(tmp_path, capsys, monkeypatch):
-    """The zoo trains in worker processes that do not log for TensorBoard: --tensorboard would be silently empty."""
-    import stripe.experiments.presets as presets
+@pytest.mark.real_data
+def test_the_zoos_workers_log_for_tensorboard(tmp_path):
+    """`reproduce zoo-cifar10-cpu --tensorboard DIR`: each (run, seed) trained in a worker process logs its
+    epochs and, recorded, its stripe statistics into DIR/SLUG_seedN, the same numbers as its metrics.csv."""
+    pytest.importorskip("tensorboard")
+    from helpers import need_cifar10
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    monkeypatch.setattr(presets, "run_preset", lambda *a, **k: 0)  # nothing trains either way
-    tb = tmp_path / "tb"
-    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--tensorboard", str(tb), "--out",
-                 str(tmp_path / "z")]) == 2
-    err = capsys.readouterr().err
-    assert "--tensorboard" in err and "zoo-cifar10-cpu" in err and len(err.strip().splitlines()) == 1, err
-    assert not tb.exists() and not (tmp_path / "z").exists()
-    assert main(["reproduce", "demo-cpu", "--dry-run", "--tensorboard", str(tb), "--out", str(tmp_path / "d")]) == 0
+    need_cifar10()
+    tb, out = tmp_path / "tb", tmp_path / "z"
+    assert main(["reproduce", "zoo-cifar10-cpu", "--dry-run", "--only", "plus_se", "--seeds", "1,", "--jobs", "1",
+                 "--tensorboard", str(tb), "--out", str(out), "--no-progress"]) == 0
+    assert [p.name for p in tb.iterdir()] == ["plus_se_seed1"]
+    ea = EventAccumulator(str(tb / "plus_se_seed1"), size_guidance={"scalars": 0})
+    ea.Reload()
+    metrics = pd.read_csv(out / "runs" / "plus_se_seed1" / "metrics.csv")
+    got = {e.step: e.value for e in ea.Scalars("accuracy/test")}
+    assert sorted(got) == metrics["epoch"].tolist()
+    # metrics.csv keeps 6 significant digits (relative rounding <= 5e-6), TensorBoard float32 (6e-8)
+    assert np.allclose([got[e] for e in sorted(got)], metrics["test_acc"], rtol=5.1e-6, atol=0)
+    assert "stripe/S_after/stage1" in ea.Tags()["scalars"]
 
 
 # what a GPU image may lack: the notebook and browser stack and the test/third-party extras

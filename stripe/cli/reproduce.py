@@ -42,8 +42,8 @@ def reproduce_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("reproduce", help="a named experiment with a time budget: " + ", ".join(PRESETS),
                        description=presets_text(PRESETS), formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("preset", choices=list(PRESETS))
-    tensorboard_option(s, "the runs the preset trains log for TensorBoard into DIR/RUN (presets that train through "
-                          "the shared training step: demo-cpu, cifar10-resnet20-cpu, gpu-quick, paper-cifar10)")
+    tensorboard_option(s, "the runs the preset trains log for TensorBoard into DIR/RUN (zoo-cifar10-cpu: "
+                          "DIR/RUN_seedN, from its worker processes)")
     s.add_argument("--out", default=None, help="default <data dir>/reproduce/PRESET")
     s.add_argument("--data-root", default=None, help="CIFAR-10 JPEG folder (default: search)")
     s.add_argument("--budget", type=float, default=None, help="seconds for the whole preset (default: the preset's)")
@@ -86,9 +86,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.stages or args.variant or args.seed is not None or args.epochs is not None:
         campaign = Campaign(stages=tuple(x.strip() for x in args.stages.split(",")) if args.stages else GPU_STAGES,
                             variant=args.variant or "+SE", seed=args.seed or 0, epochs=args.epochs)
-    if args.tensorboard is not None and args.preset == "zoo-cifar10-cpu":  # its runs train in worker processes
-        raise UserError("--tensorboard: zoo-cifar10-cpu trains its runs in worker processes, which do not log for "
-                        "TensorBoard (each run's metrics.csv and recording hold its numbers); leave --tensorboard out")
     with tensorboard_into(args.tensorboard):
         return run_preset(args.preset, out=args.out, data_root=args.data_root, budget=args.budget,
                           dry_run=args.dry_run, jobs=args.jobs,

@@ -141,12 +141,13 @@ def _write_over_seeds(ctx: Context, top1: dict[str, dict[int, float]], mcnemar: 
 def zoo_cifar10_cpu(ctx: Context) -> None:
     """Every attention module as +att and +ASR(att), and the baseline, on ResNet-20, at each seed (:mod:`.zoo`)."""
     from . import zoo
+    from .context import TENSORBOARD
     from .zoo_report import report
 
     deadline = time.monotonic() + ctx.budget.left()
     zoo.run_campaign(ctx.out, seeds=ctx.seeds, jobs=ctx.notes.get("jobs", 2),
                      sizes=zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO, data_root=ctx.data_root, log=ctx.log,
-                     deadline=deadline, only=ctx.notes.get("only"))
+                     deadline=deadline, only=ctx.notes.get("only"), tensorboard=TENSORBOARD.get())
     if any(zoo.done_seeds(Path(ctx.out), r) for r in zoo.zoo_runs()):  # the tables and figures of what is done
         written = report(ctx.out, Path(ctx.out) / "report", epochs=(zoo.ZOO_DRY if ctx.dry_run else zoo.ZOO).epochs)
         ctx.log({"stage": "zoo-report", "written": [str(p) for p in written["written"]]})

@@ -304,9 +304,10 @@ def _save_predictions(run_dir: Path, dest: Path, device: str) -> dict[str, Any]:
 
 
 def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZOO, data_root: str | None = None,
-            device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+            device: str = "cpu", progress: bool = False, tensorboard: str | Path | None = None) -> dict[str, Any]:
     """Train, record, tabulate, ablate and fold-check one campaign run at one seed; its small outputs go to
-    ``out/results/SLUG/seedN`` (with ``DONE.json`` last). Resumes a partial run."""
+    ``out/results/SLUG/seedN`` (with ``DONE.json`` last). Resumes a partial run. ``tensorboard``: a folder the
+    run logs into for TensorBoard (``tensorboard/SLUG_seedN``), after its recorder; None: no logs."""
     from ..analysis import compute_tables, run_ablation, write_tables
     from ..train import train
 
@@ -316,8 +317,13 @@ def run_one(run: ZooRun, out: str | Path, *, seed: int = 0, sizes: ZooSizes = ZO
     cfg = train_config(run, sizes, data_root, seed)
     t0 = time.perf_counter()
     rec = sizes.recorder() if cfg.model.attn else None
+    logs = []
+    if tensorboard is not None:
+        from ..analysis.tensorboard import TensorBoardLogger
+
+        logs = [TensorBoardLogger(Path(tensorboard) / run_dir.name, recording=run_dir / "recording" if rec else None)]
     rows = train(cfg, run_dir, resume=(run_dir / "config.json").exists(), device=device, progress=progress,
-                 callbacks=([rec] if rec else []) + [_EpochLine(f"{run.label} seed {seed}", cfg.epochs)])
+                 callbacks=([rec] if rec else []) + logs + [_EpochLine(f"{run.label} seed {seed}", cfg.epochs)])
     done: dict[str, Any] = {"label": run.label, "slug": run.slug, "seed": seed, "epochs": rows[-1]["epoch"],
                             "train_wall_s": time.perf_counter() - t0, "record_s": rec.seconds if rec else 0.0,
                             "threads": _threads(), "fast_path": sizes.fast}
@@ -387,11 +393,11 @@ def _watch_parent(parent: int, every: float = 2.0) -> None:
 
 def run_campaign(out: str | Path, *, seeds: Iterable[int] = (0,), jobs: int = 2, sizes: ZooSizes = ZOO,
                  data_root: str | None = None, only: list[str] | None = None, log=print,
-                 deadline: float | None = None) -> list[dict[str, Any]]:
+                 deadline: float | None = None, tensorboard: str | Path | None = None) -> list[dict[str, Any]]:
     """Every unfinished (run, seed) pair of the selection in ``jobs`` worker processes (cores split between
     them), seed by seed (so each seed's comparisons complete early); returns what each worker reported.
-    ``deadline`` (a ``time.monotonic()`` value): start no run after it. A SIGTERM or Ctrl-C of the campaign ends
-    its workers too."""
+    ``deadline`` (a ``time.monotonic()`` value): start no run after it. ``tensorboard``: each run logs into
+    ``tensorboard/SLUG_seedN`` (None: no logs). A SIGTERM or Ctrl-C of the campaign ends its workers too."""
     out = Path(out)
     runs = select_runs(only)
     seeds = parse_seeds(list(seeds))
@@ -418,7 +424,8 @@ def run_campaign(out: str | Path, *, seeds: Iterable[int] = (0,), jobs: int = 2,
                 r, s = pending.pop(0)
                 cmd = [sys.executable, "-m", "stripe.experiments.zoo", r.slug, "--seed", str(s), "--out", str(out),
                        "--threads", str(threads), "--parent", str(os.getpid())] + \
-                      (["--data-root", data_root] if data_root else []) + (["--dry-run"] if sizes == ZOO_DRY else [])
+                      (["--data-root", data_root] if data_root else []) + (["--dry-run"] if sizes == ZOO_DRY else []) + \
+                      (["--tensorboard", str(Path(tensorboard).resolve())] if tensorboard is not None else [])
                 logfd = fsio.open_append(log_name(r, s))
                 try:
                     p = subprocess.Popen(cmd, stdout=logfd, stderr=subprocess.STDOUT, env=env,
@@ -468,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--parent", type=int, default=None, help="end when the process with this pid is gone")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--tensorboard", default=None, help="log for TensorBoard into DIR/SLUG_seedN")
     args = p.parse_args(argv)
     if args.parent is not None:
         _watch_parent(args.parent)
@@ -476,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     report = run_one(run_by_slug(args.run), args.out, seed=parse_seeds([args.seed])[0],
-                     sizes=ZOO_DRY if args.dry_run else ZOO, data_root=args.data_root)
+                     sizes=ZOO_DRY if args.dry_run else ZOO, data_root=args.data_root, tensorboard=args.tensorboard)
     print(json.dumps(report, default=str))
     return 0
 
