@@ -34,6 +34,13 @@ def _input_dependent(tables: Mapping[str, pd.DataFrame]) -> tuple[dict[str, pd.D
     return runs, [k for k, v in kept.items() if v.empty]
 
 
+def _suptitle(fig: Figure, title: str, notes: list[str], asr_only: list[str]) -> None:
+    """The figure's title wrapped, then its notes, the ASR-only runs left out (no panel) named last."""
+    if asr_only:
+        notes = [*notes, f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}"]
+    fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
+
+
 def zoo_stripes(stages: Mapping[str, pd.DataFrame], *, subtitle: str = "") -> Figure:
     """One panel per run (a module, +att or +ASR(att)): the stage mean of S after (solid, attention) and S before
     (dashed, pooled input) against epoch, one colour per stage, epoch 0 marked init. ASR taps are left out
@@ -133,13 +140,10 @@ def zoo_spread(stage_tables: Mapping[str, pd.DataFrame], *, subtitle: str = "") 
             if subtitle else []
         if not has_rstd:
             notes.append("these stage tables hold no rstd (written before it existed): the absolute std alone")
-        if asr_only:
-            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
-        title = ("Mean per-channel std across images of the attention (std after: the paper's Fig. 1b statistic), "
-                 "stage means against epoch, by module; each panel on its own scale from 0"
-                 + ("; lower block: rstd = std / RMS, scale-free, attention (solid) vs pooled input (dashed)"
-                    if has_rstd else ""))
-        fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
+        _suptitle(fig, "Mean per-channel std across images of the attention (std after: the paper's Fig. 1b "
+                  "statistic), stage means against epoch, by module; each panel on its own scale from 0"
+                  + ("; lower block: rstd = std / RMS, scale-free, attention (solid) vs pooled input (dashed)"
+                     if has_rstd else ""), notes, asr_only)
     return fig
 
 
@@ -286,12 +290,10 @@ def zoo_channel_std(channel_tables: Mapping[str, pd.DataFrame], *, subtitle: str
         if n_zero:
             notes.append(f"{n_zero} channel value(s) with std 0 within round-off (a constant gate) drawn on the panel's "
                          "floor, a decade below its least nonzero std")
-        if asr_only:
-            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
-        title = ("The paper's Fig. 1b form: per-channel std across images of the attention (after) and of its pooled "
-                 "input (before), per stage, at epoch 1 and the last epoch; each box pools the channels of every "
-                 "input-dependent tap of the stage and of every seed; log scale, before and after on different scales")
-        fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
+        _suptitle(fig, "The paper's Fig. 1b form: per-channel std across images of the attention (after) and of its "
+                  "pooled input (before), per stage, at epoch 1 and the last epoch; each box pools the channels of "
+                  "every input-dependent tap of the stage and of every seed; log scale, before and after on different "
+                  "scales", notes, asr_only)
     return fig
 
 
@@ -354,11 +356,7 @@ def zoo_schedules(schedules: Mapping[str, pd.DataFrame], *, milestones: Sequence
         if milestones:
             handles.append(Line2D([], [], color="0.45", lw=0.9, ls=":", label="lr x0.1"))
         fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize="small")
-        notes = [subtitle] if subtitle else []
-        if asr_only:
-            notes.append(f"not drawn, ASR taps only (constant by construction): {', '.join(asr_only)}")
-        title = ("A longer schedule beside the campaign's: the per-channel std of the attention across images "
-                 "(the paper's Fig. 1b statistic, stage means) and S after and before, against the fraction of "
-                 "training, the lr drops at the same fractions")
-        fig.suptitle(textwrap.fill(title, 100) + notes_text(notes, 100))
+        _suptitle(fig, "A longer schedule beside the campaign's: the per-channel std of the attention across images "
+                  "(the paper's Fig. 1b statistic, stage means) and S after and before, against the fraction of "
+                  "training, the lr drops at the same fractions", [subtitle] if subtitle else [], asr_only)
     return fig
