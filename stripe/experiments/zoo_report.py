@@ -11,7 +11,9 @@ construction of the module variant).
 
 Stripes: the stage means of S and of the per-channel std (the paper's statistic) at the first, middle and
 last epoch, averaged over seeds with a t-interval over seeds (one seed: the recording's jackknife interval over
-the probe folds); the spread's trend over the second half of training when the tables hold it.
+the probe folds); the spread's trend over the second half of training when the tables hold it. The
+campaign's figures keep to its own schedule; a run of a longer schedule is drawn beside the same run on the
+campaign's (``zoo_schedules.png``).
 """
 from __future__ import annotations
 
@@ -413,20 +415,19 @@ def report(out: str | Path, dest: str | Path, *, speed: "pd.DataFrame | None" = 
                for name, df in tables.items()]
     written.append(fsio.write_text(dest / "zoo_report.md", report_markdown(tables, what)))
     campaign = [r for r in results if not r.run.epochs]  # the campaign's schedule; longer ones apart
+    own = describe(campaign, epochs)
     means = stage_means(campaign)
     if any(not t["asr"].astype(bool).all() for t in means.values()):  # some run's attention reads its input
-        written += save_figure(zoo_stripes(means, subtitle=describe(campaign, epochs)), dest, "zoo_stripes",
-                               formats=("png",))
-        written += save_figure(zoo_spread(means, subtitle=describe(campaign, epochs)), dest, "zoo_spread",
-                               formats=("png",))
+        written += save_figure(zoo_stripes(means, subtitle=own), dest, "zoo_stripes", formats=("png",))
+        written += save_figure(zoo_spread(means, subtitle=own), dest, "zoo_spread", formats=("png",))
     channels = channel_std_tables(campaign)
     if any(not t["asr"].astype(bool).all() for t in channels.values()):
-        written += save_figure(zoo_channel_std(channels, subtitle=describe(campaign, epochs)), dest,
-                               "zoo_channel_std", formats=("png",))
+        written += save_figure(zoo_channel_std(channels, subtitle=own), dest, "zoo_channel_std", formats=("png",))
     if schedules := schedule_tables(results):
-        fractions = sorted({float(m) for r in results for m in r.config["train"].get("milestones") or ()})
-        written += save_figure(zoo_schedules(schedules, milestones=fractions, subtitle=describe_schedules(results, schedules)),
-                               dest, "zoo_schedules", formats=("png",))
+        drawn = [r for r in results if r.run.label in schedules]
+        fractions = sorted({float(m) for r in drawn for m in r.config["train"].get("milestones") or ()})
+        fig = zoo_schedules(schedules, milestones=fractions, subtitle=describe_schedules(drawn, schedules))
+        written += save_figure(fig, dest, "zoo_schedules", formats=("png",))
     if len(tables["accuracy"]):
         written += save_figure(zoo_accuracy(tables["accuracy"], subtitle=what), dest, "zoo_accuracy", formats=("png",))
     return {"written": written, **tables, "stage_means": means, "description": what}
