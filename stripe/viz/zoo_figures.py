@@ -274,7 +274,7 @@ def zoo_channel_std(channel_tables: Mapping[str, pd.DataFrame], *, subtitle: str
             ax.set_xlim(-0.6, len(stages) - 0.4)
             ax.grid(axis="x", visible=False)
             seeds = d["seed"].nunique() if "seed" in d else 1
-            ax.set_title(f"{label} ({seeds} seed{'s' if seeds != 1 else ''}; epochs {' and '.join(map(str, epochs))})",
+            ax.set_title(f"{label}\n({seeds} seed{'s' if seeds != 1 else ''}; epochs {', '.join(map(str, epochs))})",
                          fontsize="small")
         for ax in axes[len(labels):]:
             ax.set_visible(False)
