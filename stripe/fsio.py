@@ -258,10 +258,10 @@ def owner_kind(path: str | os.PathLike[str]) -> str | None:
 #: ``thesis.tex`` or a ``metrics.csv``, a hidden file or folder) makes it a folder like any other.
 PARTS = frozenset({"checkpoints", "recording", "ablation", "stats", "raw", "tables", "tables_seeds", "runs",
                    "results", "logs", "figures", "speed", "compare", "report", "learns"})
-_TABLES = ("*.csv", "*.parquet", "*.md", "*.json")
+_TABLES = ("*.csv", "*.parquet", "*.md", "*.json", "*.csv.xz")  # .xz: a zoo result's packed tables
 _FIGURES = ("*.png", "*.pdf", "*.svg", "*.csv", "*.md", "*.json")
 _PART_FILES: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("epoch_*.pt",), "recording": ("manifest.json",), "ablation": ("ablation.*", "*.npz"),
+    "checkpoints": ("epoch_*.pt",), "recording": ("manifest.json", "manifest.json.xz"), "ablation": ("ablation.*", "*.npz"),
     "stats": _TABLES, "tables": _TABLES, "tables_seeds": _TABLES,
     "raw": ("*.safetensors", "*.npy", "*.npz", "*.json"),
     "logs": ("*.log",), "figures": _FIGURES + ("*.ipynb", "*.parquet"), "speed": _FIGURES + ("*.jsonl",),

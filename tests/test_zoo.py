@@ -59,9 +59,15 @@ def test_every_run_and_seed_has_its_own_results(campaign):
         a, b = (np.load(out / "results" / "plus_se" / f"seed{s}" / "predictions.npz") for s in (0, 1))
         assert np.array_equal(a["labels"], b["labels"]) and str(a["run_id"]) != str(b["run_id"])
     assert (out / "results" / "plus_se" / "seed1" / "ablation" / "ablation.csv").is_file()
-    assert (out / "results" / "plus_se" / "seed1" / "recording" / "tables" / "taps.csv").is_file()
+    # the result's recording files are packed with xz and decompress to the run's own bytes, nothing left plain
+    import lzma
+
+    kept_rec, run_rec = out / "results" / "plus_se" / "seed1" / "recording", out / "runs" / "plus_se_seed1" / "recording"
+    for rel in ("manifest.json", "tables/taps.csv", "tables/stages.csv", "tables/trend.csv", "tables/channel_std.csv"):
+        assert lzma.decompress((kept_rec / (rel + ".xz")).read_bytes()) == (run_rec / rel).read_bytes(), rel
+    assert all(p.suffix == ".xz" for p in kept_rec.rglob("*") if p.is_file() and not p.name.startswith("."))
     # the channels table at init, epoch 1 and the last epoch (the Fig. 1b form), the same rows as the recording's
-    kept = pd.read_csv(out / "results" / "plus_se" / "seed1" / "recording" / "tables" / "channel_std.csv")
+    kept = pd.read_csv(kept_rec / "tables" / "channel_std.csv.xz")
     full = pd.read_parquet(out / "runs" / "plus_se_seed1" / "recording" / "tables" / "channels.parquet")
     assert list(kept.columns) == list(zoo.CHANNEL_STD_COLUMNS) and sorted(set(kept["epoch"])) == [0, 1, 2]
     want = full[full["epoch"].isin([0, 1, 2])]

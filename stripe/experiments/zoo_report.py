@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import fsio
 from ..analysis.intervals import paired_t_p, reads, sign_test_p, t_interval
-from .zoo import ZooRun, done_seeds, result_dir, zoo_runs
+from .zoo import ZooRun, done_seeds, result_dir, result_file, zoo_runs
 
 #: the statistics the stripe table carries per stage (column in stages.csv, interval kind of seed_interval)
 STAGE_STATS = (("stripe_after", "stripe"), ("stripe_before", "stripe"), ("std_after", "std"), ("std_before", "std"))
@@ -71,8 +71,8 @@ def frozen_taps(res: _Result) -> int | None:
     from ..nn.registry import get_spec
 
     attn = res.run.variant.attn
-    path = res.path / "recording" / "tables" / "taps.csv"
-    if not res.run.variant.asr or not path.is_file():
+    path = _table(res, "taps.csv")
+    if not res.run.variant.asr or path is None:
         return None
     if "bias" not in get_spec(attn).options() or res.run.mlp_bias:
         return 0  # an MLP with biases can always leave the dead region
@@ -161,11 +161,16 @@ def accuracy_tables(results: list[_Result], speed: "pd.DataFrame | None" = None)
     return {"accuracy": acc, "variants": variants, "comparisons": comparisons, "pooled": pd.DataFrame(pooled_rows)}
 
 
+def _table(r: _Result, name: str) -> Path | None:
+    """Where the result ``r`` keeps its recording's table ``name`` (packed or plain; None: it has none)."""
+    return result_file(r.path, f"recording/tables/{name}")
+
+
 def _stages_csv(r: _Result) -> "pd.DataFrame | None":
     import pandas as pd
 
-    path = r.path / "recording" / "tables" / "stages.csv"
-    return pd.read_csv(path) if path.is_file() else None
+    path = _table(r, "stages.csv")
+    return None if path is None else pd.read_csv(path)
 
 
 def stage_means(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
@@ -196,7 +201,7 @@ def channel_std_tables(results: list[_Result]) -> dict[str, "pd.DataFrame"]:
     out: dict[str, pd.DataFrame] = {}
     for run in dict.fromkeys(r.run for r in results):
         tabs = [pd.read_csv(path).assign(seed=r.seed) for r in results if r.run == run
-                and (path := r.path / "recording" / "tables" / "channel_std.csv").is_file()]
+                and (path := _table(r, "channel_std.csv")) is not None]
         if tabs:
             out[run.label] = pd.concat(tabs, ignore_index=True)
     return out
@@ -266,11 +271,11 @@ def _trend_of(r: _Result) -> "pd.DataFrame | None":
 
     from ..analysis.tables import trend_from_tables
 
-    tables = r.path / "recording" / "tables"
-    if (tables / "trend.csv").is_file():
-        t = pd.read_csv(tables / "trend.csv")
-    elif (tables / "stages.csv").is_file() and (tables / "taps.csv").is_file():
-        t = trend_from_tables(pd.read_csv(tables / "taps.csv"), pd.read_csv(tables / "stages.csv"))
+    trend, taps, stages = (_table(r, f"{name}.csv") for name in ("trend", "taps", "stages"))
+    if trend is not None:
+        t = pd.read_csv(trend)
+    elif taps is not None and stages is not None:
+        t = trend_from_tables(pd.read_csv(taps), pd.read_csv(stages))
     else:
         return None
     t = t[(t["scope"] == "stage") & ~t["asr"].astype(bool)]
@@ -323,11 +328,10 @@ def settling_rows(results: list[_Result]) -> "pd.DataFrame":
 
     rows = []
     for r in results:
-        tables = r.path / "recording" / "tables"
-        if not (tables / "taps.csv").is_file():
+        if (taps_file := _table(r, "taps.csv")) is None:
             continue
-        conv = pd.read_csv(tables / "convergence.csv")
-        taps = pd.read_csv(tables / "taps.csv")
+        conv = pd.read_csv(_table(r, "convergence.csv"))
+        taps = pd.read_csv(taps_file)
         last = taps[taps["epoch"] == taps["epoch"].max()]
         live = last[~last["asr"].astype(bool)]
         rows.append({
